@@ -1,0 +1,245 @@
+"""The ``napari-histo`` command line.
+
+Every subcommand reports bad input as one line on stderr naming the file or
+argument and the problem, and exits with status 2; Ctrl-C exits with 130.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from napari_histo import __version__
+from napari_histo.errors import HistoError
+
+__all__ = ["main"]
+
+XVFB_SCREEN = "-screen 0 1280x1024x24"
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected an integer > 0, got {value}")
+    return value
+
+
+def _nonnegative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value}")
+    return value
+
+
+def needs_display() -> bool:
+    """True when no X/Wayland display is available for napari."""
+    return sys.platform.startswith("linux") and not (
+        os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")
+    )
+
+
+def reexec_under_xvfb(argv: Sequence[str]) -> int:
+    """Run this command again inside ``xvfb-run``; return its exit status."""
+    xvfb = shutil.which("xvfb-run")
+    if xvfb is None:
+        raise HistoError(
+            "no display (DISPLAY unset) and xvfb-run not found; install xvfb "
+            "(apt-get install xvfb) or run under a desktop session"
+        )
+    cmd = [xvfb, "-a", "-s", XVFB_SCREEN, sys.executable, "-m", "napari_histo.cli", *argv]
+    return subprocess.call(cmd)
+
+
+# -- subcommands ---------------------------------------------------------------
+def cmd_info(args: argparse.Namespace) -> int:
+    from napari_histo.io.pyramid import open_pyramid
+    from napari_histo.io.slide import Slide
+
+    with Slide(args.slide) as slide:
+        pyramid = open_pyramid(slide)
+        levels = []
+        for level in range(len(pyramid)):
+            h, w = pyramid.levels[level].shape[:2]
+            stored = level < pyramid.file_level_count
+            tile = slide.tile_size(level) if stored else None
+            levels.append(
+                {
+                    "level": level,
+                    "width": w,
+                    "height": h,
+                    "downsample": pyramid.downsamples[level],
+                    "tile": list(tile) if tile else None,
+                    "chunk": list(pyramid.chunk_px[level]),
+                    "stored": stored,
+                }
+            )
+        info = {
+            "path": str(slide.path),
+            "vendor": slide.vendor,
+            "width": slide.dimensions[0],
+            "height": slide.dimensions[1],
+            "mpp_x": slide.mpp_x,
+            "mpp_y": slide.mpp_y,
+            "objective_power": slide.objective_power,
+            "associated_images": list(slide.associated_names),
+            "levels": levels,
+        }
+    if args.json:
+        print(json.dumps(info))
+        return 0
+    mpp = (
+        f"{info['mpp_x']:.4f} x {info['mpp_y']:.4f} µm/px"
+        if info["mpp_x"] is not None
+        else "unknown (no microns-per-pixel metadata; shown in pixels)"
+    )
+    print(f"slide:      {info['path']}")
+    print(f"vendor:     {info['vendor']}")
+    print(f"size:       {info['width']} x {info['height']} px")
+    print(f"mpp:        {mpp}")
+    print(f"objective:  {info['objective_power'] or 'unknown'}")
+    print(f"associated: {', '.join(info['associated_images']) or 'none'}")
+    print("levels:")
+    print("  level   width  height  downsample  tile      chunk     stored")
+    for lv in levels:
+        tile = "x".join(map(str, lv["tile"])) if lv["tile"] else "untiled" if lv["stored"] else "-"
+        chunk = "x".join(map(str, lv["chunk"]))
+        print(
+            f"  {lv['level']:>5} {lv['width']:>7} {lv['height']:>7} {lv['downsample']:>11.3f}  "
+            f"{tile:<9} {chunk:<9} {'file' if lv['stored'] else 'synthetic'}"
+        )
+    return 0
+
+
+def cmd_synth(args: argparse.Namespace) -> int:
+    from napari_histo._progress import TextProgress
+    from napari_histo.synthetic import write_synthetic_slide
+
+    out = Path(args.out)
+    if out.suffix.lower() != ".svs":
+        raise ValueError(f"OUT must end in .svs, got {str(out)!r}")
+    if out.exists() and not args.force:
+        raise HistoError(f"{out}: exists; pass --force to overwrite")
+    result = write_synthetic_slide(
+        out,
+        size=args.size,
+        seed=args.seed,
+        tile_px=args.tile,
+        jpeg_quality=args.quality,
+        artefacts=not args.no_artefacts,
+        workers=args.workers,
+        progress=None if args.quiet else TextProgress(f"writing {out.name}"),
+    )
+    print(f"wrote {result.path} ({result.width} x {result.height} px, seed {result.seed})")
+    print(f"ground truth: {result.truth_path} (masks at downsample {result.truth_downsample})")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    if needs_display():
+        if args.screenshot is None:
+            argv = [*argv, "--screenshot", str(Path("out") / "demo.png")]
+        print("no display: running the demo under Xvfb and saving a screenshot", file=sys.stderr)
+        return reexec_under_xvfb(argv)
+    from napari_histo.demo import run_demo
+
+    return run_demo(slide=args.slide, screenshot=args.screenshot, size_px=args.size)
+
+
+def cmd_bench(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    if args.which == "open" and needs_display():
+        return reexec_under_xvfb(argv)
+    from napari_histo import bench
+
+    result = bench.run(args.which, quick=args.quick, slide=args.slide)
+    if args.json:
+        print(json.dumps(result))
+    else:
+        for key, value in result.items():
+            print(f"{key:>24}: {value}")
+        print(json.dumps(result))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="napari-histo",
+        description="Whole-slide histopathology in napari: view, infer, correct, retrain.",
+    )
+    parser.add_argument("--version", action="version", version=f"napari-histo {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("info", help="print levels, mpp, vendor and tiling of a slide")
+    p.add_argument("slide", help="slide file")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+
+    p = sub.add_parser("synth", help="write a synthetic H&E slide with ground truth")
+    p.add_argument("out", help="output .svs path (ground truth goes to OUT.truth.zarr)")
+    p.add_argument("--size", type=_positive_int, default=8192, help="width = height, px")
+    p.add_argument("--seed", type=_nonnegative_int, default=0, help="random seed")
+    p.add_argument("--tile", type=_positive_int, default=256, help="tile size, px")
+    p.add_argument("--quality", type=_positive_int, default=85, help="JPEG quality 1-100")
+    p.add_argument("--workers", type=_positive_int, default=None, help="processes")
+    p.add_argument("--no-artefacts", action="store_true", help="no pen mark, fold or blur")
+    p.add_argument("--force", action="store_true", help="overwrite OUT if it exists")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    p = sub.add_parser("demo", help="open napari with the sample slide")
+    p.add_argument("--slide", default=None, help="slide to open instead of the sample")
+    p.add_argument("--size", type=_positive_int, default=None, help="sample slide size, px")
+    p.add_argument(
+        "--screenshot", default=None, help="save a screenshot to this PNG and exit (headless)"
+    )
+
+    p = sub.add_parser("bench", help="benchmarks; the last line printed is JSON")
+    p.add_argument("which", choices=["read", "open"], help="which benchmark")
+    p.add_argument("--json", action="store_true", help="print only the JSON line")
+    p.add_argument("--quick", action="store_true", help="small sizes, < 60 s")
+    p.add_argument("--slide", default=None, help="(read) use this slide instead of a synthetic one")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``napari-histo`` command; returns the exit status."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "info":
+            return cmd_info(args)
+        if args.command == "synth":
+            return cmd_synth(args)
+        if args.command == "demo":
+            return cmd_demo(args, argv)
+        if args.command == "bench":
+            return cmd_bench(args, argv)
+    except (HistoError, ValueError, TypeError, OSError) as err:
+        print(f"napari-histo {args.command}: error: {_one_line(err)}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"napari-histo {args.command}: interrupted", file=sys.stderr)
+        return 130
+    parser.error(f"unknown command {args.command!r}")
+    return 2
+
+
+def _one_line(err: BaseException) -> str:
+    text = str(err) or type(err).__name__
+    if isinstance(err, OSError) and err.filename:
+        text = f"{err.filename}: {err.strerror or text}"
+    return " ".join(text.split())
+
+
+if __name__ == "__main__":
+    sys.exit(main())

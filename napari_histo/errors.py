@@ -1,0 +1,44 @@
+"""Error hierarchy.
+
+Every error raised for bad *data* (a file, a weights blob, an annotation) derives
+from :class:`HistoError` and names the offending file and the problem in one
+line. Programming mistakes (wrong argument types or values) raise the built-in
+``TypeError`` / ``ValueError`` instead.
+"""
+
+from __future__ import annotations
+
+from os import PathLike
+
+
+class HistoError(Exception):
+    """Base class for napari-histo data errors."""
+
+
+class SlideError(HistoError):
+    """A slide file cannot be opened or read.
+
+    Parameters
+    ----------
+    path : str or PathLike
+        The slide file.
+    reason : str
+        What is wrong, in a few words.
+    """
+
+    def __init__(self, path: str | PathLike[str], reason: str) -> None:
+        self.path = str(path)
+        self.reason = reason
+        super().__init__(f"{self.path}: {reason}")
+
+
+class WeightsError(HistoError):
+    """Model weights or a model card are missing, corrupt or unsafe."""
+
+
+class AnnotationError(HistoError):
+    """An annotation file is malformed."""
+
+
+class StoreError(HistoError):
+    """A result store is unreadable, unwritable or inconsistent."""

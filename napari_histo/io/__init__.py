@@ -1,0 +1,1 @@
+"""Slide, pyramid, annotation and result-store I/O (no Qt, no napari)."""

@@ -1,0 +1,94 @@
+"""napari reader contribution: any OpenSlide slide as one multiscale RGB layer."""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from napari_histo.errors import SlideError
+from napari_histo.io.pyramid import open_pyramid
+from napari_histo.io.slide import Slide
+
+__all__ = ["SLIDE_SUFFIXES", "napari_get_reader", "read_slides", "slide_layer_data"]
+
+#: File suffixes offered to this reader (OpenSlide formats).
+SLIDE_SUFFIXES = (
+    ".svs", ".tif", ".tiff", ".ndpi", ".mrxs", ".scn", ".svslide", ".bif", ".vms", ".vmu",
+)
+
+LayerData = tuple[Any, dict[str, Any], str]
+
+
+def _is_slide_name(path: str | os.PathLike[str]) -> bool:
+    return isinstance(path, str | os.PathLike) and Path(path).suffix.lower() in SLIDE_SUFFIXES
+
+
+def napari_get_reader(
+    path: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
+) -> Callable[..., list[LayerData]] | None:
+    """Return :func:`read_slides` if every path is a slide OpenSlide opens, else None.
+
+    Follows napari's convention: a reader that cannot read a file returns None
+    (so napari tries the next reader) instead of raising.
+    """
+    paths = [path] if isinstance(path, str | os.PathLike) else list(path)
+    if not paths or not all(_is_slide_name(p) for p in paths):
+        return None
+    for p in paths:
+        try:
+            Slide(p).close()
+        except SlideError:
+            return None
+    return read_slides
+
+
+def slide_layer_data(slide: Slide) -> LayerData:
+    """Layer data tuple for `slide`: a lazy multiscale RGB image in µm.
+
+    Without mpp metadata the layer is shown in pixels and one warning says so.
+    """
+    pyramid = open_pyramid(slide)
+    if pyramid.mpp is None:
+        warnings.warn(
+            f"{slide.path}: no microns-per-pixel metadata; showing the slide in pixels",
+            UserWarning,
+            stacklevel=2,
+        )
+    metadata = {
+        "path": str(slide.path),
+        "mpp": slide.mpp,
+        "mpp_x": slide.mpp_x,
+        "mpp_y": slide.mpp_y,
+        "vendor": slide.vendor,
+        "objective_power": slide.objective_power,
+        "level_downsamples": pyramid.downsamples,
+        "file_level_count": pyramid.file_level_count,
+        "slide": slide,
+    }
+    unit = "micrometer" if pyramid.mpp is not None else "pixel"
+    kwargs = {
+        "name": slide.name,
+        "rgb": True,
+        "multiscale": True,
+        "scale": pyramid.scale_um,
+        "units": (unit, unit),
+        # Fixed limits: napari would otherwise read pixels to compute them.
+        "contrast_limits": (0, 255),
+        "metadata": metadata,
+    }
+    return list(pyramid.levels), kwargs, "image"
+
+
+def read_slides(path: str | os.PathLike[str] | Sequence[str | os.PathLike[str]]) -> list[LayerData]:
+    """Open each slide in `path` as a layer data tuple.
+
+    Raises
+    ------
+    SlideError
+        If a file cannot be opened (napari shows the message).
+    """
+    paths = [path] if isinstance(path, str | os.PathLike) else list(path)
+    return [slide_layer_data(Slide(p)) for p in paths]

@@ -1,0 +1,184 @@
+"""Direct tile decoding for tiled-TIFF slide levels (the fast path of Slide).
+
+OpenSlide decodes a tile, converts it to premultiplied ARGB and paints it
+through cairo; for the common case of a TIFF-based slide (Aperio SVS, generic
+tiled TIFF) whose level is a tiled page, decoding the tile's bytes directly
+with imagecodecs is about 4× faster and gives the same pixels. Each level's
+fast path is verified against OpenSlide on first use and switched off for
+that level if a single pixel differs, so the output is always OpenSlide's.
+
+Only IFD tag tables are parsed here, never pixel data, so building a
+:class:`TiffLevelTiles` is cheap even for gigapixel files.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import tifffile
+
+__all__ = ["TiffLevelTiles", "find_level_tiles", "tiff_truncation"]
+
+# Compressions imagecodecs decodes: none, LZW, JPEG, deflate, JPEG 2000 (Aperio), WebP, zstd.
+_DECODABLE = {1, 5, 7, 8, 32946, 33003, 33004, 33005, 34712, 50000, 50001}
+
+_TIFF_ERRORS = (tifffile.TiffFileError, ValueError, OSError, struct.error, IndexError, KeyError)
+
+
+@dataclass(frozen=True, eq=False)
+class TiffLevelTiles:
+    """Tile table of one tiled TIFF page that backs one slide level.
+
+    Attributes
+    ----------
+    width, height : int
+        Level size in px.
+    tile_w, tile_h : int
+        Tile size in px.
+    offsets, bytecounts : ndarray of int64
+        Byte offset and length of each tile, row-major.
+    """
+
+    path: Path
+    page_index: int
+    width: int
+    height: int
+    tile_w: int
+    tile_h: int
+    offsets: np.ndarray
+    bytecounts: np.ndarray
+    jpegtables: bytes | None
+    decode: Any
+
+    @property
+    def tiles_across(self) -> int:
+        """Number of tile columns."""
+        return -(-self.width // self.tile_w)
+
+    def decode_tile(self, fd: int, row: int, col: int) -> np.ndarray | None:
+        """Decode tile (`row`, `col`) to ``(tile_h, tile_w, 3)`` uint8; None if absent."""
+        index = row * self.tiles_across + col
+        count = int(self.bytecounts[index])
+        if count == 0:
+            return None
+        data = os.pread(fd, count, int(self.offsets[index]))
+        if len(data) != count:
+            raise OSError(f"tile {index} of page {self.page_index} is truncated")
+        tile, _, _ = self.decode(data, index, jpegtables=self.jpegtables)
+        return tile.reshape(self.tile_h, self.tile_w, -1)[..., :3]
+
+    def read(self, fd: int, lvl_x: int, lvl_y: int, w: int, h: int) -> np.ndarray:
+        """Read a region given in this level's pixel frame (must lie inside it).
+
+        Missing tiles (byte count 0) come back white, as OpenSlide shows them.
+        """
+        out = np.empty((h, w, 3), dtype=np.uint8)
+        row0, row1 = lvl_y // self.tile_h, (lvl_y + h - 1) // self.tile_h
+        col0, col1 = lvl_x // self.tile_w, (lvl_x + w - 1) // self.tile_w
+        for row in range(row0, row1 + 1):
+            tile_y = row * self.tile_h
+            y0, y1 = max(lvl_y, tile_y), min(lvl_y + h, tile_y + self.tile_h)
+            for col in range(col0, col1 + 1):
+                tile_x = col * self.tile_w
+                x0, x1 = max(lvl_x, tile_x), min(lvl_x + w, tile_x + self.tile_w)
+                tile = self.decode_tile(fd, row, col)
+                dst = out[y0 - lvl_y : y1 - lvl_y, x0 - lvl_x : x1 - lvl_x]
+                if tile is None:
+                    dst[...] = 255
+                else:
+                    dst[...] = tile[y0 - tile_y : y1 - tile_y, x0 - tile_x : x1 - tile_x]
+        return out
+
+
+def _page_fits(page: tifffile.TiffPage, width: int, height: int, tile: tuple[int, int]) -> bool:
+    return (
+        page.is_tiled
+        and page.imagewidth == width
+        and page.imagelength == height
+        and (page.tilewidth, page.tilelength) == tile
+        and page.imagedepth == 1
+        and page.bitspersample == 8
+        and page.samplesperpixel in (3, 4)
+        and page.planarconfig == 1
+        and int(page.compression) in _DECODABLE
+    )
+
+
+def find_level_tiles(
+    path: Path,
+    level_dimensions: tuple[tuple[int, int], ...],
+    tile_sizes: tuple[tuple[int, int] | None, ...],
+) -> tuple[TiffLevelTiles | None, ...]:
+    """Match each slide level to a tiled TIFF page with its size and tiling.
+
+    Parameters
+    ----------
+    path : Path
+        TIFF-based slide file.
+    level_dimensions : tuple of (int, int)
+        ``(width, height)`` of each level, as OpenSlide reports.
+    tile_sizes : tuple of (int, int) or None
+        ``(tile_w, tile_h)`` of each level as OpenSlide reports, None if untiled.
+
+    Returns
+    -------
+    tuple
+        One :class:`TiffLevelTiles` per level, or None where no page matches
+        unambiguously (OpenSlide is used for those levels).
+    """
+    if not hasattr(os, "pread"):
+        return (None,) * len(level_dimensions)
+    try:
+        with tifffile.TiffFile(path) as tif:
+            pages = list(tif.pages)
+            found: list[TiffLevelTiles | None] = []
+            for (width, height), tile in zip(level_dimensions, tile_sizes, strict=True):
+                matches = [
+                    (i, p) for i, p in enumerate(pages)
+                    if tile is not None and _page_fits(p, width, height, tile)
+                ]
+                if len(matches) != 1:
+                    found.append(None)
+                    continue
+                index, page = matches[0]
+                found.append(
+                    TiffLevelTiles(
+                        path=path,
+                        page_index=index,
+                        width=width,
+                        height=height,
+                        tile_w=page.tilewidth,
+                        tile_h=page.tilelength,
+                        offsets=np.asarray(page.dataoffsets, dtype=np.int64),
+                        bytecounts=np.asarray(page.databytecounts, dtype=np.int64),
+                        jpegtables=page.jpegtables,
+                        decode=page.decode,
+                    )
+                )
+            return tuple(found)
+    except _TIFF_ERRORS:
+        return (None,) * len(level_dimensions)
+
+
+def tiff_truncation(path: Path) -> str | None:
+    """Say why a TIFF-based file is truncated or corrupt, or None if it looks whole.
+
+    Parses only the IFDs (tag tables), never pixel data.
+    """
+    size = path.stat().st_size
+    try:
+        with tifffile.TiffFile(path) as tif:
+            for index, page in enumerate(tif.pages):
+                offsets = np.asarray(page.dataoffsets, dtype=np.int64)
+                counts = np.asarray(page.databytecounts, dtype=np.int64)
+                if offsets.size and int((offsets + counts).max()) > size:
+                    end = int((offsets + counts).max())
+                    return f"is truncated: page {index} needs {end} bytes, file has {size}"
+    except _TIFF_ERRORS as err:
+        return f"is a corrupt or truncated TIFF ({err})"
+    return None

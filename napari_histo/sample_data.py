@@ -1,0 +1,66 @@
+"""Sample data: a synthetic H&E slide, generated once into the user cache."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from napari_histo.io.reader import LayerData, slide_layer_data
+from napari_histo.io.slide import Slide
+
+__all__ = ["SAMPLE_SEED", "SAMPLE_SIZE_PX", "cache_dir", "sample_slide_path", "synthetic_he_slide"]
+
+SAMPLE_SIZE_PX = 16384
+SAMPLE_SEED = 7
+
+
+def cache_dir() -> Path:
+    """napari-histo's cache directory (``$NAPARI_HISTO_CACHE`` overrides it)."""
+    override = os.environ.get("NAPARI_HISTO_CACHE")
+    if override:
+        return Path(override)
+    from platformdirs import user_cache_dir
+
+    return Path(user_cache_dir("napari-histo", appauthor=False))
+
+
+def sample_slide_path(
+    size_px: int = SAMPLE_SIZE_PX, seed: int = SAMPLE_SEED, *, progress=None
+) -> Path:
+    """Path of the synthetic sample slide, generating it on first use.
+
+    Parameters
+    ----------
+    size_px : int
+        Level-0 width and height in px.
+    seed : int
+        Generator seed.
+    progress : callable, optional
+        ``progress(done, total)`` while tiles are written.
+    """
+    from napari_histo.synthetic import write_synthetic_slide
+
+    path = cache_dir() / "samples" / f"synthetic_he_{size_px}px_seed{seed}.svs"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_synthetic_slide(path, size=size_px, seed=seed, progress=progress)
+    return path
+
+
+def synthetic_he_slide() -> list[LayerData]:
+    """napari sample-data command: the synthetic H&E slide as a multiscale layer."""
+    from napari.utils import progress as napari_progress
+
+    bar = napari_progress(total=0, desc="Generating synthetic H&E slide")
+
+    def report(done: int, total: int) -> None:
+        if bar.total != total:
+            bar.total = total
+        bar.n = done
+        bar.refresh()
+
+    try:
+        path = sample_slide_path(progress=report)
+    finally:
+        bar.close()
+    return [slide_layer_data(Slide(path))]
