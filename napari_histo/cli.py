@@ -123,14 +123,14 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def cmd_synth(args: argparse.Namespace) -> int:
-    from napari_histo._progress import TextProgress
-    from napari_histo.synthetic import write_synthetic_slide
-
     out = Path(args.out)
     if out.suffix.lower() != ".svs":
         raise ValueError(f"OUT must end in .svs, got {str(out)!r}")
     if out.exists() and not args.force:
         raise HistoError(f"{out}: exists; pass --force to overwrite")
+    from napari_histo._progress import TextProgress
+    from napari_histo.synthetic import write_synthetic_slide
+
     result = write_synthetic_slide(
         out,
         size=args.size,

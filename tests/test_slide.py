@@ -148,7 +148,7 @@ def test_read_region_bad_arguments(small_svs, args, error, match):
 def test_bad_constructor_arguments(small_svs):
     with pytest.raises(TypeError, match="`path` must be"):
         Slide(123)
-    with pytest.raises(ValueError, match="`mpp` must be a finite number > 0, got -0.5"):
+    with pytest.raises(ValueError, match=r"`mpp` must be a finite number > 0, got -0\.5"):
         Slide(small_svs, mpp=-0.5)
 
 

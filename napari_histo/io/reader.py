@@ -16,7 +16,16 @@ __all__ = ["SLIDE_SUFFIXES", "napari_get_reader", "read_slides", "slide_layer_da
 
 #: File suffixes offered to this reader (OpenSlide formats).
 SLIDE_SUFFIXES = (
-    ".svs", ".tif", ".tiff", ".ndpi", ".mrxs", ".scn", ".svslide", ".bif", ".vms", ".vmu",
+    ".svs",
+    ".tif",
+    ".tiff",
+    ".ndpi",
+    ".mrxs",
+    ".scn",
+    ".svslide",
+    ".bif",
+    ".vms",
+    ".vmu",
 )
 
 LayerData = tuple[Any, dict[str, Any], str]

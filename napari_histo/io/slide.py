@@ -157,7 +157,8 @@ class Slide:
 
     def __init__(self, path: str | os.PathLike[str], *, mpp: float | None = None) -> None:
         self._path = _as_path(path)
-        if mpp is not None and not (isinstance(mpp, int | float) and math.isfinite(mpp) and mpp > 0):
+        valid_mpp = isinstance(mpp, int | float) and math.isfinite(mpp) and mpp > 0
+        if mpp is not None and not valid_mpp:
             raise ValueError(f"`mpp` must be a finite number > 0, got {mpp!r}")
         _check_file(self._path)
         self._lock = threading.Lock()
@@ -331,7 +332,9 @@ class Slide:
     def associated_image(self, name: str) -> np.ndarray:
         """Associated image `name` as ``(h, w, 3)`` uint8 RGB over white."""
         if name not in self._associated_names:
-            raise KeyError(f"{self._path}: no associated image {name!r}; has {self._associated_names}")
+            raise KeyError(
+                f"{self._path}: no associated image {name!r}; has {self._associated_names}"
+            )
         image = self._handle().associated_images[name]
         rgba = np.asarray(image.convert("RGBA"))
         return _rgba_over_white(rgba)

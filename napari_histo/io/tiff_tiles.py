@@ -139,7 +139,8 @@ def find_level_tiles(
             found: list[TiffLevelTiles | None] = []
             for (width, height), tile in zip(level_dimensions, tile_sizes, strict=True):
                 matches = [
-                    (i, p) for i, p in enumerate(pages)
+                    (i, p)
+                    for i, p in enumerate(pages)
                     if tile is not None and _page_fits(p, width, height, tile)
                 ]
                 if len(matches) != 1:

@@ -1,0 +1,54 @@
+"""Benchmarks behind ``napari-histo bench``: each returns one flat dict of numbers.
+
+Speed goals are checked here, not in tests: every benchmark measures our
+code and its baseline in the same run, on the same machine, and reports the
+ratio.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+__all__ = ["BENCHMARKS", "bench_slide", "run"]
+
+
+def bench_slide(size_px: int, seed: int = 1) -> Path:
+    """A cached synthetic slide for benchmarks (generated on first use)."""
+    from napari_histo._progress import TextProgress
+    from napari_histo.sample_data import cache_dir
+    from napari_histo.synthetic import write_synthetic_slide
+
+    path = cache_dir() / "bench" / f"synthetic_{size_px}px_seed{seed}.svs"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_synthetic_slide(
+            path, size=size_px, seed=seed, progress=TextProgress(f"generating {path.name}")
+        )
+    return path
+
+
+def _read(quick: bool, slide: str | None) -> dict[str, Any]:
+    from napari_histo.bench.read import bench_read
+
+    return bench_read(quick=quick, slide=slide)
+
+
+def _open(quick: bool, slide: str | None) -> dict[str, Any]:
+    from napari_histo.bench.open import bench_open
+
+    return bench_open(quick=quick)
+
+
+BENCHMARKS: dict[str, Callable[[bool, str | None], dict[str, Any]]] = {
+    "read": _read,
+    "open": _open,
+}
+
+
+def run(which: str, *, quick: bool = False, slide: str | None = None) -> dict[str, Any]:
+    """Run benchmark `which` ("read" or "open") and return its result dict."""
+    if which not in BENCHMARKS:
+        raise ValueError(f"`which` must be one of {sorted(BENCHMARKS)}, got {which!r}")
+    return BENCHMARKS[which](quick, slide)

@@ -1,0 +1,105 @@
+"""``bench read``: viewport-sized reads, raw OpenSlide vs the dask pyramid.
+
+The viewer's work: M windows of 1920 × 1080 px at random, non tile-aligned
+positions on random levels. Each method reads the same windows in one run,
+each with fresh handles and caches, after the file is in the OS page cache.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import dask
+import numpy as np
+import openslide
+
+from napari_histo.io.pyramid import open_pyramid
+from napari_histo.io.slide import Slide
+
+Window = tuple[int, int, int, int, int]  # level, lvl_x, lvl_y, w, h
+
+
+def viewport_windows(slide: Slide, count: int, seed: int = 0) -> list[Window]:
+    """`count` random 1920 × 1080 windows (clipped to small levels), level frame."""
+    rng = np.random.default_rng(seed)
+    windows = []
+    for _ in range(count):
+        level = int(rng.integers(0, slide.level_count))
+        width, height = slide.level_dimensions[level]
+        w, h = min(1920, width), min(1080, height)
+        x = int(rng.integers(0, width - w + 1))
+        y = int(rng.integers(0, height - h + 1))
+        windows.append((level, x, y, w, h))
+    return windows
+
+
+def _warm_page_cache(path: Path) -> None:
+    with path.open("rb") as f:
+        while f.read(16 << 20):
+            pass
+
+
+def time_raw(path: Path, windows: list[Window], to_rgb: bool = False) -> float:
+    """openslide-python ``read_region`` of exactly each window (PIL RGBA)."""
+    with openslide.OpenSlide(path) as osr:
+        start = time.perf_counter()
+        for level, x, y, w, h in windows:
+            ds = osr.level_downsamples[level]
+            image = osr.read_region((round(x * ds), round(y * ds)), level, (w, h))
+            if to_rgb:
+                np.asarray(image.convert("RGB"))
+        return time.perf_counter() - start
+
+
+def time_dask(path: Path, windows: list[Window], threads: int) -> float:
+    """Slice the pyramid as napari does and compute with `threads` threads."""
+    with Slide(path) as slide:
+        levels = open_pyramid(slide).levels
+        if threads == 1:
+            config = {"scheduler": "synchronous"}
+        else:
+            config = {"scheduler": "threads", "num_workers": threads}
+        with dask.config.set(config):
+            start = time.perf_counter()
+            for level, x, y, w, h in windows:
+                np.asarray(levels[level][y : y + h, x : x + w])
+            return time.perf_counter() - start
+
+
+def bench_read(*, quick: bool = False, slide: str | None = None) -> dict[str, Any]:
+    """Run the read benchmark; see the module docstring.
+
+    Returns
+    -------
+    dict
+        ``raw_windows_s``, ``dask_1t_windows_s``, ``dask_windows_s`` (2 threads),
+        ``ratio_1t`` = raw / dask_1t and ``ratio_parallel`` = raw / dask (higher is
+        better), plus the slide, window count and the raw time including the
+        conversion to an RGB array (``raw_rgb_windows_s``).
+    """
+    from napari_histo.bench import bench_slide
+
+    path = Path(slide) if slide else bench_slide(16384 if quick else 32768)
+    count = 40 if quick else 200
+    repeats = 1 if quick else 2
+    with Slide(path) as opened:
+        windows = viewport_windows(opened, count)
+        fast = opened.fast_levels
+    _warm_page_cache(path)
+    raw = min(time_raw(path, windows) for _ in range(repeats))
+    raw_rgb = min(time_raw(path, windows, to_rgb=True) for _ in range(repeats))
+    one = min(time_dask(path, windows, 1) for _ in range(repeats))
+    two = min(time_dask(path, windows, 2) for _ in range(repeats))
+    return {
+        "slide": str(path),
+        "windows": count,
+        "direct_tile_decoding": any(fast),
+        "raw_windows_s": round(raw, 4),
+        "raw_rgb_windows_s": round(raw_rgb, 4),
+        "dask_1t_windows_s": round(one, 4),
+        "dask_windows_s": round(two, 4),
+        "ratio_1t": round(raw / one, 3),
+        "ratio_parallel": round(raw / two, 3),
+    }

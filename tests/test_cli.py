@@ -1,0 +1,75 @@
+"""The napari-histo command: info, synth, bench plumbing, argument errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from napari_histo.cli import main
+
+
+def run_cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "napari_histo.cli", *args],
+        capture_output=True, text=True, timeout=timeout,
+    )
+
+
+def test_info_text(small_svs, capsys):
+    assert main(["info", str(small_svs)]) == 0
+    out = capsys.readouterr().out
+    assert "vendor:     aperio" in out
+    assert "0.2500 x 0.2500 µm/px" in out
+    assert "objective:  40.0" in out
+    assert "256x256" in out  # native tile size
+    assert "3000    2000" in out and "750     500" in out
+
+
+def test_info_json_lists_synthetic_levels(wide_tiff, capsys):
+    assert main(["info", "--json", str(wide_tiff)]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["vendor"] == "generic-tiff"
+    assert [lv["stored"] for lv in info["levels"]] == [True, False, False]
+    assert info["levels"][0]["tile"] == [256, 256]
+    assert info["mpp_x"] == pytest.approx(0.5, rel=1e-3)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["synth", "x.svs", "--size", "-5"], "expected an integer > 0, got -5"),
+        (["synth", "x.svs", "--size", "big"], "expected an integer, got 'big'"),
+        (["synth", "x.svs", "--seed", "-1"], "expected an integer >= 0, got -1"),
+        (["bench", "nonsense"], "invalid choice"),
+        (["frobnicate"], "invalid choice"),
+    ],
+)
+def test_bad_arguments_exit_2(args, message):
+    proc = run_cli(*args)
+    assert proc.returncode == 2
+    assert message in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_synth_refuses_wrong_suffix_and_existing(tmp_path):
+    proc = run_cli("synth", str(tmp_path / "x.png"))
+    assert proc.returncode == 2 and "must end in .svs" in proc.stderr
+    existing = tmp_path / "there.svs"
+    existing.write_bytes(b"keep me")
+    proc = run_cli("synth", str(existing), "--size", "2048")
+    assert proc.returncode == 2 and "exists" in proc.stderr
+    assert existing.read_bytes() == b"keep me"
+
+
+def test_bench_read_reports_ratios(small_svs):
+    from napari_histo.bench.read import bench_read
+
+    result = bench_read(quick=True, slide=str(small_svs))
+    for key in ("raw_windows_s", "dask_1t_windows_s", "dask_windows_s"):
+        assert result[key] > 0
+    assert result["ratio_1t"] == pytest.approx(
+        result["raw_windows_s"] / result["dask_1t_windows_s"], rel=0.01
+    )
+    assert result["windows"] == 40 and result["direct_tile_decoding"] is True
