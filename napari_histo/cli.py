@@ -146,6 +146,80 @@ def cmd_synth(args: argparse.Namespace) -> int:
     return 0
 
 
+def _parse_region(text: str | None) -> tuple[int, int, int, int] | None:
+    if text is None:
+        return None
+    parts = text.split(",")
+    try:
+        values = tuple(int(p) for p in parts)
+    except ValueError:
+        values = ()
+    if len(values) != 4:
+        raise ValueError(f"--region must be x,y,w,h (four integers, level-0 px), got {text!r}")
+    return values  # type: ignore[return-value]
+
+
+def resolve_members(names: Sequence[str] | None, models_dir: str | None) -> list[Path]:
+    """Card paths for `names` (card files, or model names in `models_dir`); default: all."""
+    from napari_histo.models import default_models_dir, latest_cards
+
+    directory = Path(models_dir) if models_dir else default_models_dir()
+    available = latest_cards(directory)
+    if not names:
+        if not available:
+            raise HistoError(f"{directory}: no model cards (*.json) found")
+        return list(available.values())
+    cards = []
+    for name in names:
+        path = Path(name)
+        if path.suffix == ".json" and path.exists():
+            cards.append(path)
+        elif name in available:
+            cards.append(available[name])
+        else:
+            choices = ", ".join(available) or "none"
+            raise ValueError(f"--members: no model {name!r} in {directory}; available: {choices}")
+    return cards
+
+
+def cmd_infer(args: argparse.Namespace) -> int:
+    import threading
+
+    from napari_histo._progress import TextProgress
+    from napari_histo.inference.engine import EngineConfig, infer_slide, run
+    from napari_histo.models import load_model
+
+    region = _parse_region(args.region)
+    config = EngineConfig(
+        tta=args.tta, overlap=args.overlap, batch_size=args.batch, device=args.device,
+        read_threads=args.threads,
+    )
+    members = [load_model(card) for card in resolve_members(args.members, args.models_dir)]
+    cancel = threading.Event()
+    bar = None if args.quiet else TextProgress(f"inferring {Path(args.slide).name}")
+    generator = infer_slide(
+        args.slide, members, region=region, config=config, out_dir=args.out, cancel=cancel
+    )
+    try:
+        result = run(generator, (lambda p: bar(p.done, p.total)) if bar else None)
+    except KeyboardInterrupt:
+        cancel.set()
+        print("\ninterrupted: finishing the current batch and saving…", file=sys.stderr)
+        result = run(generator)  # the generator stops at the next batch boundary
+        print(
+            f"stopped after {result.tiles_run} tiles; run the same command again to resume",
+            file=sys.stderr,
+        )
+        return 130
+    store = result.run.store.path if result.run else None
+    print(
+        f"{'cancelled' if result.cancelled else 'done'}: {result.tiles_run} of "
+        f"{result.tiles_total} tiles computed in {result.seconds:.1f} s on {result.device}; "
+        f"results in {store} (run {result.run.run_id if result.run else '-'})"
+    )
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace, argv: Sequence[str]) -> int:
     if needs_display():
         if args.screenshot is None:
@@ -195,6 +269,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="overwrite OUT if it exists")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
+    p = sub.add_parser("infer", help="run the tumor ensemble on a slide (resumable)")
+    p.add_argument("slide", help="slide file")
+    p.add_argument("--out", default=None, help="directory of the result store (default: beside)")
+    p.add_argument("--region", default=None, help="x,y,w,h in level-0 px (default: whole slide)")
+    p.add_argument("--members", nargs="+", default=None, help="model names or card .json paths")
+    p.add_argument("--models-dir", default=None, help="directory of model cards")
+    p.add_argument("--tta", type=int, choices=[1, 2, 4, 8], default=1, help="TTA transforms")
+    p.add_argument("--overlap", type=float, default=0.5, help="tile overlap fraction [0, 1)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda[:N] or mps")
+    p.add_argument("--batch", type=_positive_int, default=8, help="tiles per batch")
+    p.add_argument("--threads", type=_positive_int, default=2, help="tile reading threads")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
     p = sub.add_parser("demo", help="open napari with the sample slide")
     p.add_argument("--slide", default=None, help="slide to open instead of the sample")
     p.add_argument("--size", type=_positive_int, default=None, help="sample slide size, px")
@@ -220,6 +307,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_info(args)
         if args.command == "synth":
             return cmd_synth(args)
+        if args.command == "infer":
+            return cmd_infer(args)
         if args.command == "demo":
             return cmd_demo(args, argv)
         if args.command == "bench":

@@ -48,10 +48,10 @@ def run_demo(
     import napari
 
     from napari_histo._progress import TextProgress
-    from napari_histo.sample_data import SAMPLE_SIZE_PX, sample_slide_path
+    from napari_histo.sample_data import sample_slide_path
 
     if slide is None:
-        path = sample_slide_path(size_px or SAMPLE_SIZE_PX, progress=TextProgress("sample slide"))
+        path = sample_slide_path(size_px, progress=TextProgress("sample slide"))
     else:
         path = Path(slide)
     viewer = napari.Viewer(title=f"napari-histo — {path.name}")

@@ -8,7 +8,14 @@ from pathlib import Path
 from napari_histo.io.reader import LayerData, slide_layer_data
 from napari_histo.io.slide import Slide
 
-__all__ = ["SAMPLE_SEED", "SAMPLE_SIZE_PX", "cache_dir", "sample_slide_path", "synthetic_he_slide"]
+__all__ = [
+    "SAMPLE_SEED",
+    "SAMPLE_SIZE_PX",
+    "cache_dir",
+    "sample_size_px",
+    "sample_slide_path",
+    "synthetic_he_slide",
+]
 
 SAMPLE_SIZE_PX = 16384
 SAMPLE_SEED = 7
@@ -24,15 +31,29 @@ def cache_dir() -> Path:
     return Path(user_cache_dir("napari-histo", appauthor=False))
 
 
+def sample_size_px() -> int:
+    """Sample slide size: ``$NAPARI_HISTO_SAMPLE_PX`` or :data:`SAMPLE_SIZE_PX`."""
+    text = os.environ.get("NAPARI_HISTO_SAMPLE_PX")
+    if not text:
+        return SAMPLE_SIZE_PX
+    try:
+        value = int(text)
+    except ValueError:
+        raise ValueError(f"NAPARI_HISTO_SAMPLE_PX must be an integer, got {text!r}") from None
+    if not 1024 <= value <= 131072:
+        raise ValueError(f"NAPARI_HISTO_SAMPLE_PX must be in [1024, 131072], got {value}")
+    return value
+
+
 def sample_slide_path(
-    size_px: int = SAMPLE_SIZE_PX, seed: int = SAMPLE_SEED, *, progress=None
+    size_px: int | None = None, seed: int = SAMPLE_SEED, *, progress=None
 ) -> Path:
     """Path of the synthetic sample slide, generating it on first use.
 
     Parameters
     ----------
-    size_px : int
-        Level-0 width and height in px.
+    size_px : int, optional
+        Level-0 width and height in px; default :func:`sample_size_px`.
     seed : int
         Generator seed.
     progress : callable, optional
@@ -40,6 +61,7 @@ def sample_slide_path(
     """
     from napari_histo.synthetic import write_synthetic_slide
 
+    size_px = size_px or sample_size_px()
     path = cache_dir() / "samples" / f"synthetic_he_{size_px}px_seed{seed}.svs"
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -73,3 +73,13 @@ def test_bench_read_reports_ratios(small_svs):
         result["raw_windows_s"] / result["dask_1t_windows_s"], rel=0.01
     )
     assert result["windows"] == 40 and result["direct_tile_decoding"] is True
+
+
+def test_synth_writes_a_slide_with_truth(tmp_path):
+    out = tmp_path / "s.svs"
+    proc = run_cli("synth", str(out), "--size", "2048", "--seed", "3", "--quiet")
+    assert proc.returncode == 0, proc.stderr
+    assert out.exists() and (tmp_path / "s.truth.zarr").is_dir()
+    assert "wrote" in proc.stdout
+    info = json.loads(run_cli("info", "--json", str(out)).stdout)
+    assert info["vendor"] == "aperio" and info["width"] == 2048 and info["mpp_x"] == 0.25

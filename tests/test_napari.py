@@ -83,3 +83,29 @@ def test_viewer_pyramid_levels_follow_zoom(make_napari_viewer, qtbot, wide_tiff)
     qtbot.wait(50)
     _screenshot(viewer, qtbot)
     assert layer.data_level < coarse
+
+
+def test_sample_data_generated_once_and_opens(make_napari_viewer, qtbot, tmp_path, monkeypatch):
+    monkeypatch.setenv("NAPARI_HISTO_CACHE", str(tmp_path))
+    monkeypatch.setenv("NAPARI_HISTO_SAMPLE_PX", "2048")
+    viewer = make_napari_viewer(show=True)
+    layers = viewer.open_sample("napari-histo", "synthetic_he")
+    assert len(layers) == 1 and layers[0].rgb and layers[0].multiscale
+    np.testing.assert_allclose(layers[0].scale, (0.25, 0.25))
+    (path,) = (tmp_path / "samples").glob("*.svs")
+    stamp = path.stat().st_mtime_ns
+    viewer.open_sample("napari-histo", "synthetic_he")
+    assert path.stat().st_mtime_ns == stamp  # cached, not regenerated
+    viewer.reset_view()
+    assert _screenshot(viewer, qtbot)[..., :3].std() > 10
+
+
+def test_sample_size_setting_rejects_bad_values(monkeypatch):
+    from napari_histo.sample_data import sample_size_px
+
+    monkeypatch.setenv("NAPARI_HISTO_SAMPLE_PX", "huge")
+    with pytest.raises(ValueError, match="NAPARI_HISTO_SAMPLE_PX must be an integer, got 'huge'"):
+        sample_size_px()
+    monkeypatch.setenv("NAPARI_HISTO_SAMPLE_PX", "10")
+    with pytest.raises(ValueError, match=r"must be in \[1024, 131072\], got 10"):
+        sample_size_px()

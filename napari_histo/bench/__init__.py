@@ -29,6 +29,17 @@ def bench_slide(size_px: int, seed: int = 1) -> Path:
     return path
 
 
+def bench_mosaic_slide(size_px: int = 100_000, tissue_fraction: float = 0.3) -> Path:
+    """A cached `size_px`² mosaic slide of real synthetic tiles (seconds to write)."""
+    from napari_histo.bench.mosaic import write_mosaic_slide
+    from napari_histo.sample_data import cache_dir
+
+    path = cache_dir() / "bench" / f"mosaic_{size_px}px.svs"
+    if not path.exists():
+        write_mosaic_slide(path, bench_slide(4096, seed=3), size_px, tissue_fraction=tissue_fraction)
+    return path
+
+
 def _read(quick: bool, slide: str | None) -> dict[str, Any]:
     from napari_histo.bench.read import bench_read
 
