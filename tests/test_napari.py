@@ -61,12 +61,12 @@ def test_viewer_opens_pans_zooms_and_renders(make_napari_viewer, qtbot, cmu_svs)
     assert pinkish.mean() > 0.02, "no H&E-coloured pixels on screen"
 
     # Zoom in on tissue near the centre (µm) and pan: the view changes, still not blank.
-    viewer.camera.center = (700.0, 560.0)
-    viewer.camera.zoom = viewer.camera.zoom * 8
+    viewer.scene.camera.center = (700.0, 560.0)
+    viewer.scene.camera.zoom = viewer.scene.camera.zoom * 8
     zoomed = _screenshot(viewer, qtbot)
     assert zoomed.std() > 10
     assert not np.array_equal(zoomed, whole)
-    viewer.camera.center = (900.0, 600.0)
+    viewer.scene.camera.center = (900.0, 600.0)
     panned = _screenshot(viewer, qtbot)
     assert panned.std() > 10
     assert not np.array_equal(panned, zoomed)
@@ -79,7 +79,7 @@ def test_viewer_pyramid_levels_follow_zoom(make_napari_viewer, qtbot, wide_tiff)
     viewer.reset_view()
     qtbot.wait(50)
     coarse = layer.data_level
-    viewer.camera.zoom = viewer.camera.zoom * 16
+    viewer.scene.camera.zoom = viewer.scene.camera.zoom * 16
     qtbot.wait(50)
     _screenshot(viewer, qtbot)
     assert layer.data_level < coarse
