@@ -1,0 +1,139 @@
+"""Architecture registry: names in model cards → model classes.
+
+A model card's ``architecture`` names a registered class and its ``config``
+holds that class's keyword arguments, so a card plus a weights file is enough to
+rebuild the model without pickling code.
+
+Examples
+--------
+>>> from napari_histo.models import available_architectures, build_model
+>>> available_architectures()
+('deeplabv3plus', 'denseunet', 'resunet')
+>>> model = build_model("resunet", {"width": 8, "depth": 3})
+>>> model.hparams["width"]
+8
+"""
+
+from __future__ import annotations
+
+import inspect
+import re
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
+
+from torch import nn
+
+__all__ = [
+    "architecture_defaults",
+    "available_architectures",
+    "build_model",
+    "register_architecture",
+]
+
+#: Name a model card uses for TorchScript models, which carry their own code.
+TORCHSCRIPT = "torchscript"
+
+_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
+_REGISTRY: dict[str, Callable[..., nn.Module]] = {}
+
+F = TypeVar("F", bound=Callable[..., nn.Module])
+
+
+def register_architecture(name: str) -> Callable[[F], F]:
+    """Class decorator registering a model under `name`.
+
+    Parameters
+    ----------
+    name : str
+        Lower-case identifier (``[a-z][a-z0-9_]*``), unique, not ``"torchscript"``.
+
+    Returns
+    -------
+    callable
+        The decorator; it returns the class unchanged.
+
+    Raises
+    ------
+    ValueError
+        If `name` is malformed, reserved, or already names a different class.
+    """
+    if not isinstance(name, str) or not _NAME.match(name):
+        raise ValueError(f"architecture `name` must match {_NAME.pattern}, got {name!r}")
+    if name == TORCHSCRIPT:
+        raise ValueError(f"architecture `name` {name!r} is reserved for TorchScript models")
+
+    def decorator(factory: F) -> F:
+        known = _REGISTRY.get(name)
+        if known is not None and known is not factory:
+            raise ValueError(f"architecture {name!r} is already registered to {known.__qualname__}")
+        _REGISTRY[name] = factory
+        return factory
+
+    return decorator
+
+
+def available_architectures() -> tuple[str, ...]:
+    """Registered architecture names, sorted."""
+    return tuple(sorted(_REGISTRY))
+
+
+def _factory(architecture: str) -> Callable[..., nn.Module]:
+    try:
+        return _REGISTRY[architecture]
+    except (KeyError, TypeError):
+        raise ValueError(
+            f"unknown `architecture` {architecture!r}; choose one of: "
+            f"{', '.join(available_architectures())}"
+        ) from None
+
+
+def architecture_defaults(architecture: str) -> dict[str, Any]:
+    """Config keys accepted by `architecture` and their default values.
+
+    Raises
+    ------
+    ValueError
+        If `architecture` is not registered.
+    """
+    params = inspect.signature(_factory(architecture)).parameters
+    return {
+        key: p.default
+        for key, p in params.items()
+        if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+    }
+
+
+def build_model(architecture: str, config: Mapping[str, Any] | None = None) -> nn.Module:
+    """Instantiate a registered architecture with freshly initialised weights.
+
+    Parameters
+    ----------
+    architecture : str
+        A name from :func:`available_architectures`.
+    config : mapping of str to JSON value, optional
+        Constructor keyword arguments (e.g. ``{"num_classes": 2, "width": 16}``);
+        missing keys take the defaults.
+
+    Returns
+    -------
+    torch.nn.Module
+        The model, in training mode, on the CPU.
+
+    Raises
+    ------
+    ValueError
+        If `architecture` is unknown (the message lists the choices), a config key
+        is not accepted (the message names it), or a value is out of range.
+    """
+    factory = _factory(architecture)
+    config = {} if config is None else config
+    if not isinstance(config, Mapping):
+        raise ValueError(f"`config` must be a mapping, got {type(config).__name__}")
+    accepted = architecture_defaults(architecture)
+    for key in config:
+        if key not in accepted:
+            raise ValueError(
+                f"unknown config key {key!r} for architecture {architecture!r}; "
+                f"accepted keys: {', '.join(accepted)}"
+            )
+    return factory(**config)
