@@ -220,6 +220,36 @@ def cmd_infer(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train(args: argparse.Namespace) -> int:
+    import threading
+
+    from napari_histo._progress import TextProgress
+    from napari_histo.training.default_ensemble import EnsembleRecipe, train_default_ensemble
+
+    if not args.synthetic:
+        raise HistoError("training from annotations is not available yet; use --synthetic")
+    recipe = EnsembleRecipe(seed=args.seed, steps=args.steps, slide_px=args.slide_size)
+    cancel = threading.Event()
+    bars: dict[str, TextProgress] = {}
+    generator = train_default_ensemble(args.out, recipe, work_dir=args.work, cancel=cancel)
+    try:
+        while True:
+            try:
+                member, event = next(generator)
+            except StopIteration as stop:
+                cards = stop.value
+                break
+            bar = bars.setdefault(member, TextProgress(f"training {member}", unit="steps"))
+            bar(event.step, event.steps)
+    except KeyboardInterrupt:
+        cancel.set()
+        print("\ninterrupted: no new model version was written", file=sys.stderr)
+        return 130
+    for card in cards:
+        print(f"wrote {card}")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace, argv: Sequence[str]) -> int:
     if needs_display():
         if args.screenshot is None:
@@ -282,6 +312,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=_positive_int, default=2, help="tile reading threads")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
+    p = sub.add_parser("train", help="train the default ensemble on synthetic slides")
+    p.add_argument("--synthetic", action="store_true", help="train from synthetic slides")
+    p.add_argument("--out", default="resources/models", help="directory for weights + cards")
+    p.add_argument("--seed", type=_nonnegative_int, default=0, help="random seed")
+    p.add_argument("--steps", type=_positive_int, default=1200, help="steps per member")
+    p.add_argument("--slide-size", type=_positive_int, default=8192, help="synthetic slide px")
+    p.add_argument("--work", default=None, help="directory for the generated slides")
+
     p = sub.add_parser("demo", help="open napari with the sample slide")
     p.add_argument("--slide", default=None, help="slide to open instead of the sample")
     p.add_argument("--size", type=_positive_int, default=None, help="sample slide size, px")
@@ -309,6 +347,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_synth(args)
         if args.command == "infer":
             return cmd_infer(args)
+        if args.command == "train":
+            return cmd_train(args)
         if args.command == "demo":
             return cmd_demo(args, argv)
         if args.command == "bench":

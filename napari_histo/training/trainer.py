@@ -1,0 +1,178 @@
+"""The training loop as a generator: yields progress, returns the trained model."""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections.abc import Generator, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+
+from napari_histo.training.augment import augment_batch
+from napari_histo.training.data import PatchSet
+from napari_histo.training.losses import IGNORE, segmentation_loss
+
+__all__ = ["TrainProgress", "TrainResult", "evaluate_dice", "train_model"]
+
+
+@dataclass(frozen=True)
+class TrainProgress:
+    """Progress after a training step."""
+
+    step: int
+    steps: int
+    loss: float
+    elapsed_s: float
+    eta_s: float | None
+    val_dice: float | None = None
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """A finished (or cancelled) training run."""
+
+    model: nn.Module
+    steps_done: int
+    seconds: float
+    cancelled: bool
+    history: list[TrainProgress] = field(repr=False)
+    val_dice: float | None
+
+
+def _normalise(x: torch.Tensor, normalisation: Mapping[str, Sequence[float]]) -> torch.Tensor:
+    mean = torch.tensor(normalisation["mean"], dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+    std = torch.tensor(normalisation["std"], dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+    return (x - mean) / std
+
+
+def _to_tensor(images: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(images).permute(0, 3, 1, 2).float().div_(255.0)
+
+
+@torch.inference_mode()
+def evaluate_dice(
+    model: nn.Module,
+    patches: PatchSet,
+    normalisation: Mapping[str, Sequence[float]],
+    *,
+    batch_size: int = 16,
+    device: str | torch.device = "cpu",
+) -> float:
+    """Foreground Dice of `model`'s argmax over all labelled pixels of `patches`."""
+    model.eval()
+    inter = total = 0
+    for start in range(0, len(patches), batch_size):
+        x = _normalise(
+            _to_tensor(patches.images[start : start + batch_size]).to(device), normalisation
+        )
+        pred = model(x).argmax(dim=1).cpu().numpy() == 1
+        truth = patches.masks[start : start + batch_size]
+        valid = truth != IGNORE
+        fg = (truth == 1) & valid
+        pred &= valid
+        inter += int((pred & fg).sum())
+        total += int(pred.sum()) + int(fg.sum())
+    return 2 * inter / total if total else 1.0
+
+
+def train_model(
+    model: nn.Module,
+    train: PatchSet,
+    *,
+    steps: int,
+    normalisation: Mapping[str, Sequence[float]],
+    batch_size: int = 16,
+    lr: float = 1e-3,
+    seed: int = 0,
+    val: PatchSet | None = None,
+    eval_every: int = 200,
+    device: str | torch.device = "cpu",
+    cancel: threading.Event | None = None,
+) -> Generator[TrainProgress, None, TrainResult]:
+    """Train `model` on `train` with augmentation, Adam and cosine learning-rate decay.
+
+    Parameters
+    ----------
+    model : nn.Module
+        Segmentation model with 2 output classes; trained in place.
+    train : PatchSet
+        Training patches.
+    steps : int
+        Optimiser steps.
+    normalisation : mapping
+        ``{"mean": [r, g, b], "std": [r, g, b]}`` for RGB in [0, 1].
+    batch_size, lr, seed : int, float, int
+        Batch size, initial learning rate, random seed (sampling, augmentation).
+    val : PatchSet, optional
+        Held-out patches; Dice reported every `eval_every` steps and at the end.
+    device : str or torch.device
+        Where to train.
+    cancel : threading.Event, optional
+        Set to stop after the current step.
+
+    Yields
+    ------
+    TrainProgress
+
+    Returns
+    -------
+    TrainResult
+    """
+    if steps < 1:
+        raise ValueError(f"`steps` must be >= 1, got {steps}")
+    if len(train) == 0:
+        raise ValueError("`train` holds no patches")
+    generator = torch.Generator().manual_seed(seed)
+    # Backward through channels_last convolutions crashes on CPU in torch 2.13
+    # (load_model uses channels_last for faster inference): train in NCHW.
+    model.to(device=device, memory_format=torch.contiguous_format)
+    optimiser = torch.optim.Adam(model.parameters(), lr=lr)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimiser, lambda s: 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * s / steps))
+    )
+    images = torch.from_numpy(train.images)
+    masks = torch.from_numpy(train.masks)
+    history: list[TrainProgress] = []
+    start = time.monotonic()
+    val_dice = None
+    step = 0
+    for step in range(1, steps + 1):
+        if cancel is not None and cancel.is_set():
+            step -= 1
+            break
+        model.train()
+        index = torch.randint(0, len(train), (batch_size,), generator=generator)
+        x = images[index].permute(0, 3, 1, 2).float().div_(255.0)
+        x, y = augment_batch(x, masks[index], generator)
+        x = _normalise(x, normalisation).to(device)
+        loss = segmentation_loss(model(x), y.to(device))
+        optimiser.zero_grad(set_to_none=True)
+        loss.backward()
+        optimiser.step()
+        schedule.step()
+        elapsed = time.monotonic() - start
+        if val is not None and (step % eval_every == 0 or step == steps):
+            val_dice = evaluate_dice(model, val, normalisation, device=device)
+        event = TrainProgress(
+            step=step,
+            steps=steps,
+            loss=float(loss.detach()),
+            elapsed_s=elapsed,
+            eta_s=elapsed / step * (steps - step),
+            val_dice=val_dice if (val is not None and step % eval_every == 0) else None,
+        )
+        history.append(event)
+        yield event
+    model.eval()
+    return TrainResult(
+        model=model,
+        steps_done=step,
+        seconds=time.monotonic() - start,
+        cancelled=step < steps,
+        history=history,
+        val_dice=val_dice,
+    )
