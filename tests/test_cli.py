@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -83,3 +84,58 @@ def test_synth_writes_a_slide_with_truth(tmp_path):
     assert "wrote" in proc.stdout
     info = json.loads(run_cli("info", "--json", str(out)).stdout)
     assert info["vendor"] == "aperio" and info["width"] == 2048 and info["mpp_x"] == 0.25
+
+
+@pytest.fixture(scope="module")
+def infer_slide_path(tmp_path_factory):
+    from napari_histo.synthetic import write_synthetic_slide
+
+    root = tmp_path_factory.mktemp("cli_infer")
+    return write_synthetic_slide(root / "c.svs", 3072, seed=2003, workers=1).path
+
+
+def test_infer_runs_then_resumes_nothing(infer_slide_path, tmp_path):
+    args = ("infer", str(infer_slide_path), "--out", str(tmp_path), "--quiet")
+    first = run_cli(*args, "--members", "deeplabv3plus", timeout=300)
+    assert first.returncode == 0, first.stderr
+    assert "done:" in first.stdout and (tmp_path / "c.svs.histo.zarr").is_dir()
+    again = run_cli(*args, "--members", "deeplabv3plus", timeout=300)
+    assert again.returncode == 0 and "done: 0 of" in again.stdout
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--region", "1,2,3"], "--region must be x,y,w,h"),
+        (["--region", "0,0,9000,10"], "outside the slide"),
+        (["--members", "nosuchmodel"], "no model 'nosuchmodel'"),
+        (["--overlap", "1.5"], "`overlap` must be in [0, 1)"),
+        (["--device", "cuda:0"], "CUDA is not available"),
+    ],
+)
+def test_infer_bad_arguments(infer_slide_path, tmp_path, extra, message):
+    proc = run_cli("infer", str(infer_slide_path), "--out", str(tmp_path), "--quiet", *extra)
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0]
+
+
+def test_infer_refuses_pickled_weights(infer_slide_path, tmp_path):
+    import shutil
+
+    import torch
+
+    models = tmp_path / "models"
+    models.mkdir()
+    shutil.copy(Path(__file__).parents[1] / "resources/models/deeplabv3plus-1.0.json", models)
+    card = json.loads((models / "deeplabv3plus-1.0.json").read_text())
+    torch.save({"w": torch.zeros(1)}, models / card["weights_file"])
+    proc = run_cli("infer", str(infer_slide_path), "--models-dir", str(models), "--quiet")
+    assert proc.returncode == 2
+    assert "refused because unpickling can run arbitrary code" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_infer_no_slide_mpp(generic_tiff, tmp_path):
+    proc = run_cli("infer", str(generic_tiff), "--out", str(tmp_path), "--quiet")
+    assert proc.returncode == 2 and "microns-per-pixel" in proc.stderr

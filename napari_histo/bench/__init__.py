@@ -36,7 +36,8 @@ def bench_mosaic_slide(size_px: int = 100_000, tissue_fraction: float = 0.3) -> 
 
     path = cache_dir() / "bench" / f"mosaic_{size_px}px.svs"
     if not path.exists():
-        write_mosaic_slide(path, bench_slide(4096, seed=3), size_px, tissue_fraction=tissue_fraction)
+        source = bench_slide(4096, seed=3)
+        write_mosaic_slide(path, source, size_px, tissue_fraction=tissue_fraction)
     return path
 
 
@@ -52,14 +53,21 @@ def _open(quick: bool, slide: str | None) -> dict[str, Any]:
     return bench_open(quick=quick)
 
 
+def _infer(quick: bool, slide: str | None) -> dict[str, Any]:
+    from napari_histo.bench.infer import bench_infer
+
+    return bench_infer(quick=quick, slide=slide)
+
+
 BENCHMARKS: dict[str, Callable[[bool, str | None], dict[str, Any]]] = {
     "read": _read,
     "open": _open,
+    "infer": _infer,
 }
 
 
 def run(which: str, *, quick: bool = False, slide: str | None = None) -> dict[str, Any]:
-    """Run benchmark `which` ("read" or "open") and return its result dict."""
+    """Run benchmark `which` ("read", "open" or "infer") and return its result dict."""
     if which not in BENCHMARKS:
         raise ValueError(f"`which` must be one of {sorted(BENCHMARKS)}, got {which!r}")
     return BENCHMARKS[which](quick, slide)

@@ -107,9 +107,15 @@ def write_mosaic_slide(
                 else:
                     desc = f"Aperio Image Library v12.0.0\n{size_px}x{size_px} -> {side}x{side}"
                 tw.write(
-                    tiles(), shape=(side, side, 3), dtype=np.uint8, tile=(tile, tile),
-                    photometric="rgb", compression="jpeg", description=desc,
-                    subfiletype=0 if level == 0 else 1, metadata=None,
+                    tiles(),
+                    shape=(side, side, 3),
+                    dtype=np.uint8,
+                    tile=(tile, tile),
+                    photometric="rgb",
+                    compression="jpeg",
+                    description=desc,
+                    subfiletype=0 if level == 0 else 1,
+                    metadata=None,
                 )
         os.replace(tmp, path)
     finally:

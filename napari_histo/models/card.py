@@ -431,12 +431,20 @@ def write_card(path: str | os.PathLike[str], card: ModelCard) -> Path:
     return path
 
 
+def _default_file_mode() -> int:
+    """0o666 minus the process umask: the mode ``open()`` would give a new file."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 def _atomic_write_bytes(path: Path, payload: bytes) -> None:
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     except OSError as err:
         raise WeightsError(f"{path}: cannot write ({err.strerror or err})") from None
     try:
+        os.fchmod(fd, _default_file_mode())  # mkstemp makes 0600; cards are shared files
         with os.fdopen(fd, "wb") as f:
             f.write(payload)
             f.flush()

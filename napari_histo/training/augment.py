@@ -44,6 +44,8 @@ def augment_batch(
     out_images, out_masks = [], []
     turns = torch.randint(0, 4, (batch,), generator=generator).tolist()
     flips = torch.randint(0, 2, (batch,), generator=generator).tolist()
+    if images.shape[-1] != images.shape[-2]:
+        turns = [2 * (t % 2) for t in turns]  # quarter turns would change the shape
     for i in range(batch):
         image, mask = images[i], masks[i]
         if flips[i]:

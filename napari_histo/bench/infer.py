@@ -1,0 +1,147 @@
+"""``bench infer``: engine throughput vs the bare model, and vs a naive sliding window.
+
+All in one run on one synthetic slide with about 30 % tissue:
+
+* model only: the ensemble forward (with the same TTA) on random tensors of
+  the engine's batch shape, as many tiles as the engine computes: the limit;
+* engine: :func:`napari_histo.inference.engine.infer_slide` on the whole slide
+  (tissue detection, read-ahead, stitching and the zarr store included);
+* naive: every tile of a sliding window over the whole slide, background
+  included, batch 1, reading each tile just before its forward pass, stitched
+  into one in-memory array.
+
+RSS growth of the engine is measured in fresh processes on an 8k² and a
+larger slide (32k²; 16k² with ``--quick``) built from real synthetic tiles.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from napari_histo.inference.engine import EngineConfig, infer_slide, predict_batch, run
+from napari_histo.inference.ensemble import ensemble_predict, tta_transforms
+from napari_histo.io.slide import Slide
+from napari_histo.models import LoadedModel, latest_cards, load_model
+from napari_histo.tiling import Stitcher, make_grid
+
+RSS_PROBE = """
+import json, resource, sys, tempfile
+from napari_histo.inference.engine import EngineConfig, infer_slide, run
+from napari_histo.models import load_model
+members = [load_model(c) for c in sys.argv[2:]]
+base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+with tempfile.TemporaryDirectory() as out:
+    result = run(infer_slide(sys.argv[1], members, config=EngineConfig(), out_dir=out))
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print(json.dumps({"rss_mb": (peak - base) / 1024, "tiles": result.tiles_run}))
+"""
+
+
+def _model_only(members: list[LoadedModel], tiles: int, batch: int, tta: tuple[int, ...]) -> float:
+    """Seconds for the ensemble forward on `tiles` random tiles, `batch` at a time."""
+    patch = members[0].card.patch_px
+    x = torch.randn(batch, 3, patch, patch)
+    models = [m.model for m in members]
+    ensemble_predict(models, x, tta)  # warm-up
+    start = time.perf_counter()
+    for done in range(0, tiles, batch):
+        ensemble_predict(models, x[: min(batch, tiles - done)], tta)
+    return time.perf_counter() - start
+
+
+def _naive(path: Path, members: list[LoadedModel], tta: tuple[int, ...]) -> tuple[float, int]:
+    """Sliding window over the whole slide, batch 1, synchronous reads."""
+    card = members[0].card
+    start = time.perf_counter()
+    with Slide(path) as slide:
+        width, height = slide.dimensions
+        grid = make_grid(
+            (0, 0, width, height),
+            slide_mpp=slide.require_mpp(),
+            model_mpp=card.input_mpp,
+            tile_px=card.patch_px,
+            overlap=0.5,
+        )
+        level = slide.best_level_for_downsample(grid.scale)
+        ds = slide.level_downsamples[level]
+        stitcher = Stitcher(grid, channels=4)
+        for index in range(len(grid.origins)):
+            x, y, w, h = grid.tile_region_l0(index)
+            tile = slide.read_region(level, x, y, round(w / ds), round(h / ds))
+            out = predict_batch(
+                members,
+                tile[None],
+                tile_px=card.patch_px,
+                tta=tta,
+                device=torch.device("cpu"),
+                amp=False,
+                class_index=1,
+            )
+            stitcher.add(index, out[0])
+        stitcher.result()
+    return time.perf_counter() - start, len(grid.origins)
+
+
+def _rss(path: Path, cards: list[Path]) -> float:
+    proc = subprocess.run(
+        [sys.executable, "-c", RSS_PROBE, str(path), *map(str, cards)],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=True,
+    )
+    return float(json.loads(proc.stdout.strip().splitlines()[-1])["rss_mb"])
+
+
+def bench_infer(*, quick: bool = False, slide: str | None = None, tta: int = 1) -> dict[str, Any]:
+    """Run the inference benchmark; see the module docstring."""
+    from napari_histo.bench import bench_mosaic_slide, bench_slide
+
+    cards = list(latest_cards().values())
+    if not cards:
+        raise FileNotFoundError(
+            "no model cards in resources/models; run `napari-histo train --synthetic`"
+        )
+    members = [load_model(c) for c in cards]
+    transforms = tta_transforms(tta)
+    path = Path(slide) if slide else bench_slide(8192 if quick else 16384, seed=2)
+    config = EngineConfig(tta=tta)
+    with tempfile.TemporaryDirectory() as out:
+        result = run(infer_slide(path, members, config=config, out_dir=out))
+    engine_s = result.seconds
+    tiles = result.tiles_run
+    model_s = _model_only(members, tiles, config.batch_size, transforms)
+    naive_s, naive_tiles = _naive(path, members, transforms)
+    small = bench_mosaic_slide(8192)
+    large = bench_mosaic_slide(16384 if quick else 32768)
+    rss_small, rss_large = _rss(small, cards), _rss(large, cards)
+    return {
+        "slide": str(path),
+        "members": [m.card.name for m in members],
+        "tta": tta,
+        "device": result.device,
+        "tiles": tiles,
+        "naive_tiles": naive_tiles,
+        "model_only_tiles_s": round(tiles / model_s, 3),
+        "engine_tiles_s": round(tiles / engine_s, 3),
+        "naive_tiles_s": round(naive_tiles / naive_s, 3),
+        "engine_slide_s": round(engine_s, 3),
+        "naive_slide_s": round(naive_s, 3),
+        "efficiency": round(model_s / engine_s, 3),
+        "speedup_vs_naive": round(naive_s / engine_s, 3),
+        "rss_8k_mb": round(rss_small, 1),
+        f"rss_{'16k' if quick else '32k'}_mb": round(rss_large, 1),
+        "rss_growth_mb": round(rss_large - rss_small, 1),
+        "torch_threads": torch.get_num_threads(),
+        "tissue_tiles_fraction": round(tiles / max(naive_tiles, 1), 3),
+        "numpy": np.__version__,
+    }
