@@ -308,7 +308,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tta", type=int, choices=[1, 2, 4, 8], default=1, help="TTA transforms")
     p.add_argument("--overlap", type=float, default=0.5, help="tile overlap fraction [0, 1)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda[:N] or mps")
-    p.add_argument("--batch", type=_positive_int, default=8, help="tiles per batch")
+    p.add_argument("--batch", type=_positive_int, default=None, help="tiles per batch (auto)")
     p.add_argument("--threads", type=_positive_int, default=2, help="tile reading threads")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 

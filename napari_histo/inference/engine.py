@@ -47,6 +47,7 @@ from napari_histo.tissue import slide_tissue_mask
 __all__ = [
     "EngineConfig",
     "InferenceResult",
+    "default_batch_size",
     "Progress",
     "infer_slide",
     "predict_batch",
@@ -65,8 +66,9 @@ class EngineConfig:
         Test-time augmentations per member: 1, 2, 4 or 8 dihedral transforms.
     overlap : float
         Tile overlap as a fraction of the tile, in [0, 1).
-    batch_size : int
-        Tiles per forward pass (halved automatically on CUDA out-of-memory).
+    batch_size : int or None
+        Tiles per forward pass (halved automatically on CUDA out-of-memory);
+        None picks :func:`default_batch_size` for the device.
     read_threads : int
         Threads reading and decoding tiles ahead of the model.
     device : str
@@ -79,7 +81,7 @@ class EngineConfig:
 
     tta: int = 1
     overlap: float = 0.5
-    batch_size: int = 8
+    batch_size: int | None = None
     read_threads: int = 2
     device: str = "auto"
     amp: bool = True
@@ -91,6 +93,8 @@ class EngineConfig:
             raise ValueError(f"`overlap` must be in [0, 1), got {self.overlap!r}")
         for name in ("batch_size", "read_threads", "prefetch_batches"):
             value = getattr(self, name)
+            if name == "batch_size" and value is None:
+                continue
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"`{name}` must be an int >= 1, got {value!r}")
 
@@ -140,6 +144,11 @@ def select_device(name: str = "auto") -> torch.device:
     if device.type == "mps" and not torch.backends.mps.is_available():
         raise HistoError(f"device {name!r} requested but MPS is not available here")
     return device
+
+
+def default_batch_size(device: torch.device) -> int:
+    """Tiles per batch: 4 on CPU (measured fastest per tile on 2 cores), 16 on GPUs."""
+    return 4 if device.type == "cpu" else 16
 
 
 def _check_members(members: Sequence[LoadedModel]) -> LoadedModel:
@@ -341,7 +350,7 @@ def infer_slide(
 
         stitcher = Stitcher(grid, channels=len(RESULT_ARRAYS), tiles=todo)
         read = _tile_reader(slide, grid)
-        batch_size = config.batch_size
+        batch_size = config.batch_size or default_batch_size(device)
         done_before = total - len(todo)
         pending: deque[tuple[int, Future[np.ndarray]]] = deque()
         queue = iter(todo.tolist())
