@@ -47,8 +47,8 @@ from napari_histo.tissue import slide_tissue_mask
 __all__ = [
     "EngineConfig",
     "InferenceResult",
-    "default_batch_size",
     "Progress",
+    "default_batch_size",
     "infer_slide",
     "predict_batch",
     "run",
