@@ -139,3 +139,28 @@ def test_infer_refuses_pickled_weights(infer_slide_path, tmp_path):
 def test_infer_no_slide_mpp(generic_tiff, tmp_path):
     proc = run_cli("infer", str(generic_tiff), "--out", str(tmp_path), "--quiet")
     assert proc.returncode == 2 and "microns-per-pixel" in proc.stderr
+
+
+def test_infer_ctrl_c_stops_cleanly_and_resumes(tmp_path):
+    import signal
+    import time
+
+    from napari_histo.synthetic import write_synthetic_slide
+
+    slide = write_synthetic_slide(tmp_path / "big.svs", 6144, seed=2004, workers=1).path
+    cmd = [sys.executable, "-m", "napari_histo.cli", "infer", str(slide), "--out", str(tmp_path),
+           "--batch", "1"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:  # wait until about half the tiles are done
+        line = proc.stderr.readline()
+        if "%" in line and float(line.split("%")[0].split()[-1]) >= 50:
+            break
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "run the same command again to resume" in err and "Traceback" not in err
+    again = run_cli("infer", str(slide), "--out", str(tmp_path), "--quiet", timeout=300)
+    assert again.returncode == 0
+    done, total = again.stdout.split("done: ")[1].split(" tiles")[0].split(" of ")
+    assert 0 < int(done) < int(total)  # resumed, not restarted
