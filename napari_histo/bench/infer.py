@@ -133,6 +133,8 @@ def bench_infer(*, quick: bool = False, slide: str | None = None, tta: int = 1) 
     # Seed 2: about 30 % of the slide is tissue.
     path = Path(slide) if slide else bench_slide(16384 if quick else 32768, seed=2)
     config = EngineConfig(tta=tta)
+    batch = default_batch_size(torch.device("cpu"))
+    _model_only(members, 2 * batch, batch, transforms)  # warm-up: kernels for these shapes
     with tempfile.TemporaryDirectory() as out:
         result = run(infer_slide(path, members, config=config, out_dir=out))
     engine_s = result.seconds

@@ -355,7 +355,20 @@ def infer_slide(
         pending: deque[tuple[int, Future[np.ndarray]]] = deque()
         queue = iter(todo.tolist())
         tiles_run = 0
-        with ThreadPoolExecutor(config.read_threads, thread_name_prefix="histo-read") as pool:
+        already_done = run_.done  # cells finished by an earlier run (one copy, not per cell)
+        # Store writes (compression + I/O) run on their own thread, in order, so the
+        # model is not held up by them; errors surface at the next batch.
+        writer = ThreadPoolExecutor(1, thread_name_prefix="histo-write")
+        writes: deque[Future[None]] = deque()
+
+        def check_writes(wait: bool) -> None:
+            while writes and (wait or writes[0].done()):
+                writes.popleft().result()
+
+        with (
+            writer,
+            ThreadPoolExecutor(config.read_threads, thread_name_prefix="histo-read") as pool,
+        ):
 
             def refill() -> None:
                 while len(pending) < batch_size * (config.prefetch_batches + 1):
@@ -387,11 +400,12 @@ def infer_slide(
                     for index, out in zip(indices, outputs, strict=True):
                         stitcher.add(index, out)
                     for row, col, values in stitcher.pop_final_cells():
-                        if run_.done[row, col]:
+                        if already_done[row, col]:
                             continue
                         cell = {name: values[k] for k, name in enumerate(RESULT_ARRAYS)}
-                        run_.write_cell(row, col, cell)
+                        writes.append(writer.submit(run_.write_cell, row, col, cell))
                         finished.append((row, col, cell))
+                    check_writes(wait=False)
                     tiles_run += len(indices)
                     elapsed = time.monotonic() - start
                     rate = tiles_run / elapsed if elapsed > 0 else 0.0
@@ -407,6 +421,7 @@ def infer_slide(
             finally:
                 for _, future in pending:
                     future.cancel()
+                check_writes(wait=True)
                 if cancel.is_set() or pending or tiles_run < len(todo):
                     run_.cancel()
         cancelled = tiles_run < len(todo)
