@@ -192,3 +192,44 @@ def test_bad_config_and_device():
     if not torch.cuda.is_available():
         with pytest.raises(HistoError, match="CUDA is not available"):
             select_device("cuda")
+
+
+def test_viewport_cells_match_whole_slide_and_resume(slide, cards, reference, tmp_path):
+    members = [load_model(c) for c in cards]
+    view = (1500, 1200, 1100, 700)  # level-0 x, y, w, h
+    events = []
+    generator = infer_slide(
+        slide, members, within=view, centre=(2050, 1550), config=EngineConfig(tta=2),
+        out_dir=tmp_path,
+    )
+    while True:
+        try:
+            events.append(next(generator))
+        except StopIteration as stop:
+            partial = stop.value
+            break
+    assert not partial.cancelled and not partial.run.complete
+    assert 0 < partial.tiles_run < partial.tiles_total
+    done = partial.run.done
+    geometry = partial.geometry
+    # Every cell meeting the view is final on disk; cells far away are not.
+    cell_l0 = geometry.cell_px * geometry.downsample
+    r0, r1 = int(view[1] // cell_l0), int(-(-(view[1] + view[3]) // cell_l0))
+    c0, c1 = int(view[0] // cell_l0), int(-(-(view[0] + view[2]) // cell_l0))
+    assert done[r0:r1, c0:c1].all() and not done.all()
+    # The first cells to come back are near the centre of the view.
+    first = [(r, c) for e in events for r, c, _ in e.cells][:1]
+    assert first and r0 <= first[0][0] < r1 and c0 <= first[0][1] < c1
+    y0, x0 = r0 * geometry.cell_px, c0 * geometry.cell_px
+    y1, x1 = r1 * geometry.cell_px, c1 * geometry.cell_px
+    for name in RESULT_ARRAYS:
+        np.testing.assert_allclose(
+            np.asarray(partial.run.array(name)[y0:y1, x0:x1]),
+            np.asarray(reference.run.array(name)[y0:y1, x0:x1]),
+            atol=1e-5, err_msg=name,
+        )
+    whole = run(infer_slide(slide, members, config=EngineConfig(tta=2), out_dir=tmp_path))
+    assert whole.run.run_id == partial.run.run_id and whole.run.complete
+    assert whole.tiles_run < whole.tiles_total
+    for name, value in arrays(whole).items():
+        np.testing.assert_allclose(value, arrays(reference)[name], atol=1e-5, err_msg=name)

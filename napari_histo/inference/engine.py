@@ -41,7 +41,7 @@ from napari_histo.io.store import (
     slide_identity,
 )
 from napari_histo.models import LoadedModel
-from napari_histo.tiling import Stitcher, TileGrid, make_grid
+from napari_histo.tiling import Stitcher, TileGrid, make_grid, order_centre_out
 from napari_histo.tissue import slide_tissue_mask
 
 __all__ = [
@@ -183,6 +183,21 @@ def _check_region(
     return x, y, w, h
 
 
+def _cells_meeting(grid: TileGrid, rect_l0: tuple[int, int, int, int]) -> np.ndarray:
+    """Bool cell mask: cells of `grid` that meet the level-0 rectangle `rect_l0`."""
+    rows, cols = grid.cell_shape
+    x0, y0, _, _ = grid.region
+    step = grid.stride_px * grid.scale  # level-0 px per cell
+    rx, ry, rw, rh = rect_l0
+    c0 = max(0, int((rx - x0 * grid.scale) // step))
+    c1 = min(cols, int(-(-(rx + rw - x0 * grid.scale) // step)))
+    r0 = max(0, int((ry - y0 * grid.scale) // step))
+    r1 = min(rows, int(-(-(ry + rh - y0 * grid.scale) // step)))
+    mask = np.zeros((rows, cols), dtype=bool)
+    mask[r0:r1, c0:c1] = True
+    return mask
+
+
 def _tile_reader(slide: Slide, grid: TileGrid) -> Callable[[int], np.ndarray]:
     """Function reading tile `i` at the level just finer than the model's resolution."""
     level = slide.best_level_for_downsample(grid.scale)
@@ -251,6 +266,8 @@ def infer_slide(
     members: Sequence[LoadedModel],
     *,
     region: Sequence[int] | None = None,
+    within: Sequence[int] | None = None,
+    centre: tuple[float, float] | None = None,
     config: EngineConfig | None = None,
     out_dir: str | Path | None = None,
     cancel: threading.Event | None = None,
@@ -264,7 +281,14 @@ def infer_slide(
     members : sequence of LoadedModel
         Ensemble members; they must agree on µm/px, patch size and classes.
     region : (x, y, w, h), optional
-        Level-0 px rectangle; the whole slide by default.
+        Level-0 px rectangle the result covers; the whole slide by default.
+    within : (x, y, w, h), optional
+        Compute only the result cells meeting this level-0 rectangle (e.g. the
+        viewport), plus the tiles they need; the run stays resumable and other
+        cells can be computed later. Default: every cell.
+    centre : (x, y), optional
+        Level-0 point; tiles nearest to it are computed first (viewport
+        inference). Default: row-major order.
     config : EngineConfig, optional
         Batch size, threads, device, TTA, overlap.
     out_dir : str or Path, optional
@@ -333,7 +357,13 @@ def infer_slide(
         covered = grid.covered_cells()
         if not run_.done[~covered].all():
             run_.mark_done(~covered)
-        todo = grid.tiles_touching(~run_.done)
+        wanted = ~run_.done
+        if within is not None:
+            wanted &= _cells_meeting(grid, _check_region(within, width, height, slide.path))
+        todo = grid.tiles_touching(wanted)
+        if centre is not None and len(todo):
+            order = order_centre_out(grid, (float(centre[0]), float(centre[1])))
+            todo = order[np.isin(order, todo)]
         total = len(grid.origins)
         if total == 0:
             warnings.warn(
@@ -342,7 +372,7 @@ def infer_slide(
                 stacklevel=2,
             )
         if len(todo) == 0:
-            if not run_.complete:
+            if not run_.complete and run_.done.all():
                 run_.finish(_provenance(grid, total, 0, device, start))
             return InferenceResult(
                 run_, total, 0, time.monotonic() - start, False, str(device), geometry
@@ -425,7 +455,9 @@ def infer_slide(
                 if cancel.is_set() or pending or tiles_run < len(todo):
                     run_.cancel()
         cancelled = tiles_run < len(todo)
-        if not cancelled:
+        if not cancelled and within is not None:
+            run_.flush()  # part of the slide: resumable, finished by a later run
+        if not cancelled and run_.done.all():
             run_.finish(_provenance(grid, total, tiles_run, device, start))
         return InferenceResult(
             run_, total, tiles_run, time.monotonic() - start, cancelled, str(device), geometry
