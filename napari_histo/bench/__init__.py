@@ -59,15 +59,22 @@ def _infer(quick: bool, slide: str | None) -> dict[str, Any]:
     return bench_infer(quick=quick, slide=slide)
 
 
+def _annotations(quick: bool, slide: str | None) -> dict[str, Any]:
+    from napari_histo.bench.annotations import bench_annotations
+
+    return bench_annotations(quick=quick)
+
+
 BENCHMARKS: dict[str, Callable[[bool, str | None], dict[str, Any]]] = {
     "read": _read,
     "open": _open,
     "infer": _infer,
+    "annotations": _annotations,
 }
 
 
 def run(which: str, *, quick: bool = False, slide: str | None = None) -> dict[str, Any]:
-    """Run benchmark `which` ("read", "open" or "infer") and return its result dict."""
+    """Run benchmark `which` (a key of :data:`BENCHMARKS`) and return its result dict."""
     if which not in BENCHMARKS:
         raise ValueError(f"`which` must be one of {sorted(BENCHMARKS)}, got {which!r}")
     return BENCHMARKS[which](quick, slide)
