@@ -203,13 +203,18 @@ def cmd_infer(args: argparse.Namespace) -> int:
     try:
         result = run(generator, (lambda p: bar(p.done, p.total)) if bar else None)
     except KeyboardInterrupt:
+        # Between batches the generator is still alive: let it stop at the batch
+        # boundary. If the interrupt landed inside it, its `finally` has already
+        # flushed the finished cells, so the run is resumable either way.
         cancel.set()
-        print("\ninterrupted: finishing the current batch and saving…", file=sys.stderr)
-        result = run(generator)  # the generator stops at the next batch boundary
-        print(
-            f"stopped after {result.tiles_run} tiles; run the same command again to resume",
-            file=sys.stderr,
-        )
+        print("\ninterrupted: saving finished results…", file=sys.stderr)
+        result = None
+        try:
+            result = run(generator)
+        except KeyboardInterrupt:
+            pass
+        done = f"after {result.tiles_run} tiles" if result is not None else "early"
+        print(f"stopped {done}; run the same command again to resume", file=sys.stderr)
         return 130
     store = result.run.store.path if result.run else None
     print(

@@ -510,7 +510,10 @@ def run(
     generator: Generator[Progress, None, InferenceResult],
     progress: Callable[[Progress], None] | None = None,
 ) -> InferenceResult:
-    """Drive `generator` to the end synchronously, calling `progress` per event."""
+    """Drive `generator` to the end synchronously, calling `progress` per event.
+
+    Returns the generator's result, or None if it had already ended by an exception.
+    """
     while True:
         try:
             event = next(generator)
