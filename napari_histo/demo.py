@@ -6,7 +6,7 @@ import os
 import sys
 from pathlib import Path
 
-__all__ = ["run_demo", "wait_for_render"]
+__all__ = ["dock_inference", "run_demo", "wait_for_inference", "wait_for_render"]
 
 
 def wait_for_render(viewer, rounds: int = 20) -> None:
@@ -19,6 +19,35 @@ def wait_for_render(viewer, rounds: int = 20) -> None:
     viewer.window._qt_viewer.canvas.native.update()
     for _ in range(rounds):
         app.processEvents()
+
+
+def dock_inference(viewer):
+    """Dock the Tumor inference widget and start a viewport run on the current view."""
+    from napari_histo.widgets.inference import InferenceWidget
+
+    widget = InferenceWidget(viewer)
+    viewer.window.add_dock_widget(widget, name="Tumor inference", area="right")
+    if widget.controller is not None:
+        widget.mode_combo.setCurrentText("viewport")
+        widget.run()
+    return widget
+
+
+def wait_for_inference(widget, timeout_s: float = 120.0) -> bool:
+    """Process Qt events until `widget`'s job has finished (True) or `timeout_s` passed."""
+    import time
+
+    from qtpy.QtWidgets import QApplication
+
+    app = QApplication.instance()
+    deadline = time.monotonic() + timeout_s
+    while widget.busy:
+        if time.monotonic() > deadline:
+            return False
+        app.processEvents()
+        time.sleep(0.02)
+    app.processEvents()
+    return True
 
 
 def run_demo(
@@ -59,9 +88,15 @@ def run_demo(
     layers = viewer.open(path, plugin="napari-histo")
     viewer.canvas.overlays["scale_bar"].visible = True
     viewer.reset_view()
+    widget = dock_inference(viewer)
     if screenshot is None:
         napari.run()
         return 0
+    if not wait_for_inference(widget):
+        print(
+            "inference did not finish within 120 s; screenshot shows it in progress",
+            file=sys.stderr,
+        )
     wait_for_render(viewer)
     out = Path(screenshot)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,621 @@
+"""Live inference core: viewport geometry, overlay placement, jobs, debounce, settings.
+
+Plain Python (no Qt, no napari import): the dock widget
+(:mod:`napari_histo.widgets.inference`) is a thin shell over this module, and
+tests drive it directly.
+
+Coordinate planes
+-----------------
+``l0``
+    Level-0 slide pixels, ``(x, y)``; pixel ``k`` covers ``[k, k + 1)``.
+``world``
+    napari world coordinates in µm, ``(y, x)``; the slide layer has
+    ``scale = (mpp_y, mpp_x)`` and ``translate = 0``, so napari puts the *centre*
+    of level-0 pixel ``k`` at ``k * mpp`` and level-0 coordinate ``u`` at
+    ``(u - 0.5) * mpp``.
+``result``
+    Result pixels ``(row, col)`` of a :class:`~napari_histo.io.store.ResultGeometry`;
+    result pixel ``j`` covers level-0 ``[ox + j * ds, ox + (j + 1) * ds)``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+import threading
+import warnings
+from collections.abc import Generator, Sequence
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from napari_histo.inference.engine import EngineConfig, InferenceResult
+    from napari_histo.io.store import ResultGeometry, ResultRun
+    from napari_histo.models import LoadedModel
+
+__all__ = [
+    "MODES",
+    "OVERLAY_ARRAYS",
+    "CellUpdate",
+    "Debouncer",
+    "LiveController",
+    "LiveSettings",
+    "LiveUpdate",
+    "follow_action",
+    "load_settings",
+    "overlay_transform",
+    "save_settings",
+    "settings_path",
+    "visible_region_l0",
+]
+
+#: Inference modes offered by the widget.
+MODES = ("viewport", "follow", "whole slide")
+#: Result arrays shown as layers.
+OVERLAY_ARRAYS = ("probability", "aleatoric", "epistemic")
+#: The fast member used for the progressive preview pass.
+PREVIEW_MEMBER = "deeplabv3plus"
+
+
+# -- geometry ----------------------------------------------------------------
+def _pair(value: float | Sequence[float], name: str) -> tuple[float, float]:
+    pair = (value, value) if isinstance(value, int | float) else tuple(value)
+    if len(pair) != 2:
+        raise ValueError(f"`{name}` must be a number or a (y, x) pair, got {value!r}")
+    y, x = (float(v) for v in pair)
+    if not (y > 0 and x > 0):
+        raise ValueError(f"`{name}` must be > 0, got {value!r}")
+    return y, x
+
+
+def visible_region_l0(
+    camera_center_um: Sequence[float],
+    zoom: float,
+    canvas_size_px: Sequence[int],
+    mpp: float | Sequence[float],
+    slide_dims: Sequence[int],
+    *,
+    margin: float = 0.0,
+) -> tuple[int, int, int, int] | None:
+    """The level-0 rectangle a 2-D napari view shows, clipped to the slide.
+
+    Parameters
+    ----------
+    camera_center_um : sequence of float
+        ``viewer.scene.camera.center``: world ``(y, x)`` in µm (the last two
+        entries are used, so a 3-tuple works).
+    zoom : float
+        ``viewer.scene.camera.zoom``: screen px per µm.
+    canvas_size_px : (int, int)
+        ``viewer.canvas.size``: ``(height, width)`` in screen px.
+    mpp : float or (float, float)
+        Level-0 µm per px, ``(mpp_y, mpp_x)``.
+    slide_dims : (int, int)
+        Level-0 ``(width, height)`` in px.
+    margin : float
+        Extra fraction of the view added on every side (prefetch ring).
+
+    Returns
+    -------
+    (x, y, w, h) or None
+        Level-0 px, ``w, h >= 1``; None when the view does not meet the slide.
+
+    Examples
+    --------
+    >>> visible_region_l0((500.0, 500.0), 1.0, (100, 200), 0.5, (4000, 4000))
+    (800, 900, 401, 201)
+    """
+    if not zoom > 0:
+        raise ValueError(f"`zoom` must be > 0, got {zoom!r}")
+    mpp_y, mpp_x = _pair(mpp, "mpp")
+    height_px, width_px = (float(v) for v in canvas_size_px)
+    width, height = (int(v) for v in slide_dims)
+    cy, cx = (float(v) for v in camera_center_um[-2:])
+    half_h = height_px / 2 / zoom * (1 + 2 * margin)
+    half_w = width_px / 2 / zoom * (1 + 2 * margin)
+    # world -> level-0 coordinate: u = world / mpp + 0.5
+    x0 = max(0, math.floor((cx - half_w) / mpp_x + 0.5))
+    x1 = min(width, math.ceil((cx + half_w) / mpp_x + 0.5))
+    y0 = max(0, math.floor((cy - half_h) / mpp_y + 0.5))
+    y1 = min(height, math.ceil((cy + half_h) / mpp_y + 0.5))
+    if x1 <= x0 or y1 <= y0:
+        return None
+    return x0, y0, x1 - x0, y1 - y0
+
+
+def overlay_transform(
+    geometry: ResultGeometry, mpp: float | Sequence[float]
+) -> tuple[tuple[float, float], tuple[float, float]]:
+    """napari ``(scale, translate)`` in µm that puts a result array on the slide layer.
+
+    Result pixel ``j``'s centre is level-0 coordinate ``ox + (j + 0.5) * ds``,
+    which napari shows at world ``(ox + (j + 0.5) * ds - 0.5) * mpp`` (see the
+    module docstring); napari puts data pixel ``j``'s centre at
+    ``translate + j * scale``, hence ``scale = ds * mpp`` and
+    ``translate = (ox + (ds - 1) / 2) * mpp``.
+
+    Examples
+    --------
+    >>> from napari_histo.io.store import ResultGeometry
+    >>> g = ResultGeometry((0, 0), 8.0, (10, 10), 128, 2.0)
+    >>> overlay_transform(g, 0.25)
+    ((2.0, 2.0), (0.875, 0.875))
+    """
+    mpp_y, mpp_x = _pair(mpp, "mpp")
+    ds = float(geometry.downsample)
+    ox, oy = geometry.origin_l0
+    scale = (ds * mpp_y, ds * mpp_x)
+    translate = ((oy + (ds - 1) / 2) * mpp_y, (ox + (ds - 1) / 2) * mpp_x)
+    return scale, translate
+
+
+def region_fraction(region: Sequence[int] | None, slide_dims: Sequence[int]) -> float:
+    """Area of level-0 `region` ``(x, y, w, h)`` as a fraction of the slide (0 for None)."""
+    if region is None:
+        return 0.0
+    width, height = slide_dims
+    return (region[2] * region[3]) / float(width * height)
+
+
+def follow_action(
+    view: tuple[int, int, int, int] | None,
+    running: tuple[int, int, int, int] | None,
+    slide_dims: Sequence[int],
+    *,
+    max_fraction: float = 0.25,
+) -> str:
+    """What *follow* mode does when the (debounced) view becomes `view`.
+
+    Parameters
+    ----------
+    view : (x, y, w, h) or None
+        The new visible level-0 region (None: off the slide).
+    running : (x, y, w, h) or None
+        Region of the job in flight, None when idle.
+    slide_dims : (int, int)
+        Level-0 ``(width, height)``.
+    max_fraction : float
+        Views showing more than this fraction of the slide are not computed.
+
+    Returns
+    -------
+    str
+        ``"none"`` (nothing visible: cancel), ``"too_wide"`` (cancel and show the
+        whole-slide result or a hint), ``"keep"`` (the running job already covers
+        the view) or ``"restart"`` (cancel the running job, start one for `view`).
+    """
+    if view is None:
+        return "none"
+    if region_fraction(view, slide_dims) > max_fraction:
+        return "too_wide"
+    if running is not None:
+        vx, vy, vw, vh = view
+        rx, ry, rw, rh = running
+        if rx <= vx and ry <= vy and vx + vw <= rx + rw and vy + vh <= ry + rh:
+            return "keep"
+    return "restart"
+
+
+class Debouncer:
+    """Report the latest value once no new one arrived for `delay_s` (time is passed in).
+
+    Examples
+    --------
+    >>> d = Debouncer(0.3)
+    >>> d.poke("a", now=0.0); d.poke("b", now=0.2)
+    >>> d.poll(now=0.4) is None   # only 0.2 s since "b"
+    True
+    >>> d.poll(now=0.6)
+    'b'
+    >>> d.poll(now=5.0) is None   # reported once
+    True
+    """
+
+    def __init__(self, delay_s: float = 0.3) -> None:
+        if not delay_s >= 0:
+            raise ValueError(f"`delay_s` must be >= 0, got {delay_s!r}")
+        self.delay_s = float(delay_s)
+        self._value: Any = None
+        self._last: float | None = None
+
+    @property
+    def pending(self) -> bool:
+        """True while a value waits to be reported."""
+        return self._last is not None
+
+    def poke(self, value: Any, now: float) -> None:
+        """Record `value` (replacing any pending one) at time `now` (seconds)."""
+        self._value = value
+        self._last = float(now)
+
+    def remaining(self, now: float) -> float | None:
+        """Seconds until the pending value is due (0 if due now), None if none pending."""
+        if self._last is None:
+            return None
+        return max(0.0, self._last + self.delay_s - float(now))
+
+    def poll(self, now: float) -> Any:
+        """The pending value if it is due (and forget it), else None."""
+        if self._last is None or float(now) - self._last < self.delay_s:
+            return None
+        value, self._value, self._last = self._value, None, None
+        return value
+
+    def clear(self) -> None:
+        """Drop the pending value."""
+        self._value, self._last = None, None
+
+
+# -- settings ----------------------------------------------------------------
+@dataclass(frozen=True)
+class LiveSettings:
+    """What the inference widget runs; persisted as JSON.
+
+    Attributes
+    ----------
+    members : tuple of str
+        Ensemble member names (model cards); empty means every available model.
+    tta : {1, 2, 4, 8}
+        Test-time augmentations per member.
+    overlap : float
+        Tile overlap fraction in [0, 0.9].
+    device : {"auto", "cpu", "cuda"}
+    batch_size : int
+        Tiles per batch; 0 picks the engine default for the device.
+    mode : {"viewport", "follow", "whole slide"}
+    threshold : float
+        Tumor outline threshold on the probability, in (0, 1).
+    preview : bool
+        First a fast pass (one member, no TTA), then the full ensemble.
+    """
+
+    members: tuple[str, ...] = ()
+    tta: int = 1
+    overlap: float = 0.5
+    device: str = "auto"
+    batch_size: int = 0
+    mode: str = "viewport"
+    threshold: float = 0.5
+    preview: bool = False
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "members", tuple(str(m) for m in self.members))
+        if self.tta not in (1, 2, 4, 8) or isinstance(self.tta, bool):
+            raise ValueError(f"`tta` must be 1, 2, 4 or 8, got {self.tta!r}")
+        if not isinstance(self.overlap, int | float) or not 0 <= self.overlap <= 0.9:
+            raise ValueError(f"`overlap` must be in [0, 0.9], got {self.overlap!r}")
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise ValueError(f"`device` must be auto, cpu or cuda, got {self.device!r}")
+        if not isinstance(self.batch_size, int) or isinstance(self.batch_size, bool):
+            raise ValueError(f"`batch_size` must be an int >= 0, got {self.batch_size!r}")
+        if self.batch_size < 0:
+            raise ValueError(f"`batch_size` must be an int >= 0, got {self.batch_size!r}")
+        if self.mode not in MODES:
+            raise ValueError(f"`mode` must be one of {MODES}, got {self.mode!r}")
+        if not isinstance(self.threshold, int | float) or not 0 < self.threshold < 1:
+            raise ValueError(f"`threshold` must be in (0, 1), got {self.threshold!r}")
+        if not isinstance(self.preview, bool):
+            raise ValueError(f"`preview` must be a bool, got {self.preview!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["members"] = list(self.members)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> LiveSettings:
+        """Settings from a mapping; unknown keys are ignored, bad values raise ValueError."""
+        if not isinstance(data, dict):
+            raise ValueError(f"settings must be a JSON object, got {type(data).__name__}")
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+    def engine_config(self) -> EngineConfig:
+        """The :class:`~napari_histo.inference.engine.EngineConfig` for these settings."""
+        from napari_histo.inference.engine import EngineConfig
+
+        return EngineConfig(
+            tta=self.tta,
+            overlap=float(self.overlap),
+            batch_size=self.batch_size or None,
+            device=self.device,
+        )
+
+
+def settings_path() -> Path:
+    """``$NAPARI_HISTO_CONFIG/live.json``, else ``live.json`` in the user config dir."""
+    override = os.environ.get("NAPARI_HISTO_CONFIG")
+    if override:
+        return Path(override) / "live.json"
+    from platformdirs import user_config_dir
+
+    return Path(user_config_dir("napari-histo", appauthor=False)) / "live.json"
+
+
+def load_settings(path: str | os.PathLike[str] | None = None) -> LiveSettings:
+    """Saved settings; defaults (and one warning) when the file is unreadable or invalid."""
+    path = Path(path) if path is not None else settings_path()
+    if not path.exists():
+        return LiveSettings()
+    try:
+        return LiveSettings.from_dict(json.loads(path.read_text(encoding="utf-8")))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, ValueError, TypeError) as err:
+        warnings.warn(
+            f"{path}: ignoring unreadable napari-histo settings ({err}); using defaults",
+            UserWarning,
+            stacklevel=2,
+        )
+        return LiveSettings()
+
+
+def save_settings(settings: LiveSettings, path: str | os.PathLike[str] | None = None) -> Path:
+    """Write `settings` atomically (temporary file + rename); returns the path."""
+    path = Path(path) if path is not None else settings_path()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".live-", suffix=".json", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(settings.to_dict(), f, indent=2)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+# -- jobs --------------------------------------------------------------------
+@dataclass(frozen=True)
+class CellUpdate:
+    """Values for one finished result cell: ``layer.data[rows, cols] = values[name]``."""
+
+    rows: slice
+    cols: slice
+    values: dict[str, np.ndarray] = field(repr=False)
+
+
+@dataclass(frozen=True)
+class LiveUpdate:
+    """One report of a live job (yielded on the worker thread, applied on the Qt thread).
+
+    Attributes
+    ----------
+    stage : str
+        ``"preview"`` or ``"full"``.
+    done, total : int
+        Tiles of the slide done / in total (the engine's count).
+    elapsed_s : float
+    eta_s : float or None
+    cells : list of CellUpdate
+        Result cells that became final, in result px.
+    """
+
+    stage: str
+    done: int
+    total: int
+    elapsed_s: float
+    eta_s: float | None
+    cells: list[CellUpdate] = field(default_factory=list, repr=False)
+
+
+def cell_updates(
+    geometry: ResultGeometry, cells: Sequence[tuple[int, int, dict[str, np.ndarray]]]
+) -> list[CellUpdate]:
+    """Turn the engine's ``Progress.cells`` into result-pixel slices with values."""
+    out = []
+    for row, col, values in cells:
+        y0, y1, x0, x1 = geometry.cell_bounds(row, col)
+        out.append(
+            CellUpdate(
+                slice(y0, y1),
+                slice(x0, x1),
+                {k: np.asarray(values[k])[: y1 - y0, : x1 - x0] for k in OVERLAY_ARRAYS},
+            )
+        )
+    return out
+
+
+class LiveController:
+    """Live inference on one slide: geometry, models, store look-up and job generators.
+
+    Parameters
+    ----------
+    slide_path : str or PathLike
+        The slide (it must have mpp metadata).
+    settings : LiveSettings, optional
+    out_dir : str or PathLike, optional
+        Result store directory (default beside the slide).
+    models_dir : str or PathLike, optional
+        Where model cards live (default: the packaged models).
+    """
+
+    def __init__(
+        self,
+        slide_path: str | os.PathLike[str],
+        settings: LiveSettings | None = None,
+        *,
+        out_dir: str | os.PathLike[str] | None = None,
+        models_dir: str | os.PathLike[str] | None = None,
+    ) -> None:
+        from napari_histo.io.slide import Slide
+
+        self.slide_path = Path(slide_path)
+        self.settings = settings or LiveSettings()
+        self.out_dir = out_dir
+        self.models_dir = models_dir
+        with Slide(self.slide_path) as slide:
+            slide.require_mpp()
+            self.slide_dims: tuple[int, int] = tuple(slide.dimensions)
+            self.mpp: tuple[float, float] = (float(slide.mpp_y), float(slide.mpp_x))
+            self.slide_mpp = float(slide.mpp)
+        self._models: dict[Path, LoadedModel] = {}
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"LiveController({str(self.slide_path)!r}, {self.settings!r})"
+
+    # -- models --------------------------------------------------------------
+    def available_members(self) -> dict[str, Path]:
+        """Model name → newest card path."""
+        from napari_histo.models import latest_cards
+
+        return latest_cards(self.models_dir)
+
+    def member_names(self, settings: LiveSettings | None = None) -> list[str]:
+        """The members `settings` selects (all available when none is named)."""
+        settings = settings or self.settings
+        cards = self.available_members()
+        names = list(settings.members) or list(cards)
+        missing = [n for n in names if n not in cards]
+        if missing:
+            raise ValueError(f"unknown model(s) {missing}; available: {sorted(cards)}")
+        return names
+
+    def load_members(self, settings: LiveSettings | None = None) -> list[LoadedModel]:
+        """Loaded members for `settings` (cached; thread-safe)."""
+        from napari_histo.models import load_model
+
+        cards = self.available_members()
+        out = []
+        with self._lock:
+            for name in self.member_names(settings):
+                card = cards[name]
+                if card not in self._models:
+                    self._models[card] = load_model(card)
+                out.append(self._models[card])
+        return out
+
+    # -- geometry ------------------------------------------------------------
+    def expected_geometry(self, settings: LiveSettings | None = None) -> ResultGeometry:
+        """The whole-slide result geometry the engine will use for `settings`."""
+        from napari_histo.io.store import ResultGeometry
+        from napari_histo.models import read_card
+        from napari_histo.tiling import make_grid
+
+        settings = settings or self.settings
+        card = read_card(self.available_members()[self.member_names(settings)[0]])
+        width, height = self.slide_dims
+        grid = make_grid(
+            (0, 0, width, height),
+            slide_mpp=self.slide_mpp,
+            model_mpp=card.input_mpp,
+            tile_px=card.patch_px,
+            overlap=float(settings.overlap),
+        )
+        return ResultGeometry(
+            origin_l0=(0, 0),
+            downsample=grid.scale,
+            shape=(grid.region[3], grid.region[2]),
+            cell_px=grid.stride_px,
+            mpp=card.input_mpp,
+        )
+
+    def visible_region(
+        self, center_um: Sequence[float], zoom: float, canvas_size_px: Sequence[int]
+    ) -> tuple[int, int, int, int] | None:
+        """:func:`visible_region_l0` for this slide."""
+        return visible_region_l0(center_um, zoom, canvas_size_px, self.mpp, self.slide_dims)
+
+    # -- store ---------------------------------------------------------------
+    def existing_run(self, settings: LiveSettings | None = None) -> ResultRun | None:
+        """The stored whole-slide run made with `settings`' members, TTA and overlap, if any."""
+        from napari_histo.errors import StoreError
+        from napari_histo.io.store import ResultStore, default_store_path, slide_identity
+        from napari_histo.models import read_card
+
+        settings = settings or self.settings
+        path = default_store_path(self.slide_path, self.out_dir)
+        if not path.exists():
+            return None
+        cards = self.available_members()
+        wanted = [
+            (c.name, c.version) for c in (read_card(cards[n]) for n in self.member_names(settings))
+        ]
+        identity = slide_identity(self.slide_path, self.slide_dims, self.slide_mpp)
+        try:
+            store = ResultStore(path, identity, mode="r")
+            runs = list(store.runs())
+        except StoreError as err:
+            warnings.warn(f"ignoring result store: {err}", UserWarning, stacklevel=2)
+            return None
+        width, height = self.slide_dims
+        for run_ in runs:
+            s = run_.settings
+            models = [(m["name"], m["version"]) for m in s.get("models", [])]
+            if (
+                models == wanted
+                and len(s.get("tta", [])) == settings.tta
+                and math.isclose(float(s.get("overlap", -1)), float(settings.overlap))
+                and list(s.get("region_l0", [])) == [0, 0, width, height]
+            ):
+                return run_
+        return None
+
+    def load_existing(
+        self, settings: LiveSettings | None = None
+    ) -> tuple[ResultGeometry, dict[str, np.ndarray], bool] | None:
+        """Arrays of the stored run for `settings`: ``(geometry, {name: array}, complete)``."""
+        run_ = self.existing_run(settings)
+        if run_ is None:
+            return None
+        arrays = {name: np.asarray(run_.array(name)[...], np.float32) for name in OVERLAY_ARRAYS}
+        return run_.geometry, arrays, run_.complete
+
+    # -- jobs ----------------------------------------------------------------
+    def job(
+        self,
+        *,
+        within: Sequence[int] | None = None,
+        centre: tuple[float, float] | None = None,
+        cancel: threading.Event | None = None,
+        settings: LiveSettings | None = None,
+    ) -> Generator[LiveUpdate, None, InferenceResult]:
+        """Run inference (viewport with `within`, else whole slide); yields :class:`LiveUpdate`.
+
+        With ``settings.preview`` a first pass of :data:`PREVIEW_MEMBER` at TTA 1
+        (stage ``"preview"``) precedes the full ensemble (stage ``"full"``).
+        Finished cells are in the store either way, so a cancelled job loses
+        at most one batch of work.
+        """
+        from napari_histo.inference.engine import infer_slide
+
+        settings = settings or self.settings
+        cancel = cancel or threading.Event()
+        stages = [("full", settings)]
+        if settings.preview and PREVIEW_MEMBER in self.available_members():
+            fast = replace(settings, members=(PREVIEW_MEMBER,), tta=1, preview=False)
+            if fast != replace(settings, preview=False):
+                stages.insert(0, ("preview", fast))
+        result = None
+        for stage, stage_settings in stages:
+            geometry = self.expected_geometry(stage_settings)
+            gen = infer_slide(
+                self.slide_path,
+                self.load_members(stage_settings),
+                within=None if within is None else [int(v) for v in within],
+                centre=centre,
+                config=stage_settings.engine_config(),
+                out_dir=self.out_dir,
+                cancel=cancel,
+            )
+            while True:
+                try:
+                    progress = next(gen)
+                except StopIteration as stop:
+                    result = stop.value
+                    break
+                yield LiveUpdate(
+                    stage,
+                    progress.done,
+                    progress.total,
+                    progress.elapsed_s,
+                    progress.eta_s,
+                    cell_updates(geometry, progress.cells),
+                )
+            if cancel.is_set():
+                break
+        return result

@@ -1,0 +1,205 @@
+"""The Qt-free live-inference core: view geometry, placement, debounce, settings, jobs."""
+
+from __future__ import annotations
+
+import json
+import sys
+import threading
+
+import numpy as np
+import pytest
+
+from napari_histo.io.store import ResultGeometry
+from napari_histo.live import (
+    Debouncer,
+    LiveController,
+    LiveSettings,
+    cell_updates,
+    follow_action,
+    load_settings,
+    overlay_transform,
+    save_settings,
+    settings_path,
+    visible_region_l0,
+)
+from napari_histo.synthetic import write_synthetic_slide
+
+
+# -- visible region ----------------------------------------------------------
+def test_visible_region_centre_of_view():
+    # 200 x 100 screen px at 1 px/µm around (500, 500) µm, mpp 0.5: x 400..600 µm is
+    # level-0 800.5..1200.5 (pixel k's centre is at k * mpp): pixels 800..1200 are visible.
+    region = visible_region_l0((500.0, 500.0), 1.0, (100, 200), 0.5, (4000, 4000))
+    assert region == (800, 900, 401, 201)
+
+
+def test_visible_region_uses_last_two_centre_entries_and_anisotropic_mpp():
+    region = visible_region_l0((0.0, 100.0, 200.0), 2.0, (40, 80), (0.25, 0.5), (10_000, 10_000))
+    # half-extent: 10 µm (y), 20 µm (x); y: (90..110)/0.25, x: (180..220)/0.5, + 0.5 px shift
+    assert region == (360, 360, 81, 81)
+
+
+def test_visible_region_clipped_and_none_off_slide():
+    assert visible_region_l0((0.0, 0.0), 1.0, (100, 100), 1.0, (1000, 500)) == (0, 0, 51, 51)
+    whole = visible_region_l0((250.0, 500.0), 0.01, (100, 100), 1.0, (1000, 500))
+    assert whole == (0, 0, 1000, 500)
+    assert visible_region_l0((-500.0, -500.0), 1.0, (100, 100), 1.0, (1000, 500)) is None
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"zoom": 0}, "`zoom` must be > 0"),
+        ({"mpp": -0.5}, r"`mpp` must be > 0, got -0.5"),
+        ({"mpp": (1, 2, 3)}, "`mpp` must be a number or a"),
+    ],
+)
+def test_visible_region_rejects_bad_input(kwargs, match):
+    args = {
+        "camera_center_um": (0, 0),
+        "zoom": 1.0,
+        "canvas_size_px": (10, 10),
+        "mpp": 1.0,
+        "slide_dims": (100, 100),
+    }
+    with pytest.raises(ValueError, match=match):
+        visible_region_l0(**{**args, **kwargs})
+
+
+# -- overlay placement ------------------------------------------------------
+def test_overlay_transform_puts_result_pixel_centres_on_their_level0_centres():
+    g = ResultGeometry(origin_l0=(16, 32), downsample=8.0, shape=(10, 10), cell_px=4, mpp=2.0)
+    scale, translate = overlay_transform(g, (0.25, 0.5))
+    assert scale == (2.0, 4.0)
+    for j in (0, 3, 9):
+        # result px j spans level-0 [o + 8j, o + 8j + 8): its centre is o + 8j + 4 (continuous),
+        # which napari shows where the slide layer shows level-0 coordinate u: (u - 0.5) * mpp.
+        u_y, u_x = 32 + 8 * j + 4, 16 + 8 * j + 4
+        assert translate[0] + j * scale[0] == pytest.approx((u_y - 0.5) * 0.25)
+        assert translate[1] + j * scale[1] == pytest.approx((u_x - 0.5) * 0.5)
+
+
+def test_cell_updates_slices():
+    g = ResultGeometry(origin_l0=(0, 0), downsample=8.0, shape=(10, 7), cell_px=4, mpp=2.0)
+    values = {
+        k: np.full((4, 4), i, np.float32)
+        for i, k in enumerate(("probability", "aleatoric", "epistemic", "entropy"))
+    }
+    (update,) = cell_updates(g, [(2, 1, values)])
+    assert (update.rows, update.cols) == (slice(8, 10), slice(4, 7))
+    assert update.values["probability"].shape == (2, 3)
+    assert set(update.values) == {"probability", "aleatoric", "epistemic"}
+
+
+# -- follow mode ---------------------------------------------------------------
+def test_debouncer_reports_latest_value_once_after_quiet():
+    d = Debouncer(0.3)
+    assert d.poll(0.0) is None and not d.pending and d.remaining(0.0) is None
+    d.poke((1, 1, 1, 1), 0.0)
+    d.poke((2, 2, 2, 2), 0.25)
+    assert d.pending and d.remaining(0.3) == pytest.approx(0.25)
+    assert d.poll(0.5) is None
+    assert d.poll(0.55) == (2, 2, 2, 2)
+    assert d.poll(10.0) is None
+    d.poke("x", 11.0)
+    d.clear()
+    assert d.poll(20.0) is None
+    with pytest.raises(ValueError, match="`delay_s` must be >= 0"):
+        Debouncer(-1)
+
+
+def test_follow_action():
+    dims = (10_000, 10_000)
+    assert follow_action(None, None, dims) == "none"
+    assert follow_action((0, 0, 6000, 6000), None, dims) == "too_wide"
+    assert follow_action((0, 0, 1000, 1000), None, dims) == "restart"
+    assert follow_action((100, 100, 500, 500), (0, 0, 1000, 1000), dims) == "keep"
+    assert follow_action((800, 800, 500, 500), (0, 0, 1000, 1000), dims) == "restart"
+
+
+# -- settings ------------------------------------------------------------------
+def test_settings_round_trip_and_env_override(tmp_path, monkeypatch):
+    monkeypatch.setenv("NAPARI_HISTO_CONFIG", str(tmp_path / "cfg"))
+    assert settings_path() == tmp_path / "cfg" / "live.json"
+    assert load_settings() == LiveSettings()  # no file yet
+    s = LiveSettings(members=("resunet",), tta=4, overlap=0.25, mode="follow", threshold=0.4)
+    path = save_settings(s)
+    assert path == settings_path() and load_settings() == s
+    assert json.loads(path.read_text())["members"] == ["resunet"]
+    assert [p.name for p in path.parent.iterdir()] == ["live.json"]  # no temp files left
+
+
+@pytest.mark.parametrize(
+    "text", ["{not json", "[1, 2]", '{"tta": 3}', '{"mode": "sideways"}', "\xff\xfe"]
+)
+def test_corrupt_settings_give_defaults_and_a_warning(tmp_path, text):
+    path = tmp_path / "live.json"
+    path.write_bytes(text.encode("latin-1"))
+    with pytest.warns(UserWarning, match="ignoring unreadable napari-histo settings"):
+        assert load_settings(path) == LiveSettings()
+
+
+def test_settings_validation_and_unknown_keys():
+    assert LiveSettings.from_dict({"tta": 2, "future_option": 1}).tta == 2
+    with pytest.raises(ValueError, match="`overlap` must be in"):
+        LiveSettings(overlap=0.95)
+    with pytest.raises(ValueError, match="`threshold` must be in"):
+        LiveSettings(threshold=1.0)
+    config = LiveSettings(tta=2, batch_size=0, device="cpu").engine_config()
+    assert (config.tta, config.batch_size, config.device) == (2, None, "cpu")
+
+
+def test_core_imports_no_qt():
+    code = (
+        "import sys, napari_histo.live; "
+        "print(any(m.startswith(('qtpy', 'PyQt')) for m in sys.modules))"
+    )
+    import subprocess
+
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+# -- jobs -----------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def slide(tmp_path_factory):
+    root = tmp_path_factory.mktemp("live_core")
+    return write_synthetic_slide(root / "s.svs", 4096, seed=2003, workers=1).path
+
+
+def test_viewport_job_then_existing_results(slide, tmp_path):
+    settings = LiveSettings(members=("deeplabv3plus",))
+    controller = LiveController(slide, settings, out_dir=tmp_path)
+    geometry = controller.expected_geometry()
+    assert controller.existing_run() is None and controller.load_existing() is None
+    canvas = np.zeros(geometry.shape, np.float32)
+    job = controller.job(within=(0, 0, 1024, 1024), centre=(512, 512))
+    updates = []
+    while True:
+        try:
+            update = next(job)
+        except StopIteration as stop:
+            result = stop.value
+            break
+        updates.append(update)
+        for cell in update.cells:
+            canvas[cell.rows, cell.cols] = cell.values["probability"]
+    assert result.geometry == geometry and not result.cancelled
+    assert updates and all(u.stage == "full" for u in updates)
+    assert canvas[:128, :128].max() > 0  # the viewport's cells arrived
+    loaded_geometry, arrays, complete = controller.load_existing()
+    assert loaded_geometry == geometry and not complete
+    np.testing.assert_array_equal(arrays["probability"][:128, :128], canvas[:128, :128])
+
+
+def test_preview_stage_runs_first_and_cancel_stops(slide, tmp_path):
+    settings = LiveSettings(members=("deeplabv3plus", "resunet"), preview=True)
+    controller = LiveController(slide, settings, out_dir=tmp_path)
+    cancel = threading.Event()
+    job = controller.job(within=(0, 0, 1024, 1024), cancel=cancel)
+    assert next(job).stage == "preview"
+    stages = [u.stage for u in job]
+    assert stages[-1] == "full" and "full" in stages
+    cancel.set()
+    job = controller.job(cancel=cancel)  # cancelled before the first batch
+    assert list(job) == []

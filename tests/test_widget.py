@@ -1,0 +1,185 @@
+"""The Tumor inference dock widget in real napari (under Xvfb)."""
+
+from __future__ import annotations
+
+import shutil
+import threading
+
+import numpy as np
+import pytest
+
+from napari_histo.live import LiveSettings, visible_region_l0
+from napari_histo.synthetic import read_truth, write_synthetic_slide
+
+pytest.importorskip("napari")
+
+FAST = LiveSettings(members=("deeplabv3plus",), tta=1, mode="viewport")
+# Slow enough (3 members x 8 TTA) that a job is still running when the test acts.
+SLOW = LiveSettings(tta=8, batch_size=1, mode="viewport")
+
+
+@pytest.fixture(scope="module")
+def synth(tmp_path_factory):
+    root = tmp_path_factory.mktemp("live")
+    return write_synthetic_slide(root / "s.svs", 4096, seed=2002, workers=1)
+
+
+@pytest.fixture
+def slide_copy(synth, tmp_path):
+    """A private copy of the synthetic slide, so each test starts without results."""
+    path = tmp_path / "s.svs"
+    shutil.copy(synth.path, path)
+    return path
+
+
+@pytest.fixture(autouse=True)
+def _config(tmp_path, monkeypatch):
+    monkeypatch.setenv("NAPARI_HISTO_CONFIG", str(tmp_path / "config"))
+
+
+def histo_threads():
+    return [t.name for t in threading.enumerate() if t.name.startswith("histo-")]
+
+
+def open_with_widget(make_napari_viewer, path, settings):
+    from napari_histo.widgets.inference import InferenceWidget
+
+    viewer = make_napari_viewer(show=True)
+    viewer.open(path, plugin="napari-histo")
+    widget = InferenceWidget(viewer)
+    viewer.window.add_dock_widget(widget, name="Tumor inference")
+    widget.set_settings(settings)
+    return viewer, widget
+
+
+def wait_done(qtbot, widget, timeout=60_000):
+    qtbot.waitUntil(lambda: not widget.busy, timeout=timeout)
+
+
+def test_viewport_run_puts_probability_on_the_tumor(make_napari_viewer, qtbot, slide_copy, synth):
+    viewer, widget = open_with_widget(make_napari_viewer, slide_copy, FAST)
+    viewer.reset_view()
+    widget.run()
+    wait_done(qtbot, widget)
+    assert widget.last_result is not None and not widget.last_result.cancelled
+    names = [layer.name for layer in viewer.layers]
+    for name in ("tumor probability", "aleatoric uncertainty", "epistemic uncertainty"):
+        assert name in names
+    assert "tumor outline" in names
+    prob = viewer.layers["tumor probability"]
+    assert prob.contrast_limits == [0, 1]
+    data = prob.data
+    assert data.dtype == np.float32 and 0 <= data.min() and data.max() <= 1
+    assert not viewer.layers["aleatoric uncertainty"].visible
+
+    # Compare with the truth in world coordinates: sample the overlay at the
+    # world position of each truth pixel centre, through the layers' transforms.
+    truth = read_truth(synth.truth_path)
+    tumor = np.asarray(truth.tumor[...], bool)
+    d = truth.downsample
+    iy, ix = np.mgrid[0 : tumor.shape[0], 0 : tumor.shape[1]]
+    slide_layer = viewer.layers[slide_copy.name]
+    mpp = np.asarray(slide_layer.scale)
+    world = (np.stack([iy, ix], -1) + 0.5) * d * mpp - 0.5 * mpp  # truth px centre (y, x) µm
+    idx = np.round((world - np.asarray(prob.translate)) / np.asarray(prob.scale)).astype(int)
+    idx = np.clip(idx, 0, np.array(data.shape) - 1)
+    sampled = data[idx[..., 0], idx[..., 1]]
+    assert sampled[tumor].mean() > 0.6
+    assert sampled[~tumor].mean() < 0.2
+
+    # Alignment within one model pixel: the centroid of the predicted tumor (in µm,
+    # through the layer's scale/translate) lies within one model pixel of the truth's.
+    model_px_um = float(np.asarray(prob.scale)[0])
+    truth_centroid = world[tumor].mean(axis=0)
+    jy, jx = np.nonzero(data >= 0.5)
+    pred_centroid = np.asarray(prob.translate) + np.stack([jy, jx], -1) * np.asarray(prob.scale)
+    offset = np.abs(pred_centroid.mean(axis=0) - truth_centroid)
+    print("centroid offset µm", offset, "model px µm", model_px_um)
+    assert np.all(offset < model_px_um), (offset, model_px_um)
+
+    # Hover readout: value at the cursor.
+    class Event:
+        position = tuple(world[tumor][0])
+
+    widget._on_mouse_move(viewer, Event())
+    assert widget.readout.text().startswith("at cursor: prob")
+
+    # Reopening the slide shows the stored results at once.
+    widget.shutdown()
+    viewer.layers.clear()
+    viewer.open(slide_copy, plugin="napari-histo")
+    from napari_histo.widgets.inference import InferenceWidget
+
+    again = InferenceWidget(viewer)
+    again.set_settings(FAST)
+    np.testing.assert_array_equal(viewer.layers["tumor probability"].data, data)
+    again.shutdown()
+
+
+def test_cancel_stops_soon_and_resumes(make_napari_viewer, qtbot, slide_copy):
+    viewer, widget = open_with_widget(make_napari_viewer, slide_copy, SLOW)
+    viewer.reset_view()
+    widget.run()
+    with qtbot.waitSignal(widget._worker.yielded, timeout=30_000):
+        pass
+    widget.cancel()
+    wait_done(qtbot, widget, timeout=15_000)
+    result = widget.last_result
+    assert result.cancelled and 0 < result.tiles_run < result.tiles_total
+    assert "cancelled" in widget.status.text()
+    assert result.run.status == "cancelled"  # resumable: the next run continues it
+    assert histo_threads() == []
+
+
+def test_follow_mode_drops_stale_work(make_napari_viewer, qtbot, slide_copy):
+    viewer, widget = open_with_widget(
+        make_napari_viewer, slide_copy, LiveSettings(tta=8, batch_size=1, mode="follow")
+    )
+    mpp = viewer.layers[slide_copy.name].scale[0]
+    camera = viewer.scene.camera
+    camera.zoom = 4.0 / mpp / 8  # 1 screen px = 2 level-0 px: a small part of the slide
+    camera.center = (1200 * mpp, 1200 * mpp)
+    qtbot.waitUntil(lambda: widget.running, timeout=5_000)  # debounced start
+    first_region, first_cancel = widget._job_region, widget._cancel
+    assert first_region[0] < 1200 < first_region[0] + first_region[2]
+    started = widget._jobs_started
+    camera.center = (3000 * mpp, 3000 * mpp)  # pan away
+    qtbot.waitUntil(lambda: widget._jobs_started > started, timeout=5_000)
+    assert first_cancel.is_set()  # the stale job was told to stop
+    region = widget._job_region
+    assert region[0] < 3000 < region[0] + region[2] and region != first_region
+    expected = visible_region_l0(camera.center, camera.zoom, viewer.canvas.size, mpp, (4096, 4096))
+    assert region == expected
+    # Zoomed far out: no new job, a hint instead.
+    viewer.reset_view()
+    qtbot.waitUntil(lambda: "zoom in" in widget.status.text(), timeout=5_000)
+    widget.cancel()
+    wait_done(qtbot, widget, timeout=15_000)
+    assert histo_threads() == []
+
+
+def test_closing_viewer_mid_run_leaves_no_threads(make_napari_viewer, qtbot, slide_copy):
+    viewer, widget = open_with_widget(make_napari_viewer, slide_copy, SLOW)
+    viewer.reset_view()
+    widget.run()
+    with qtbot.waitSignal(widget._worker.yielded, timeout=30_000):
+        pass
+    assert widget.running
+    viewer.close()
+    assert not widget.running  # shutdown joined the job on close
+    qtbot.waitUntil(lambda: histo_threads() == [], timeout=10_000)
+
+
+def test_settings_persist_across_widgets(make_napari_viewer, slide_copy):
+    from napari_histo.live import load_settings
+    from napari_histo.widgets.inference import InferenceWidget
+
+    viewer, widget = open_with_widget(
+        make_napari_viewer, slide_copy, LiveSettings(tta=4, overlap=0.25, mode="whole slide")
+    )
+    assert load_settings().tta == 4
+    widget.shutdown()
+    other = InferenceWidget(viewer)
+    assert other.settings().tta == 4 and other.settings().mode == "whole slide"
+    assert other.settings().overlap == 0.25
+    other.shutdown()
