@@ -1,4 +1,4 @@
-"""Batch augmentation on tensors: dihedral and colour (DigiPathAI-style)."""
+"""Batch augmentation on tensors: dihedral, colour and blur (DigiPathAI-style)."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ def augment_batch(
     saturation: float = 0.15,
     hue: float = 0.04,
     stain: float = 0.1,
+    blur: float = 0.0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Random dihedral transform and colour jitter per sample.
 
@@ -34,6 +35,9 @@ def augment_batch(
     stain : float
         Maximum ± fraction of optical-density scaling per channel (stain
         intensity variation).
+    blur : float
+        Largest Gaussian blur sigma, px (sigma uniform in [0, blur] per sample;
+        0 turns blur off).
 
     Returns
     -------
@@ -67,7 +71,24 @@ def augment_batch(
     grey = x.mean(dim=1, keepdim=True)
     x = (x - grey) * (1 + uniform(saturation, 1, 1, 1)) + grey
     x = _rotate_hue(x, uniform(hue, 1, 1) * 2 * torch.pi)
+    if blur > 0:
+        x = _blur(x, torch.rand(batch, generator=generator) * blur)
     return x.clamp(0, 1), torch.stack(out_masks)
+
+
+def _blur(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    """Separable Gaussian blur of each sample (B, C, H, W) by its own `sigma` (B,), px."""
+    radius = max(1, int(torch.ceil(2 * sigma.max()).item()))
+    offsets = torch.arange(-radius, radius + 1, dtype=x.dtype)
+    kernel = torch.exp(-0.5 * (offsets[None] / sigma.clamp(min=1e-3)[:, None].to(x.dtype)) ** 2)
+    kernel = kernel / kernel.sum(dim=1, keepdim=True)  # (B, K); sigma ~0 gives a delta
+    b, c, h, w = x.shape
+    flat = x.reshape(1, b * c, h, w)
+    k = kernel.repeat_interleave(c, dim=0)  # (B*C, K)
+    flat = torch.nn.functional.pad(flat, (radius, radius, radius, radius), mode="reflect")
+    flat = torch.nn.functional.conv2d(flat, k[:, None, None, :], groups=b * c)
+    flat = torch.nn.functional.conv2d(flat, k[:, None, :, None], groups=b * c)
+    return flat.reshape(b, c, h, w)
 
 
 def _rotate_hue(x: torch.Tensor, angle: torch.Tensor) -> torch.Tensor:

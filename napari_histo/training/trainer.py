@@ -16,6 +16,10 @@ from napari_histo.training.augment import augment_batch
 from napari_histo.training.data import PatchSet
 from napari_histo.training.losses import IGNORE, segmentation_loss
 
+#: Largest Gaussian blur sigma (px) used when fine-tuning from annotations. The
+#: default ensemble in resources/models was trained without blur (blur_px=0).
+BLUR_SIGMA_PX = 1.0
+
 __all__ = ["TrainProgress", "TrainResult", "evaluate_dice", "train_model"]
 
 
@@ -92,6 +96,7 @@ def train_model(
     eval_every: int = 200,
     device: str | torch.device = "cpu",
     cancel: threading.Event | None = None,
+    blur_px: float = 0.0,
 ) -> Generator[TrainProgress, None, TrainResult]:
     """Train `model` on `train` with augmentation, Adam and cosine learning-rate decay.
 
@@ -113,6 +118,8 @@ def train_model(
         Where to train.
     cancel : threading.Event, optional
         Set to stop after the current step.
+    blur_px : float
+        Largest Gaussian blur sigma of the augmentation, px (0: no blur).
 
     Yields
     ------
@@ -147,7 +154,7 @@ def train_model(
         model.train()
         index = torch.randint(0, len(train), (batch_size,), generator=generator)
         x = images[index].permute(0, 3, 1, 2).float().div_(255.0)
-        x, y = augment_batch(x, masks[index], generator)
+        x, y = augment_batch(x, masks[index], generator, blur=blur_px)
         x = _normalise(x, normalisation).to(device)
         loss = segmentation_loss(model(x), y.to(device))
         optimiser.zero_grad(set_to_none=True)
