@@ -334,7 +334,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("bench", help="benchmarks; the last line printed is JSON")
     p.add_argument(
-        "which", choices=["read", "open", "infer", "annotations"], help="which benchmark"
+        "which",
+        choices=["read", "open", "infer", "annotations", "train", "granularity"],
+        help="which benchmark",
     )
     p.add_argument("--json", action="store_true", help="print only the JSON line")
     p.add_argument("--quick", action="store_true", help="small sizes, < 60 s")

@@ -65,11 +65,25 @@ def _annotations(quick: bool, slide: str | None) -> dict[str, Any]:
     return bench_annotations(quick=quick)
 
 
+def _train(quick: bool, slide: str | None) -> dict[str, Any]:
+    from napari_histo.bench.train import bench_train
+
+    return bench_train(quick)
+
+
+def _granularity(quick: bool, slide: str | None) -> dict[str, Any]:
+    from napari_histo.bench.train import bench_granularity
+
+    return bench_granularity(quick)
+
+
 BENCHMARKS: dict[str, Callable[[bool, str | None], dict[str, Any]]] = {
     "read": _read,
     "open": _open,
     "infer": _infer,
     "annotations": _annotations,
+    "train": _train,
+    "granularity": _granularity,
 }
 
 
