@@ -206,7 +206,13 @@ def _tile_reader(slide: Slide, grid: TileGrid) -> Callable[[int], np.ndarray]:
     def read(index: int) -> np.ndarray:
         x, y, w, h = grid.tile_region_l0(index)
         lw, lh = round(w / downsample), round(h / downsample)
-        return slide.read_region(level, x, y, lw, lh)
+        tile = slide.read_region(level, x, y, lw, lh)
+        factor, rest = divmod(lw, grid.tile_px)
+        if factor > 1 and rest == 0 and lh == lw:
+            # Exact area average here, on the reader thread, not on the model's.
+            n = grid.tile_px
+            return tile.reshape(n, factor, n, factor, 3).mean(axis=(1, 3), dtype=np.float32)
+        return tile
 
     return read
 
@@ -225,8 +231,9 @@ def predict_batch(
 
     Parameters
     ----------
-    tiles : ndarray of uint8, shape (B, h, w, 3)
-        Tiles as read; resized (area average) to `tile_px` on the device.
+    tiles : ndarray of uint8 or float32, shape (B, h, w, 3)
+        Tiles as read (0–255); resized (area average) to `tile_px` on the
+        device when they are not that size already.
 
     Returns
     -------

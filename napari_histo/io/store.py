@@ -33,6 +33,7 @@ from typing import Any
 
 import numpy as np
 import zarr
+from zarr.codecs import BloscCodec
 
 from napari_histo import __version__
 from napari_histo.errors import StoreError
@@ -52,6 +53,9 @@ RESULT_ARRAYS = ("probability", "aleatoric", "epistemic", "entropy")
 FORMAT_VERSION = 1
 #: Target chunk side of result arrays, px (a whole number of cells).
 CHUNK_TARGET_PX = 512
+#: Fast compression for float result chunks (lz4 with byte shuffle: ~2x faster
+#: to write than zarr's default zstd, measured on probability maps).
+RESULT_CODEC = BloscCodec(cname="lz4", clevel=1, shuffle="shuffle")
 #: Seconds between rewrites of the done mask while a run is going.
 DONE_FLUSH_S = 2.0
 
@@ -257,6 +261,7 @@ class ResultStore:
                 dtype="float32",
                 fill_value=0.0,
                 dimension_names=("y", "x"),
+                compressors=RESULT_CODEC,
             )
             sub.attrs["multiscales"] = _multiscales(name, geometry, 1)
         now = time.strftime("%Y-%m-%dT%H:%M:%S%z")
@@ -485,6 +490,7 @@ class ResultRun:
                 dtype="float32",
                 fill_value=0.0,
                 dimension_names=("y", "x"),
+                compressors=RESULT_CODEC,
                 overwrite=True,
             )
             # Band by band: memory bounded by one band of the finer level.
