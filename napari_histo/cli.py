@@ -267,7 +267,7 @@ def cmd_demo(args: argparse.Namespace, argv: Sequence[str]) -> int:
 
 
 def cmd_bench(args: argparse.Namespace, argv: Sequence[str]) -> int:
-    if args.which == "open" and needs_display():
+    if args.which in ("open", "ui") and needs_display():
         return reexec_under_xvfb(argv)
     from napari_histo import bench
 
@@ -335,7 +335,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("bench", help="benchmarks; the last line printed is JSON")
     p.add_argument(
         "which",
-        choices=["read", "open", "infer", "annotations", "train", "granularity"],
+        choices=["read", "open", "infer", "annotations", "train", "granularity", "ui"],
         help="which benchmark",
     )
     p.add_argument("--json", action="store_true", help="print only the JSON line")

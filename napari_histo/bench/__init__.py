@@ -77,6 +77,12 @@ def _granularity(quick: bool, slide: str | None) -> dict[str, Any]:
     return bench_granularity(quick)
 
 
+def _ui(quick: bool, slide: str | None) -> dict[str, Any]:
+    from napari_histo.bench.ui import bench_ui
+
+    return bench_ui(quick=quick)
+
+
 BENCHMARKS: dict[str, Callable[[bool, str | None], dict[str, Any]]] = {
     "read": _read,
     "open": _open,
@@ -84,6 +90,7 @@ BENCHMARKS: dict[str, Callable[[bool, str | None], dict[str, Any]]] = {
     "annotations": _annotations,
     "train": _train,
     "granularity": _granularity,
+    "ui": _ui,
 }
 
 
