@@ -602,20 +602,26 @@ class LiveController:
                 out_dir=self.out_dir,
                 cancel=cancel,
             )
-            while True:
-                try:
-                    progress = next(gen)
-                except StopIteration as stop:
-                    result = stop.value
-                    break
-                yield LiveUpdate(
-                    stage,
-                    progress.done,
-                    progress.total,
-                    progress.elapsed_s,
-                    progress.eta_s,
-                    cell_updates(geometry, progress.cells),
-                )
+            try:
+                while True:
+                    try:
+                        progress = next(gen)
+                    except StopIteration as stop:
+                        result = stop.value
+                        break
+                    yield LiveUpdate(
+                        stage,
+                        progress.done,
+                        progress.total,
+                        progress.elapsed_s,
+                        progress.eta_s,
+                        cell_updates(geometry, progress.cells),
+                    )
+            finally:
+                # If this job is closed or abandoned mid-run, stop the engine now
+                # (its finally saves finished cells and joins its threads) instead
+                # of whenever the garbage collector gets to it.
+                gen.close()
             if cancel.is_set():
                 break
         return result

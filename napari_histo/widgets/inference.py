@@ -131,6 +131,8 @@ class InferenceWidget(QWidget):
         self._worker = None
         self._cancel: threading.Event | None = None
         self._job_finished: threading.Event | None = None
+        self._all_finished: list[threading.Event] = []
+        self._all_cancels: list[threading.Event] = []
         self._job_region: tuple[int, int, int, int] | None = None
         self._dirty: set[str] = set()
         self._closed = False
@@ -482,6 +484,9 @@ class InferenceWidget(QWidget):
             return result
 
         self._cancel, self._job_finished, self._job_region = cancel, finished, region
+        # Every job ever started, so shutdown can join stale (cancelled) ones too.
+        self._all_finished = [e for e in self._all_finished if not e.is_set()] + [finished]
+        self._all_cancels = [c for c in self._all_cancels if not c.is_set()] + [cancel]
         self._jobs_started += 1
         self.first_cell_s = None
         self._job_t0 = time.monotonic()
@@ -516,12 +521,15 @@ class InferenceWidget(QWidget):
                 self.set_status("cancelling…")
 
     def _stop_worker(self, *, wait: bool, timeout_s: float = 60.0) -> bool:
-        """Cancel the job in flight; with `wait`, block until its thread is done."""
+        """Cancel the job in flight; with `wait`, block until every job's thread is done."""
         if self._cancel is not None:
             self._cancel.set()
-        if wait and self._job_finished is not None:
-            return self._job_finished.wait(timeout_s)
-        return True
+        if not wait:
+            return True
+        for cancel in self._all_cancels:
+            cancel.set()
+        deadline = time.monotonic() + timeout_s
+        return all(e.wait(max(0.0, deadline - time.monotonic())) for e in self._all_finished)
 
     def _on_update(self, update: LiveUpdate) -> None:
         if self._closed:
