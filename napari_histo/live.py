@@ -23,7 +23,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 import threading
 import warnings
 from collections.abc import Generator, Sequence
@@ -357,15 +356,9 @@ def save_settings(settings: LiveSettings, path: str | os.PathLike[str] | None = 
     """Write `settings` atomically (temporary file + rename); returns the path."""
     path = Path(path) if path is not None else settings_path()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".live-", suffix=".json", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(settings.to_dict(), f, indent=2)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    from napari_histo.io.atomic import atomic_write_text
+
+    return atomic_write_text(path, json.dumps(settings.to_dict(), indent=2), backups=0)
 
 
 # -- jobs --------------------------------------------------------------------

@@ -7,8 +7,8 @@ pixel coordinates (a pixel x covers [x, x + 1)) and µm.
 from __future__ import annotations
 
 import csv
+import io
 import os
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -16,6 +16,7 @@ import numpy as np
 from scipy import ndimage as ndi
 from skimage.measure import approximate_polygon, find_contours, regionprops_table
 
+from napari_histo.io.atomic import atomic_write_text
 from napari_histo.nuclei import (
     NUCLEUS_COLOR,
     _check_labels,
@@ -124,19 +125,12 @@ def write_nuclei_csv(path: str | os.PathLike[str], table: dict[str, np.ndarray])
     if len({len(a) for a in arrays}) > 1:
         lengths = {c: len(a) for c, a in zip(columns, arrays, strict=True)}
         raise ValueError(f"`table` columns must have equal lengths, got {lengths}")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; a results table is not secret
-        with os.fdopen(fd, "w", newline="") as f:
-            writer = csv.writer(f)
-            writer.writerow(columns)
-            for row in zip(*(a.tolist() for a in arrays), strict=True):
-                writer.writerow([repr(v) if isinstance(v, float) else v for v in row])
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    buffer = io.StringIO(newline="")
+    writer = csv.writer(buffer)
+    writer.writerow(columns)
+    for row in zip(*(a.tolist() for a in arrays), strict=True):
+        writer.writerow([repr(v) if isinstance(v, float) else v for v in row])
+    return atomic_write_text(path, buffer.getvalue(), backups=0)
 
 
 def read_nuclei_csv(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 import threading
 import time
 import uuid
@@ -30,6 +29,7 @@ from napari_histo.annotations import (
     simple_polygons,
 )
 from napari_histo.errors import AnnotationError
+from napari_histo.io.atomic import atomic_write_text
 
 __all__ = [
     "MAX_COORD_PX",
@@ -80,65 +80,7 @@ class _Skip(Exception):
     """A feature cannot be loaded (internal; becomes one line of `problems`)."""
 
 
-# -- atomic writes ------------------------------------------------------------------
-def _fsync_dir(directory: Path) -> None:
-    if os.name != "posix":
-        return
-    fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def atomic_write_text(path: PathLike, text: str, backups: int = 3) -> Path:
-    """Replace `path` with `text` (UTF-8) so that it is never partial or missing.
-
-    The text goes to a temporary file in the same directory, is fsynced, and is
-    renamed over `path`. Before that, earlier versions rotate to ``path.1``
-    (newest) … ``path.<backups>`` (oldest); ``path.1`` is made as a hard link
-    (or a copy) of the current file, so `path` itself always exists.
-
-    Parameters
-    ----------
-    path : str or PathLike
-        Destination file.
-    text : str
-        Complete new content.
-    backups : int
-        How many previous versions to keep (0 keeps none).
-
-    Returns
-    -------
-    Path
-        `path`.
-    """
-    path = Path(path)
-    directory = path.parent if str(path.parent) else Path(".")
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
-    tmp = Path(tmp_name)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(text.encode("utf-8"))
-            f.flush()
-            os.fsync(f.fileno())
-        if backups > 0 and path.exists():
-            for k in range(backups - 1, 0, -1):
-                older = path.with_name(f"{path.name}.{k}")
-                if older.exists():
-                    os.replace(older, path.with_name(f"{path.name}.{k + 1}"))
-            link = path.with_name(f".{path.name}.{uuid.uuid4().hex}.bak")
-            try:
-                os.link(path, link)
-            except OSError:  # no hard links here (FAT, some shares): copy instead
-                link.write_bytes(path.read_bytes())
-            os.replace(link, path.with_name(f"{path.name}.1"))
-        os.replace(tmp, path)
-        _fsync_dir(directory)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
+# Atomic writes (temp file + fsync + rename, rotating backups) live in io.atomic.
 
 
 def autosave_path(slide_path: PathLike, project_dir: PathLike | None = None) -> Path:

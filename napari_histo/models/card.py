@@ -16,7 +16,6 @@ import json
 import math
 import os
 import re
-import tempfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from datetime import datetime, timezone
@@ -24,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from napari_histo.errors import WeightsError
+from napari_histo.io.atomic import atomic_write_bytes
 
 __all__ = ["FORMATS", "MAX_CARD_BYTES", "ModelCard", "read_card", "write_card"]
 
@@ -431,25 +431,8 @@ def write_card(path: str | os.PathLike[str], card: ModelCard) -> Path:
     return path
 
 
-def _default_file_mode() -> int:
-    """0o666 minus the process umask: the mode ``open()`` would give a new file."""
-    umask = os.umask(0)
-    os.umask(umask)
-    return 0o666 & ~umask
-
-
 def _atomic_write_bytes(path: Path, payload: bytes) -> None:
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        atomic_write_bytes(path, payload)
     except OSError as err:
-        raise WeightsError(f"{path}: cannot write ({err.strerror or err})") from None
-    try:
-        os.fchmod(fd, _default_file_mode())  # mkstemp makes 0600; cards are shared files
-        with os.fdopen(fd, "wb") as f:
-            f.write(payload)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError as err:
-        Path(tmp).unlink(missing_ok=True)
         raise WeightsError(f"{path}: cannot write ({err.strerror or err})") from None

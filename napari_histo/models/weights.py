@@ -35,7 +35,8 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from napari_histo.errors import WeightsError
-from napari_histo.models.card import ModelCard, _default_file_mode, read_card, write_card
+from napari_histo.io.atomic import default_file_mode
+from napari_histo.models.card import ModelCard, read_card, write_card
 from napari_histo.models.registry import build_model
 
 __all__ = [
@@ -278,7 +279,7 @@ def save_model(model: nn.Module, card: ModelCard, directory: str | os.PathLike[s
         final = directory / f"{stem}.safetensors"
 
     fd, tmp_name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=directory)
-    os.fchmod(fd, _default_file_mode())  # mkstemp makes 0600; weights are shared files
+    os.fchmod(fd, default_file_mode())  # mkstemp makes 0600; weights are shared files
     os.close(fd)
     tmp = Path(tmp_name)
     try:
