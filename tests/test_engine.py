@@ -13,10 +13,21 @@ import pytest
 import torch
 
 from napari_histo.errors import HistoError
-from napari_histo.inference.engine import EngineConfig, infer_slide, run, select_device
+from napari_histo.inference.engine import (
+    EngineConfig,
+    area_average,
+    infer_slide,
+    run,
+    select_device,
+)
 from napari_histo.io.store import RESULT_ARRAYS
 from napari_histo.models import ModelCard, build_model, load_model, save_model
 from napari_histo.synthetic import write_synthetic_slide
+
+# Results agree to 1e-5 whatever the batch or thread count on CPU (float32). With
+# float16 autocast on CUDA, a different batch composition picks other cuDNN
+# kernels: 2.8e-5 was measured on an H200, so allow 1e-4 there.
+ATOL = 1e-5 if select_device("auto").type == "cpu" else 1e-4
 
 
 def make_member(directory, architecture, seed, mpp=2.0, name=None):
@@ -82,7 +93,7 @@ def test_whole_slide_run_is_complete_with_provenance(reference):
 def test_batch_size_and_threads_do_not_change_results(slide, cards, reference, tmp_path):
     other = infer(slide, cards, tmp_path, batch_size=1, read_threads=1, tta=2)
     for name, value in arrays(other).items():
-        np.testing.assert_allclose(value, arrays(reference)[name], atol=1e-5, err_msg=name)
+        np.testing.assert_allclose(value, arrays(reference)[name], atol=ATOL, err_msg=name)
 
 
 def test_cancel_then_resume_matches_uninterrupted(slide, cards, reference, tmp_path):
@@ -104,7 +115,7 @@ def test_cancel_then_resume_matches_uninterrupted(slide, cards, reference, tmp_p
     assert resumed.tiles_run < resumed.tiles_total  # did not start over
     assert resumed.run.complete
     for name, value in arrays(resumed).items():
-        np.testing.assert_allclose(value, arrays(reference)[name], atol=1e-5, err_msg=name)
+        np.testing.assert_allclose(value, arrays(reference)[name], atol=ATOL, err_msg=name)
 
 
 KILLED_RUN = """
@@ -136,7 +147,7 @@ def test_killed_run_resumes(slide, cards, reference, tmp_path):
     resumed = infer(slide, cards, tmp_path, batch_size=8, tta=2)
     assert resumed.run.complete
     for name, value in arrays(resumed).items():
-        np.testing.assert_allclose(value, arrays(reference)[name], atol=1e-5, err_msg=name)
+        np.testing.assert_allclose(value, arrays(reference)[name], atol=ATOL, err_msg=name)
 
 
 def test_other_settings_start_a_new_run(slide, cards, reference, tmp_path):
@@ -226,10 +237,29 @@ def test_viewport_cells_match_whole_slide_and_resume(slide, cards, reference, tm
         np.testing.assert_allclose(
             np.asarray(partial.run.array(name)[y0:y1, x0:x1]),
             np.asarray(reference.run.array(name)[y0:y1, x0:x1]),
-            atol=1e-5, err_msg=name,
+            atol=ATOL, err_msg=name,
         )
     whole = run(infer_slide(slide, members, config=EngineConfig(tta=2), out_dir=tmp_path))
     assert whole.run.run_id == partial.run.run_id and whole.run.complete
     assert whole.tiles_run < whole.tiles_total
     for name, value in arrays(whole).items():
-        np.testing.assert_allclose(value, arrays(reference)[name], atol=1e-5, err_msg=name)
+        np.testing.assert_allclose(value, arrays(reference)[name], atol=ATOL, err_msg=name)
+
+
+@pytest.mark.parametrize("factor", [2, 3, 4, 8, 16])
+def test_area_average_equals_block_mean(factor):
+    rng = np.random.default_rng(factor)
+    image = rng.integers(0, 256, (6 * factor, 10 * factor, 3), dtype=np.uint8)
+    expected = image.reshape(6, factor, 10, factor, 3).mean(axis=(1, 3), dtype=np.float32)
+    got = area_average(image, factor)
+    assert got.dtype == np.float32 and got.shape == (6, 10, 3)
+    np.testing.assert_array_equal(got, expected)
+    white = np.full((2 * factor, 2 * factor, 3), 255, np.uint8)
+    assert (area_average(white, factor) == 255).all()  # no uint16 overflow at 16 × 16
+
+
+def test_area_average_rejects_bad_factor_and_shape():
+    with pytest.raises(ValueError, match="factor"):
+        area_average(np.zeros((34, 34, 3), np.uint8), 17)
+    with pytest.raises(ValueError, match="multiple"):
+        area_average(np.zeros((5, 4, 3), np.uint8), 2)

@@ -32,9 +32,11 @@ import torch
 from napari_histo.inference.engine import (
     EngineConfig,
     default_batch_size,
+    default_read_threads,
     infer_slide,
     predict_batch,
     run,
+    select_device,
 )
 from napari_histo.inference.ensemble import ensemble_predict, tta_transforms
 from napari_histo.io.slide import Slide
@@ -63,19 +65,42 @@ print(json.dumps({"rss_mb": (peak[0] - base) / 2**20, "tiles": result.tiles_run}
 """
 
 
-def _model_only(members: list[LoadedModel], tiles: int, batch: int, tta: tuple[int, ...]) -> float:
-    """Seconds for the ensemble forward on `tiles` random tiles, `batch` at a time."""
+def _model_only(
+    members: list[LoadedModel],
+    tiles: int,
+    batch: int,
+    tta: tuple[int, ...],
+    device: torch.device,
+) -> float:
+    """Seconds for the ensemble forward on `tiles` random tiles, `batch` at a time.
+
+    On CUDA the input already sits on the GPU and the forward runs under the
+    same float16 autocast as the engine: the limit the engine is measured against.
+    """
     patch = members[0].card.patch_px
-    x = torch.randn(batch, 3, patch, patch)
-    models = [m.model for m in members]
-    ensemble_predict(models, x, tta)  # warm-up
+    x = torch.randn(batch, 3, patch, patch, device=device)
+    models = [m.model.to(device).eval() for m in members]
+    cuda = device.type == "cuda"
+
+    def forward(n: int) -> None:
+        with torch.autocast(device_type="cuda", dtype=torch.float16, enabled=cuda):
+            out = ensemble_predict(models, x[:n], tta)
+        out.probability.float().cpu()  # the engine copies results back too
+
+    forward(batch)  # warm-up
+    if cuda:
+        torch.cuda.synchronize(device)
     start = time.perf_counter()
     for done in range(0, tiles, batch):
-        ensemble_predict(models, x[: min(batch, tiles - done)], tta)
+        forward(min(batch, tiles - done))
+    if cuda:
+        torch.cuda.synchronize(device)
     return time.perf_counter() - start
 
 
-def _naive(path: Path, members: list[LoadedModel], tta: tuple[int, ...]) -> tuple[float, int]:
+def _naive(
+    path: Path, members: list[LoadedModel], tta: tuple[int, ...], device: torch.device
+) -> tuple[float, int]:
     """Sliding window over the whole slide, batch 1, synchronous reads."""
     card = members[0].card
     start = time.perf_counter()
@@ -99,8 +124,8 @@ def _naive(path: Path, members: list[LoadedModel], tta: tuple[int, ...]) -> tupl
                 tile[None],
                 tile_px=card.patch_px,
                 tta=tta,
-                device=torch.device("cpu"),
-                amp=False,
+                device=device,
+                amp=device.type == "cuda",
                 class_index=1,
             )
             stitcher.add(index, out[0])
@@ -119,8 +144,20 @@ def _rss(path: Path, cards: list[Path]) -> float:
     return float(json.loads(proc.stdout.strip().splitlines()[-1])["rss_mb"])
 
 
-def bench_infer(*, quick: bool = False, slide: str | None = None, tta: int = 1) -> dict[str, Any]:
-    """Run the inference benchmark; see the module docstring."""
+def bench_infer(
+    *,
+    quick: bool = False,
+    slide: str | None = None,
+    tta: int = 1,
+    device: str = "auto",
+    batch_size: int | None = None,
+) -> dict[str, Any]:
+    """Run the inference benchmark; see the module docstring.
+
+    `device` ("auto": cuda > mps > cpu) and `batch_size` (None: the engine's
+    default for the device) apply to the engine, the model-only limit and the
+    naive loop alike (the naive loop always uses batch 1).
+    """
     from napari_histo.bench import bench_mosaic_slide, bench_slide
 
     cards = list(latest_cards().values())
@@ -132,17 +169,17 @@ def bench_infer(*, quick: bool = False, slide: str | None = None, tta: int = 1) 
     transforms = tta_transforms(tta)
     # Seed 2: about 30 % of the slide is tissue.
     path = Path(slide) if slide else bench_slide(16384 if quick else 32768, seed=2)
-    config = EngineConfig(tta=tta)
-    batch = default_batch_size(torch.device("cpu"))
-    _model_only(members, 2 * batch, batch, transforms)  # warm-up: kernels for these shapes
+    torch_device = select_device(device)
+    batch = batch_size or default_batch_size(torch_device)
+    config = EngineConfig(tta=tta, device=device, batch_size=batch)
+    # warm-up: kernels for these shapes
+    _model_only(members, 2 * batch, batch, transforms, torch_device)
     with tempfile.TemporaryDirectory() as out:
         result = run(infer_slide(path, members, config=config, out_dir=out))
     engine_s = result.seconds
     tiles = result.tiles_run
-    model_s = _model_only(
-        members, tiles, default_batch_size(torch.device(result.device)), transforms
-    )
-    naive_s, naive_tiles = _naive(path, members, transforms)
+    model_s = _model_only(members, tiles, batch, transforms, torch_device)
+    naive_s, naive_tiles = _naive(path, members, transforms, torch_device)
     small = bench_mosaic_slide(8192)
     large = bench_mosaic_slide(16384 if quick else 32768)
     rss_small, rss_large = _rss(small, cards), _rss(large, cards)
@@ -151,6 +188,11 @@ def bench_infer(*, quick: bool = False, slide: str | None = None, tta: int = 1) 
         "members": [m.card.name for m in members],
         "tta": tta,
         "device": result.device,
+        "device_name": (
+            torch.cuda.get_device_name(torch_device) if torch_device.type == "cuda" else "cpu"
+        ),
+        "batch_size": batch,
+        "read_threads": default_read_threads(torch_device),
         "tiles": tiles,
         "naive_tiles": naive_tiles,
         "model_only_tiles_s": round(tiles / model_s, 3),
