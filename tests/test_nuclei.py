@@ -320,7 +320,7 @@ GOOD = np.full((32, 32, 3), 200, np.uint8)
         (GOOD, float("nan"), "classical", "`mpp`"),
         (GOOD, "0.5", "classical", "`mpp`"),
         (GOOD, 0.5, "stardist", "`method` must be one of .* got 'stardist'"),
-        (GOOD, 0.5, "learned", "learned backend not available yet"),
+        (GOOD, 5.0, "learned", "`mpp` 5 µm/px is outside what the learned nuclei model"),
     ],
 )
 def test_segment_bad_input(rgb, mpp, method, match):

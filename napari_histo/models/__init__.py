@@ -8,9 +8,11 @@ TorchScript files are accepted for bring-your-own models; pickles are refused.
 # Importing the architectures registers them.
 from napari_histo.models.architectures import DeepLabV3Plus, DenseUNet, ResUNet
 from napari_histo.models.card import ModelCard, read_card, write_card
+from napari_histo.models.hovernet import HoverNet
 from napari_histo.models.registry import (
     TORCHSCRIPT,
     architecture_defaults,
+    architecture_task,
     available_architectures,
     build_model,
     register_architecture,
@@ -29,10 +31,12 @@ __all__ = [
     "TORCHSCRIPT",
     "DeepLabV3Plus",
     "DenseUNet",
+    "HoverNet",
     "LoadedModel",
     "ModelCard",
     "ResUNet",
     "architecture_defaults",
+    "architecture_task",
     "available_architectures",
     "build_model",
     "default_models_dir",

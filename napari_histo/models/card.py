@@ -125,6 +125,14 @@ class ModelCard:
         """Number of output classes (``len(classes)``)."""
         return len(self.classes)
 
+    @property
+    def task(self) -> str:
+        """What the architecture does: ``"segmentation"`` (tumour-ensemble member) or
+        e.g. ``"nuclei"``; see :func:`~napari_histo.models.architecture_task`."""
+        from napari_histo.models.registry import architecture_task
+
+        return architecture_task(self.architecture)
+
     def to_dict(self) -> dict[str, Any]:
         """The card as JSON-ready plain types, keys in documented order."""
         order = (

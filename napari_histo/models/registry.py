@@ -25,6 +25,7 @@ from torch import nn
 
 __all__ = [
     "architecture_defaults",
+    "architecture_task",
     "available_architectures",
     "build_model",
     "register_architecture",
@@ -35,17 +36,24 @@ TORCHSCRIPT = "torchscript"
 
 _NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 _REGISTRY: dict[str, Callable[..., nn.Module]] = {}
+_TASKS: dict[str, str] = {}
+
+#: Task of the semantic-segmentation (tumour ensemble) architectures and of TorchScript.
+SEGMENTATION = "segmentation"
 
 F = TypeVar("F", bound=Callable[..., nn.Module])
 
 
-def register_architecture(name: str) -> Callable[[F], F]:
+def register_architecture(name: str, *, task: str = SEGMENTATION) -> Callable[[F], F]:
     """Class decorator registering a model under `name`.
 
     Parameters
     ----------
     name : str
         Lower-case identifier (``[a-z][a-z0-9_]*``), unique, not ``"torchscript"``.
+    task : str, default "segmentation"
+        What the model does, same alphabet: ``"segmentation"`` (per-pixel class
+        logits, usable as a tumour-ensemble member) or e.g. ``"nuclei"``.
 
     Returns
     -------
@@ -61,20 +69,38 @@ def register_architecture(name: str) -> Callable[[F], F]:
         raise ValueError(f"architecture `name` must match {_NAME.pattern}, got {name!r}")
     if name == TORCHSCRIPT:
         raise ValueError(f"architecture `name` {name!r} is reserved for TorchScript models")
+    if not isinstance(task, str) or not _NAME.match(task):
+        raise ValueError(f"architecture `task` must match {_NAME.pattern}, got {task!r}")
 
     def decorator(factory: F) -> F:
         known = _REGISTRY.get(name)
         if known is not None and known is not factory:
             raise ValueError(f"architecture {name!r} is already registered to {known.__qualname__}")
         _REGISTRY[name] = factory
+        _TASKS[name] = task
         return factory
 
     return decorator
 
 
-def available_architectures() -> tuple[str, ...]:
-    """Registered architecture names, sorted."""
-    return tuple(sorted(_REGISTRY))
+def available_architectures(task: str | None = SEGMENTATION) -> tuple[str, ...]:
+    """Registered architecture names of `task` (all tasks when None), sorted.
+
+    The default lists the segmentation networks that can be tumour-ensemble
+    members; ``available_architectures("nuclei")`` gives ``('hovernet',)``.
+    """
+    return tuple(sorted(k for k in _REGISTRY if task is None or _TASKS[k] == task))
+
+
+def architecture_task(architecture: str) -> str:
+    """Task of a registered architecture; ``"segmentation"`` for TorchScript or unknown names.
+
+    Examples
+    --------
+    >>> architecture_task("resunet")
+    'segmentation'
+    """
+    return _TASKS.get(architecture, SEGMENTATION)
 
 
 def _factory(architecture: str) -> Callable[..., nn.Module]:
@@ -83,8 +109,14 @@ def _factory(architecture: str) -> Callable[..., nn.Module]:
     except (KeyError, TypeError):
         raise ValueError(
             f"unknown `architecture` {architecture!r}; choose one of: "
-            f"{', '.join(available_architectures())}"
+            f"{', '.join(available_architectures())}{_other_tasks()}"
         ) from None
+
+
+def _other_tasks() -> str:
+    """``"; nuclei: hovernet"``-style list of the non-segmentation architectures."""
+    tasks = sorted({t for t in _TASKS.values() if t != SEGMENTATION})
+    return "".join(f"; {t}: {', '.join(available_architectures(t))}" for t in tasks)
 
 
 def architecture_defaults(architecture: str) -> dict[str, Any]:

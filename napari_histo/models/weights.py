@@ -37,7 +37,7 @@ from torch import nn
 from napari_histo.errors import WeightsError
 from napari_histo.io.atomic import default_file_mode
 from napari_histo.models.card import ModelCard, read_card, write_card
-from napari_histo.models.registry import build_model
+from napari_histo.models.registry import SEGMENTATION, build_model
 
 __all__ = [
     "LoadedModel",
@@ -137,13 +137,18 @@ def _version_key(version: str) -> tuple[tuple[int, int | str], ...]:
     return tuple((1, int(p)) if p.isdigit() else (0, p) for p in parts)
 
 
-def latest_cards(directory: str | os.PathLike[str] | None = None) -> dict[str, Path]:
-    """The newest version's card of each model in `directory`.
+def latest_cards(
+    directory: str | os.PathLike[str] | None = None, task: str | None = SEGMENTATION
+) -> dict[str, Path]:
+    """The newest version's card of each model of `task` in `directory`.
 
     Parameters
     ----------
     directory : str or PathLike, optional
         Defaults to :func:`default_models_dir`.
+    task : str or None, default "segmentation"
+        Keep cards whose :attr:`ModelCard.task` is this (the default: tumour-ensemble
+        members, not e.g. the ``"nuclei"`` model); None keeps all.
 
     Returns
     -------
@@ -163,6 +168,8 @@ def latest_cards(directory: str | os.PathLike[str] | None = None) -> dict[str, P
             card = read_card(path)
         except WeightsError as err:
             warnings.warn(f"skipping model card: {err}", UserWarning, stacklevel=2)
+            continue
+        if task is not None and card.task != task:
             continue
         key = (_version_key(card.version), card.created)
         if card.name not in best or key > best[card.name][0]:
@@ -291,6 +298,7 @@ def save_model(model: nn.Module, card: ModelCard, directory: str | os.PathLike[s
             # several keys come out in random order and the same weights would hash
             # differently from one save to the next.
             save_file(tensors, str(tmp), metadata={"model": stem})
+        os.chmod(tmp, default_file_mode())  # save_file recreates the file as 0600
         with tmp.open("rb+") as f:
             os.fsync(f.fileno())
         digest = sha256_file(tmp)
@@ -452,7 +460,8 @@ def _load_torchscript(weights: Path, device: torch.device) -> nn.Module:
 def _check_forward(model: nn.Module, card: ModelCard, weights: Path, device: torch.device) -> None:
     """Run a zero patch through the model and check the output shape."""
     side = card.patch_px
-    expected = (1, card.num_classes, side, side)
+    channels = card.num_classes + getattr(model, "extra_outputs", 0)
+    expected = (1, channels, side, side)
     try:
         with torch.inference_mode():
             out = model(torch.zeros(1, 3, side, side, device=device))
