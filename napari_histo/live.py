@@ -20,44 +20,54 @@ Coordinate planes
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import threading
 import warnings
 from collections.abc import Generator, Sequence
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from napari_histo.live_settings import (
+    MODES,
+    LiveSettings,
+    load_settings,
+    save_settings,
+    settings_path,
+)
+from napari_histo.live_threads import in_own_thread, limit_torch_threads
+
 if TYPE_CHECKING:
-    from napari_histo.inference.engine import EngineConfig, InferenceResult
+    from napari_histo.inference.engine import InferenceResult
     from napari_histo.io.store import ResultGeometry, ResultRun
     from napari_histo.models import LoadedModel
 
 __all__ = [
     "MODES",
     "OVERLAY_ARRAYS",
+    "PREVIEW_MEMBER",
     "CellUpdate",
     "Debouncer",
     "LiveController",
     "LiveSettings",
     "LiveUpdate",
     "follow_action",
+    "limit_torch_threads",
     "load_settings",
     "overlay_transform",
     "save_settings",
     "settings_path",
+    "stage_label",
     "visible_region_l0",
 ]
 
-#: Inference modes offered by the widget.
-MODES = ("viewport", "follow", "whole slide")
 #: Result arrays shown as layers.
 OVERLAY_ARRAYS = ("probability", "aleatoric", "epistemic")
-#: The fast member used for the progressive preview pass.
+#: The member preferred for the progressive preview pass (the fastest packaged one);
+#: when it is not among the chosen members, the first chosen member is used.
 PREVIEW_MEMBER = "deeplabv3plus"
 
 
@@ -250,117 +260,6 @@ class Debouncer:
         self._value, self._last = None, None
 
 
-# -- settings ----------------------------------------------------------------
-@dataclass(frozen=True)
-class LiveSettings:
-    """What the inference widget runs; persisted as JSON.
-
-    Attributes
-    ----------
-    members : tuple of str
-        Ensemble member names (model cards); empty means every available model.
-    tta : {1, 2, 4, 8}
-        Test-time augmentations per member.
-    overlap : float
-        Tile overlap fraction in [0, 0.9].
-    device : {"auto", "cpu", "cuda"}
-    batch_size : int
-        Tiles per batch; 0 picks the engine default for the device.
-    mode : {"viewport", "follow", "whole slide"}
-    threshold : float
-        Tumor outline threshold on the probability, in (0, 1).
-    preview : bool
-        First a fast pass (one member, no TTA), then the full ensemble.
-    """
-
-    members: tuple[str, ...] = ()
-    tta: int = 1
-    overlap: float = 0.5
-    device: str = "auto"
-    batch_size: int = 0
-    mode: str = "viewport"
-    threshold: float = 0.5
-    preview: bool = False
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "members", tuple(str(m) for m in self.members))
-        if self.tta not in (1, 2, 4, 8) or isinstance(self.tta, bool):
-            raise ValueError(f"`tta` must be 1, 2, 4 or 8, got {self.tta!r}")
-        if not isinstance(self.overlap, int | float) or not 0 <= self.overlap <= 0.9:
-            raise ValueError(f"`overlap` must be in [0, 0.9], got {self.overlap!r}")
-        if self.device not in ("auto", "cpu", "cuda"):
-            raise ValueError(f"`device` must be auto, cpu or cuda, got {self.device!r}")
-        if not isinstance(self.batch_size, int) or isinstance(self.batch_size, bool):
-            raise ValueError(f"`batch_size` must be an int >= 0, got {self.batch_size!r}")
-        if self.batch_size < 0:
-            raise ValueError(f"`batch_size` must be an int >= 0, got {self.batch_size!r}")
-        if self.mode not in MODES:
-            raise ValueError(f"`mode` must be one of {MODES}, got {self.mode!r}")
-        if not isinstance(self.threshold, int | float) or not 0 < self.threshold < 1:
-            raise ValueError(f"`threshold` must be in (0, 1), got {self.threshold!r}")
-        if not isinstance(self.preview, bool):
-            raise ValueError(f"`preview` must be a bool, got {self.preview!r}")
-
-    def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["members"] = list(self.members)
-        return data
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> LiveSettings:
-        """Settings from a mapping; unknown keys are ignored, bad values raise ValueError."""
-        if not isinstance(data, dict):
-            raise ValueError(f"settings must be a JSON object, got {type(data).__name__}")
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
-
-    def engine_config(self) -> EngineConfig:
-        """The :class:`~napari_histo.inference.engine.EngineConfig` for these settings."""
-        from napari_histo.inference.engine import EngineConfig
-
-        return EngineConfig(
-            tta=self.tta,
-            overlap=float(self.overlap),
-            batch_size=self.batch_size or None,
-            device=self.device,
-        )
-
-
-def settings_path() -> Path:
-    """``$NAPARI_HISTO_CONFIG/live.json``, else ``live.json`` in the user config dir."""
-    override = os.environ.get("NAPARI_HISTO_CONFIG")
-    if override:
-        return Path(override) / "live.json"
-    from platformdirs import user_config_dir
-
-    return Path(user_config_dir("napari-histo", appauthor=False)) / "live.json"
-
-
-def load_settings(path: str | os.PathLike[str] | None = None) -> LiveSettings:
-    """Saved settings; defaults (and one warning) when the file is unreadable or invalid."""
-    path = Path(path) if path is not None else settings_path()
-    if not path.exists():
-        return LiveSettings()
-    try:
-        return LiveSettings.from_dict(json.loads(path.read_text(encoding="utf-8")))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, ValueError, TypeError) as err:
-        warnings.warn(
-            f"{path}: ignoring unreadable napari-histo settings ({err}); using defaults",
-            UserWarning,
-            stacklevel=2,
-        )
-        return LiveSettings()
-
-
-def save_settings(settings: LiveSettings, path: str | os.PathLike[str] | None = None) -> Path:
-    """Write `settings` atomically (temporary file + rename); returns the path."""
-    path = Path(path) if path is not None else settings_path()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    from napari_histo.io.atomic import atomic_write_text
-
-    return atomic_write_text(path, json.dumps(settings.to_dict(), indent=2), backups=0)
-
-
 # -- jobs --------------------------------------------------------------------
 @dataclass(frozen=True)
 class CellUpdate:
@@ -385,6 +284,8 @@ class LiveUpdate:
     eta_s : float or None
     cells : list of CellUpdate
         Result cells that became final, in result px.
+    label : str
+        What the stage computes, for layer names (:func:`stage_label`).
     """
 
     stage: str
@@ -393,6 +294,7 @@ class LiveUpdate:
     elapsed_s: float
     eta_s: float | None
     cells: list[CellUpdate] = field(default_factory=list, repr=False)
+    label: str = ""
 
 
 def cell_updates(
@@ -410,6 +312,21 @@ def cell_updates(
             )
         )
     return out
+
+
+def stage_label(stage: str, members: Sequence[str], tta: int) -> str:
+    """What a stage shows, for layer names.
+
+    Examples
+    --------
+    >>> stage_label("preview", ["resunet"], 1)
+    'preview: resunet, no TTA'
+    >>> stage_label("full", ["a", "b", "c"], 4)
+    'ensemble ×3, TTA 4'
+    """
+    what = members[0] if len(members) == 1 else f"ensemble ×{len(members)}"
+    text = f"{what}, " + ("no TTA" if tta == 1 else f"TTA {tta}")
+    return f"preview: {text}" if stage == "preview" else text
 
 
 class LiveController:
@@ -447,16 +364,19 @@ class LiveController:
             self.slide_mpp = float(slide.mpp)
         self._models: dict[Path, LoadedModel] = {}
         self._lock = threading.Lock()
+        self._job_lock = threading.Lock()
 
     def __repr__(self) -> str:
         return f"LiveController({str(self.slide_path)!r}, {self.settings!r})"
 
     # -- models --------------------------------------------------------------
     def available_members(self) -> dict[str, Path]:
-        """Model name → newest card path."""
-        from napari_histo.models import latest_cards
+        """Model name → card path of its active version (the newest unless one was chosen)."""
+        from napari_histo.models import read_card
+        from napari_histo.training.versions import active_cards
 
-        return latest_cards(self.models_dir)
+        cards = active_cards(self.models_dir)  # tumour-ensemble members only, not e.g. nuclei:
+        return {n: p for n, p in cards.items() if read_card(p).task == "segmentation"}
 
     def member_names(self, settings: LiveSettings | None = None) -> list[str]:
         """The members `settings` selects (all available when none is named)."""
@@ -559,6 +479,22 @@ class LiveController:
         return run_.geometry, arrays, run_.complete
 
     # -- jobs ----------------------------------------------------------------
+    def preview_settings(self, settings: LiveSettings | None = None) -> LiveSettings | None:
+        """The fast first pass for `settings` (one member, TTA 1), None when not wanted.
+
+        The member is :data:`PREVIEW_MEMBER` when chosen, else the first chosen
+        member; None when preview is off or the full run is no slower than that.
+        """
+        settings = settings or self.settings
+        if not settings.preview:
+            return None
+        names = self.member_names(settings)
+        member = PREVIEW_MEMBER if PREVIEW_MEMBER in names else names[0]
+        fast = replace(settings, members=(member,), tta=1, preview=False)
+        if names == [member] and settings.tta == 1:
+            return None
+        return fast
+
     def job(
         self,
         *,
@@ -566,55 +502,89 @@ class LiveController:
         centre: tuple[float, float] | None = None,
         cancel: threading.Event | None = None,
         settings: LiveSettings | None = None,
+        threads: int | None = None,
+        nice: int = 0,
     ) -> Generator[LiveUpdate, None, InferenceResult]:
         """Run inference (viewport with `within`, else whole slide); yields :class:`LiveUpdate`.
 
-        With ``settings.preview`` a first pass of :data:`PREVIEW_MEMBER` at TTA 1
-        (stage ``"preview"``) precedes the full ensemble (stage ``"full"``).
-        Finished cells are in the store either way, so a cancelled job loses
-        at most one batch of work.
+        With ``settings.preview`` a first pass of :meth:`preview_settings` (stage
+        ``"preview"``) precedes the full ensemble (stage ``"full"``), which
+        overwrites the preview cell by cell. Finished cells are in the store
+        either way, so a cancelled job loses at most one batch of work.
+        `threads` limits torch's intra-op threads while the job runs (None: as is).
+        With `nice` > 0 the work runs in a thread of its own ("histo-job") at that
+        lower priority (Linux; its reader and writer threads inherit it), so
+        background work yields the CPU to the Qt thread; the generator relays its
+        updates and, when closed, cancels and joins it.
         """
-        from napari_histo.inference.engine import infer_slide
-
         settings = settings or self.settings
         cancel = cancel or threading.Event()
         stages = [("full", settings)]
-        if settings.preview and PREVIEW_MEMBER in self.available_members():
-            fast = replace(settings, members=(PREVIEW_MEMBER,), tta=1, preview=False)
-            if fast != replace(settings, preview=False):
-                stages.insert(0, ("preview", fast))
-        result = None
-        for stage, stage_settings in stages:
-            geometry = self.expected_geometry(stage_settings)
-            gen = infer_slide(
-                self.slide_path,
-                self.load_members(stage_settings),
-                within=None if within is None else [int(v) for v in within],
-                centre=centre,
-                config=stage_settings.engine_config(),
-                out_dir=self.out_dir,
-                cancel=cancel,
-            )
-            try:
-                while True:
-                    try:
-                        progress = next(gen)
-                    except StopIteration as stop:
-                        result = stop.value
-                        break
-                    yield LiveUpdate(
-                        stage,
-                        progress.done,
-                        progress.total,
-                        progress.elapsed_s,
-                        progress.eta_s,
-                        cell_updates(geometry, progress.cells),
-                    )
-            finally:
-                # If this job is closed or abandoned mid-run, stop the engine now
-                # (its finally saves finished cells and joins its threads) instead
-                # of whenever the garbage collector gets to it.
-                gen.close()
+        fast = self.preview_settings(settings)
+        if fast is not None:
+            stages.insert(0, ("preview", fast))
+        # One job at a time per controller: a superseded job stops after its batch,
+        # and two runs must not create the same store run at once.
+        while not self._job_lock.acquire(timeout=0.05):
             if cancel.is_set():
-                break
+                return None
+        try:
+            if not nice:
+                return (yield from self._stages(stages, within, centre, cancel, threads))
+            return (
+                yield from in_own_thread(
+                    lambda: self._stages(stages, within, centre, cancel, threads), cancel, nice
+                )
+            )
+        finally:
+            self._job_lock.release()
+
+    def _stages(
+        self, stages, within, centre, cancel, threads
+    ) -> Generator[LiveUpdate, None, InferenceResult | None]:
+        from napari_histo.inference.engine import infer_slide
+
+        result = None
+        with limit_torch_threads(threads):
+            for stage, stage_settings in stages:
+                geometry = self.expected_geometry(stage_settings)
+                # Cells the full ensemble already has are not overwritten by the preview.
+                full_run = self.existing_run(stages[-1][1]) if stage == "preview" else None
+                keep = None if full_run is None else full_run.done
+                label = stage_label(stage, self.member_names(stage_settings), stage_settings.tta)
+                gen = infer_slide(
+                    self.slide_path,
+                    self.load_members(stage_settings),
+                    within=None if within is None else [int(v) for v in within],
+                    centre=centre,
+                    config=stage_settings.engine_config(),
+                    out_dir=self.out_dir,
+                    cancel=cancel,
+                )
+                try:
+                    while True:
+                        try:
+                            progress = next(gen)
+                        except StopIteration as stop:
+                            result = stop.value
+                            break
+                        yield LiveUpdate(
+                            stage,
+                            progress.done,
+                            progress.total,
+                            progress.elapsed_s,
+                            progress.eta_s,
+                            cell_updates(
+                                geometry,
+                                [c for c in progress.cells if keep is None or not keep[c[:2]]],
+                            ),
+                            label,
+                        )
+                finally:
+                    # If this job is closed or abandoned mid-run, stop the engine now
+                    # (its finally saves finished cells and joins its threads) instead
+                    # of whenever the garbage collector gets to it.
+                    gen.close()
+                if cancel.is_set():
+                    break
         return result

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 import threading
@@ -151,8 +152,9 @@ def test_settings_validation_and_unknown_keys():
 
 def test_core_imports_no_qt():
     code = (
-        "import sys, napari_histo.live; "
-        "print(any(m.startswith(('qtpy', 'PyQt')) for m in sys.modules))"
+        "import sys, napari_histo.live, napari_histo.live_pyramid, napari_histo.live_settings, "
+        "napari_histo.live_threads; "
+        "print(any(m.startswith(('qtpy', 'PyQt', 'napari.', 'vispy')) for m in sys.modules))"
     )
     import subprocess
 
@@ -203,3 +205,135 @@ def test_preview_stage_runs_first_and_cancel_stops(slide, tmp_path):
     cancel.set()
     job = controller.job(cancel=cancel)  # cancelled before the first batch
     assert list(job) == []
+
+
+# -- overlay pyramids ------------------------------------------------------------
+def test_pyramid_levels_match_the_store_display_pyramid(tmp_path):
+    from napari_histo.io.store import ResultStore
+    from napari_histo.live_pyramid import OverlayPyramid, level_shapes
+
+    g = ResultGeometry(origin_l0=(0, 0), downsample=8.0, shape=(700, 1100), cell_px=100, mpp=2.0)
+    run_ = ResultStore(tmp_path / "s.zarr", {"name": "s"}).create_or_resume({"a": 1}, g)
+    rng = np.random.default_rng(0)
+    full = rng.random(g.shape, dtype=np.float32)
+    pyramid = OverlayPyramid(g.shape)
+    for row in range(g.cell_shape[0]):
+        for col in range(g.cell_shape[1]):
+            y0, y1, x0, x1 = g.cell_bounds(row, col)
+            values = {k: full[y0:y1, x0:x1] for k in ("probability", "aleatoric", "epistemic")}
+            run_.write_cell(row, col, {**values, "entropy": values["probability"]})
+            pyramid.write(slice(y0, y1), slice(x0, x1), full[y0:y1, x0:x1])
+    run_.finish()
+    stored = run_.levels("probability")
+    assert [a.shape for a in stored] == level_shapes(g.shape) == [lv.shape for lv in pyramid.levels]
+    for mine, theirs in zip(pyramid.levels, stored, strict=True):
+        np.testing.assert_allclose(mine, theirs[...], rtol=1e-6)
+
+
+def test_pyramid_write_rewrites_only_the_changed_region():
+    from napari_histo.live_pyramid import OverlayPyramid, level_box
+
+    pyramid = OverlayPyramid((512, 768), min_px=64)
+    shapes = [(512, 768), (256, 384), (128, 192), (64, 96), (32, 48)]
+    assert [lv.shape for lv in pyramid.levels] == shapes
+    # Sentinels everywhere (deliberately not a consistent pyramid): whatever a write
+    # does not touch keeps its sentinel.
+    for lv in pyramid.levels:
+        lv[...] = np.nan
+    values = np.full((40, 24), 0.5, np.float32)
+    box = pyramid.write(slice(100, 140), slice(201, 225), values)
+    assert box == (100, 140, 201, 225)
+    for k, lv in enumerate(pyramid.levels):
+        y0, y1, x0, x1 = level_box(box, k, lv.shape)
+        touched = np.zeros(lv.shape, bool)
+        touched[y0:y1, x0:x1] = True
+        assert np.isnan(lv[~touched]).all(), k  # nothing outside the box was rewritten
+        if k == 0:
+            assert (lv[touched] == 0.5).all()
+    # Where the box covers whole 2 x 2 blocks the coarser levels are exact means.
+    assert pyramid.levels[1][50:70, 101:112].min() == pytest.approx(0.5)
+
+
+def test_threshold_levels_within_a_box():
+    from napari_histo.live_pyramid import OverlayPyramid, threshold_levels
+
+    prob = OverlayPyramid((64, 64), min_px=16)
+    prob.write(slice(0, 32), slice(0, 32), np.full((32, 32), 0.9, np.float32))
+    out = [np.full(lv.shape, 7, np.uint8) for lv in prob.levels]
+    threshold_levels(out, prob.levels, 0.5, (0, 32, 0, 32))
+    assert (out[0][:32, :32] == 1).all() and (out[0][32:] == 7).all()
+    assert (out[2][:8, :8] == 1).all() and (out[2][8:] == 7).all()
+    threshold_levels(out, prob.levels, 0.95, None)
+    assert all(lv.max() == 0 for lv in out)
+
+
+# -- progressive refinement and job threads -----------------------------------------
+def test_stage_labels_and_preview_settings(slide, tmp_path):
+    from napari_histo.live import stage_label
+
+    assert stage_label("preview", ["resunet"], 1) == "preview: resunet, no TTA"
+    assert stage_label("full", ["a", "b", "c"], 4) == "ensemble ×3, TTA 4"
+    assert stage_label("full", ["a"], 2) == "a, TTA 2"
+    controller = LiveController(slide, out_dir=tmp_path)
+    both = LiveSettings(members=("resunet", "deeplabv3plus"), tta=4, preview=True)
+    fast = controller.preview_settings(both)
+    assert fast.members == ("deeplabv3plus",) and fast.tta == 1 and not fast.preview
+    fast = controller.preview_settings(LiveSettings(members=("resunet",), tta=2, preview=True))
+    assert fast.members == ("resunet",) and fast.tta == 1
+    assert controller.preview_settings(LiveSettings(members=("resunet",), preview=True)) is None
+    assert controller.preview_settings(dataclasses.replace(both, preview=False)) is None
+
+
+def test_job_labels_and_own_thread(slide, tmp_path):
+    settings = LiveSettings(members=("deeplabv3plus", "resunet"), preview=True)
+    controller = LiveController(slide, settings, out_dir=tmp_path)
+    job = controller.job(within=(0, 0, 512, 512), threads=1, nice=5)
+    updates = list(job)
+    labels = {(u.stage, u.label) for u in updates}
+    assert ("preview", "preview: deeplabv3plus, no TTA") in labels
+    assert ("full", "ensemble ×2, no TTA") in labels
+    assert not [t for t in threading.enumerate() if t.name == "histo-job"]  # joined
+
+
+def test_in_own_thread_relays_returns_raises_and_joins_on_close():
+    from napari_histo.live_threads import in_own_thread
+
+    def numbers(n, fail=False):
+        yield from range(n)
+        if fail:
+            raise ValueError("boom")
+        return "done"
+
+    cancel = threading.Event()
+    gen = in_own_thread(lambda: numbers(3), cancel, 1)
+    assert list(gen) == [0, 1, 2] and not cancel.is_set()
+    gen = in_own_thread(lambda: numbers(3), cancel, 1)
+    with pytest.raises(StopIteration) as stop:
+        while True:
+            next(gen)
+    assert stop.value.value == "done"
+    with pytest.raises(ValueError, match="boom"):
+        list(in_own_thread(lambda: numbers(1, fail=True), cancel, 0))
+
+    def until_cancelled():
+        while not cancel.is_set():
+            yield 1
+
+    gen = in_own_thread(until_cancelled, cancel, 0)
+    assert next(gen) == 1
+    gen.close()  # cancels and joins
+    assert cancel.is_set()
+    assert not [t for t in threading.enumerate() if t.name == "histo-job"]
+
+
+def test_limit_torch_threads_restores():
+    import torch
+
+    from napari_histo.live import limit_torch_threads
+
+    before = torch.get_num_threads()
+    with limit_torch_threads(1):
+        assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == before
+    with limit_torch_threads(None):
+        assert torch.get_num_threads() == before

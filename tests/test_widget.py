@@ -14,6 +14,7 @@ from napari_histo.synthetic import read_truth, write_synthetic_slide
 
 pytest.importorskip("napari")
 
+OVERLAY_KEYS = ("probability", "aleatoric", "epistemic")
 FAST = LiveSettings(members=("deeplabv3plus",), tta=1, mode="viewport")
 # Slow enough (3 members x 8 TTA) that a job is still running when the test acts.
 SLOW = LiveSettings(tta=8, batch_size=1, mode="viewport")
@@ -69,8 +70,8 @@ def test_viewport_run_puts_probability_on_the_tumor(make_napari_viewer, qtbot, s
         assert name in names
     assert "tumor outline" in names
     prob = viewer.layers["tumor probability"]
-    assert prob.contrast_limits == [0, 1]
-    data = prob.data
+    assert prob.contrast_limits == [0, 1] and prob.multiscale
+    data = np.asarray(prob.data[0])
     assert data.dtype == np.float32 and 0 <= data.min() and data.max() <= 1
     assert not viewer.layers["aleatoric uncertainty"].visible
 
@@ -114,8 +115,113 @@ def test_viewport_run_puts_probability_on_the_tumor(make_napari_viewer, qtbot, s
 
     again = InferenceWidget(viewer)
     again.set_settings(FAST)
-    np.testing.assert_array_equal(viewer.layers["tumor probability"].data, data)
+    np.testing.assert_array_equal(viewer.layers["tumor probability"].data[0], data)
+    # The view showed the whole slide, so the run is complete: its layers come lazily
+    # from the store's display pyramid, one napari level per stored level, in µm.
+    run_ = again.controller.existing_run()
+    assert run_.complete and again.overlays.from_store
+    for key in ("probability", "aleatoric", "epistemic", "outline"):
+        layer = again.overlays.layer(key)
+        assert layer.multiscale
+        assert [tuple(s) for s in layer.level_shapes] == [
+            a.shape for a in run_.levels("probability")
+        ]
+        assert layer.data[0].shape == data.shape
+        np.testing.assert_allclose(layer.scale, prob.scale)
+        np.testing.assert_allclose(layer.translate, prob.translate)
+    levels = len(run_.levels("probability"))
+    assert levels > 1
+    np.testing.assert_allclose(
+        viewer.layers["tumor probability"].downsample_factors[:, -2:],
+        [[2**k, 2**k] for k in range(levels)],
+    )
+    outline = again.overlays.layer("outline")
+    np.testing.assert_array_equal(np.asarray(outline.data[0]), data >= 0.5)
     again.shutdown()
+
+
+def test_refresh_only_when_changed_cells_are_on_screen(make_napari_viewer, qtbot, slide_copy):
+    """A finished cell rewrites its own pixels; layers re-slice only if it is in view."""
+    from napari_histo.live import CellUpdate
+
+    viewer, widget = open_with_widget(make_napari_viewer, slide_copy, FAST)
+    mpp = viewer.layers[slide_copy.name].scale[0]
+    camera = viewer.scene.camera
+    camera.zoom = 4.0 / mpp / 8
+    camera.center = (1000 * mpp, 1000 * mpp)
+    widget.run()
+    wait_done(qtbot, widget)
+    overlays = widget.overlays
+    prob = overlays.layer("probability")
+    h, w = overlays.geometry.shape
+    # napari keeps a multiscale layer's loaded region until the level changes or the
+    # view leaves it: zoom out (coarser level) and back in to load just the view.
+    zoom = camera.zoom
+    camera.zoom = zoom / 8
+    qtbot.wait(300)
+    camera.zoom = zoom
+
+    def part_loaded():
+        y0, y1, x0, x1 = overlays.loaded_box(prob)
+        return prob.loaded and y1 - y0 < h / 2 and x1 - x0 < w / 2
+
+    qtbot.waitUntil(part_loaded, timeout=10_000)
+    loaded = overlays.loaded_box(prob)
+    events = []
+    prob.events.reload.connect(lambda e: events.append("reload"))
+    prob.events.set_data.connect(lambda e: events.append("set_data"))
+    level0 = prob.data[0]
+    before = level0.copy()
+    cell = overlays.geometry.cell_px
+
+    def write(y, x, value):
+        rows, cols = slice(y, y + cell), slice(x, x + cell)
+        values = {k: np.full((cell, cell), value, np.float32) for k in OVERLAY_KEYS}
+        overlays.apply([CellUpdate(rows, cols, values)])
+        return rows, cols
+
+    # Off screen: the buffer changes there and only there, and no layer re-slices.
+    rows, cols = write(h - cell, w - cell, 0.77)
+    changed = level0 != before
+    assert changed[rows, cols].all() and changed.sum() == cell * cell
+    refreshed, skipped = overlays.refreshes, overlays.skipped
+    widget._refresh_dirty()
+    assert overlays.refreshes == refreshed and overlays.skipped > skipped and events == []
+    # On screen: the visible layers re-slice (the hidden uncertainty layers do not).
+    write(loaded[0], loaded[2], 0.66)
+    widget._refresh_dirty()
+    assert overlays.refreshes == refreshed + 2  # probability and outline
+    qtbot.waitUntil(lambda: len(events) > 0, timeout=5_000)
+    widget.shutdown()
+
+
+def test_progressive_preview_then_ensemble(make_napari_viewer, qtbot, slide_copy):
+    settings = LiveSettings(members=("deeplabv3plus", "resunet"), tta=2, preview=True)
+    viewer, widget = open_with_widget(make_napari_viewer, slide_copy, settings)
+    mpp = viewer.layers[slide_copy.name].scale[0]
+    camera = viewer.scene.camera
+    camera.zoom = 4.0 / mpp / 8
+    camera.center = (1500 * mpp, 1500 * mpp)
+    prob = widget.overlays.layer("probability")
+    assert prob.name == "tumor probability (ensemble ×2, TTA 2)"
+    names = []
+    prob.events.name.connect(lambda e: names.append(prob.name))
+    widget.run()
+    assert prob.name == "tumor probability (preview: deeplabv3plus, no TTA)"
+    wait_done(qtbot, widget, timeout=120_000)
+    assert not widget.last_result.cancelled
+    assert names[0] == "tumor probability (preview: deeplabv3plus, no TTA)"
+    assert names[-1] == prob.name == "tumor probability (ensemble ×2, TTA 2)"
+    # What is shown in the end is the ensemble's result, not the preview's.
+    controller = widget.controller
+    _, full, _ = controller.load_existing(settings)
+    _, fast, _ = controller.load_existing(controller.preview_settings(settings))
+    shown = np.asarray(prob.data[0])
+    np.testing.assert_array_equal(shown, full["probability"])
+    computed = full["probability"] > 0
+    assert computed.any() and not np.array_equal(shown[computed], fast["probability"][computed])
+    assert np.asarray(widget.overlays.layer("aleatoric").data[0])[computed].max() > 0  # TTA 2
+    widget.shutdown()
 
 
 def test_cancel_stops_soon_and_resumes(make_napari_viewer, qtbot, slide_copy):

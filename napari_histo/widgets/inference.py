@@ -2,39 +2,27 @@
 
 A thin Qt shell over :class:`napari_histo.live.LiveController`: it reads the
 settings from its controls, starts the controller's job generator in a
-``thread_worker`` and writes the cells it yields into the overlay layers on the
-Qt thread. Layer refreshes are coalesced by a short timer so a fast model does
-not flood the canvas with texture uploads.
+``thread_worker`` and hands the cells it yields to
+:class:`~napari_histo.widgets._overlays.OverlayLayers` on the Qt thread, which
+writes them into multiscale buffers. Layer refreshes are coalesced by a timer
+(at most every 250 ms, slower when refreshes are costly) and skipped when the
+changed cells are off-screen. Jobs use all cores but one for torch; whole-slide
+jobs also run at a lower priority (see docs/live.md, "Threads and priority").
 """
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 import weakref
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-from qtpy.QtCore import QEvent, QObject, Qt, QTimer
-from qtpy.QtWidgets import (
-    QApplication,
-    QCheckBox,
-    QComboBox,
-    QDoubleSpinBox,
-    QFormLayout,
-    QGroupBox,
-    QHBoxLayout,
-    QLabel,
-    QProgressBar,
-    QPushButton,
-    QSpinBox,
-    QVBoxLayout,
-    QWidget,
-)
+from qtpy.QtCore import QTimer
+from qtpy.QtWidgets import QWidget
 
 from napari_histo.live import (
-    MODES,
     OVERLAY_ARRAYS,
     Debouncer,
     LiveController,
@@ -42,69 +30,51 @@ from napari_histo.live import (
     LiveUpdate,
     follow_action,
     load_settings,
-    overlay_transform,
     region_fraction,
     save_settings,
+    stage_label,
 )
+from napari_histo.widgets._common import (
+    ShutdownMixin,
+    cancel_and_join,
+    signal_finished,
+    topmost_slide_layer,
+)
+from napari_histo.widgets._controls import ControlsMixin, _fmt_s
+from napari_histo.widgets._overlays import LAYER_NAMES, TAG, OverlayLayers
 
 if TYPE_CHECKING:
     import napari
 
-__all__ = ["LAYER_NAMES", "InferenceWidget"]
+__all__ = [
+    "BACKGROUND_NICE",
+    "FOLLOW_MAX_FRACTION",
+    "LAYER_NAMES",
+    "InferenceWidget",
+    "gui_threads",
+]
 
-#: Layer name of each result array, plus the outline and the preview.
-LAYER_NAMES = {
-    "probability": "tumor probability",
-    "aleatoric": "aleatoric uncertainty",
-    "epistemic": "epistemic uncertainty",
-    "outline": "tumor outline",
-    "preview": "tumor probability (fast preview)",
-}
-_TAG = "napari_histo_live"  # layer metadata key marking our layers
-_REFRESH_MS = 150
+_REFRESH_MS = 250
 _REFRESH_MAX_MS = 2000
 _FOLLOW_DEBOUNCE_S = 0.3
 #: In follow mode, views showing more of the slide than this are not computed.
 FOLLOW_MAX_FRACTION = 0.25
+#: Nice increment of whole-slide jobs (Linux).
+BACKGROUND_NICE = 10
 
 
-def _colormaps():
-    from napari.utils.colormaps import Colormap
+def gui_threads() -> int:
+    """torch intra-op threads for jobs the widget starts: all cores but one.
 
-    tumor = Colormap(
-        colors=[[0.4, 0, 0, 0], [0.8, 0, 0.1, 0.15], [1, 0.2, 0, 0.65], [1, 1, 0.2, 0.9]],
-        controls=[0, 0.3, 0.6, 1],
-        name="histo tumor",
-    )
-    uncertainty = Colormap(
-        colors=[[0, 0.2, 0.5, 0], [0, 0.6, 1, 0.5], [0.6, 1, 1, 0.9]],
-        controls=[0, 0.5, 1],
-        name="histo uncertainty",
-    )
-    return tumor, uncertainty
+    The spare core is the Qt thread's (napari re-slices and, under Xvfb, renders
+    in software). On an oversubscribed machine this is also much faster: with
+    every core busy, torch's OpenMP threads wait on each other (measured 4-7x
+    slower with 2 threads than with 1 on 2 shared cores).
+    """
+    return max(1, (os.cpu_count() or 2) - 1)
 
 
-def _fmt_s(seconds: float | None) -> str:
-    if seconds is None:
-        return "?"
-    seconds = round(seconds)
-    return f"{seconds // 60}:{seconds % 60:02d}"
-
-
-class _CloseWatcher(QObject):
-    """Event filter calling `callback` when the watched window closes."""
-
-    def __init__(self, callback) -> None:
-        super().__init__()
-        self._callback = callback
-
-    def eventFilter(self, obj, event) -> bool:
-        if event.type() == QEvent.Close:
-            self._callback()
-        return False
-
-
-class InferenceWidget(QWidget):
+class InferenceWidget(ControlsMixin, ShutdownMixin, QWidget):
     """Dock widget running the tumor ensemble on the visible region or the whole slide.
 
     Parameters
@@ -134,15 +104,15 @@ class InferenceWidget(QWidget):
         self._all_finished: list[threading.Event] = []
         self._all_cancels: list[threading.Event] = []
         self._job_region: tuple[int, int, int, int] | None = None
-        self._dirty: set[str] = set()
+        self._overlays: OverlayLayers | None = None
+        self._preview_cells: set[tuple[int, int]] = set()
+        self._full_label = ""
+        self._pending_progress: tuple[int, int, str, str] | None = None
         self._closed = False
         self._jobs_started = 0
-        self._close_watcher: _CloseWatcher | None = None
-        self._watched: QWidget | None = None
         self._debouncer = Debouncer(_FOLLOW_DEBOUNCE_S)
         self.last_result = None
         self.first_cell_s: float | None = None
-        self.refresh_costs_ms: list[float] = []
         self._job_t0 = 0.0
 
         self._build_ui(load_settings(settings_file))
@@ -157,128 +127,9 @@ class InferenceWidget(QWidget):
         camera = self.viewer.scene.camera
         camera.events.center.connect(self._on_camera)
         camera.events.zoom.connect(self._on_camera)
-        self.viewer.layers.events.inserted.connect(self._on_layers_changed)
-        self.viewer.layers.events.removed.connect(self._on_layers_changed)
         self.viewer.mouse_move_callbacks.append(self._on_mouse_move)
-        app = QApplication.instance()
-        if app is not None:
-            app.aboutToQuit.connect(self.shutdown)
+        self._connect_viewer(self._on_layers_changed)
         self._on_layers_changed()
-
-    # -- UI -------------------------------------------------------------------
-    def _build_ui(self, settings: LiveSettings) -> None:
-        from napari_histo.models import latest_cards
-
-        layout = QVBoxLayout(self)
-        self.slide_label = QLabel("no slide")
-        self.slide_label.setWordWrap(True)
-        layout.addWidget(self.slide_label)
-
-        members_box = QGroupBox("Ensemble members")
-        members_layout = QVBoxLayout(members_box)
-        self.member_boxes: dict[str, QCheckBox] = {}
-        for name, card in latest_cards().items():
-            box = QCheckBox(f"{name} ({card.stem.split('-', 1)[-1]})")
-            box.setChecked(not settings.members or name in settings.members)
-            box.toggled.connect(self._on_settings_changed)
-            members_layout.addWidget(box)
-            self.member_boxes[name] = box
-        layout.addWidget(members_box)
-
-        form = QFormLayout()
-        self.tta_combo = QComboBox()
-        self.tta_combo.addItems(["1", "2", "4", "8"])
-        self.tta_combo.setCurrentText(str(settings.tta))
-        form.addRow("TTA", self.tta_combo)
-        self.overlap_spin = QDoubleSpinBox()
-        self.overlap_spin.setRange(0.0, 0.75)
-        self.overlap_spin.setSingleStep(0.25)
-        self.overlap_spin.setValue(settings.overlap)
-        form.addRow("Overlap", self.overlap_spin)
-        self.device_combo = QComboBox()
-        self.device_combo.addItems(["auto", "cpu", "cuda"])
-        self.device_combo.setCurrentText(settings.device)
-        form.addRow("Device", self.device_combo)
-        self.batch_spin = QSpinBox()
-        self.batch_spin.setRange(0, 256)
-        self.batch_spin.setSpecialValueText("auto")
-        self.batch_spin.setValue(settings.batch_size)
-        form.addRow("Batch size", self.batch_spin)
-        self.mode_combo = QComboBox()
-        self.mode_combo.addItems(list(MODES))
-        self.mode_combo.setCurrentText(settings.mode)
-        form.addRow("Mode", self.mode_combo)
-        self.threshold_spin = QDoubleSpinBox()
-        self.threshold_spin.setRange(0.05, 0.95)
-        self.threshold_spin.setSingleStep(0.05)
-        self.threshold_spin.setValue(settings.threshold)
-        form.addRow("Outline at", self.threshold_spin)
-        self.preview_box = QCheckBox("fast preview first (one member, no TTA)")
-        self.preview_box.setChecked(settings.preview)
-        form.addRow(self.preview_box)
-        layout.addLayout(form)
-        for combo in (self.tta_combo, self.device_combo, self.mode_combo):
-            combo.currentTextChanged.connect(self._on_settings_changed)
-        for spin in (self.overlap_spin, self.batch_spin):
-            spin.valueChanged.connect(self._on_settings_changed)
-        self.threshold_spin.valueChanged.connect(self._on_threshold_changed)
-        self.preview_box.toggled.connect(self._on_settings_changed)
-
-        buttons = QHBoxLayout()
-        self.run_button = QPushButton("Run")
-        self.run_button.clicked.connect(self.run)
-        self.cancel_button = QPushButton("Cancel")
-        self.cancel_button.setEnabled(False)
-        self.cancel_button.clicked.connect(self.cancel)
-        buttons.addWidget(self.run_button)
-        buttons.addWidget(self.cancel_button)
-        layout.addLayout(buttons)
-
-        # A widget-local bar (napari.utils.progress was tried first; see docs/live.md
-        # "Known issue" on GUI-run slowness, which a local bar did not cure either).
-        self.progress_bar = QProgressBar()
-        self.progress_bar.setRange(0, 1)
-        self.progress_bar.setValue(0)
-        self.progress_bar.setFormat("idle")
-        self.progress_bar.setTextVisible(True)
-        layout.addWidget(self.progress_bar)
-        self.status = QLabel("")
-        self.status.setWordWrap(True)
-        layout.addWidget(self.status)
-        self.readout = QLabel("")
-        self.readout.setTextInteractionFlags(Qt.TextSelectableByMouse)
-        layout.addWidget(self.readout)
-        layout.addStretch(1)
-
-    def settings(self) -> LiveSettings:
-        """The settings the controls show."""
-        chosen = tuple(n for n, box in self.member_boxes.items() if box.isChecked())
-        return LiveSettings(
-            members=chosen if len(chosen) < len(self.member_boxes) else (),
-            tta=int(self.tta_combo.currentText()),
-            overlap=round(float(self.overlap_spin.value()), 4),
-            device=self.device_combo.currentText(),
-            batch_size=int(self.batch_spin.value()),
-            mode=self.mode_combo.currentText(),
-            threshold=round(float(self.threshold_spin.value()), 4),
-            preview=self.preview_box.isChecked(),
-        )
-
-    def set_settings(self, settings: LiveSettings) -> None:
-        """Show `settings` in the controls (and persist them)."""
-        for name, box in self.member_boxes.items():
-            box.setChecked(not settings.members or name in settings.members)
-        self.tta_combo.setCurrentText(str(settings.tta))
-        self.overlap_spin.setValue(settings.overlap)
-        self.device_combo.setCurrentText(settings.device)
-        self.batch_spin.setValue(settings.batch_size)
-        self.mode_combo.setCurrentText(settings.mode)
-        self.threshold_spin.setValue(settings.threshold)
-        self.preview_box.setChecked(settings.preview)
-        self._on_settings_changed()
-
-    def set_status(self, text: str) -> None:
-        self.status.setText(text)
 
     def _on_settings_changed(self, *_: Any) -> None:
         if not any(box.isChecked() for box in self.member_boxes.values()):
@@ -297,24 +148,18 @@ class InferenceWidget(QWidget):
                 settings.overlap,
             ):
                 self._show_existing()
+            elif old.preview != settings.preview:
+                self._overlays.set_label(self._label(settings))
 
     def _on_threshold_changed(self, *_: Any) -> None:
         self._on_settings_changed()
-        if LAYER_NAMES["outline"] in self.viewer.layers:
-            prob = self._layer("probability")
-            if prob is not None:
-                outline = self.viewer.layers[LAYER_NAMES["outline"]]
-                outline.data[...] = prob.data >= self.threshold_spin.value()
-                outline.refresh()
+        if self._overlays is not None:
+            self._overlays.set_threshold(self.threshold_spin.value())
 
     # -- slide and layers -----------------------------------------------------
     def slide_layer(self):
         """The topmost layer opened by napari-histo's reader (metadata has ``path``), or None."""
-        for layer in reversed(self.viewer.layers):
-            meta = layer.metadata
-            if meta.get("path") and meta.get("mpp") and not meta.get(_TAG):
-                return layer
-        return None
+        return topmost_slide_layer(self.viewer.layers, TAG)
 
     def _on_layers_changed(self, *_: Any) -> None:
         if self._closed:
@@ -326,10 +171,14 @@ class InferenceWidget(QWidget):
         if self.running:
             self.cancel()
         self._controller = None
+        self._overlays = None
         if path is None:
             self.slide_label.setText("no slide: open one with the napari-histo reader")
             return
         self._controller = LiveController(path, self.settings(), out_dir=self._out_dir)
+        units = tuple(str(u) for u in layer.units)
+        self._overlays = OverlayLayers(self.viewer, self._controller.mpp, units)
+        self._overlays.threshold = self.threshold_spin.value()
         self.slide_label.setText(f"Slide: {path.name}")
         self._show_existing()
 
@@ -337,94 +186,43 @@ class InferenceWidget(QWidget):
     def controller(self) -> LiveController | None:
         return self._controller
 
+    @property
+    def overlays(self) -> OverlayLayers | None:
+        """The overlay layers of the current slide."""
+        return self._overlays
+
+    @property
+    def refresh_costs_ms(self) -> list[float]:
+        """Qt-thread ms of each overlay refresh so far (this slide)."""
+        return [] if self._overlays is None else self._overlays.refresh_costs_ms
+
     def _layer(self, key: str):
-        name = LAYER_NAMES[key]
-        if name in self.viewer.layers and self.viewer.layers[name].metadata.get(_TAG):
-            return self.viewer.layers[name]
-        return None
+        return None if self._overlays is None else self._overlays.layer(key)
+
+    def _label(self, settings: LiveSettings) -> str:
+        """What the probability layer of a full run shows ("" unless progressive)."""
+        if not settings.preview:
+            return ""
+        names = self._controller.member_names(settings)
+        return stage_label("full", names, settings.tta)
 
     def _show_existing(self) -> None:
         """Show the stored results for the current settings (zeros when there are none)."""
-        controller = self._controller
-        loaded = controller.load_existing()
-        if loaded is None:
-            if self._layer("probability") is not None:
-                self._ensure_layers(controller.expected_geometry(), reset=True)
+        controller, overlays = self._controller, self._overlays
+        run_ = controller.existing_run()
+        overlays.set_label(self._label(controller.settings))
+        if run_ is None:
+            # Empty layers now, so that Run starts computing at once.
+            overlays.ensure(controller.expected_geometry(), reset=True)
             self.set_status("no results yet for these settings: press Run")
             return
-        geometry, arrays, complete = loaded
-        self._ensure_layers(geometry, arrays=arrays)
-        self.set_status(
-            "whole-slide result loaded" if complete else "partial results loaded from the store"
-        )
-
-    def _ensure_layers(self, geometry, *, arrays=None, reset=False, preview=False) -> None:
-        """Create (or reuse) the overlay layers for `geometry`; fill them from `arrays`."""
-        tumor_cmap, unc_cmap = _colormaps()
-        scale, translate = overlay_transform(geometry, self._controller.mpp)
-        shape = tuple(geometry.shape)
-        meta = {_TAG: True, "geometry": geometry.to_dict()}
-        slide = self.slide_layer()
-        slide_units = tuple(str(u) for u in slide.units) if slide is not None else None
-        specs = {
-            "probability": dict(colormap=tumor_cmap, contrast_limits=(0, 1), opacity=0.7),
-            "aleatoric": dict(
-                colormap=unc_cmap, contrast_limits=(0, 0.05), opacity=0.7, visible=False
-            ),
-            "epistemic": dict(
-                colormap=unc_cmap, contrast_limits=(0, 0.05), opacity=0.7, visible=False
-            ),
-        }
-        if preview:
-            specs = {"preview": specs["probability"]}
-        for key, kwargs in specs.items():
-            layer = self._layer(key)
-            values = None if arrays is None else arrays.get(key)
-            if layer is not None and layer.data.shape == shape:
-                if values is not None:
-                    np.copyto(layer.data, values)
-                elif reset:
-                    layer.data[...] = 0
-                layer.scale, layer.translate = scale, translate
-                layer.refresh()
-                continue
-            if layer is not None:
-                self.viewer.layers.remove(layer)
-            data = np.zeros(shape, np.float32) if values is None else values.astype(np.float32)
-            self.viewer.add_image(
-                data,
-                name=LAYER_NAMES[key],
-                scale=scale,
-                translate=translate,
-                blending="translucent",
-                units=slide_units,
-                metadata=dict(meta),
-                **kwargs,
-            )
-        if preview:
+        if run_.complete:
+            overlays.show_run(run_)  # lazily, from the store's display pyramid
+            self.set_status("whole-slide result loaded")
             return
-        outline = self._layer("outline")
-        prob = self._layer("probability").data
-        mask = (prob >= self.threshold_spin.value()).astype(np.uint8)
-        if outline is not None and outline.data.shape == shape:
-            np.copyto(outline.data, mask)
-            outline.refresh()
-        else:
-            if outline is not None:
-                self.viewer.layers.remove(outline)
-            outline = self.viewer.add_labels(
-                mask,
-                name=LAYER_NAMES["outline"],
-                scale=scale,
-                translate=translate,
-                units=slide_units,
-                metadata=meta,
-            )
-            outline.contour = 2
-            outline.opacity = 1.0
-        # Keep the slide layer selected: the user keeps panning the slide.
-        if slide is not None:
-            self.viewer.layers.selection.active = slide
+        arrays = {name: run_.array(name)[...] for name in OVERLAY_ARRAYS}
+        overlays.ensure(run_.geometry, arrays=arrays)
+        self.set_status("partial results loaded from the store")
 
     # -- running --------------------------------------------------------------
     @property
@@ -467,21 +265,26 @@ class InferenceWidget(QWidget):
         self._stop_worker(wait=False)
         controller = self._controller
         settings = controller.settings
-        geometry = controller.expected_geometry(settings)
-        self._ensure_layers(geometry)
-        if settings.preview:
-            self._ensure_layers(controller.expected_geometry(), preview=True, reset=True)
+        self._overlays.ensure(controller.expected_geometry(settings))
+        self._full_label = self._label(settings)
+        self._preview_cells = set()
+        fast = controller.preview_settings(settings)
+        self._overlays.set_label(
+            self._full_label if fast is None else stage_label("preview", fast.members, fast.tta)
+        )
         centre = None if region is None else (region[0] + region[2] / 2, region[1] + region[3] / 2)
         cancel = threading.Event()
         finished = threading.Event()
-        job = controller.job(within=region, centre=centre, cancel=cancel, settings=settings)
-
-        def body():
-            try:
-                result = yield from job
-            finally:
-                finished.set()
-            return result
+        job = controller.job(
+            within=region,
+            centre=centre,
+            cancel=cancel,
+            settings=settings,
+            threads=gui_threads(),
+            # Whole-slide runs are background work: at a lower priority they leave
+            # the CPU to the Qt thread (and to viewport runs) when both want it.
+            nice=BACKGROUND_NICE if region is None else 0,
+        )
 
         self._cancel, self._job_finished, self._job_region = cancel, finished, region
         # Every job ever started, so shutdown can join stale (cancelled) ones too.
@@ -493,7 +296,9 @@ class InferenceWidget(QWidget):
         self.progress_bar.setRange(0, 1)
         self.progress_bar.setValue(0)
         self.progress_bar.setFormat("starting…")
-        worker = create_worker(body, _start_thread=False, _ignore_errors=True)
+        worker = create_worker(
+            signal_finished(job, finished), _start_thread=False, _ignore_errors=True
+        )
         worker.yielded.connect(self._on_update)
         worker.returned.connect(self._on_returned)
         worker.errored.connect(self._on_errored)
@@ -526,69 +331,68 @@ class InferenceWidget(QWidget):
             self._cancel.set()
         if not wait:
             return True
-        for cancel in self._all_cancels:
-            cancel.set()
-        deadline = time.monotonic() + timeout_s
-        return all(e.wait(max(0.0, deadline - time.monotonic())) for e in self._all_finished)
+        return cancel_and_join(self._all_cancels, self._all_finished, timeout_s)
 
     def _on_update(self, update: LiveUpdate) -> None:
-        if self._closed:
+        if self._closed or self._overlays is None:
             return
         if self.first_cell_s is None and update.cells:
             self.first_cell_s = time.monotonic() - self._job_t0
         preview = update.stage == "preview"
-        keys = ("preview",) if preview else OVERLAY_ARRAYS
-        layers = {k: self._layer(k) for k in keys}
-        outline = None if preview else self._layer("outline")
-        fast = None if preview else self._layer("preview")
-        threshold = self.threshold_spin.value()
-        for cell in update.cells:
-            for key, layer in layers.items():
-                if layer is not None:
-                    layer.data[cell.rows, cell.cols] = cell.values[
-                        "probability" if key == "preview" else key
-                    ]
-            if outline is not None:
-                outline.data[cell.rows, cell.cols] = cell.values["probability"] >= threshold
-            if fast is not None:
-                fast.data[cell.rows, cell.cols] = 0  # the full result replaces the preview
-        if update.cells:
-            self._dirty.update(keys)
-            if outline is not None:
-                self._dirty.add("outline")
-            if fast is not None:
-                self._dirty.add("preview")
-        self.progress_bar.setRange(0, max(1, update.total))
-        self.progress_bar.setValue(update.done)
-        self.progress_bar.setFormat(f"%v/%m tiles, ETA {_fmt_s(update.eta_s)}")
+        # A preview has no uncertainty to show: it only replaces the probability.
+        self._overlays.apply(update.cells, ("probability",) if preview else OVERLAY_ARRAYS)
+        keys = {(c.rows.start, c.cols.start) for c in update.cells}
+        if preview:
+            self._preview_cells |= keys
+        else:
+            self._preview_cells -= keys
+            label = self._full_label
+            if self._preview_cells and label:
+                label += " + preview"
+            self._overlays.set_label(label)
         stage = "fast preview" if preview else "ensemble"
-        self.set_status(
+        # Shown at the next refresh tick: one progress repaint per tick, not per batch.
+        self._pending_progress = (
+            update.total,
+            update.done,
+            f"%v/%m tiles, ETA {_fmt_s(update.eta_s)}",
             f"{stage}: {update.done}/{update.total} tiles of the slide, "
-            f"{_fmt_s(update.elapsed_s)} elapsed, ETA {_fmt_s(update.eta_s)}"
+            f"{_fmt_s(update.elapsed_s)} elapsed, ETA {_fmt_s(update.eta_s)}",
         )
 
-    def _refresh_dirty(self) -> None:
-        """Refresh the layers that received cells; adapt the interval to the cost.
-
-        A refresh re-slices the whole 2-D result and redraws the canvas (software
-        GL under Xvfb competes with the model for the CPU), so the timer keeps
-        refreshing to at most ~10 % of the Qt thread's time.
-        """
-        if self._closed or not self._dirty:
+    def _flush_progress(self) -> None:
+        if self._pending_progress is None:
             return
-        t0 = time.perf_counter()
-        for key in sorted(self._dirty):
-            layer = self._layer(key)
-            if layer is not None and layer.visible:
-                layer.refresh()
-        self._dirty.clear()
-        cost_ms = (time.perf_counter() - t0) * 1000
-        self.refresh_costs_ms.append(cost_ms)
+        total, done, fmt, status = self._pending_progress
+        self._pending_progress = None
+        self.progress_bar.setRange(0, max(1, total))
+        self.progress_bar.setValue(done)
+        self.progress_bar.setFormat(fmt)
+        self.set_status(status)
+
+    def _refresh_dirty(self) -> None:
+        """Refresh the overlays whose changed cells are on screen; adapt the interval.
+
+        At most every 250 ms; when refreshes cost more (slicing on the Qt thread
+        with synchronous slicing), the interval grows to keep them under ~10 % of
+        the Qt thread's time.
+        """
+        if self._closed or self._overlays is None:
+            return
+        self._flush_progress()
+        cost_ms = self._overlays.refresh()
         self._refresh_timer.setInterval(int(min(_REFRESH_MAX_MS, max(_REFRESH_MS, 10 * cost_ms))))
 
     def _on_returned(self, result) -> None:
         self.last_result = result
         if self._closed or result is None:
+            return
+        self._flush_progress()
+        if result.tiles_run == 0 and not result.cancelled:
+            self.progress_bar.setRange(0, 1)
+            self.progress_bar.setValue(1)
+            where = "whole slide" if self._job_region is None else "view"
+            self.set_status(f"{where}: nothing to compute, the results were in the store")
             return
         if result.cancelled:
             self.set_status(
@@ -607,6 +411,7 @@ class InferenceWidget(QWidget):
 
         if self._closed:
             return
+        self._flush_progress()
         message = f"inference failed: {exc}"
         self.set_status(message)
         show_error(message)
@@ -617,8 +422,10 @@ class InferenceWidget(QWidget):
         self._worker = None
         if self._closed:
             return
-        self._refresh_dirty()
         self._refresh_timer.stop()
+        self._flush_progress()
+        if self._overlays is not None:
+            self._overlays.update_thumbnails()
         self.cancel_button.setEnabled(False)
         self.progress_bar.setFormat("%v/%m tiles")
 
@@ -652,6 +459,8 @@ class InferenceWidget(QWidget):
             if action == "too_wide":
                 run_ = self._controller.existing_run()
                 if run_ is not None and run_.complete:
+                    if not self._overlays.from_store:
+                        self._overlays.show_run(run_)  # lazily, from the display pyramid
                     self.set_status("zoomed out: showing the whole-slide result")
                 else:
                     pct = 100 * region_fraction(region, self._controller.slide_dims)
@@ -664,34 +473,11 @@ class InferenceWidget(QWidget):
 
     # -- hover readout --------------------------------------------------------
     def _on_mouse_move(self, viewer, event) -> None:
-        if self._closed:
+        if self._closed or self._overlays is None:
             return
-        layer = self._layer("probability")
-        if layer is None:
-            return
-        pos = np.asarray(event.position[-2:], float)
-        idx = np.round((pos - np.asarray(layer.translate)) / np.asarray(layer.scale)).astype(int)
-        if np.any(idx < 0) or np.any(idx >= layer.data.shape):
-            self.readout.setText("")
-            return
-        values = []
-        for key in OVERLAY_ARRAYS:
-            lyr = self._layer(key)
-            if lyr is not None:
-                values.append(f"{key[:4]} {float(lyr.data[idx[0], idx[1]]):.3f}")
-        self.readout.setText("at cursor: " + ", ".join(values))
+        self.readout.setText(self._overlays.readout(event.position))
 
     # -- teardown -------------------------------------------------------------
-    def showEvent(self, event) -> None:
-        super().showEvent(event)
-        window = self.window()
-        if window is not self and window is not self._watched:
-            if self._watched is not None and self._close_watcher is not None:
-                self._watched.removeEventFilter(self._close_watcher)
-            self._close_watcher = _CloseWatcher(self.shutdown)
-            window.installEventFilter(self._close_watcher)
-            self._watched = window
-
     def shutdown(self, timeout_s: float = 60.0) -> None:
         """Cancel the job, wait for its threads, and unbind from the viewer (idempotent)."""
         if self._closed:
@@ -703,19 +489,6 @@ class InferenceWidget(QWidget):
         camera = self.viewer.scene.camera
         camera.events.center.disconnect(self._on_camera)
         camera.events.zoom.disconnect(self._on_camera)
-        self.viewer.layers.events.inserted.disconnect(self._on_layers_changed)
-        self.viewer.layers.events.removed.disconnect(self._on_layers_changed)
         if self._on_mouse_move in self.viewer.mouse_move_callbacks:
             self.viewer.mouse_move_callbacks.remove(self._on_mouse_move)
-        if self._watched is not None and self._close_watcher is not None:
-            self._watched.removeEventFilter(self._close_watcher)
-        app = QApplication.instance()
-        if app is not None:
-            try:
-                app.aboutToQuit.disconnect(self.shutdown)
-            except (TypeError, RuntimeError):
-                pass
-
-    def closeEvent(self, event) -> None:
-        self.shutdown()
-        super().closeEvent(event)
+        self._disconnect_viewer(self._on_layers_changed)

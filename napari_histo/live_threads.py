@@ -1,0 +1,83 @@
+"""Threads of live jobs: torch thread limits, lower priority, relaying a generator.
+
+Plain Python (no Qt, no napari); used by :meth:`napari_histo.live.LiveController.job`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import queue
+import sys
+import threading
+from collections.abc import Generator, Iterator
+from typing import Any
+
+__all__ = ["in_own_thread", "limit_torch_threads", "lower_priority"]
+
+
+@contextlib.contextmanager
+def limit_torch_threads(threads: int | None) -> Iterator[None]:
+    """Within the block, torch uses `threads` intra-op threads (None: leave them alone).
+
+    GUI jobs use it so the model leaves a core to the Qt thread; the previous
+    value is restored afterwards.
+    """
+    if threads is None:
+        yield
+        return
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(max(1, int(threads)))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def lower_priority(nice: int) -> None:
+    """Raise the calling thread's nice value by `nice` (Linux only; best effort)."""
+    if nice <= 0 or not sys.platform.startswith("linux"):
+        return
+    try:
+        tid = threading.get_native_id()
+        os.setpriority(os.PRIO_PROCESS, tid, os.getpriority(os.PRIO_PROCESS, tid) + nice)
+    except OSError:
+        pass  # not permitted here: run at normal priority
+
+
+def in_own_thread(make_gen, cancel: threading.Event, nice: int) -> Generator[Any, None, Any]:
+    """Run generator ``make_gen()`` in a new lower-priority thread; relay what it yields."""
+    items: queue.SimpleQueue = queue.SimpleQueue()
+
+    def target() -> None:
+        lower_priority(nice)
+        try:
+            gen = make_gen()
+            while True:
+                try:
+                    items.put(("yield", next(gen)))
+                except StopIteration as stop:
+                    items.put(("return", stop.value))
+                    return
+        except BaseException as err:  # re-raised on the consumer's thread
+            items.put(("raise", err))
+
+    thread = threading.Thread(target=target, name="histo-job", daemon=True)
+    thread.start()
+    ended = False
+    try:
+        while True:
+            kind, value = items.get()
+            if kind == "yield":
+                yield value
+                continue
+            ended = True
+            if kind == "raise":
+                raise value
+            return value
+    finally:
+        if not ended:
+            cancel.set()  # closed early: stop after the current batch
+        thread.join()
