@@ -17,6 +17,12 @@ one whole chunk at a time, and a cell is marked done only after its chunk is on
 disk, so a killed run leaves at worst cells that are recomputed, never cells
 read as done but missing. ``status`` becomes "complete" only after every cell
 is done and the display pyramid is written.
+
+Nuclei runs (:mod:`napari_histo.nuclei_store`) sit beside them in
+``nuclei/<run_id>/``: ``labels/0..n`` uint32 instance labels as OME-NGFF
+multiscales (:func:`multiscales_metadata`), a per-block ``done`` mask and
+``next_id`` (first free id), per-block measurement ``parts`` and, once
+complete, the id-sorted ``features`` table.
 """
 
 from __future__ import annotations
@@ -44,6 +50,7 @@ __all__ = [
     "ResultRun",
     "ResultStore",
     "default_store_path",
+    "multiscales_metadata",
     "run_id_for",
     "slide_identity",
 ]
@@ -263,7 +270,7 @@ class ResultStore:
                 dimension_names=("y", "x"),
                 compressors=RESULT_CODEC,
             )
-            sub.attrs["multiscales"] = _multiscales(name, geometry, 1)
+            sub.attrs["multiscales"] = multiscales_metadata(name, geometry, 1)
         now = time.strftime("%Y-%m-%dT%H:%M:%S%z")
         group.attrs.update(
             {
@@ -283,8 +290,23 @@ class ResultStore:
         return ResultRun(self, self.root["runs"][run_id])
 
 
-def _multiscales(name: str, geometry: ResultGeometry, levels: int) -> list[dict[str, Any]]:
-    """OME-NGFF 0.4 multiscales metadata for `levels` 2× levels, in µm (or px)."""
+def multiscales_metadata(name: str, geometry: ResultGeometry, levels: int) -> list[dict[str, Any]]:
+    """OME-NGFF 0.4 multiscales metadata for `levels` 2× levels, in µm (or px).
+
+    Parameters
+    ----------
+    name : str
+        Name of the multiscale image (the array group's name).
+    geometry : ResultGeometry
+        Grid of level ``"0"``: its scale and its level-0 origin (the translation).
+    levels : int
+        Number of levels ``"0"``, ``"1"``, ... each 2× coarser than the one before.
+
+    Returns
+    -------
+    list of dict
+        The value of a group's ``multiscales`` attribute.
+    """
     unit = "micrometer" if geometry.mpp is not None else None
     base = geometry.mpp if geometry.mpp is not None else geometry.downsample
     origin = geometry.origin_l0
@@ -309,6 +331,10 @@ def _multiscales(name: str, geometry: ResultGeometry, levels: int) -> list[dict[
         for axis in axes:
             axis["unit"] = unit
     return [{"version": "0.4", "name": name, "axes": axes, "datasets": datasets}]
+
+
+#: Former private name of :func:`multiscales_metadata`, kept for existing callers.
+_multiscales = multiscales_metadata
 
 
 class ResultRun:
@@ -501,4 +527,4 @@ class ResultRun:
                     rows.shape[0] // 2, 2, w, 2
                 ).mean(axis=(1, 3))
             level, current = level + 1, smaller
-        group.attrs["multiscales"] = _multiscales(name, self.geometry, level + 1)
+        group.attrs["multiscales"] = multiscales_metadata(name, self.geometry, level + 1)
