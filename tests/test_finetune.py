@@ -219,3 +219,65 @@ def test_it_helps_small(tmp_path):
     result = it_helps(tmp_path, slide_px=4096, weak_steps=60, finetune_steps=100)
     print(f"it helps (small): {result}")
     assert result["dice_gain"] >= 0.05, result
+
+
+def test_granularity_labels_and_patches(target):
+    from napari_histo.synthetic import read_truth, truth_path_for
+    from napari_histo.training.granularity import _label_dice, _patches, granularity_labels
+
+    slide, _ = target
+    truth = read_truth(truth_path_for(slide))
+    labels = granularity_labels(truth.tumor, truth.tissue, truth.downsample, (2048, 2048), 8.0)
+    assert labels["truth"].shape == (256, 256)
+    quality = {g: _label_dice(labels[g], labels["truth"]) for g in ("pixel", "ellipse", "bbox")}
+    assert quality["pixel"] == 1.0 > quality["ellipse"] > quality["bbox"], quality
+    # bbox labels only add tumor (never drop it); unlabelled stays ignored
+    assert ((labels["truth"] == 1) <= (labels["bbox"] == 1)).all()
+    split = plan_split(labels["truth"], 8.0, seed=0)
+    band = np.asarray(split.band_mask(labels["truth"].shape, 8.0))
+    image = np.zeros((256, 256, 3), np.uint8)
+    patches = _patches(image, labels["bbox"], band, count=20, patch_px=32, seed=0, model_mpp=2.0)
+    for c0, r0 in patches.origins_l0:
+        assert not band[r0 : r0 + 32, c0 : c0 + 32].any()
+    assert 0.3 < (patches.masks == 1).sum() / (patches.masks != IGNORE).sum() < 0.9
+
+
+def test_versions_active_choice_persists(tmp_path, monkeypatch):
+    import dataclasses
+
+    from napari_histo.models import ModelCard, default_models_dir, save_model
+    from napari_histo.training.retrain import estimate_steps, parent_card, resolve_cards
+    from napari_histo.training.versions import (
+        active_cards,
+        all_versions,
+        set_active_version,
+        versions_path,
+    )
+
+    monkeypatch.setenv("NAPARI_HISTO_MODELS", str(tmp_path / "models"))
+    monkeypatch.setenv("NAPARI_HISTO_CONFIG", str(tmp_path / "config"))
+    shipped = sorted(p.name for p in default_models_dir().iterdir())
+    card = ModelCard(
+        name="tiny", version="1.0", architecture="resunet", config={"width": 4, "depth": 2},
+        input_mpp=2.0, patch_px=64, normalisation={"mean": [0.5] * 3, "std": [0.2] * 3},
+        classes=("background", "tumor"), training_data="none (test)",
+    )  # fmt: skip
+    model = build_model("resunet", {"width": 4, "depth": 2})
+    for version, parent in (("1.0", None), ("1.2", "1.0"), ("1.10", "1.2")):
+        save_model(model, dataclasses.replace(card, version=version, parent_version=parent),
+                   tmp_path / "models")  # fmt: skip
+    assert [v.version for v in all_versions()["tiny"]] == ["1.0", "1.2", "1.10"]
+    assert "hovernet" not in active_cards()  # only tumour-ensemble members
+    assert active_cards()["tiny"].name == "tiny-1.10.json"  # newest unless chosen
+    set_active_version("tiny", "1.2")
+    assert active_cards()["tiny"].name == "tiny-1.2.json" and versions_path().is_file()
+    assert resolve_cards(["tiny"])[0].name == "tiny-1.2.json"
+    assert parent_card(active_cards()["tiny"]).name == "tiny-1.0.json"
+    with pytest.raises(ValueError, match=r"no version '9\.9' of model 'tiny'"):
+        set_active_version("tiny", "9.9")
+    with pytest.raises(ValueError, match="--members: no model 'nope'"):
+        resolve_cards(["nope"])
+    set_active_version("tiny", None)
+    assert active_cards()["tiny"].name == "tiny-1.10.json"
+    assert estimate_steps([active_cards()["tiny"]], 5.0, SMALL) >= 1
+    assert sorted(p.name for p in default_models_dir().iterdir()) == shipped

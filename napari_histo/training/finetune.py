@@ -36,6 +36,7 @@ from napari_histo.training.annotations import (
 )
 from napari_histo.training.data import PatchSet, read_patch
 from napari_histo.training.losses import IGNORE
+from napari_histo.training.scoring import engine_dice
 from napari_histo.training.trainer import BLUR_SIGMA_PX, TrainProgress, TrainResult, train_model
 
 __all__ = [
@@ -67,7 +68,7 @@ class FinetuneConfig:
     val_patches: int = 24
     held_out_fraction: float = 0.25
     jitter: float = 0.5
-    eval_tile_px: int = 256
+    eval_tile_px: int = 256  # used by ensemble_dice only; runs score with engine_dice
 
 
 def set_encoder_trainable(model: nn.Module, architecture: str, trainable: bool) -> int:
@@ -229,7 +230,8 @@ def annotation_dice(
     Returns
     -------
     float
-        Dice in [0, 1].
+        Dice in [0, 1], computed with the inference engine
+        (:func:`~napari_histo.training.scoring.engine_dice`; `tile_px` is unused).
     """
     loaded = [load_model(p) for p in card_paths]
     if not loaded:
@@ -240,8 +242,7 @@ def annotation_dice(
         region = plan_split(labels, ds, held_out_fraction=held_out_fraction, seed=seed)
     if region != "all":
         labels = _held_labels(labels, ds, region)
-    members = [(m.model, m.card.normalisation) for m in loaded]
-    return ensemble_dice(members, slide_path, labels, ds, tile_px=tile_px)
+    return engine_dice([(m.model, m.card) for m in loaded], slide_path, labels, ds)
 
 
 def _drive(
@@ -381,8 +382,7 @@ def finetune_ensemble(
     )
 
     def score(models: Sequence[tuple[nn.Module, ModelCard]]) -> float:
-        members = [(m, c.normalisation) for m, c in models]
-        return ensemble_dice(members, slide_path, held, ds, tile_px=config.eval_tile_px)
+        return engine_dice(models, slide_path, held, ds)
 
     pairs = [(m.model, m.card) for m in loaded]
     before = {c.name: score([(m, c)]) for m, c in pairs}

@@ -6,6 +6,7 @@ import math
 import threading
 import time
 from collections.abc import Generator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -143,37 +144,47 @@ def train_model(
     )
     images = torch.from_numpy(train.images)
     masks = torch.from_numpy(train.masks)
+
+    def prepare() -> tuple[torch.Tensor, torch.Tensor]:
+        index = torch.randint(0, len(train), (batch_size,), generator=generator)
+        x = images[index].permute(0, 3, 1, 2).float().div_(255.0)
+        x, y = augment_batch(x, masks[index], generator, blur=blur_px)
+        return _normalise(x, normalisation), y
+
     history: list[TrainProgress] = []
     start = time.monotonic()
     val_dice = None
     step = 0
-    for step in range(1, steps + 1):
-        if cancel is not None and cancel.is_set():
-            step -= 1
-            break
-        model.train()
-        index = torch.randint(0, len(train), (batch_size,), generator=generator)
-        x = images[index].permute(0, 3, 1, 2).float().div_(255.0)
-        x, y = augment_batch(x, masks[index], generator, blur=blur_px)
-        x = _normalise(x, normalisation).to(device)
-        loss = segmentation_loss(model(x), y.to(device))
-        optimiser.zero_grad(set_to_none=True)
-        loss.backward()
-        optimiser.step()
-        schedule.step()
-        elapsed = time.monotonic() - start
-        if val is not None and (step % eval_every == 0 or step == steps):
-            val_dice = evaluate_dice(model, val, normalisation, device=device)
-        event = TrainProgress(
-            step=step,
-            steps=steps,
-            loss=float(loss.detach()),
-            elapsed_s=elapsed,
-            eta_s=elapsed / step * (steps - step),
-            val_dice=val_dice if (val is not None and step % eval_every == 0) else None,
-        )
-        history.append(event)
-        yield event
+    # Batches are sampled and augmented on a prefetch thread while the model
+    # trains on the previous one (one thread: the random stream stays in order).
+    prefetch = ThreadPoolExecutor(1, thread_name_prefix="histo-train-prefetch")
+    try:
+        pending = prefetch.submit(prepare)
+        for step in range(1, steps + 1):
+            if cancel is not None and cancel.is_set():
+                step -= 1
+                break
+            model.train()
+            x, y = pending.result()
+            if step < steps:
+                pending = prefetch.submit(prepare)
+            loss = _train_step(model, optimiser, x.to(device), y.to(device))
+            schedule.step()
+            elapsed = time.monotonic() - start
+            if val is not None and (step % eval_every == 0 or step == steps):
+                val_dice = evaluate_dice(model, val, normalisation, device=device)
+            event = TrainProgress(
+                step=step,
+                steps=steps,
+                loss=loss,
+                elapsed_s=elapsed,
+                eta_s=elapsed / step * (steps - step),
+                val_dice=val_dice if (val is not None and step % eval_every == 0) else None,
+            )
+            history.append(event)
+            yield event
+    finally:
+        prefetch.shutdown(wait=True, cancel_futures=True)
     model.eval()
     return TrainResult(
         model=model,
@@ -183,3 +194,14 @@ def train_model(
         history=history,
         val_dice=val_dice,
     )
+
+
+def _train_step(
+    model: nn.Module, optimiser: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor
+) -> float:
+    """One forward + backward + optimiser step; the loss."""
+    loss = segmentation_loss(model(x), y)
+    optimiser.zero_grad(set_to_none=True)
+    loss.backward()
+    optimiser.step()
+    return float(loss.detach())
