@@ -231,12 +231,19 @@ def cmd_train(args: argparse.Namespace) -> int:
     from napari_histo._progress import TextProgress
     from napari_histo.training.default_ensemble import EnsembleRecipe, train_default_ensemble
 
+    if args.nuclei and not args.synthetic:
+        raise ValueError("--nuclei trains the nuclei model from synthetic slides: add --synthetic")
     if not args.synthetic:
-        raise HistoError("training from annotations is not available yet; use --synthetic")
-    recipe = EnsembleRecipe(seed=args.seed, steps=args.steps, slide_px=args.slide_size)
+        return _train_from_annotations(args)
+    if args.slide is not None:
+        raise ValueError("--synthetic trains from generated slides; drop SLIDE or --synthetic")
+    if args.nuclei:
+        return _train_nuclei(args)
+    recipe = EnsembleRecipe(seed=args.seed, steps=args.steps or 1200, slide_px=args.slide_size)
     cancel = threading.Event()
     bars: dict[str, TextProgress] = {}
-    generator = train_default_ensemble(args.out, recipe, work_dir=args.work, cancel=cancel)
+    out = args.out or "resources/models"
+    generator = train_default_ensemble(out, recipe, work_dir=args.work, cancel=cancel)
     try:
         while True:
             try:
@@ -255,6 +262,145 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train_nuclei(args: argparse.Namespace) -> int:
+    """``train --synthetic --nuclei``: the bundled learned nuclei model (hovernet)."""
+    from napari_histo._progress import TextProgress
+    from napari_histo.training.nuclei import train_default_nuclei
+
+    bar = TextProgress("training hovernet", unit="steps")
+
+    def progress(step: int, steps: int, loss: float) -> None:
+        bar.desc = f"training hovernet (loss {loss:.3f})"
+        bar(step, steps)
+
+    try:
+        card = train_default_nuclei(
+            args.out or "resources/models", args.seed, steps=args.steps, progress=progress,
+            workdir=args.work,
+        )  # fmt: skip
+    except KeyboardInterrupt:
+        print("\ninterrupted: no new model version was written", file=sys.stderr)
+        return 130
+    print(f"wrote {card}")
+    return 0
+
+
+def _train_from_annotations(args: argparse.Namespace) -> int:
+    """``train SLIDE [--annotations FILE]``: fine-tune the active members; new versions."""
+    import threading
+
+    from napari_histo._progress import TextProgress
+    from napari_histo.models import read_card
+    from napari_histo.training.finetune import FinetuneConfig, finetune_ensemble
+    from napari_histo.training.retrain import (
+        estimate_steps,
+        read_slide_annotations,
+        resolve_cards,
+        steps_per_epoch,
+    )
+    from napari_histo.training.versions import user_models_dir
+
+    if args.slide is None:
+        raise ValueError("SLIDE is required (or pass --synthetic to train the default ensemble)")
+    if not Path(args.slide).is_file():
+        raise HistoError(f"{args.slide}: no such slide file")
+    annotations, source, problems = read_slide_annotations(args.slide, args.annotations)
+    for line in problems:
+        print(f"{source}: {line}", file=sys.stderr)
+    cards = resolve_cards(args.members)
+    config = FinetuneConfig()
+    if args.steps:
+        steps = args.steps
+    elif args.minutes:
+        steps = estimate_steps(cards, args.minutes * 60, config)
+    else:
+        steps = args.epochs * steps_per_epoch(config)
+    out = Path(args.out) if args.out else user_models_dir()
+    cancel = threading.Event()
+    generator = finetune_ensemble(
+        cards, args.slide, annotations, out_dir=out, steps=steps, granularity=args.granularity,
+        freeze_encoder_steps=args.freeze_epochs * steps_per_epoch(config), seed=args.seed,
+        cancel=cancel, config=config,
+    )  # fmt: skip
+    print(
+        f"fine-tuning {len(cards)} member(s) on {len(annotations)} annotations from {source} "
+        f"({args.granularity} granularity, {steps} steps each)",
+        file=sys.stderr,
+    )
+    bars: dict[str, TextProgress] = {}
+    try:
+        while True:
+            try:
+                member, event = next(generator)
+            except StopIteration as stop:
+                written = stop.value
+                break
+            bar = bars.setdefault(member, TextProgress(f"training {member}", unit="steps"))
+            bar.desc = f"training {member} (loss {event.loss:.3f})"
+            bar(event.step, event.steps)
+    except KeyboardInterrupt:
+        cancel.set()
+        generator.close()
+        print("\ninterrupted: no new model version was written", file=sys.stderr)
+        return 130
+    for path in written:
+        card = read_card(path)
+        m = card.metrics
+        print(
+            f"{card.name} {card.parent_version} -> {card.version}: held-out Dice "
+            f"{m['heldout_dice_before']:.3f} -> {m['heldout_dice_after']:.3f}; wrote {path}"
+        )
+    if written:
+        m = read_card(written[0]).metrics
+        print(
+            f"ensemble held-out Dice {m['ensemble_heldout_dice_before']:.3f} -> "
+            f"{m['ensemble_heldout_dice_after']:.3f}"
+        )
+    return 0
+
+
+def cmd_nuclei(args: argparse.Namespace) -> int:
+    import threading
+
+    from napari_histo._progress import TextProgress
+    from napari_histo.nuclei_store import export_csv, export_geojson, iter_nuclei_to_store
+
+    if not Path(args.slide).is_file():
+        raise HistoError(f"{args.slide}: no such slide file")
+    region = _parse_region(args.region)
+    cancel = threading.Event()
+    generator = iter_nuclei_to_store(
+        args.slide, method=args.method, region_l0=region, out_dir=args.out, cancel=cancel
+    )
+    bars: dict[str, TextProgress] = {}
+    try:
+        while True:
+            try:
+                update = next(generator)
+            except StopIteration as stop:
+                result = stop.value
+                break
+            if not args.quiet:
+                stage = update.stage
+                unit = "levels" if stage == "pyramid" else "blocks"
+                bar = bars.setdefault(stage, TextProgress(f"nuclei {stage}", unit))
+                bar(update.done, update.total)
+    except KeyboardInterrupt:
+        cancel.set()
+        generator.close()
+        print("\ninterrupted: finished blocks are kept; run again to resume", file=sys.stderr)
+        return 130
+    run = result.run
+    for path, export in ((args.csv, export_csv), (args.geojson, export_geojson)):
+        if path:
+            print(f"wrote {export(run, path)}")
+    print(
+        f"done: {result.nuclei} nuclei ({result.blocks_run} blocks computed in "
+        f"{result.seconds:.1f} s); labels in {run.store.path} (nuclei run {run.run_id})"
+    )
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace, argv: Sequence[str]) -> int:
     if needs_display():
         if args.screenshot is None:
@@ -267,11 +413,11 @@ def cmd_demo(args: argparse.Namespace, argv: Sequence[str]) -> int:
 
 
 def cmd_bench(args: argparse.Namespace, argv: Sequence[str]) -> int:
-    if args.which in ("open", "ui") and needs_display():
+    if args.which in ("open", "ui", "annotations", "nuclei") and needs_display():
         return reexec_under_xvfb(argv)
     from napari_histo import bench
 
-    result = bench.run(args.which, quick=args.quick, slide=args.slide)
+    result = bench.run(args.which, quick=args.quick, slide=args.slide, device=args.device)
     if args.json:
         print(json.dumps(result))
     else:
@@ -314,16 +460,51 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overlap", type=float, default=0.5, help="tile overlap fraction [0, 1)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda[:N] or mps")
     p.add_argument("--batch", type=_positive_int, default=None, help="tiles per batch (auto)")
-    p.add_argument("--threads", type=_positive_int, default=2, help="tile reading threads")
+    p.add_argument(
+        "--threads", type=_positive_int, default=None,
+        help="tile reading threads (default: 2 on CPU, up to 8 beside a GPU)",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
-    p = sub.add_parser("train", help="train the default ensemble on synthetic slides")
+    p = sub.add_parser(
+        "train", help="fine-tune the ensemble on a slide's annotations (new model versions)"
+    )
+    p.add_argument("slide", nargs="?", default=None, help="annotated slide file")
+    p.add_argument(
+        "--annotations", default=None, help="GeoJSON/ASAP file (default: SLIDE.annotations.geojson)"
+    )
+    p.add_argument(
+        "--granularity", choices=["pixel", "polygon", "ellipse", "bbox"], default="pixel",
+        help="rasterise annotations as drawn (pixel) or as their ellipse / bounding box",
+    )  # fmt: skip
+    p.add_argument("--members", nargs="+", default=None, help="model names or card .json paths")
+    p.add_argument("--epochs", type=_positive_int, default=5, help="passes over the patches")
+    p.add_argument("--minutes", type=float, default=None, help="time budget instead of epochs")
+    p.add_argument(
+        "--freeze-epochs", type=_nonnegative_int, default=0, help="first epochs: encoder frozen"
+    )
     p.add_argument("--synthetic", action="store_true", help="train from synthetic slides")
-    p.add_argument("--out", default="resources/models", help="directory for weights + cards")
+    p.add_argument(
+        "--nuclei", action="store_true",
+        help="with --synthetic: train the learned nuclei model instead of the tumor ensemble",
+    )
+    p.add_argument(
+        "--out", default=None,
+        help="weights + cards folder (default: user models dir; --synthetic: resources/models)",
+    )  # fmt: skip
     p.add_argument("--seed", type=_nonnegative_int, default=0, help="random seed")
-    p.add_argument("--steps", type=_positive_int, default=1200, help="steps per member")
+    p.add_argument("--steps", type=_positive_int, default=None, help="steps per member")
     p.add_argument("--slide-size", type=_positive_int, default=8192, help="synthetic slide px")
     p.add_argument("--work", default=None, help="directory for the generated slides")
+
+    p = sub.add_parser("nuclei", help="segment nuclei into the result store (resumable)")
+    p.add_argument("slide", help="slide file")
+    p.add_argument("--method", choices=["classical", "learned"], default="classical")
+    p.add_argument("--region", default=None, help="x,y,w,h in level-0 px (default: whole slide)")
+    p.add_argument("--out", default=None, help="directory of the result store (default: beside)")
+    p.add_argument("--csv", default=None, help="write per-nucleus measurements to this CSV")
+    p.add_argument("--geojson", default=None, help="write QuPath-style detections here")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
 
     p = sub.add_parser("demo", help="open napari with the sample slide")
     p.add_argument("--slide", default=None, help="slide to open instead of the sample")
@@ -332,15 +513,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--screenshot", default=None, help="save a screenshot to this PNG and exit (headless)"
     )
 
+    from napari_histo.bench import BENCHMARKS  # light: the benchmarks import lazily
+
     p = sub.add_parser("bench", help="benchmarks; the last line printed is JSON")
-    p.add_argument(
-        "which",
-        choices=["read", "open", "infer", "annotations", "train", "granularity", "ui"],
-        help="which benchmark",
-    )
+    p.add_argument("which", choices=list(BENCHMARKS), help="which benchmark")
     p.add_argument("--json", action="store_true", help="print only the JSON line")
     p.add_argument("--quick", action="store_true", help="small sizes, < 60 s")
     p.add_argument("--slide", default=None, help="(read, infer) use this slide")
+    p.add_argument("--device", default="auto", help="(infer) auto, cpu, cuda[:N] or mps")
     return parser
 
 
@@ -358,6 +538,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_infer(args)
         if args.command == "train":
             return cmd_train(args)
+        if args.command == "nuclei":
+            return cmd_nuclei(args)
         if args.command == "demo":
             return cmd_demo(args, argv)
         if args.command == "bench":

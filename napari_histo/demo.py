@@ -6,7 +6,14 @@ import os
 import sys
 from pathlib import Path
 
-__all__ = ["dock_inference", "run_demo", "wait_for_inference", "wait_for_render"]
+__all__ = [
+    "dock_inference",
+    "dock_tools",
+    "run_demo",
+    "start_viewport_run",
+    "wait_for_inference",
+    "wait_for_render",
+]
 
 
 def wait_for_render(viewer, rounds: int = 20) -> None:
@@ -21,16 +28,37 @@ def wait_for_render(viewer, rounds: int = 20) -> None:
         app.processEvents()
 
 
-def dock_inference(viewer):
-    """Dock the Tumor inference widget and start a viewport run on the current view."""
+def dock_inference(viewer, *, start: bool = True):
+    """Dock the Tumor inference widget; with `start`, run it on the current view."""
     from napari_histo.widgets.inference import InferenceWidget
 
     widget = InferenceWidget(viewer)
-    viewer.window.add_dock_widget(widget, name="Tumor inference", area="right")
+    widget.dock = viewer.window.add_dock_widget(widget, name="Tumor inference", area="right")
+    if start:
+        start_viewport_run(widget)
+    return widget
+
+
+def start_viewport_run(widget) -> None:
+    """Start a viewport run of an inference widget (when it has a slide)."""
     if widget.controller is not None:
         widget.mode_combo.setCurrentText("viewport")
         widget.run()
-    return widget
+
+
+def dock_tools(viewer) -> list:
+    """Dock the Nuclei, Annotate and Retrain widgets as tabs beside the inference dock."""
+    from napari_histo.widgets.annotation import AnnotationWidget
+    from napari_histo.widgets.nuclei import NucleiWidget
+    from napari_histo.widgets.training import RetrainWidget
+
+    widgets = []
+    for name, cls in (("Nuclei", NucleiWidget), ("Annotate", AnnotationWidget),
+                      ("Retrain", RetrainWidget)):  # fmt: skip
+        widget = cls(viewer)
+        viewer.window.add_dock_widget(widget, name=name, area="right", tabify=True)
+        widgets.append(widget)
+    return widgets
 
 
 def wait_for_inference(widget, timeout_s: float = 120.0) -> bool:
@@ -88,7 +116,12 @@ def run_demo(
     layers = viewer.open(path, plugin="napari-histo")
     viewer.canvas.overlays["scale_bar"].visible = True
     viewer.reset_view()
-    widget = dock_inference(viewer)
+    widget = dock_inference(viewer, start=False)
+    dock_tools(viewer)
+    widget.dock.raise_()  # the inference tab in front
+    wait_for_render(viewer, rounds=5)
+    viewer.reset_view()  # fit the slide to the canvas the docks left
+    start_viewport_run(widget)
     if screenshot is None:
         napari.run()
         return 0
@@ -97,6 +130,7 @@ def run_demo(
             "inference did not finish within 120 s; screenshot shows it in progress",
             file=sys.stderr,
         )
+    widget.dock.raise_()  # docking the others may have brought their tab forward
     wait_for_render(viewer)
     out = Path(screenshot)
     out.parent.mkdir(parents=True, exist_ok=True)

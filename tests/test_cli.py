@@ -46,6 +46,9 @@ def test_info_json_lists_synthetic_levels(wide_tiff, capsys):
         (["synth", "x.svs", "--seed", "-1"], "expected an integer >= 0, got -1"),
         (["bench", "nonsense"], "invalid choice"),
         (["frobnicate"], "invalid choice"),
+        (["train", "--nuclei"], "--nuclei trains the nuclei model from synthetic slides"),
+        (["bench", "read", "--device", "cuda"], "bench read has no --device option"),
+        (["bench", "infer", "--quick", "--device", "tpu"], "`device` must be auto, cpu"),
     ],
 )
 def test_bad_arguments_exit_2(args, message):
@@ -164,3 +167,97 @@ def test_infer_ctrl_c_stops_cleanly_and_resumes(tmp_path):
     assert again.returncode == 0
     done, total = again.stdout.split("done: ")[1].split(" tiles")[0].split(" of ")
     assert 0 < int(done) < int(total)  # resumed, not restarted
+
+
+# -- train from annotations ------------------------------------------------------
+@pytest.fixture(scope="module")
+def annotated_slide(tmp_path_factory):
+    """2048 px synthetic slide + truth annotations in its autosave file + a weak model card."""
+    from napari_histo.bench.train import TARGET_SEED, _slide, truth_annotations, weak_model
+    from napari_histo.io.annotations import autosave_path, write_geojson
+
+    root = tmp_path_factory.mktemp("cli_train")
+    slide = _slide(root, TARGET_SEED, 2048)
+    write_geojson(autosave_path(slide), truth_annotations(slide))
+    return slide, weak_model(slide, root / "parent", steps=2, width=4)
+
+
+@pytest.fixture
+def train_env(tmp_path, monkeypatch):
+    monkeypatch.setenv("NAPARI_HISTO_MODELS", str(tmp_path / "models"))
+    monkeypatch.setenv("NAPARI_HISTO_CONFIG", str(tmp_path / "config"))
+    return tmp_path / "out"
+
+
+def test_train_from_annotations_writes_new_version(annotated_slide, train_env, capsys):
+    slide, card = annotated_slide
+    code = main(["train", str(slide), "--members", str(card), "--steps", "3", "--out",
+                 str(train_env)])  # fmt: skip
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    assert "weak 1.0 -> 1.1: held-out Dice" in out and "ensemble held-out Dice" in out
+    assert sorted(p.name for p in train_env.iterdir()) == ["weak-1.1.json", "weak-1.1.safetensors"]
+    assert "training weak (loss " in err
+
+
+@pytest.mark.parametrize(
+    ("case", "message"),
+    [
+        ("no file", "no annotation file"),
+        ("one class", "both tumor and non-tumor"),
+        ("outside slide", "outside the slide"),
+        ("outside tissue", "outside tissue"),
+        ("bad geojson", "not valid JSON"),
+        ("bad slide", "bad.svs"),
+    ],
+)
+def test_train_bad_input_exit_2(annotated_slide, train_env, tmp_path, capsys, case, message):
+    from napari_histo.annotations import Annotation
+    from napari_histo.io.annotations import autosave_path, read_geojson, write_geojson
+
+    slide, card = annotated_slide
+    anns = read_geojson(autosave_path(slide)).annotations
+    path = tmp_path / "anns.geojson"
+    target = str(slide)
+    if case == "no file":
+        path = tmp_path / "missing.geojson"
+    elif case == "one class":
+        write_geojson(path, [a for a in anns if a.label == "tumor"])
+    elif case == "outside slide":
+        write_geojson(path, [*anns, Annotation.from_bbox(5000, 10, 5100, 90, label="tumor")])
+    elif case == "outside tissue":
+        write_geojson(path, [*anns, Annotation.from_bbox(0, 0, 60, 60, label="tumor")])
+    elif case == "bad geojson":
+        path.write_text("{not json")
+    else:
+        target = str(tmp_path / "bad.svs")
+        Path(target).write_bytes(b"not a slide")
+        write_geojson(path, anns)
+    code = main(["train", target, "--annotations", str(path), "--members", str(card),
+                 "--steps", "2", "--out", str(train_env)])  # fmt: skip
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and message in err[-1] and err[-1].startswith("napari-histo train: error:")
+    assert not train_env.exists() or not any(train_env.iterdir())
+
+
+def test_train_ctrl_c_exits_130_and_writes_nothing(annotated_slide, tmp_path):
+    import os
+    import signal
+    import time
+
+    slide, card = annotated_slide
+    out = tmp_path / "out"
+    env = {**os.environ, "NAPARI_HISTO_MODELS": str(tmp_path / "m"),
+           "NAPARI_HISTO_CONFIG": str(tmp_path / "c")}  # fmt: skip
+    cmd = [sys.executable, "-m", "napari_histo.cli", "train", str(slide), "--members", str(card),
+           "--steps", "5000", "--out", str(out)]  # fmt: skip
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:  # wait until training has started
+        if "training weak" in proc.stderr.readline():
+            break
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "no new model version was written" in err and "Traceback" not in err
+    assert not out.exists() or not any(out.iterdir())

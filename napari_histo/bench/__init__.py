@@ -53,10 +53,10 @@ def _open(quick: bool, slide: str | None) -> dict[str, Any]:
     return bench_open(quick=quick)
 
 
-def _infer(quick: bool, slide: str | None) -> dict[str, Any]:
+def _infer(quick: bool, slide: str | None, device: str = "auto") -> dict[str, Any]:
     from napari_histo.bench.infer import bench_infer
 
-    return bench_infer(quick=quick, slide=slide)
+    return bench_infer(quick=quick, slide=slide, device=device)
 
 
 def _annotations(quick: bool, slide: str | None) -> dict[str, Any]:
@@ -83,6 +83,12 @@ def _ui(quick: bool, slide: str | None) -> dict[str, Any]:
     return bench_ui(quick=quick)
 
 
+def _nuclei(quick: bool, slide: str | None) -> dict[str, Any]:
+    from napari_histo.bench.nuclei import bench_nuclei
+
+    return bench_nuclei(quick=quick)
+
+
 BENCHMARKS: dict[str, Callable[[bool, str | None], dict[str, Any]]] = {
     "read": _read,
     "open": _open,
@@ -91,11 +97,22 @@ BENCHMARKS: dict[str, Callable[[bool, str | None], dict[str, Any]]] = {
     "train": _train,
     "granularity": _granularity,
     "ui": _ui,
+    "nuclei": _nuclei,
 }
 
 
-def run(which: str, *, quick: bool = False, slide: str | None = None) -> dict[str, Any]:
+# Benchmarks whose function takes a ``device`` ("auto", "cpu", "cuda", ...).
+DEVICE_BENCHMARKS = frozenset({"infer"})
+
+
+def run(
+    which: str, *, quick: bool = False, slide: str | None = None, device: str = "auto"
+) -> dict[str, Any]:
     """Run benchmark `which` (a key of :data:`BENCHMARKS`) and return its result dict."""
     if which not in BENCHMARKS:
         raise ValueError(f"`which` must be one of {sorted(BENCHMARKS)}, got {which!r}")
+    if which in DEVICE_BENCHMARKS:
+        return BENCHMARKS[which](quick, slide, device=device)  # type: ignore[call-arg]
+    if device != "auto":
+        raise ValueError(f"bench {which} has no --device option (only {sorted(DEVICE_BENCHMARKS)})")
     return BENCHMARKS[which](quick, slide)

@@ -160,6 +160,7 @@ def bench_infer(
     """
     from napari_histo.bench import bench_mosaic_slide, bench_slide
 
+    torch_device = select_device(device)  # bad names fail before any slide is made
     cards = list(latest_cards().values())
     if not cards:
         raise FileNotFoundError(
@@ -169,7 +170,6 @@ def bench_infer(
     transforms = tta_transforms(tta)
     # Seed 2: about 30 % of the slide is tissue.
     path = Path(slide) if slide else bench_slide(16384 if quick else 32768, seed=2)
-    torch_device = select_device(device)
     batch = batch_size or default_batch_size(torch_device)
     config = EngineConfig(tta=tta, device=device, batch_size=batch)
     # warm-up: kernels for these shapes
