@@ -28,7 +28,7 @@ from napari_histo.training.finetune import (
 )
 from napari_histo.training.losses import IGNORE
 
-SMALL = FinetuneConfig(train_patches=16, val_patches=4, train_patch_px=64, eval_tile_px=128)
+SMALL = FinetuneConfig(train_patches=16, val_patches=4, train_patch_px=64)
 
 
 def _l_shape() -> Annotation:

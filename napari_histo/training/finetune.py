@@ -16,7 +16,7 @@ import os
 import re
 import threading
 import time
-from collections.abc import Generator, Mapping, Sequence
+from collections.abc import Generator, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Literal
@@ -26,7 +26,6 @@ import torch
 from torch import nn
 
 from napari_histo.annotations import Annotation
-from napari_histo.io.slide import Slide
 from napari_histo.models import ModelCard, load_model, save_model
 from napari_histo.training.annotations import (
     SpatialSplit,
@@ -34,7 +33,7 @@ from napari_histo.training.annotations import (
     sample_label_patches,
     slide_labels,
 )
-from napari_histo.training.data import PatchSet, read_patch
+from napari_histo.training.data import PatchSet
 from napari_histo.training.losses import IGNORE
 from napari_histo.training.scoring import engine_dice
 from napari_histo.training.trainer import BLUR_SIGMA_PX, TrainProgress, TrainResult, train_model
@@ -43,7 +42,6 @@ __all__ = [
     "ENCODER_PREFIXES",
     "FinetuneConfig",
     "annotation_dice",
-    "ensemble_dice",
     "finetune_ensemble",
     "next_version",
     "set_encoder_trainable",
@@ -68,7 +66,6 @@ class FinetuneConfig:
     val_patches: int = 24
     held_out_fraction: float = 0.25
     jitter: float = 0.5
-    eval_tile_px: int = 256  # used by ensemble_dice only; runs score with engine_dice
 
 
 def set_encoder_trainable(model: nn.Module, architecture: str, trainable: bool) -> int:
@@ -117,70 +114,6 @@ def _taken_versions(name: str, directories: Sequence[Path]) -> set[str]:
             stem = path.name.split(".json")[0].split(".safetensors")[0]
             taken.add(stem[len(name) + 1 :])
     return taken
-
-
-def _normalise(x: torch.Tensor, normalisation: Mapping[str, Sequence[float]]) -> torch.Tensor:
-    mean = torch.tensor(normalisation["mean"], dtype=x.dtype).view(1, 3, 1, 1)
-    std = torch.tensor(normalisation["std"], dtype=x.dtype).view(1, 3, 1, 1)
-    return (x - mean) / std
-
-
-@torch.inference_mode()
-def ensemble_dice(
-    members: Sequence[tuple[nn.Module, Mapping[str, Sequence[float]]]],
-    slide_path: str | os.PathLike[str],
-    labels: np.ndarray,
-    downsample: float,
-    *,
-    tile_px: int = 256,
-) -> float:
-    """Tumor Dice of the members' mean probability (> 0.5) over the labelled pixels.
-
-    Parameters
-    ----------
-    members : sequence of (model, normalisation)
-        Models taking normalised RGB at the labels' resolution.
-    slide_path : str or PathLike
-        The slide.
-    labels : ndarray of uint8, shape (h, w)
-        Targets 0 / 1 / 255 at `downsample`; only the box around labelled pixels is run.
-    downsample : float
-        Level-0 px per label pixel (the models' µm/px ÷ the slide's).
-    tile_px : int
-        Tiles (non-overlapping, multiple of 32) the box is predicted in.
-
-    Returns
-    -------
-    float
-        Dice in [0, 1]; 1.0 when neither truth nor prediction has tumor.
-    """
-    rows, cols = np.nonzero(labels != IGNORE)
-    if rows.size == 0:
-        raise ValueError("`labels` hold no labelled pixels to score")
-    r0, c0 = rows.min(), cols.min()
-    h, w = rows.max() + 1 - r0, cols.max() + 1 - c0
-    prob = np.zeros((h, w), np.float32)
-    size_l0 = round(tile_px * downsample)
-    for model, _ in members:
-        model.eval()
-    with Slide(slide_path) as slide:
-        for tr in range(0, h, tile_px):
-            for tc in range(0, w, tile_px):
-                x = round((c0 + tc) * downsample)
-                y = round((r0 + tr) * downsample)
-                rgb = read_patch(slide, x, y, size_l0, tile_px)
-                batch = torch.from_numpy(rgb).permute(2, 0, 1)[None].float().div_(255.0)
-                mean = torch.zeros(tile_px, tile_px)
-                for model, norm in members:
-                    mean += model(_normalise(batch, norm)).softmax(dim=1)[0, 1]
-                th, tw = min(tile_px, h - tr), min(tile_px, w - tc)
-                prob[tr : tr + th, tc : tc + tw] = (mean / len(members)).numpy()[:th, :tw]
-    truth = labels[r0 : r0 + h, c0 : c0 + w]
-    valid = truth != IGNORE
-    pred = (prob > 0.5) & valid
-    fg = (truth == 1) & valid
-    total = int(pred.sum()) + int(fg.sum())
-    return 2 * int((pred & fg).sum()) / total if total else 1.0
 
 
 def _held_labels(labels: np.ndarray, downsample: float, split: SpatialSplit) -> np.ndarray:
