@@ -11,6 +11,14 @@ Levels follow the result store's display pyramid
 the one above, ``(h // 2, w // 2)``, down to :data:`MIN_LEVEL_PX`.
 
 Boxes are ``(y0, y1, x0, x1)`` in level-0 result px, half-open.
+
+Memory is bounded whatever the size of the result: buffers are float16 (what a
+display needs: ~3 significant digits on 0–1) and a pyramid may *start* at a
+coarser level (``base``, see :func:`display_base`): a result larger than
+:data:`DISPLAY_CAP_PX` on a side keeps no finer levels in memory during a run
+(the finished run is then shown from the store's full-resolution pyramid).
+Writes still take level-0 boxes and values; they are block-averaged into the
+base level.
 """
 
 from __future__ import annotations
@@ -20,10 +28,13 @@ from collections.abc import Sequence
 import numpy as np
 
 __all__ = [
+    "DISPLAY_CAP_PX",
+    "DISPLAY_DTYPE",
     "MIN_LEVEL_PX",
     "OverlayPyramid",
     "box_intersects",
     "box_union",
+    "display_base",
     "level_box",
     "level_shapes",
     "threshold_levels",
@@ -31,6 +42,11 @@ __all__ = [
 
 #: The coarsest level is the first whose longer side is at most this many px.
 MIN_LEVEL_PX = 256
+
+#: Live buffers keep no level whose longer side is above this (see :func:`display_base`).
+DISPLAY_CAP_PX = 4096
+#: dtype of live display buffers of float results.
+DISPLAY_DTYPE = np.float16
 
 Box = tuple[int, int, int, int]
 
@@ -51,6 +67,52 @@ def level_shapes(shape: Sequence[int], min_px: int = MIN_LEVEL_PX) -> list[tuple
         h, w = h // 2, w // 2
         out.append((h, w))
     return out
+
+
+def display_base(
+    shape: Sequence[int], cap_px: int = DISPLAY_CAP_PX, min_px: int = MIN_LEVEL_PX
+) -> int:
+    """Index of the first level (of :func:`level_shapes`) whose longer side is <= `cap_px`.
+
+    Examples
+    --------
+    >>> display_base((4096, 3000)), display_base((12500, 12500))
+    (0, 2)
+    """
+    shapes = level_shapes(shape, min_px)
+    for k, (h, w) in enumerate(shapes):
+        if max(h, w) <= cap_px:
+            return k
+    return len(shapes) - 1
+
+
+def block_mean(
+    values: np.ndarray, f: int, y0: int, x0: int, out_shape: Sequence[int]
+) -> tuple[Box, np.ndarray]:
+    """Not public: ``(box, means)`` of level-0 `values` placed at (`y0`, `x0`), per f × f block.
+
+    The box is in the coarse level (shape `out_shape`); a coarse pixel only partly
+    covered by `values` gets the mean of the covered part.
+    """
+    values = np.asarray(values, dtype=np.float32)
+    h, w = values.shape
+    cy0, cx0 = y0 // f, x0 // f
+    cy1, cx1 = min(int(out_shape[0]), -(-(y0 + h) // f)), min(int(out_shape[1]), -(-(x0 + w) // f))
+    if cy1 <= cy0 or cx1 <= cx0:
+        return (cy0, cy0, cx0, cx0), np.zeros((0, 0), np.float32)
+    oy, ox = y0 - cy0 * f, x0 - cx0 * f
+    ph, pw = (cy1 - cy0) * f, (cx1 - cx0) * f
+    if oy == 0 and ox == 0 and h >= ph and w >= pw:  # aligned: exact block means
+        block = values[:ph, :pw].reshape(cy1 - cy0, f, cx1 - cx0, f)
+        return (cy0, cy1, cx0, cx1), block.mean(axis=(1, 3))
+    pad = np.zeros((ph, pw), np.float32)
+    count = np.zeros((ph, pw), np.float32)
+    vh, vw = min(h, ph - oy), min(w, pw - ox)
+    pad[oy : oy + vh, ox : ox + vw] = values[:vh, :vw]
+    count[oy : oy + vh, ox : ox + vw] = 1
+    sums = pad.reshape(cy1 - cy0, f, cx1 - cx0, f).sum(axis=(1, 3))
+    n = count.reshape(cy1 - cy0, f, cx1 - cx0, f).sum(axis=(1, 3))
+    return (cy0, cy1, cx0, cx1), sums / np.maximum(n, 1)
 
 
 def box_union(a: Box | None, b: Box | None) -> Box | None:
@@ -77,9 +139,12 @@ class OverlayPyramid:
     shape : (int, int)
         Level-0 ``(h, w)``.
     dtype : numpy dtype
-        float32 for results, uint8 for the outline labels.
+        float32 (or :data:`DISPLAY_DTYPE`) for results, uint8 for the outline labels.
     min_px : int
         See :func:`level_shapes`.
+    base : int
+        Keep levels from this one on only (:func:`display_base`); :attr:`levels`
+        ``[0]`` is then level `base`, ``2**base`` level-0 px per pixel.
 
     Examples
     --------
@@ -92,18 +157,37 @@ class OverlayPyramid:
     (1.0, 0.0)
     """
 
-    def __init__(self, shape: Sequence[int], dtype=np.float32, *, min_px: int = MIN_LEVEL_PX):
+    def __init__(
+        self,
+        shape: Sequence[int],
+        dtype=np.float32,
+        *,
+        min_px: int = MIN_LEVEL_PX,
+        base: int = 0,
+    ):
         self.dtype = np.dtype(dtype)
-        self.levels: list[np.ndarray] = [
-            np.zeros(s, self.dtype) for s in level_shapes(shape, min_px)
-        ]
+        shapes = level_shapes(shape, min_px)
+        if not 0 <= base < len(shapes):
+            raise ValueError(f"`base` must be in [0, {len(shapes)}), got {base}")
+        self.base = int(base)
+        self.full_shape: tuple[int, int] = shapes[0]
+        self.levels: list[np.ndarray] = [np.zeros(s, self.dtype) for s in shapes[base:]]
 
     def __repr__(self) -> str:
-        return f"OverlayPyramid({self.shape}, {self.dtype.name}, levels={len(self.levels)})"
+        return (
+            f"OverlayPyramid({self.full_shape}, {self.dtype.name}, base={self.base}, "
+            f"levels={len(self.levels)})"
+        )
 
     @property
     def shape(self) -> tuple[int, int]:
-        return self.levels[0].shape
+        """Level-0 ``(h, w)`` (kept in memory only when :attr:`base` is 0)."""
+        return self.full_shape
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of all kept levels."""
+        return sum(level.nbytes for level in self.levels)
 
     def write(self, rows: slice, cols: slice, values: np.ndarray) -> Box:
         """Put `values` at level-0 ``[rows, cols]`` and update the levels below; returns the box.
@@ -112,10 +196,24 @@ class OverlayPyramid:
         """
         y0, y1, _ = rows.indices(self.shape[0])
         x0, x1, _ = cols.indices(self.shape[1])
-        self.levels[0][y0:y1, x0:x1] = values
         box = (y0, y1, x0, x1)
-        self._propagate(box)
+        if self.base == 0:
+            self.levels[0][y0:y1, x0:x1] = values
+            self._propagate(box)
+            return box
+        values = np.broadcast_to(np.asarray(values), (y1 - y0, x1 - x0))
+        cbox, mean = block_mean(values, 2**self.base, y0, x0, self.levels[0].shape)
+        self._put(cbox, mean)
         return box
+
+    def _put(self, cbox: Box, mean: np.ndarray) -> None:
+        cy0, cy1, cx0, cx1 = cbox
+        if cy1 <= cy0 or cx1 <= cx0:
+            return
+        if self.dtype.kind in "ui":
+            mean = np.rint(mean)
+        self.levels[0][cy0:cy1, cx0:cx1] = mean
+        self._propagate(cbox)
 
     def fill(self, values: np.ndarray | float) -> None:
         """Set all of level 0 (an array of its shape, or one value) and rebuild the pyramid."""
@@ -123,10 +221,28 @@ class OverlayPyramid:
             for level in self.levels:
                 level[...] = values
             return
+        if self.base == 0:
+            np.copyto(self.levels[0], np.asarray(values), casting="unsafe")
+            self._propagate((0, self.shape[0], 0, self.shape[1]))
+            return
+        # Row strips of level-0 values (a zarr or dask array reads only the strip).
+        f = 2**self.base
+        step = f * max(1, 1024 // f)
+        for y0 in range(0, self.levels[0].shape[0] * f, step):
+            strip = np.asarray(values[y0 : y0 + step], dtype=np.float32)
+            cbox, mean = block_mean(strip, f, y0, 0, self.levels[0].shape)
+            cy0, cy1, cx0, cx1 = cbox
+            if cy1 > cy0 and cx1 > cx0:
+                self.levels[0][cy0:cy1, cx0:cx1] = mean
+        self._propagate((0, self.levels[0].shape[0], 0, self.levels[0].shape[1]))
+
+    def fill_base(self, values: np.ndarray) -> None:
+        """Set all of :attr:`levels` ``[0]`` (level :attr:`base`) and rebuild the coarser ones."""
         np.copyto(self.levels[0], values, casting="unsafe")
-        self._propagate((0, self.shape[0], 0, self.shape[1]))
+        self._propagate((0, self.levels[0].shape[0], 0, self.levels[0].shape[1]))
 
     def _propagate(self, box: Box) -> None:
+        """Rebuild the coarser levels under `box` (in :attr:`levels` ``[0]`` px)."""
         y0, y1, x0, x1 = box
         for k in range(1, len(self.levels)):
             finer, coarser = self.levels[k - 1], self.levels[k]
@@ -151,9 +267,15 @@ def level_box(box: Box, level: int, shape: Sequence[int]) -> Box:
 
 
 def threshold_levels(
-    out: Sequence[np.ndarray], probability: Sequence[np.ndarray], threshold: float, box: Box | None
+    out: Sequence[np.ndarray],
+    probability: Sequence[np.ndarray],
+    threshold: float,
+    box: Box | None,
+    base: int = 0,
 ) -> None:
     """``out[k] = probability[k] >= threshold`` on every level, within level-0 `box` (None: all).
+
+    ``probability[k]`` is level ``base + k`` (:attr:`OverlayPyramid.base`).
 
     The outline of each level is drawn from that level's probability, so the
     outline napari shows when zoomed out is the coarse probability's contour.
@@ -162,5 +284,5 @@ def threshold_levels(
         if box is None:
             np.greater_equal(src, threshold, out=dst, casting="unsafe")
             continue
-        y0, y1, x0, x1 = level_box(box, k, src.shape)
+        y0, y1, x0, x1 = level_box(box, base + k, src.shape)
         dst[y0:y1, x0:x1] = src[y0:y1, x0:x1] >= threshold

@@ -337,3 +337,52 @@ def test_limit_torch_threads_restores():
     assert torch.get_num_threads() == before
     with limit_torch_threads(None):
         assert torch.get_num_threads() == before
+
+
+def test_capped_pyramid_matches_the_full_one_on_its_levels():
+    from napari_histo.live_pyramid import OverlayPyramid, level_shapes
+
+    shape, cell = (700, 1100), 100  # cells are multiples of 4: exact block means
+    rng = np.random.default_rng(1)
+    full = rng.random(shape, dtype=np.float32)
+    ref, capped = OverlayPyramid(shape), OverlayPyramid(shape, np.float16, base=2)
+    assert capped.shape == shape and [lv.shape for lv in capped.levels] == level_shapes(shape)[2:]
+    for y0 in range(0, shape[0], cell):
+        for x0 in range(0, shape[1], cell):
+            rows, cols = slice(y0, y0 + cell), slice(x0, x0 + cell)
+            box = capped.write(rows, cols, full[rows, cols])
+            assert box == (y0, min(y0 + cell, 700), x0, min(x0 + cell, 1100))
+            ref.write(rows, cols, full[rows, cols])
+    for mine, theirs in zip(capped.levels, ref.levels[2:], strict=True):
+        np.testing.assert_allclose(mine, theirs, atol=1e-3)  # float16: ~3 decimals
+    # Unaligned cells: a coarse pixel partly covered gets the mean of the covered part.
+    odd = OverlayPyramid((64, 64), base=2, min_px=4)
+    odd.write(slice(0, 6), slice(0, 64), np.ones((6, 64), np.float32))
+    assert odd.levels[0][:2].min() == 1.0 and odd.levels[0][2:].max() == 0.0
+    filled = OverlayPyramid(shape, np.float16, base=2)
+    filled.fill(full)
+    for mine, theirs in zip(filled.levels, ref.levels[2:], strict=True):
+        np.testing.assert_allclose(mine, theirs, atol=1e-3)
+
+
+def test_live_buffers_are_bounded_for_a_whole_slide_result():
+    """A 100k-px slide at 2 um/px: the overlay buffers stay within the display cap."""
+    from napari_histo.live_pyramid import (
+        DISPLAY_CAP_PX,
+        DISPLAY_DTYPE,
+        OverlayPyramid,
+        display_base,
+        threshold_levels,
+    )
+
+    shape = (12500, 12500)
+    base = display_base(shape)
+    assert base == 2 and max(OverlayPyramid((4096, 4096)).shape) <= DISPLAY_CAP_PX
+    pyramids = [OverlayPyramid(shape, DISPLAY_DTYPE, base=base) for _ in range(3)]
+    outline = [np.zeros(lv.shape, np.uint8) for lv in pyramids[0].levels]
+    threshold_levels(outline, pyramids[0].levels, 0.5, (0, 300, 0, 300), base)
+    total = sum(p.nbytes for p in pyramids) + sum(o.nbytes for o in outline)
+    assert total <= 100 * 2**20, total / 2**20  # full-size float32 would be ~3 GB
+    # The same bound holds for any result size: at most the cap on a side, float16.
+    worst = OverlayPyramid((DISPLAY_CAP_PX, DISPLAY_CAP_PX), DISPLAY_DTYPE).nbytes
+    assert 3 * worst + worst // 2 <= 160 * 2**20

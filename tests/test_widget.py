@@ -72,7 +72,7 @@ def test_viewport_run_puts_probability_on_the_tumor(make_napari_viewer, qtbot, s
     prob = viewer.layers["tumor probability"]
     assert prob.contrast_limits == [0, 1] and prob.multiscale
     data = np.asarray(prob.data[0])
-    assert data.dtype == np.float32 and 0 <= data.min() and data.max() <= 1
+    assert data.dtype == np.float16 and 0 <= data.min() and data.max() <= 1  # display buffer
     assert not viewer.layers["aleatoric uncertainty"].visible
 
     # Compare with the truth in world coordinates: sample the overlay at the
@@ -115,7 +115,8 @@ def test_viewport_run_puts_probability_on_the_tumor(make_napari_viewer, qtbot, s
 
     again = InferenceWidget(viewer)
     again.set_settings(FAST)
-    np.testing.assert_array_equal(viewer.layers["tumor probability"].data[0], data)
+    stored = np.asarray(viewer.layers["tumor probability"].data[0])
+    np.testing.assert_array_equal(stored.astype(np.float16), data)  # live buffers: float16
     # The view showed the whole slide, so the run is complete: its layers come lazily
     # from the store's display pyramid, one napari level per stored level, in µm.
     run_ = again.controller.existing_run()
@@ -136,7 +137,7 @@ def test_viewport_run_puts_probability_on_the_tumor(make_napari_viewer, qtbot, s
         [[2**k, 2**k] for k in range(levels)],
     )
     outline = again.overlays.layer("outline")
-    np.testing.assert_array_equal(np.asarray(outline.data[0]), data >= 0.5)
+    np.testing.assert_array_equal(np.asarray(outline.data[0]), stored >= 0.5)
     again.shutdown()
 
 
@@ -217,9 +218,10 @@ def test_progressive_preview_then_ensemble(make_napari_viewer, qtbot, slide_copy
     _, full, _ = controller.load_existing(settings)
     _, fast, _ = controller.load_existing(controller.preview_settings(settings))
     shown = np.asarray(prob.data[0])
-    np.testing.assert_array_equal(shown, full["probability"])
+    np.testing.assert_array_equal(shown, full["probability"].astype(np.float16))
     computed = full["probability"] > 0
-    assert computed.any() and not np.array_equal(shown[computed], fast["probability"][computed])
+    fast_shown = fast["probability"].astype(np.float16)
+    assert computed.any() and not np.array_equal(shown[computed], fast_shown[computed])
     assert np.asarray(widget.overlays.layer("aleatoric").data[0])[computed].max() > 0  # TTA 2
     widget.shutdown()
 
@@ -292,3 +294,31 @@ def test_settings_persist_across_widgets(make_napari_viewer, slide_copy):
     assert other.settings().tta == 4 and other.settings().mode == "whole slide"
     assert other.settings().overlap == 0.25
     other.shutdown()
+
+
+def test_large_result_keeps_bounded_float16_buffers(make_napari_viewer):
+    """A 100k-px slide's whole-slide result (12500 px square): capped, coarser buffers."""
+    from napari_histo.io.store import ResultGeometry
+    from napari_histo.live import CellUpdate, overlay_transform
+    from napari_histo.widgets._overlays import OverlayLayers
+
+    viewer = make_napari_viewer()
+    overlays = OverlayLayers(viewer, (0.25, 0.25))
+    g = ResultGeometry(origin_l0=(0, 0), downsample=8.0, shape=(12500, 12500), cell_px=128, mpp=2.0)
+    overlays.ensure(g, reset=True)
+    assert overlays.base == 2 and overlays.nbytes <= 100 * 2**20  # full float32: ~2.6 GB
+    prob = overlays.layer("probability")
+    assert prob.multiscale and prob.data[0].shape == (3125, 3125)
+    assert prob.data[0].dtype == np.float16 and prob.contrast_limits == [0, 1]
+    scale, translate = overlay_transform(g, (0.25, 0.25))
+    np.testing.assert_allclose(prob.scale, np.asarray(scale) * 4)
+    # A coarse pixel sits on the centre of the 4 x 4 level-0 pixels it averages.
+    np.testing.assert_allclose(prob.translate, np.asarray(translate) + 1.5 * np.asarray(scale))
+    values = {k: np.full((128, 128), 0.75, np.float32) for k in OVERLAY_KEYS}
+    overlays.apply([CellUpdate(slice(256, 384), slice(512, 640), values)])
+    assert overlays.dirty["probability"] == (256, 384, 512, 640)
+    level = np.asarray(prob.data[0], np.float32)
+    assert level[64:96, 128:160].min() == 0.75 and level.sum() == 0.75 * 32 * 32
+    assert np.asarray(overlays.layer("outline").data[0])[64:96, 128:160].all()
+    world = np.asarray(translate) + np.array([300, 600]) * np.asarray(scale)
+    assert overlays.readout(tuple(world)).startswith("at cursor: prob 0.750")

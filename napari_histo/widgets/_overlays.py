@@ -13,6 +13,11 @@ the visible part of one level of a multiscale layer, so:
 Complete whole-slide results are shown straight from the result store's
 display pyramid (lazy zarr levels) until a job needs writable buffers.
 
+Writable buffers are bounded whatever the slide size: float16, and for a
+result larger than :data:`~napari_histo.live_pyramid.DISPLAY_CAP_PX` on a side
+the layers' finest level is the first coarser level within the cap (the layers'
+scale says so); the finished run is then shown from the store at full resolution.
+
 Qt-thread code: every method here is called from the widget's handlers.
 """
 
@@ -25,10 +30,12 @@ import numpy as np
 
 from napari_histo.live import OVERLAY_ARRAYS, CellUpdate, overlay_transform
 from napari_histo.live_pyramid import (
+    DISPLAY_DTYPE,
     Box,
     OverlayPyramid,
     box_intersects,
     box_union,
+    display_base,
     threshold_levels,
 )
 
@@ -91,6 +98,7 @@ class OverlayLayers:
         self.outline: list[np.ndarray] = []
         self.threshold = 0.5
         self.label = ""
+        self.base = 0  # level of the layers' finest data (0 unless capped)
         self.from_store = False  # layers show lazy store levels, no writable buffers
         self._dirty: dict[str, Box | None] = {}
         self._stale_thumbnails: set[str] = set()
@@ -120,9 +128,17 @@ class OverlayLayers:
     def _names(self) -> dict[str, str]:
         return {**LAYER_NAMES, "probability": probability_name(self.label)}
 
-    def _replace_layers(self, geometry: ResultGeometry, data: dict[str, list]) -> None:
-        """(Re)create every overlay layer over `data` (levels per key)."""
+    def _replace_layers(
+        self, geometry: ResultGeometry, data: dict[str, list], base: int = 0
+    ) -> None:
+        """(Re)create every overlay layer over `data` (levels per key, from level `base`)."""
         scale, translate = overlay_transform(geometry, self.mpp)
+        if base:
+            # A level-`base` pixel is centred on the middle of its f x f level-0 block.
+            f = 2**base
+            translate = tuple(t + (f - 1) / 2 * s for t, s in zip(translate, scale, strict=True))
+            scale = tuple(s * f for s in scale)
+        self.base = base
         names = self._names()
         specs = self._specs()
         active = self.viewer.layers.selection.active
@@ -172,26 +188,41 @@ class OverlayLayers:
                     pyramid.fill(0)
             if arrays is not None or reset:
                 threshold_levels(
-                    self.outline, self.pyramids["probability"].levels, self.threshold, None
+                    self.outline,
+                    self.pyramids["probability"].levels,
+                    self.threshold,
+                    None,
+                    self.base,
                 )
                 self._mark_all_dirty()
             return
+        base = display_base(geometry.shape)
+        from_levels = None
         if arrays is None and self.from_store and self.geometry == geometry:
-            # Writable buffers from what is shown: level 0 of the stored run.
-            arrays = {key: self.layer(key).data[0][...] for key in OVERLAY_ARRAYS}
+            # Writable buffers from what is shown: level `base` of the stored run.
+            from_levels = {key: self.layer(key).data[base] for key in OVERLAY_ARRAYS}
         self.geometry = geometry
-        self.pyramids = {key: OverlayPyramid(geometry.shape) for key in OVERLAY_ARRAYS}
-        if arrays is not None:
-            for key in OVERLAY_ARRAYS:
+        self.pyramids = {
+            key: OverlayPyramid(geometry.shape, DISPLAY_DTYPE, base=base) for key in OVERLAY_ARRAYS
+        }
+        for key in OVERLAY_ARRAYS:
+            if from_levels is not None:
+                self.pyramids[key].fill_base(np.asarray(from_levels[key]))
+            elif arrays is not None:
                 self.pyramids[key].fill(arrays[key])
         prob = self.pyramids["probability"].levels
         self.outline = [np.zeros(level.shape, np.uint8) for level in prob]
-        threshold_levels(self.outline, prob, self.threshold, None)
+        threshold_levels(self.outline, prob, self.threshold, None, base)
         data = {key: self.pyramids[key].levels for key in OVERLAY_ARRAYS}
         data["outline"] = self.outline
         self.from_store = False
-        self._replace_layers(geometry, data)
+        self._replace_layers(geometry, data, base)
         self._dirty = {}
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the writable buffers (all overlays, all levels)."""
+        return sum(p.nbytes for p in self.pyramids.values()) + sum(o.nbytes for o in self.outline)
 
     def show_run(self, run_: ResultRun) -> None:
         """Show a stored run's display pyramid lazily (read-only until :meth:`ensure`)."""
@@ -205,7 +236,7 @@ class OverlayLayers:
         self.geometry = run_.geometry
         self.pyramids, self.outline = {}, []
         self.from_store = True
-        self._replace_layers(run_.geometry, data)
+        self._replace_layers(run_.geometry, data, 0)
         self._dirty = {}
 
     def set_label(self, label: str) -> None:
@@ -232,7 +263,7 @@ class OverlayLayers:
             return
         if self.pyramids:
             threshold_levels(
-                self.outline, self.pyramids["probability"].levels, self.threshold, None
+                self.outline, self.pyramids["probability"].levels, self.threshold, None, self.base
             )
             layer = self.layer("outline")
             if layer is not None:
@@ -250,7 +281,7 @@ class OverlayLayers:
                 box = self.pyramids[key].write(cell.rows, cell.cols, cell.values[key])
                 self._dirty[key] = box_union(self._dirty.get(key), box)
             if "probability" in keys and box is not None:
-                threshold_levels(self.outline, prob, self.threshold, box)
+                threshold_levels(self.outline, prob, self.threshold, box, self.base)
                 self._dirty["outline"] = box_union(self._dirty.get("outline"), box)
 
     def _mark_all_dirty(self) -> None:
@@ -264,10 +295,10 @@ class OverlayLayers:
         return {k: v for k, v in self._dirty.items() if v is not None}
 
     @staticmethod
-    def loaded_box(layer) -> Box:
-        """Level-0 result px of the region `layer` has loaded (its corner pixels)."""
+    def loaded_box(layer, base: int = 0) -> Box:
+        """Level-0 result px of the region `layer` (finest data: level `base`) has loaded."""
         corners = np.asarray(layer.corner_pixels)[:, -2:]
-        f = 2**layer.data_level
+        f = 2 ** (layer.data_level + base)
         (y0, x0), (y1, x1) = corners[0] * f, (corners[1] + 1) * f
         return int(y0), int(y1), int(x0), int(x1)
 
@@ -282,7 +313,7 @@ class OverlayLayers:
             if box is None or layer is None:
                 continue
             self._stale_thumbnails.add(key)
-            if layer.visible and box_intersects(box, self.loaded_box(layer)):
+            if layer.visible and box_intersects(box, self.loaded_box(layer, self.base)):
                 layer.refresh(thumbnail=False)
                 self.refreshes += 1
                 issued = True

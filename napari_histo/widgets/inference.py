@@ -220,7 +220,8 @@ class InferenceWidget(ControlsMixin, ShutdownMixin, QWidget):
             overlays.show_run(run_)  # lazily, from the store's display pyramid
             self.set_status("whole-slide result loaded")
             return
-        arrays = {name: run_.array(name)[...] for name in OVERLAY_ARRAYS}
+        # Lazy zarr arrays: capped buffers read them a strip at a time.
+        arrays = {name: run_.array(name) for name in OVERLAY_ARRAYS}
         overlays.ensure(run_.geometry, arrays=arrays)
         self.set_status("partial results loaded from the store")
 
