@@ -43,7 +43,7 @@ NO_MPP_DOWNSAMPLE = 32.0
 MAX_MASK_PX = 2**26
 
 #: Bytes of level pixels :func:`slide_tissue_mask` reads at once.
-READ_BYTES = 64 * 2**20
+READ_BYTES = 16 * 2**20  # RGBA read + block sums peak at ~4x this
 
 # Pen marker rule (HSV, all in [0, 1]). H&E tissue has hues from purple (~0.69)
 # through pink/red (~1.0, wrapping to ~0.05); ink has hues tissue never has.
@@ -199,7 +199,7 @@ def tissue_mask(
             f"`min_saturation` ({min_saturation}) must be <= `max_saturation` ({max_saturation})"
         )
 
-    hsv = color.rgb2hsv(rgb).astype(np.float32, copy=False)
+    hsv = _rgb2hsv_float32(rgb)
     saturation = hsv[..., 1]
     pen = np.zeros(rgb.shape[:2], bool)
     if ignore_pen:
@@ -211,11 +211,26 @@ def tissue_mask(
     mask = (saturation > threshold) & ~bright
     if pen.any() and not pen.all():
         # Pen pixels take the label of the nearest pixel that is not pen.
-        _, (rows, cols) = ndimage.distance_transform_edt(pen, return_indices=True)
+        rows, cols = ndimage.distance_transform_edt(
+            pen, return_distances=False, return_indices=True
+        )
         mask = mask[rows, cols]
     elif pen.all():
         mask[:] = False
     return _clean(mask, mpp_px, **sizes)
+
+
+def _rgb2hsv_float32(rgb: np.ndarray, rows: int = 256) -> np.ndarray:
+    """``skimage.color.rgb2hsv`` as float32, a strip of `rows` rows at a time.
+
+    rgb2hsv works in float64 with several temporaries: on a whole 3125² mask
+    image (a 100k² slide at 8 µm/px) that peaked near 1 GB; strips keep it to
+    the float32 output plus a few MB.
+    """
+    out = np.empty(rgb.shape, np.float32)
+    for start in range(0, rgb.shape[0], rows):
+        out[start : start + rows] = color.rgb2hsv(rgb[start : start + rows])
+    return out
 
 
 def _saturation_threshold(values: np.ndarray, lo: float, hi: float) -> float:

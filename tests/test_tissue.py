@@ -303,3 +303,29 @@ def test_iou_against_synthetic_truth(tmp_path, seed):
     assert downsample == 32.0
     got = resize(mask.astype(np.float32), expected.shape, order=0) > 0.5
     assert _iou(got, expected) >= 0.95
+
+
+def test_tissue_mask_memory_stays_near_the_float32_hsv(rng):
+    """rgb2hsv in float64 on a whole mask image peaked near 1 GB on a 100k² slide."""
+    import tracemalloc
+
+    from skimage import color
+
+    from napari_histo.tissue import _rgb2hsv_float32
+
+    small = rng.integers(0, 256, (300, 200, 3), dtype=np.uint8)
+    np.testing.assert_array_equal(
+        _rgb2hsv_float32(small, rows=64), color.rgb2hsv(small).astype(np.float32)
+    )
+    rgb = np.full((2048, 2048, 3), 240, np.uint8)
+    rgb[500:1500, 400:1600] = (180, 90, 160)  # one pink tissue block
+    tracemalloc.start()
+    try:
+        mask = tissue_mask(rgb, mpp=8.0)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert mask[1000, 1000] and not mask[100, 100]
+    hsv_float32 = rgb.size * 4
+    # Measured: 142 MB now, 435 MB for rgb2hsv alone before (float64 temporaries).
+    assert peak < 4 * hsv_float32, f"peak {peak / 2**20:.0f} MB"
