@@ -306,8 +306,12 @@ def _touches_tissue(
 
 def _box_sums(mask: np.ndarray, r0, r1, c0, c1) -> np.ndarray:
     """Number of True pixels in ``mask[r0:r1, c0:c1]`` for arrays of boxes."""
-    table = np.zeros((mask.shape[0] + 1, mask.shape[1] + 1), np.int64)  # summed-area table
-    table[1:, 1:] = mask.cumsum(0, dtype=np.int64).cumsum(1)
+    # Summed-area table, in place; int32 while counts fit (a 100k² slide's mask is
+    # ~3k², whose int64 table and its cumsum temporaries took ~250 MB).
+    dtype = np.int32 if mask.size < 2**31 else np.int64
+    table = np.zeros((mask.shape[0] + 1, mask.shape[1] + 1), dtype)
+    np.cumsum(mask, axis=0, dtype=dtype, out=table[1:, 1:])
+    np.cumsum(table[1:, 1:], axis=1, out=table[1:, 1:])
     return table[r1, c1] - table[r0, c1] - table[r1, c0] + table[r0, c0]
 
 
