@@ -204,6 +204,43 @@ def test_finetune_writes_new_versions_and_cancel_writes_nothing(target, tmp_path
     assert again[0].name == "weak-1.2.json" and read_card(again[0]).parent_version == "1.0"
 
 
+def test_held_out_stripes_sample_the_whole_slide(target):
+    """Issue #8: one band at a slide side held out a tissue found only there.
+
+    On 8192² px synthetic slides the top band held every dense lymphoid aggregate
+    (12,261 label px vs 35 in the training part): never trained on, they became
+    false tumor and held-out Dice fell 0.918 -> 0.803. Where the labels span
+    enough patches, the held-out part is stripes, so a tissue confined to any
+    side of the slide lands in both parts for every seed.
+    """
+    labels = np.full((256, 256), IGNORE, np.uint8)
+    labels[:, :128] = 1
+    labels[:, 128:] = 0
+    for seed in range(8):
+        split = plan_split(labels, 8.0, seed=seed, patch_px=16)  # stripes every 48 px
+        assert split.period_l0 == 3 * 16 * 8.0
+        band = np.asarray(split.band_mask(labels.shape, 8.0))
+        assert 0.2 < band.mean() < 0.3
+        for side in (band[:64], band[-64:], band[:, :64], band[:, -64:]):  # every side
+            assert side.any() and not side.all()
+    # Small label extents keep one band at a side (4096² px slides: unchanged).
+    assert plan_split(labels, 8.0, seed=0, patch_px=64).period_l0 == 0
+    # Training patches never meet a stripe; each is moved to the nearest gap.
+    slide, anns = target
+    labels, ds = slide_labels(slide, anns, model_mpp=2.0)
+    split = plan_split(labels, ds, seed=1, patch_px=16)
+    assert split.period_l0 > 0 and "+ k *" in split.describe()
+    band = np.asarray(split.band_mask(labels.shape, ds))
+    train_labels = np.where(band, IGNORE, labels)
+    patches = sample_label_patches(
+        slide, train_labels, ds, patch_px=16, model_mpp=2.0, count=60, seed=2, avoid=split
+    )
+    assert not any(split.overlaps(tuple(o), 16 * ds) for o in patches.origins_l0)
+    for x, y in patches.origins_l0:  # no held-out label pixel under any patch
+        r0, c0 = int(y // ds), int(x // ds)
+        assert not band[r0 : r0 + 16, c0 : c0 + 16].any()
+
+
 def test_finetune_bad_input(target, tmp_path):
     slide, anns = target
     card_path = _weak_card(slide, tmp_path, steps=1)

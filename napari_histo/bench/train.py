@@ -292,7 +292,8 @@ def bench_train(quick: bool = False) -> dict[str, Any]:
                 ),
             )  # fmt: skip
         else:
-            # On 8192² px slides fine-tuning lost Dice (docs/retraining.md, open questions).
+            # 4096² px keeps the bench short; 8192² px lost Dice before the issue #8 fix
+            # (one held-out band held all lymphoid aggregates; docs/retraining.md).
             helps = it_helps(
                 work, slide_px=4096, weak_steps=100, finetune_steps=150, slide_dir=slides
             )
@@ -324,8 +325,8 @@ def bench_granularity(
     from napari_histo.models import load_model
     from napari_histo.training.granularity import DERIVE, granularity_study
 
-    # 8192² px with 200 steps did not reproduce the order (too few steps for the
-    # larger slide: pixel 0.55 ± 0.20); 4096² px with 150 steps does (docs/retraining.md).
+    # 8192² px with 200 steps did not reproduce the order (pixel 0.55 ± 0.20; not re-run
+    # since issue #8's split fix); 4096² px with 150 steps does (docs/retraining.md).
     size, steps = 4096, steps or 150
     seeds = seeds or ((0,) if quick else (0, 1, 2, 3, 4))
     weak_steps = 60

@@ -14,10 +14,11 @@ Targets: ``tumor`` → 1, ``non-tumor`` → 0, ``ignore`` and unlabelled → 255
 Classes are drawn in priority order non-tumor, tumor, ignore, so a tumor
 outline inside a large non-tumor region wins, and ``ignore`` always wins.
 
-The held-out split is a band of the slide (left, right, top or bottom) that
-holds about ``held_out_fraction`` of the labelled pixels: training patches are
-kept outside the band, held-out pixels are inside it, so no training patch
-sees a held-out label (never a random split of patches).
+The held-out split holds about ``held_out_fraction`` of the labelled pixels:
+stripes across the slide where the labels span enough training patches, else a
+band of the slide (left, right, top or bottom). Training patches are kept
+outside it, held-out pixels are inside it, so no training patch sees a
+held-out label (never a random split of patches).
 """
 
 from __future__ import annotations
@@ -37,6 +38,8 @@ from napari_histo.training.losses import IGNORE
 
 __all__ = [
     "CLASS_TARGETS",
+    "STRIPE_MIN_PERIODS",
+    "STRIPE_PERIOD_PATCHES",
     "TRAIN_GRANULARITIES",
     "SpatialSplit",
     "check_both_classes",
@@ -212,7 +215,7 @@ def check_in_tissue(
 # -- spatial split ---------------------------------------------------------------------
 @dataclass(frozen=True)
 class SpatialSplit:
-    """A held-out band of a slide, level-0 px.
+    """A held-out band of a slide, or evenly spaced stripes, level-0 px.
 
     Attributes
     ----------
@@ -220,32 +223,67 @@ class SpatialSplit:
         The band spans ``[start_l0, stop_l0)`` along this axis and the whole slide across it.
     start_l0, stop_l0 : float
         Band limits, level-0 px.
+    period_l0 : float
+        0: one band. Otherwise the band repeats every `period_l0` px (stripes
+        ``[start_l0 + k * period_l0, stop_l0 + k * period_l0)`` for every integer k),
+        so held-out pixels come from all over the slide.
     """
 
     axis: str
     start_l0: float
     stop_l0: float
+    period_l0: float = 0.0
+
+    def _inside(self, v: np.ndarray) -> np.ndarray:
+        if self.period_l0 > 0:
+            return np.mod(v - self.start_l0, self.period_l0) < self.stop_l0 - self.start_l0
+        return (v >= self.start_l0) & (v < self.stop_l0)
 
     def held_out(self, xy_l0: np.ndarray) -> np.ndarray:
         """Bool (N,): which level-0 points ``(N, 2)`` (x, y) lie in the band."""
         v = np.asarray(xy_l0, dtype=np.float64).reshape(-1, 2)[:, 0 if self.axis == "x" else 1]
-        return (v >= self.start_l0) & (v < self.stop_l0)
+        return self._inside(v)
 
     def band_mask(self, shape: tuple[int, int], downsample: float) -> np.ndarray:
         """Bool mask ``shape`` (rows, cols) at `downsample`: pixel centres in the band."""
         n = shape[1] if self.axis == "x" else shape[0]
-        centres = (np.arange(n) + 0.5) * downsample
-        inside = (centres >= self.start_l0) & (centres < self.stop_l0)
+        inside = self._inside((np.arange(n) + 0.5) * downsample)
         return np.broadcast_to(inside[None, :] if self.axis == "x" else inside[:, None], shape)
 
     def overlaps(self, origin_l0: tuple[float, float], size_l0: float) -> bool:
         """Whether the square at level-0 `origin_l0` (x, y) of side `size_l0` meets the band."""
-        lo = origin_l0[0 if self.axis == "x" else 1]
+        lo = float(origin_l0[0 if self.axis == "x" else 1])
+        width = self.stop_l0 - self.start_l0
+        if self.period_l0 > 0:
+            r = (lo - self.start_l0) % self.period_l0
+            return bool(r < width or r + size_l0 > self.period_l0)
         return lo < self.stop_l0 and lo + size_l0 > self.start_l0
+
+    def clear_of(self, origin: float, size: float, extent: float) -> float:
+        """A patch start along the axis, nearest `origin`, whose patch misses the band.
+
+        `origin` itself when no such start fits in ``[0, extent - size]``.
+        """
+        if self.period_l0 > 0:
+            base = origin - (origin - self.start_l0) % self.period_l0  # this stripe's start
+            width = self.stop_l0 - self.start_l0
+            options = [base + k * self.period_l0 + d
+                       for k in (-1, 0, 1) for d in (width, self.period_l0 - size)]  # fmt: skip
+        else:
+            options = [self.start_l0 - size, self.stop_l0]
+        last = max(0.0, extent - size)
+        options = [
+            p for p in options
+            if 0 <= p <= last and not self.overlaps((p, p), size)
+        ]  # fmt: skip
+        return min(options, key=lambda p: abs(p - origin)) if options else origin
 
     def describe(self) -> str:
         """One line, e.g. ``"x in [3072, 4096) px"``."""
-        return f"{self.axis} in [{self.start_l0:.0f}, {self.stop_l0:.0f}) level-0 px"
+        text = f"{self.axis} in [{self.start_l0:.0f}, {self.stop_l0:.0f})"
+        if self.period_l0 > 0:
+            text += f" + k * {self.period_l0:.0f}"
+        return text + " level-0 px"
 
 
 def _band_candidates(
@@ -264,17 +302,54 @@ def _band_candidates(
     return [out[i] for i in order]
 
 
+#: Held-out stripes repeat every this many training patches (see :func:`plan_split`).
+STRIPE_PERIOD_PATCHES = 3
+#: Stripes are used where the labelled pixels span at least this many periods.
+STRIPE_MIN_PERIODS = 2.0
+
+
+def _stripe_candidates(
+    coords: np.ndarray, fraction: float, period: float, seed: int
+) -> list[SpatialSplit]:
+    """Stripes of width ``fraction * period`` every `period` px, on axes the labels span.
+
+    Only along an axis where the labelled points span :data:`STRIPE_MIN_PERIODS`
+    periods; four phases per axis, in a seed-given order.
+    """
+    out = []
+    for axis, col in (("x", 0), ("y", 1)):
+        lo, hi = float(coords[:, col].min()), float(coords[:, col].max())
+        if hi - lo < STRIPE_MIN_PERIODS * period:
+            continue
+        for phase in (0.0, 0.25, 0.5, 0.75):
+            start = (lo + phase * period) % period
+            out.append(SpatialSplit(axis, start, start + fraction * period, period))
+    order = np.random.default_rng(seed).permutation(len(out))
+    return [out[i] for i in order]
+
+
 def plan_split(
     labels: np.ndarray,
     downsample: float,
     *,
     held_out_fraction: float = 0.25,
     seed: int = 0,
+    patch_px: int = 128,
 ) -> SpatialSplit:
-    """The held-out band for a label mask: about `held_out_fraction` of the labelled pixels.
+    """The held-out region for a label mask: about `held_out_fraction` of the labelled pixels.
 
-    Tries the four slide sides in a seed-given order and keeps the first band
-    whose inside and outside both hold tumor and non-tumor pixels.
+    Where the labelled pixels span at least two periods of
+    :data:`STRIPE_PERIOD_PATCHES` × `patch_px` along an axis, the held-out region
+    is stripes across the slide (width `held_out_fraction` of the period), so the
+    held-out and training pixels both sample every part of the slide. One band
+    at a slide side let a tissue found in one part only (lymphoid aggregates on
+    8192² px synthetic slides) be held out entirely: never trained on, and
+    dominating the held-out Dice (issue #8). Smaller label extents (4096² px
+    slides at 2 µm/px) keep one band along a side.
+
+    Tries the candidates (stripes, else the four slide sides) in a seed-given
+    order and keeps the first whose inside and outside both hold tumor and
+    non-tumor pixels.
 
     Parameters
     ----------
@@ -286,6 +361,9 @@ def plan_split(
         Share of labelled pixels to hold out, in (0, 0.5].
     seed : int
         Picks among the candidate bands (deterministic).
+    patch_px : int
+        Training patch side at the labels' resolution: the gaps between stripes
+        hold at least 1.5 patches.
 
     Raises
     ------
@@ -302,7 +380,10 @@ def plan_split(
     weights = np.where(values == 1, 1.0 / max(1, (values == 1).sum()), 0.0)
     weights += np.where(values == 0, 1.0 / max(1, (values == 0).sum()), 0.0)
     extent = (labels.shape[1] * downsample, labels.shape[0] * downsample)
-    for split in _band_candidates(coords, weights, held_out_fraction, extent, seed):
+    period = STRIPE_PERIOD_PATCHES * patch_px * downsample
+    candidates = _stripe_candidates(coords, held_out_fraction, period, seed)
+    candidates += _band_candidates(coords, weights, held_out_fraction, extent, seed)
+    for split in candidates:
         inside = split.held_out(coords)
         if all(
             (values[part] == v).any() for part in (inside, ~inside) for v in (0, 1)
@@ -367,16 +448,6 @@ def spatial_split(
 
 
 # -- patches ---------------------------------------------------------------------------
-def _shift_out_of_band(origin: float, size: float, split: SpatialSplit, extent: float) -> float:
-    """Move a patch start along the split axis so the patch misses the band."""
-    before = split.start_l0 - size
-    after = split.stop_l0
-    options = [p for p in (before, after) if 0 <= p <= max(0.0, extent - size)]
-    if not options:
-        return origin
-    return min(options, key=lambda p: abs(p - origin))
-
-
 def sample_label_patches(
     slide_path: str | os.PathLike[str],
     labels: np.ndarray,
@@ -439,9 +510,9 @@ def sample_label_patches(
             for i in range(count):
                 if avoid.overlaps((xs[i], ys[i]), size_l0):
                     if avoid.axis == "x":
-                        xs[i] = _shift_out_of_band(xs[i], size_l0, avoid, width)
+                        xs[i] = avoid.clear_of(xs[i], size_l0, width)
                     else:
-                        ys[i] = _shift_out_of_band(ys[i], size_l0, avoid, height)
+                        ys[i] = avoid.clear_of(ys[i], size_l0, height)
         xs, ys = xs.astype(int), ys.astype(int)
         images = np.empty((count, patch_px, patch_px, 3), np.uint8)
         masks = np.empty((count, patch_px, patch_px), np.uint8)

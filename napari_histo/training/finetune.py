@@ -143,6 +143,7 @@ def annotation_dice(
     seed: int = 0,
     held_out_fraction: float = 0.25,
     tile_px: int = 256,
+    patch_px: int = 128,
 ) -> float:
     """The ensemble's tumor Dice against rasterised annotation labels (255 ignored).
 
@@ -156,7 +157,8 @@ def annotation_dice(
         Level-0 annotations (tumor / non-tumor / ignore).
     region : SpatialSplit, "all" or None
         Scored region: None is the held-out band :func:`finetune_ensemble` uses
-        with the same `seed` and `held_out_fraction`; "all" scores every label.
+        with the same `seed`, `held_out_fraction` and `patch_px` (its
+        ``config.train_patch_px``); "all" scores every label.
     granularity : str, optional
         Label granularity (see :func:`~napari_histo.training.annotations.labels_from_annotations`).
 
@@ -172,7 +174,9 @@ def annotation_dice(
     mpp = _common_mpp([m.card for m in loaded])
     labels, ds = slide_labels(slide_path, annotations, model_mpp=mpp, granularity=granularity)
     if region is None:
-        region = plan_split(labels, ds, held_out_fraction=held_out_fraction, seed=seed)
+        region = plan_split(
+            labels, ds, held_out_fraction=held_out_fraction, seed=seed, patch_px=patch_px
+        )
     if region != "all":
         labels = _held_labels(labels, ds, region)
     return engine_dice([(m.model, m.card) for m in loaded], slide_path, labels, ds)
@@ -302,7 +306,10 @@ def finetune_ensemble(
         raise ValueError("`card_paths` must name at least one model card")
     mpp = _common_mpp([m.card for m in loaded])
     labels, ds = slide_labels(slide_path, annotations, model_mpp=mpp, granularity=granularity)
-    split = plan_split(labels, ds, held_out_fraction=config.held_out_fraction, seed=seed)
+    split = plan_split(
+        labels, ds, held_out_fraction=config.held_out_fraction, seed=seed,
+        patch_px=config.train_patch_px,
+    )  # fmt: skip
     held = _held_labels(labels, ds, split)
     train_labels = _train_labels(labels, ds, split)
     common = {"patch_px": config.train_patch_px, "model_mpp": mpp}
