@@ -23,7 +23,6 @@ from __future__ import annotations
 import math
 import os
 import threading
-import time
 import warnings
 from collections.abc import Generator, Sequence
 from dataclasses import dataclass, field, replace
@@ -366,7 +365,6 @@ class LiveController:
         self._models: dict[Path, LoadedModel] = {}
         self._lock = threading.Lock()
         self._job_lock = threading.Lock()
-        self._held_until = 0.0  # time.monotonic() before which jobs start no batch
 
     def __repr__(self) -> str:
         return f"LiveController({str(self.slide_path)!r}, {self.settings!r})"
@@ -481,26 +479,6 @@ class LiveController:
         return run_.geometry, arrays, run_.complete
 
     # -- jobs ----------------------------------------------------------------
-    def hold(self, seconds: float) -> None:
-        """Start no new batch for `seconds` (from now): the user is panning or zooming.
-
-        The Qt thread then loads the newly visible slide tiles without the model
-        competing for the cores; a batch already running finishes first. A job
-        waits at most one second per batch, so it keeps moving while the view does.
-        """
-        self._held_until = max(self._held_until, time.monotonic() + float(seconds))
-
-    def _wait_while_held(self, cancel: threading.Event, max_wait_s: float = 1.0) -> None:
-        # At most `max_wait_s` per batch, so that a user who keeps panning still
-        # sees a whole-slide run progress (about one batch a second).
-        deadline = time.monotonic() + max_wait_s
-        while not cancel.is_set():
-            now = time.monotonic()
-            remaining = min(self._held_until, deadline) - now
-            if remaining <= 0:
-                return
-            cancel.wait(min(remaining, 0.05))
-
     def preview_settings(self, settings: LiveSettings | None = None) -> LiveSettings | None:
         """The fast first pass for `settings` (one member, TTA 1), None when not wanted.
 
@@ -585,7 +563,6 @@ class LiveController:
                 )
                 try:
                     while True:
-                        self._wait_while_held(cancel)
                         try:
                             progress = next(gen)
                         except StopIteration as stop:

@@ -57,8 +57,6 @@ __all__ = [
 _REFRESH_MS = 250
 _REFRESH_MAX_MS = 2000
 _FOLLOW_DEBOUNCE_S = 0.3
-#: Seconds after a pan or zoom during which jobs start no new batch.
-_CAMERA_HOLD_S = 0.3
 #: In follow mode, views showing more of the slide than this are not computed.
 FOLLOW_MAX_FRACTION = 0.25
 #: Nice increment of whole-slide jobs (Linux).
@@ -434,12 +432,7 @@ class InferenceWidget(ControlsMixin, ShutdownMixin, QWidget):
 
     # -- follow mode ----------------------------------------------------------
     def _on_camera(self, *_: Any) -> None:
-        if self._closed or self._controller is None:
-            return
-        # Pause the model while the view moves: napari loads the newly visible
-        # slide tiles on this thread and should not share the cores with torch.
-        self._controller.hold(_CAMERA_HOLD_S)
-        if self.mode_combo.currentText() != "follow":
+        if self._closed or self._controller is None or self.mode_combo.currentText() != "follow":
             return
         self._debouncer.poke(True, time.monotonic())
         self._follow_timer.start(int(_FOLLOW_DEBOUNCE_S * 1000))
