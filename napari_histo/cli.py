@@ -161,7 +161,7 @@ def _parse_region(text: str | None) -> tuple[int, int, int, int] | None:
 
 def resolve_members(names: Sequence[str] | None, models_dir: str | None) -> list[Path]:
     """Card paths for `names` (card files, or model names in `models_dir`); default: all."""
-    from napari_histo.models import default_models_dir, latest_cards
+    from napari_histo.models import default_models_dir, latest_cards, select_cards
 
     directory = Path(models_dir) if models_dir else default_models_dir()
     available = latest_cards(directory)
@@ -169,17 +169,7 @@ def resolve_members(names: Sequence[str] | None, models_dir: str | None) -> list
         if not available:
             raise HistoError(f"{directory}: no model cards (*.json) found")
         return list(available.values())
-    cards = []
-    for name in names:
-        path = Path(name)
-        if path.suffix == ".json" and path.exists():
-            cards.append(path)
-        elif name in available:
-            cards.append(available[name])
-        else:
-            choices = ", ".join(available) or "none"
-            raise ValueError(f"--members: no model {name!r} in {directory}; available: {choices}")
-    return cards
+    return select_cards(names, available, f" in {directory}")
 
 
 def cmd_infer(args: argparse.Namespace) -> int:

@@ -20,10 +20,12 @@ from napari_histo.models.registry import (
 from napari_histo.models.weights import (
     LoadedModel,
     default_models_dir,
+    iter_cards,
     latest_cards,
     list_cards,
     load_model,
     save_model,
+    select_cards,
     sha256_file,
 )
 
@@ -40,12 +42,14 @@ __all__ = [
     "available_architectures",
     "build_model",
     "default_models_dir",
+    "iter_cards",
     "latest_cards",
     "list_cards",
     "load_model",
     "read_card",
     "register_architecture",
     "save_model",
+    "select_cards",
     "sha256_file",
     "write_card",
 ]

@@ -26,6 +26,7 @@ import re
 import tempfile
 import warnings
 import zipfile
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,10 +43,12 @@ from napari_histo.models.registry import SEGMENTATION, build_model
 __all__ = [
     "LoadedModel",
     "default_models_dir",
+    "iter_cards",
     "latest_cards",
     "list_cards",
     "load_model",
     "save_model",
+    "select_cards",
     "sha256_file",
 ]
 
@@ -131,6 +134,47 @@ def list_cards(directory: str | os.PathLike[str] | None = None) -> list[Path]:
     return sorted(p for p in directory.glob("*.json") if p.is_file() and not p.name.startswith("."))
 
 
+def iter_cards(
+    directory: str | os.PathLike[str] | None = None, task: str | None = None
+) -> Iterator[tuple[Path, ModelCard]]:
+    """``(path, card)`` of each readable card of `task` (None: any) in `directory`.
+
+    Unreadable cards are skipped with a UserWarning naming the file and the problem.
+    """
+    for path in list_cards(directory):
+        try:
+            card = read_card(path)
+        except WeightsError as err:
+            warnings.warn(f"skipping model card: {err}", UserWarning, stacklevel=3)
+            continue
+        if task is None or card.task == task:
+            yield path, card
+
+
+def select_cards(
+    names: Sequence[str], available: Mapping[str, Path], where: str = ""
+) -> list[Path]:
+    """Card paths for `names`: card ``.json`` files, or model names in `available`.
+
+    Raises
+    ------
+    ValueError
+        For a name that is neither; the message ends with the choices. `where`
+        (e.g. " in /models") is put after the name.
+    """
+    cards = []
+    for name in names:
+        path = Path(name)
+        if path.suffix == ".json" and path.is_file():
+            cards.append(path)
+        elif name in available:
+            cards.append(available[name])
+        else:
+            choices = ", ".join(available) or "none"
+            raise ValueError(f"--members: no model {name!r}{where}; available: {choices}")
+    return cards
+
+
 def _version_key(version: str) -> tuple[tuple[int, int | str], ...]:
     """Natural sort key: "1.10" > "1.9" > "1.9rc1"-style strings compare piecewise."""
     parts = re.findall(r"\d+|[A-Za-z]+", version)
@@ -163,14 +207,7 @@ def latest_cards(
         the file and the problem).
     """
     best: dict[str, tuple[tuple[object, ...], Path]] = {}
-    for path in list_cards(directory):
-        try:
-            card = read_card(path)
-        except WeightsError as err:
-            warnings.warn(f"skipping model card: {err}", UserWarning, stacklevel=2)
-            continue
-        if task is not None and card.task != task:
-            continue
+    for path, card in iter_cards(directory, task):
         key = (_version_key(card.version), card.created)
         if card.name not in best or key > best[card.name][0]:
             best[card.name] = (key, path)

@@ -76,6 +76,7 @@ def resolve_cards(names: Sequence[str] | None = None) -> list[Path]:
     ValueError
         A name matches no model; or there are no models at all.
     """
+    from napari_histo.models import select_cards
     from napari_histo.training.versions import active_cards, model_dirs
 
     available = active_cards()
@@ -84,18 +85,7 @@ def resolve_cards(names: Sequence[str] | None = None) -> list[Path]:
             where = ", ".join(str(d) for d in model_dirs())
             raise ValueError(f"no model cards (*.json) found in {where}")
         return list(available.values())
-    cards = []
-    for name in names:
-        path = Path(name)
-        if path.suffix == ".json" and path.is_file():
-            cards.append(path)
-        elif name in available:
-            cards.append(available[name])
-        else:
-            raise ValueError(
-                f"--members: no model {name!r}; available: {', '.join(available) or 'none'}"
-            )
-    return cards
+    return select_cards(names, available)
 
 
 def steps_per_epoch(config: FinetuneConfig | None = None) -> int:

@@ -19,8 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from napari_histo.errors import WeightsError
-from napari_histo.models import default_models_dir, list_cards, read_card
+from napari_histo.models import default_models_dir, iter_cards
 from napari_histo.models.registry import SEGMENTATION
 
 __all__ = [
@@ -99,14 +98,7 @@ def all_versions(
     """
     found: dict[str, dict[str, ModelVersion]] = {}
     for directory in model_dirs() if dirs is None else [Path(d) for d in dirs]:
-        for path in list_cards(directory):
-            try:
-                card = read_card(path)
-            except WeightsError as err:
-                warnings.warn(f"skipping model card: {err}", UserWarning, stacklevel=2)
-                continue
-            if task is not None and getattr(card, "task", SEGMENTATION) != task:
-                continue
+        for path, card in iter_cards(directory, task):
             entry = ModelVersion(
                 card.name, card.version, card.parent_version, path, card.created,
                 dict(card.metrics),
