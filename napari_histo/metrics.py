@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["aggregated_jaccard_index", "dice", "panoptic_quality"]
+__all__ = [
+    "aggregated_jaccard_index",
+    "auroc",
+    "dice",
+    "expected_calibration_error",
+    "panoptic_quality",
+    "reliability",
+]
 
 
 def dice(prediction: np.ndarray, truth: np.ndarray, *, empty: float = 1.0) -> float:
@@ -173,3 +180,78 @@ def panoptic_quality(
     dq = tp / (tp + 0.5 * fp + 0.5 * fn)
     sq = float(iou[matched].mean()) if tp else 0.0
     return dq * sq, dq, sq
+
+
+def auroc(scores: np.ndarray, labels: np.ndarray) -> float:
+    """Area under the ROC curve: P(score of a positive > score of a negative).
+
+    Ties count one half (Mann–Whitney U). NaN when only one class is present.
+
+    Parameters
+    ----------
+    scores : ndarray of float
+        Any shape; higher means "more likely positive".
+    labels : ndarray of bool, same shape
+        True for positives.
+
+    Examples
+    --------
+    >>> auroc(np.array([0.1, 0.4, 0.35, 0.8]), np.array([0, 0, 1, 1], bool))
+    0.75
+    """
+    scores = np.asarray(scores, dtype=np.float64).ravel()
+    labels = np.asarray(labels, dtype=bool).ravel()
+    if scores.shape != labels.shape:
+        raise ValueError(f"`scores` size {scores.size} must equal `labels` size {labels.size}")
+    positives = int(labels.sum())
+    negatives = labels.size - positives
+    if positives == 0 or negatives == 0:
+        return float("nan")
+    order = np.argsort(scores, kind="mergesort")
+    ranked = scores[order]
+    ranks = np.empty(scores.size, dtype=np.float64)
+    # Average ranks over ties (1-based).
+    starts = np.flatnonzero(np.r_[True, ranked[1:] != ranked[:-1]])
+    ends = np.r_[starts[1:], ranked.size]
+    mean_rank = (starts + ends + 1) / 2.0
+    ranks[order] = np.repeat(mean_rank, ends - starts)
+    u = ranks[labels].sum() - positives * (positives + 1) / 2.0
+    return float(u / (positives * negatives))
+
+
+def reliability(
+    probability: np.ndarray, truth: np.ndarray, *, bins: int = 10
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per-bin mean predicted probability, observed frequency and count.
+
+    Bins split [0, 1] into `bins` equal intervals; empty bins give NaN means.
+    """
+    p = np.asarray(probability, dtype=np.float64).ravel()
+    t = np.asarray(truth, dtype=bool).ravel()
+    if p.shape != t.shape:
+        raise ValueError(f"`probability` size {p.size} must equal `truth` size {t.size}")
+    if bins < 1:
+        raise ValueError(f"`bins` must be >= 1, got {bins}")
+    index = np.minimum((p * bins).astype(np.int64), bins - 1)
+    count = np.bincount(index, minlength=bins).astype(np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean_p = np.bincount(index, weights=p, minlength=bins) / count
+        freq = np.bincount(index, weights=t, minlength=bins) / count
+    return mean_p, freq, count.astype(np.int64)
+
+
+def expected_calibration_error(
+    probability: np.ndarray, truth: np.ndarray, *, bins: int = 10
+) -> float:
+    """ECE: count-weighted mean |observed frequency - mean probability| over bins.
+
+    Examples
+    --------
+    >>> expected_calibration_error(np.array([0.9, 0.9]), np.array([True, True]))
+    0.09999999999999998
+    """
+    mean_p, freq, count = reliability(probability, truth, bins=bins)
+    used = count > 0
+    if not used.any():
+        return float("nan")
+    return float((np.abs(freq - mean_p)[used] * count[used]).sum() / count[used].sum())

@@ -89,6 +89,12 @@ def _nuclei(quick: bool, slide: str | None) -> dict[str, Any]:
     return bench_nuclei(quick=quick)
 
 
+def _realdata(quick: bool, slide: str | None) -> dict[str, Any]:
+    from napari_histo.bench.realdata import bench_realdata
+
+    return bench_realdata(quick=quick)
+
+
 BENCHMARKS: dict[str, Callable[[bool, str | None], dict[str, Any]]] = {
     "read": _read,
     "open": _open,
@@ -98,6 +104,7 @@ BENCHMARKS: dict[str, Callable[[bool, str | None], dict[str, Any]]] = {
     "granularity": _granularity,
     "ui": _ui,
     "nuclei": _nuclei,
+    "realdata": _realdata,
 }
 
 

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import imagecodecs
+import numpy as np
 import torch
 
-__all__ = ["augment_batch"]
+__all__ = ["augment_batch", "hed_jitter", "jpeg_artefacts"]
 
 
 def augment_batch(
@@ -102,3 +104,58 @@ def _rotate_hue(x: torch.Tensor, angle: torch.Tensor) -> torch.Tensor:
     i, q = yiq[:, 1], yiq[:, 2]
     yiq = torch.stack([yiq[:, 0], cos * i - sin * q, sin * i + cos * q], dim=1)
     return torch.einsum("ij,bjhw->bihw", from_yiq, yiq)
+
+
+#: Stain vectors of haematoxylin, eosin and DAB (rows, RGB optical density;
+#: Ruifrok & Johnston 2001, as in scikit-image's ``rgb_from_hed``).
+_RGB_FROM_HED = torch.tensor(
+    [[0.65, 0.70, 0.29], [0.07, 0.99, 0.11], [0.27, 0.57, 0.78]], dtype=torch.float64
+)
+_HED_FROM_RGB = torch.linalg.inv(_RGB_FROM_HED)
+
+
+def hed_jitter(
+    images: torch.Tensor,
+    generator: torch.Generator,
+    *,
+    scale: float = 0.25,
+    shift: float = 0.05,
+) -> torch.Tensor:
+    """Random stain variation in HED space (Tellez et al. 2018), per sample.
+
+    Each image's haematoxylin, eosin and DAB concentrations (optical density
+    unmixed with the Ruifrok–Johnston vectors) are scaled by ``1 ± scale`` and
+    shifted by ``± shift`` (OD units), then mixed back to RGB.
+
+    Parameters
+    ----------
+    images : Tensor of float, shape (B, 3, H, W)
+        RGB in [0, 1].
+    generator : torch.Generator
+        Source of randomness.
+    scale, shift : float
+        Largest relative scaling and absolute shift of each stain's density.
+
+    Returns
+    -------
+    Tensor
+        Jittered RGB in [0, 1], same shape.
+    """
+    batch = images.shape[0]
+    dtype = images.dtype
+    od = -torch.log(images.clamp(min=1 / 255))
+    hed = torch.einsum("bchw,cd->bdhw", od, _HED_FROM_RGB.to(dtype))
+    alpha = 1 + (torch.rand(batch, 3, 1, 1, generator=generator) * 2 - 1).to(dtype) * scale
+    beta = (torch.rand(batch, 3, 1, 1, generator=generator) * 2 - 1).to(dtype) * shift
+    hed = hed * alpha + beta
+    od = torch.einsum("bdhw,dc->bchw", hed, _RGB_FROM_HED.to(dtype))
+    return torch.exp(-od.clamp(min=0)).clamp(0, 1)
+
+
+def jpeg_artefacts(
+    rgb: np.ndarray, rng: np.random.Generator, quality: tuple[int, int]
+) -> np.ndarray:
+    """`rgb` (H, W, 3) uint8 JPEG-compressed at a random quality in `quality` and decoded."""
+    level = int(rng.integers(quality[0], quality[1] + 1))
+    encoded = imagecodecs.jpeg_encode(np.ascontiguousarray(rgb), level=level)
+    return imagecodecs.jpeg_decode(encoded)

@@ -30,6 +30,7 @@ __all__ = [
     "TRAIN_SEEDS",
     "EnsembleRecipe",
     "heldout_dice",
+    "synthetic_slides",
     "train_default_ensemble",
 ]
 
@@ -63,7 +64,8 @@ class EnsembleRecipe:
     version: str = "1.0"
 
 
-def _slides(work_dir: Path, seeds: Sequence[int], size: int) -> list[Path]:
+def synthetic_slides(work_dir: Path, seeds: Sequence[int], size: int) -> list[Path]:
+    """Synthetic slides of `seeds` in `work_dir`, generated when missing."""
     paths = []
     for seed in seeds:
         path = work_dir / f"synthetic_{size}px_seed{seed}.svs"
@@ -150,8 +152,8 @@ def train_default_ensemble(
     work = Path(work_dir) if work_dir else Path(tempfile.mkdtemp(prefix="histo-train-"))
     work.mkdir(parents=True, exist_ok=True)
     log(f"generating {len(TRAIN_SEEDS)} training, {len(HELD_OUT_SEEDS)} held-out slides in {work}")
-    train_slides = _slides(work, TRAIN_SEEDS, recipe.slide_px)
-    heldout_slides = _slides(work, HELD_OUT_SEEDS, recipe.slide_px)
+    train_slides = synthetic_slides(work, TRAIN_SEEDS, recipe.slide_px)
+    heldout_slides = synthetic_slides(work, HELD_OUT_SEEDS, recipe.slide_px)
     train = _patches(train_slides, recipe, recipe.patches_per_slide, recipe.seed)
     val = _patches(heldout_slides[:1], recipe, 96, recipe.seed + 1)
     normalisation = _normalisation(train)
