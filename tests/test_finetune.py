@@ -94,13 +94,22 @@ def test_slide_bad_input(target):
     with pytest.raises(HistoError, match="both tumor and non-tumor"):
         slide_labels(slide, tumor_only, model_mpp=2.0)
     glass = Annotation.from_bbox(0, 0, 60, 60, label="tumor")  # the slide's corner is glass
-    with pytest.raises(HistoError, match="outside tissue"):
-        slide_labels(slide, [*anns, glass], model_mpp=2.0)
+    with pytest.raises(HistoError, match="all 1 annotations lie outside tissue"):
+        slide_labels(slide, [glass], model_mpp=2.0)
     with pytest.raises(HistoError, match="outside the slide"):
         sample_annotation_patches(
             slide, [*anns, Annotation.from_bbox(5000, 10, 5100, 90)], patch_px=64, model_mpp=2.0,
             count=4, seed=0,
         )  # fmt: skip
+
+
+def test_annotations_on_glass_are_skipped_with_a_warning(target):
+    slide, anns = target
+    glass = Annotation.from_bbox(0, 0, 60, 60, label="non-tumor")  # the slide's corner is glass
+    with pytest.warns(UserWarning, match=rf"skipping annotation {len(anns)} \(non-tumor.*outside"):
+        labels, _ = slide_labels(slide, [*anns, glass], model_mpp=2.0)
+    expected, _ = slide_labels(slide, anns, model_mpp=2.0)
+    np.testing.assert_array_equal(labels, expected)
 
 
 def test_spatial_split_is_spatial_and_deterministic(target):

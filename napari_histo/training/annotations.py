@@ -24,6 +24,7 @@ held-out label (never a random split of patches).
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,6 +46,7 @@ __all__ = [
     "check_both_classes",
     "check_in_tissue",
     "labels_from_annotations",
+    "off_tissue",
     "plan_split",
     "sample_annotation_patches",
     "sample_label_patches",
@@ -170,14 +172,14 @@ def check_both_classes(labels: np.ndarray, where: str = "annotations") -> None:
         )
 
 
-def check_in_tissue(
+def off_tissue(
     annotations: Sequence[Annotation],
     tissue: np.ndarray,
     tissue_downsample: float,
     *,
     min_fraction: float = 0.05,
-) -> None:
-    """Raise :class:`HistoError` for a tumor/non-tumor annotation mostly off tissue.
+) -> list[tuple[int, str]]:
+    """One line for each tumor/non-tumor annotation that lies mostly off tissue.
 
     Parameters
     ----------
@@ -189,7 +191,14 @@ def check_in_tissue(
         Level-0 px per tissue-mask pixel.
     min_fraction : float
         Least share of an annotation's area that must lie on tissue.
+
+    Returns
+    -------
+    list of tuple of (int, str)
+        ``(index, message)`` of each annotation with less than `min_fraction`
+        of its area on tissue, in order.
     """
+    found = []
     for i, ann in enumerate(annotations):
         if ann.kind == "point" or ann.label == "ignore":
             continue
@@ -206,10 +215,25 @@ def check_in_tissue(
         area = int(inside.sum())
         on_tissue = int((inside & tissue[r0:r1, c0:c1].astype(bool)).sum())
         if area and on_tissue < min_fraction * area:
-            raise HistoError(
+            found.append((
+                i,
                 f"annotation {i} ({ann.label}, bounds {x0:.0f}, {y0:.0f}, {x1:.0f}, {y1:.0f}) "
-                f"lies outside tissue ({on_tissue / area:.0%} on tissue)"
-            )
+                f"lies outside tissue ({on_tissue / area:.0%} on tissue)",
+            ))
+    return found
+
+
+def check_in_tissue(
+    annotations: Sequence[Annotation],
+    tissue: np.ndarray,
+    tissue_downsample: float,
+    *,
+    min_fraction: float = 0.05,
+) -> None:
+    """Raise :class:`HistoError` for the first annotation mostly off tissue (:func:`off_tissue`)."""
+    found = off_tissue(annotations, tissue, tissue_downsample, min_fraction=min_fraction)
+    if found:
+        raise HistoError(found[0][1])
 
 
 # -- spatial split ---------------------------------------------------------------------
@@ -540,18 +564,31 @@ def slide_labels(
 ) -> tuple[np.ndarray, float]:
     """Checked targets at `model_mpp` for a slide: ``(labels, downsample)``.
 
-    Raises :class:`HistoError` for no annotations, one class only, annotations
-    outside the slide or (with `check_tissue`) outside tissue.
+    With `check_tissue`, annotations lying mostly off tissue (glass, a pen mark
+    drawn around the section) are skipped with one UserWarning each naming
+    them. Raises :class:`HistoError` for no annotations, nothing usable left,
+    one class only or annotations outside the slide.
     """
     from napari_histo.tissue import slide_tissue_mask
 
     with Slide(slide_path) as slide:
         downsample = model_mpp / slide.require_mpp()
-        labels = labels_from_annotations(annotations, slide.dimensions, downsample, granularity)
-        check_both_classes(labels, f"{Path(slide_path).name}: annotations")
         if check_tissue:
             tissue, tissue_ds = slide_tissue_mask(slide)
-            check_in_tissue(annotations, tissue, tissue_ds)
+            skipped = off_tissue(annotations, tissue, tissue_ds)
+            for _, line in skipped:
+                warnings.warn(
+                    f"{Path(slide_path).name}: skipping {line}", UserWarning, stacklevel=2
+                )
+            drop = {i for i, _ in skipped}
+            annotations = [a for i, a in enumerate(annotations) if i not in drop]
+            if drop and not annotations:
+                raise HistoError(
+                    f"{Path(slide_path).name}: all {len(drop)} annotations lie outside tissue; "
+                    "nothing usable remains"
+                )
+        labels = labels_from_annotations(annotations, slide.dimensions, downsample, granularity)
+        check_both_classes(labels, f"{Path(slide_path).name}: annotations")
     return labels, downsample
 
 
