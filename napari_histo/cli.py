@@ -391,6 +391,72 @@ def cmd_nuclei(args: argparse.Namespace) -> int:
     return 0
 
 
+def _evaluate_number(text: str | None, flag: str, kind: type, allowed: str) -> float:
+    try:
+        value = kind(text)
+    except (TypeError, ValueError):
+        raise ValueError(f"{flag} must be {allowed}, got {text!r}") from None
+    return value
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from napari_histo._progress import TextProgress
+    from napari_histo.evaluate import CSV_COLUMNS, evaluate_folder
+
+    if args.mpp is None:
+        raise ValueError("--mpp is required: the tiles' µm per pixel (0.05-50)")
+    mpp = _evaluate_number(args.mpp, "--mpp", float, "a number of µm/px in [0.05, 50]")
+    tta = _evaluate_number(args.tta, "--tta", int, "1, 2, 4 or 8")
+    cards = resolve_members(args.members, args.models_dir)  # loaded once the files check out
+    bar = None if args.quiet or args.json else TextProgress("evaluating", unit="tiles")
+    result = evaluate_folder(
+        args.images, args.masks, cards, mpp=mpp, tta=tta, stain=args.stain,
+        out_dir=args.out, progress=bar,
+    )  # fmt: skip
+    summary = result.summary
+    if args.json:
+        rows = [
+            {c: None if getattr(r, c) != getattr(r, c) else getattr(r, c) for c in CSV_COLUMNS}
+            for r in result.rows
+        ]  # NaN (e.g. AUROC of a one-class tile) -> null
+        payload = {**summary, "rows": rows, "files": {k: str(v) for k, v in result.files.items()}}
+        print(json.dumps(payload, allow_nan=False))
+        return 0
+    models = ", ".join(f"{m['name']} {m['version']}" for m in summary["models"])
+    stain = summary["stain"]["method"] if summary["stain"] else "none"
+    print(
+        f"{summary['tiles']} tiles at {mpp:g} µm/px (models at {summary['model_mpp']:g}), "
+        f"{models}, TTA {tta}, stain normalisation {stain}, {summary['seconds']:.1f} s"
+    )
+    head = ("tile", "pixels", "tumor", "dice", "iou", "auroc", "ece", "mean_p", "epi_auroc")
+    print("  ".join(f"{h:>9}" if i else f"{h:<16}" for i, h in enumerate(head)))
+
+    def fmt(value: float) -> str:
+        return "    -    " if value != value else f"{value:9.3f}"
+
+    for r in result.rows:
+        numbers = (r.tumor_fraction, r.dice, r.iou, r.auroc, r.ece, r.mean_probability,
+                   r.epistemic_error_auroc)  # fmt: skip
+        print(f"{r.name[:16]:<16}  {r.pixels:>9}  " + "  ".join(fmt(v) for v in numbers))
+    pooled = summary["pooled"]
+    names = (("dice", "Dice"), ("iou", "IoU"), ("auroc", "AUROC"), ("ece", "ECE"),
+             ("epistemic_error_auroc", "epistemic-error AUROC"))  # fmt: skip
+
+    def line(figures: dict) -> str:
+        return ", ".join(
+            f"{label} {figures[k]:.3f}" if figures.get(k) is not None else f"{label} -"
+            for k, label in names
+        )
+
+    print(f"pooled pixels: {line(pooled)}")
+    print(f"mean per tile: {line(summary['mean_per_tile'])}")
+    for note in summary["notes"]:
+        print(f"note: {note}")
+    if result.files:
+        print("wrote " + ", ".join(str(p) for p in result.files.values()))
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace, argv: Sequence[str]) -> int:
     if needs_display():
         if args.screenshot is None:
@@ -496,6 +562,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--geojson", default=None, help="write QuPath-style detections here")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
+    p = sub.add_parser(
+        "evaluate", help="score tumor models on labelled tiles: Dice, IoU, AUROC, ECE"
+    )
+    p.add_argument("images", help="folder of RGB tiles (JPEG, PNG, TIFF, ...)")
+    p.add_argument("masks", help="folder of binary tumor masks (0/1 or 0/255), same file names")
+    p.add_argument("--mpp", default=None, help="µm per pixel of the tiles, 0.05-50 (required)")
+    p.add_argument("--members", nargs="+", default=None, help="model names or card .json paths")
+    p.add_argument("--models-dir", default=None, help="directory of model cards")
+    p.add_argument("--tta", default="1", help="TTA transforms: 1, 2, 4 or 8")
+    p.add_argument(
+        "--stain", choices=["card", "none", "macenko", "reinhard"], default="card",
+        help="stain normalisation per tile (default: as the model cards say)",
+    )  # fmt: skip
+    p.add_argument("--out", default=None, help="write tiles.csv, summary.json, reliability.png")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
     p = sub.add_parser("demo", help="open napari with the sample slide")
     p.add_argument("--slide", default=None, help="slide to open instead of the sample")
     p.add_argument("--size", type=_positive_int, default=None, help="sample slide size, px")
@@ -530,6 +613,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_train(args)
         if args.command == "nuclei":
             return cmd_nuclei(args)
+        if args.command == "evaluate":
+            return cmd_evaluate(args)
         if args.command == "demo":
             return cmd_demo(args, argv)
         if args.command == "bench":

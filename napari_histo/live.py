@@ -439,15 +439,17 @@ class LiveController:
         from napari_histo.errors import StoreError
         from napari_histo.io.store import ResultStore, default_store_path, slide_identity
         from napari_histo.models import read_card
+        from napari_histo.stain import resolve as resolve_stain
 
         settings = settings or self.settings
         path = default_store_path(self.slide_path, self.out_dir)
         if not path.exists():
             return None
         cards = self.available_members()
-        wanted = [
-            (c.name, c.version) for c in (read_card(cards[n]) for n in self.member_names(settings))
-        ]
+        member_cards = [read_card(cards[n]) for n in self.member_names(settings)]
+        wanted = [(c.name, c.version) for c in member_cards]
+        stain = resolve_stain(settings.stain, member_cards)
+        wanted_stain = stain.spec() if stain is not None else None
         identity = slide_identity(self.slide_path, self.slide_dims, self.slide_mpp)
         try:
             store = ResultStore(path, identity, mode="r")
@@ -464,6 +466,7 @@ class LiveController:
                 and len(s.get("tta", [])) == settings.tta
                 and math.isclose(float(s.get("overlap", -1)), float(settings.overlap))
                 and list(s.get("region_l0", [])) == [0, 0, width, height]
+                and _stain_spec(s.get("stain")) == wanted_stain
             ):
                 return run_
         return None
@@ -588,3 +591,10 @@ class LiveController:
                 if cancel.is_set():
                     break
         return result
+
+
+def _stain_spec(stored: object) -> dict[str, Any] | None:
+    """Method and target of a stored run's ``stain`` setting (None when not normalised)."""
+    if not isinstance(stored, dict):
+        return None
+    return {"method": stored.get("method"), "target": stored.get("target")}

@@ -18,6 +18,9 @@ if TYPE_CHECKING:
 
 __all__ = ["MODES", "LiveSettings", "load_settings", "save_settings", "settings_path"]
 
+#: Stain normalisation choices (as :data:`napari_histo.stain.SETTINGS`; no numpy import here).
+STAIN_SETTINGS = ("card", "none", "macenko", "reinhard")
+
 #: Inference modes offered by the widget.
 MODES = ("viewport", "follow", "whole slide")
 
@@ -43,6 +46,9 @@ class LiveSettings:
     preview : bool
         Progressive refinement: first a fast pass (one member, no TTA), then
         the full ensemble replaces it cell by cell.
+    stain : {"card", "none", "macenko", "reinhard"}
+        Stain normalisation (:data:`napari_histo.stain.SETTINGS`); "card"
+        follows the model cards.
     """
 
     members: tuple[str, ...] = ()
@@ -53,6 +59,7 @@ class LiveSettings:
     mode: str = "viewport"
     threshold: float = 0.5
     preview: bool = False
+    stain: str = "card"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "members", tuple(str(m) for m in self.members))
@@ -72,6 +79,8 @@ class LiveSettings:
             raise ValueError(f"`threshold` must be in (0, 1), got {self.threshold!r}")
         if not isinstance(self.preview, bool):
             raise ValueError(f"`preview` must be a bool, got {self.preview!r}")
+        if self.stain not in STAIN_SETTINGS:
+            raise ValueError(f"`stain` must be one of {STAIN_SETTINGS}, got {self.stain!r}")
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -95,6 +104,7 @@ class LiveSettings:
             overlap=float(self.overlap),
             batch_size=self.batch_size or None,
             device=self.device,
+            stain=self.stain,
         )
 
 

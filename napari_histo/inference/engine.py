@@ -42,6 +42,7 @@ from napari_histo.io.store import (
     slide_identity,
 )
 from napari_histo.models import LoadedModel
+from napari_histo.stain import resolve as resolve_stain
 from napari_histo.tiling import Stitcher, TileGrid, make_grid, order_centre_out
 from napari_histo.tissue import slide_tissue_mask
 
@@ -79,6 +80,9 @@ class EngineConfig:
         Autocast to float16 on CUDA.
     prefetch_batches : int
         Batches read ahead of the model.
+    stain : {"card", "none", "macenko", "reinhard"}
+        Stain normalisation, fitted once per slide on its thumbnail (see
+        :func:`napari_histo.stain.resolve`); "card" follows the model cards.
     """
 
     tta: int = 1
@@ -88,9 +92,11 @@ class EngineConfig:
     device: str = "auto"
     amp: bool = True
     prefetch_batches: int = 3
+    stain: str = "card"
 
     def __post_init__(self) -> None:
         tta_transforms(self.tta)  # validates
+        resolve_stain(self.stain, ())  # validates
         if not 0 <= self.overlap < 1:
             raise ValueError(f"`overlap` must be in [0, 1), got {self.overlap!r}")
         for name in ("batch_size", "read_threads", "prefetch_batches"):
@@ -363,8 +369,10 @@ def infer_slide(
         member.model.to(device).eval()
     class_index = card.classes.index("tumor") if "tumor" in card.classes else len(card.classes) - 1
     tta = tta_transforms(config.tta)
+    stain = resolve_stain(config.stain, [m.card for m in members])
 
     with Slide(slide_path) as slide:
+        stain_source = stain.fit_slide(slide) if stain is not None else None
         slide_mpp = slide.require_mpp()
         width, height = slide.dimensions
         region_l0 = _check_region(region, width, height, slide.path)
@@ -397,6 +405,8 @@ def infer_slide(
             "region_l0": list(region_l0),
             "class": card.classes[class_index],
         }
+        if stain_source is not None:  # only then, so earlier runs still resume
+            settings["stain"] = {**stain.spec(), "source": stain_source.to_dict()}
         store = ResultStore(
             default_store_path(slide.path, out_dir),
             slide_identity(slide.path, slide.dimensions, slide_mpp),
@@ -467,6 +477,8 @@ def infer_slide(
                     refill()
                     indices = [i for i, _ in take]
                     tiles = np.stack([f.result() for _, f in take])
+                    if stain_source is not None:
+                        tiles = stain.transform(tiles, stain_source)
                     outputs, batch_size = _predict_with_oom_retry(
                         members,
                         tiles,

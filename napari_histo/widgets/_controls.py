@@ -23,7 +23,16 @@ from qtpy.QtWidgets import (
 from napari_histo.live import MODES, LiveSettings
 from napari_histo.widgets._common import checked_names, member_checkboxes, run_cancel_buttons
 
-__all__ = ["ControlsMixin"]
+__all__ = ["STAIN_LABELS", "ControlsMixin"]
+
+#: Stain normalisation setting -> label in the dock.
+STAIN_LABELS = {
+    "card": "card default",
+    "none": "none",
+    "macenko": "Macenko",
+    "reinhard": "Reinhard",
+}
+_STAIN_BY_LABEL = {label: key for key, label in STAIN_LABELS.items()}
 
 
 def _fmt_s(seconds: float | None) -> str:
@@ -92,8 +101,16 @@ class ControlsMixin:
             "the probability layer's name says which is shown."
         )
         form.addRow(self.preview_box)
+        self.stain_combo = QComboBox()
+        self.stain_combo.addItems(list(STAIN_LABELS.values()))
+        self.stain_combo.setCurrentText(STAIN_LABELS[settings.stain])
+        self.stain_combo.setToolTip(
+            "Stain normalisation before the model, fitted once per slide: as the model "
+            "card says (default), none, or to the Macenko / Reinhard reference look."
+        )
+        form.addRow("Stain normalisation", self.stain_combo)
         layout.addLayout(form)
-        for combo in (self.tta_combo, self.device_combo, self.mode_combo):
+        for combo in (self.tta_combo, self.device_combo, self.mode_combo, self.stain_combo):
             combo.currentTextChanged.connect(self._on_settings_changed)
         for spin in (self.overlap_spin, self.batch_spin):
             spin.valueChanged.connect(self._on_settings_changed)
@@ -137,6 +154,7 @@ class ControlsMixin:
             mode=self.mode_combo.currentText(),
             threshold=round(float(self.threshold_spin.value()), 4),
             preview=self.preview_box.isChecked(),
+            stain=_STAIN_BY_LABEL[self.stain_combo.currentText()],
         )
 
     def set_settings(self, settings: LiveSettings) -> None:
@@ -150,6 +168,7 @@ class ControlsMixin:
         self.mode_combo.setCurrentText(settings.mode)
         self.threshold_spin.setValue(settings.threshold)
         self.preview_box.setChecked(settings.preview)
+        self.stain_combo.setCurrentText(STAIN_LABELS[settings.stain])
         self.preview_box.setToolTip(
             "First one member without TTA, then the full ensemble replaces it cell by cell; "
             "the probability layer's name says which is shown."

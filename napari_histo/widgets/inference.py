@@ -142,10 +142,11 @@ class InferenceWidget(ControlsMixin, ShutdownMixin, QWidget):
         if self._controller is not None and not self.running:
             old = self._controller.settings
             self._controller.settings = settings
-            if (old.members, old.tta, old.overlap) != (
+            if (old.members, old.tta, old.overlap, old.stain) != (
                 settings.members,
                 settings.tta,
                 settings.overlap,
+                settings.stain,
             ):
                 self._show_existing()
             elif old.preview != settings.preview:
