@@ -34,7 +34,7 @@ from napari_histo.inference.tiles import predict_tile
 from napari_histo.io.atomic import atomic_write_bytes
 from napari_histo.metrics import auroc, expected_calibration_error, reliability
 from napari_histo.models import LoadedModel
-from napari_histo.stain import StainWarning
+from napari_histo.stain import StainNormaliser, StainWarning
 
 __all__ = [
     "CSV_COLUMNS",
@@ -49,6 +49,7 @@ __all__ = [
     "read_image",
     "read_mask",
     "reliability_table",
+    "score_maps",
     "score_tiles",
     "write_reliability_png",
 ]
@@ -95,6 +96,50 @@ def _overlap(pred: np.ndarray, truth: np.ndarray) -> tuple[int, int, int]:
 def _top_fifth(probability: np.ndarray) -> float:
     flat = np.sort(probability.ravel())
     return float(flat[-max(1, flat.size // 5) :].mean())
+
+
+def score_maps(
+    probability: np.ndarray, truth: np.ndarray, epistemic: np.ndarray | None = None
+) -> dict[str, Any]:
+    """Figures of one tile's labelled pixels (no model involved).
+
+    Parameters
+    ----------
+    probability : ndarray of float
+        Tumor probability of each labelled pixel (any shape).
+    truth : ndarray of bool, same shape
+        Tumor mask.
+    epistemic : ndarray of float, optional
+        Epistemic uncertainty; its AUROC at telling the misclassified pixels
+        (at 0.5) from the others is ``epistemic_error_auroc``.
+
+    Returns
+    -------
+    dict
+        ``pixels``, ``tumor_fraction``, ``dice``, ``iou`` (prediction at 0.5;
+        1.0 when prediction and truth are both empty), ``auroc``, ``ece`` and
+        ``epistemic_error_auroc`` (NaN where undefined: no pixels, one class).
+    """
+    p = np.asarray(probability, dtype=np.float64).ravel()
+    t = np.asarray(truth, dtype=bool).ravel()
+    if p.shape != t.shape:
+        raise ValueError(f"`probability` size {p.size} must equal `truth` size {t.size}")
+    nan = float("nan")
+    if not p.size:
+        return dict(pixels=0, tumor_fraction=nan, dice=nan, iou=nan, auroc=nan, ece=nan,
+                    epistemic_error_auroc=nan)  # fmt: skip
+    pred = p > 0.5
+    inter, union, total = _overlap(pred, t)
+    e = None if epistemic is None else np.asarray(epistemic, dtype=np.float64).ravel()
+    return dict(
+        pixels=int(p.size),
+        tumor_fraction=float(t.mean()),
+        dice=2 * inter / total if total else 1.0,
+        iou=inter / union if union else 1.0,
+        auroc=auroc(p, t),
+        ece=expected_calibration_error(p, t),
+        epistemic_error_auroc=nan if e is None else auroc(e, pred != t),
+    )
 
 
 def score_tiles(
@@ -144,21 +189,13 @@ def score_tiles(
             keep["probability"].append(p[::stride])
             keep["truth"].append(t[::stride])
             keep["epistemic"].append(e[::stride])
-        pred = p > 0.5
-        inter, union, total = _overlap(pred, t)
         rows.append(
             TileScore(
                 name=tile.name,
-                pixels=int(p.size),
-                tumor_fraction=float(t.mean()) if p.size else float("nan"),
-                dice=2 * inter / total if total else (1.0 if p.size else float("nan")),
-                iou=inter / union if union else (1.0 if p.size else float("nan")),
-                auroc=auroc(p, t) if p.size else float("nan"),
-                ece=expected_calibration_error(p, t) if p.size else float("nan"),
+                **score_maps(p, t, e),
                 mean_probability=float(prob.mean()),
                 tile_score=score,
                 tile_label=tile.tile_label,
-                epistemic_error_auroc=auroc(e, pred != t) if p.size else float("nan"),
                 note="; ".join(notes),
             )
         )
@@ -511,23 +548,36 @@ def _check_out_dir(out_dir: Path) -> None:
         raise EvaluationError(f"{out_dir}: cannot be written ({probe} is not a writable folder)")
 
 
-def _check_settings(mpp: object, tta: object, members: object) -> float:
+def _check_settings(mpp: object, tta: object) -> float:
     if isinstance(mpp, bool) or not isinstance(mpp, int | float) or not math.isfinite(mpp):
         raise ValueError(f"`mpp` must be a number of µm/px in [0.05, 50], got {mpp!r}")
     if not 0.05 <= mpp <= 50:
         raise ValueError(f"`mpp` must be a number of µm/px in [0.05, 50], got {mpp!r}")
     if tta not in (1, 2, 4, 8) or isinstance(tta, bool):
         raise ValueError(f"`tta` must be 1, 2, 4 or 8, got {tta!r}")
-    if not isinstance(members, Sequence) or not members:
-        raise ValueError("`members` must be a non-empty sequence of loaded models")
+    return float(mpp)
+
+
+def _load_members(members: object) -> list[LoadedModel]:
+    """LoadedModel of each member (card paths are loaded); tumor segmentation models only."""
+    from napari_histo.models import load_model
+
+    if isinstance(members, str | os.PathLike) or not isinstance(members, Sequence) or not members:
+        raise ValueError("`members` must be a non-empty sequence of models or card paths")
+    loaded = []
     for m in members:
+        if isinstance(m, str | os.PathLike):
+            m = load_model(m)
         if not isinstance(m, LoadedModel):
-            raise TypeError(f"`members` must hold LoadedModel, got {type(m).__name__}")
+            raise TypeError(
+                f"`members` must hold LoadedModel or card paths, got {type(m).__name__}"
+            )
         if m.card.task != "segmentation":
             raise ValueError(
                 f"{m.card_path}: a {m.card.task} model, not a tumor segmentation model"
             )
-    return float(mpp)
+        loaded.append(m)
+    return loaded
 
 
 def _mean(values: Iterable[float]) -> float:
@@ -549,7 +599,7 @@ def _json_safe(value: Any) -> Any:
 def evaluate_folder(
     images_dir: str | os.PathLike[str],
     masks_dir: str | os.PathLike[str],
-    members: Sequence[LoadedModel],
+    members: Sequence[LoadedModel | str | os.PathLike[str]],
     *,
     mpp: float,
     tta: int = 1,
@@ -564,8 +614,9 @@ def evaluate_folder(
     images_dir, masks_dir : str or PathLike
         Folders of RGB tiles and of binary tumor masks, paired by name
         (:func:`find_pairs`; masks as :func:`read_mask` describes).
-    members : sequence of LoadedModel
-        Tumor segmentation models (any versions) with the same ``input_mpp``.
+    members : sequence of LoadedModel or card paths
+        Tumor segmentation models (any versions) with the same ``input_mpp``;
+        card paths are loaded after the input files are checked.
     mpp : float
         µm per pixel of the tiles, 0.05–50; tiles are resampled to the models'.
     tta : {1, 2, 4, 8}
@@ -593,14 +644,18 @@ def evaluate_folder(
     from napari_histo.stain import resolve as resolve_stain
 
     start = time.monotonic()
-    mpp = _check_settings(mpp, tta, members)
-    normaliser = resolve_stain(stain, [m.card for m in members])
+    mpp = _check_settings(mpp, tta)
+    if stain is not None and not isinstance(stain, str | StainNormaliser):
+        raise TypeError(f"`stain` must be a setting name or StainNormaliser, got {stain!r}")
+    resolve_stain(stain, ())  # a known setting
     out = Path(out_dir) if out_dir is not None else None
     if out is not None:
         _check_out_dir(out)
     pairs = find_pairs(images_dir, masks_dir)
     for pair in pairs:  # check everything first: no model time spent on a bad folder
         _check_pair(pair)
+    members = _load_members(members)
+    normaliser = resolve_stain(stain, [m.card for m in members])
 
     def tiles() -> Iterator[LabelledTile]:
         for pair in pairs:
