@@ -89,6 +89,10 @@ class ModelCard:
         ``{"method": "macenko" | "reinhard", "target": {...} | None}`` (see
         :mod:`napari_histo.stain`; a null target is the method's reference).
         Optional in a card on disk: older cards without it load as None.
+    stain_reference : dict or None, default None
+        Stain statistics of the training tiles (:class:`napari_histo.ood.StainReference`
+        as a dict): slides far from them get an out-of-distribution warning.
+        Optional in a card on disk.
 
     Raises
     ------
@@ -113,6 +117,7 @@ class ModelCard:
     created: str = field(default_factory=_now_iso)
     notes: str = ""
     stain_normalisation: dict[str, Any] | None = None
+    stain_reference: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         values = {f.name: getattr(self, f.name) for f in fields(self)}
@@ -158,6 +163,8 @@ class ModelCard:
             out[key] = value
             if key == "normalisation" and self.stain_normalisation is not None:
                 out["stain_normalisation"] = json.loads(json.dumps(self.stain_normalisation))
+        if self.stain_reference is not None:
+            out["stain_reference"] = json.loads(json.dumps(self.stain_reference))
         return out
 
     @classmethod
@@ -197,7 +204,7 @@ class ModelCard:
 # --------------------------------------------------------------------------- validation
 
 #: Fields a card on disk may leave out (added after the format was fixed), with defaults.
-_OPTIONAL: dict[str, Any] = {"stain_normalisation": None}
+_OPTIONAL: dict[str, Any] = {"stain_normalisation": None, "stain_reference": None}
 
 
 class _FieldError(Exception):
@@ -340,6 +347,7 @@ def _validated(values: dict[str, Any], *, saved: bool) -> dict[str, Any]:
         "created": _check_created,
         "notes": lambda v: _text("notes", v),
         "stain_normalisation": _check_stain,
+        "stain_reference": _check_stain_reference,
     }
     clean = {key: check(values[key]) for key, check in checks.items()}
     is_script = clean["format"] == "torchscript"
@@ -347,6 +355,20 @@ def _validated(values: dict[str, Any], *, saved: bool) -> dict[str, Any]:
         expected = '"torchscript" exactly when `format` is "torchscript"'
         raise _FieldError("architecture", expected, clean["architecture"])
     return clean
+
+
+def _check_stain_reference(value: object) -> dict[str, Any] | None:
+    """Training-data stain statistics for the out-of-distribution score (napari_histo.ood)."""
+    from napari_histo.ood import StainReference
+
+    if value is None:
+        return None
+    if not isinstance(value, Mapping):
+        raise _FieldError("stain_reference", "null or an object", value)
+    try:
+        return StainReference.from_dict(value).to_dict()
+    except ValueError as err:
+        raise _FieldError("stain_reference", f"a stain reference ({err})", value) from None
 
 
 def _check_stain(value: object) -> dict[str, Any] | None:
