@@ -401,18 +401,33 @@ def _evaluate_number(text: str | None, flag: str, kind: type, allowed: str) -> f
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from napari_histo._progress import TextProgress
-    from napari_histo.evaluate import CSV_COLUMNS, evaluate_folder
+    from napari_histo.evaluate import CSV_COLUMNS, evaluate_folder, evaluate_slide
 
-    if args.mpp is None:
+    slide = args.slide is not None or args.annotations is not None
+    if slide and (args.slide is None or args.annotations is None):
+        raise ValueError("--slide and --annotations go together")
+    if slide and (args.images or args.masks):
+        raise ValueError("give IMAGES_DIR MASKS_DIR or --slide S --annotations A, not both")
+    if slide and args.mpp is not None:
+        raise ValueError("--mpp is for tiles; a slide's µm/px comes from its metadata")
+    if not slide and not (args.images and args.masks):
+        raise ValueError("IMAGES_DIR and MASKS_DIR are required (or --slide S --annotations A)")
+    if not slide and args.mpp is None:
         raise ValueError("--mpp is required: the tiles' µm per pixel (0.05-50)")
-    mpp = _evaluate_number(args.mpp, "--mpp", float, "a number of µm/px in [0.05, 50]")
+    mpp = None if slide else _evaluate_number(args.mpp, "--mpp", float, "a number in [0.05, 50]")
     tta = _evaluate_number(args.tta, "--tta", int, "1, 2, 4 or 8")
     cards = resolve_members(args.members, args.models_dir)  # loaded once the files check out
     bar = None if args.quiet or args.json else TextProgress("evaluating", unit="tiles")
-    result = evaluate_folder(
-        args.images, args.masks, cards, mpp=mpp, tta=tta, stain=args.stain,
-        out_dir=args.out, progress=bar,
-    )  # fmt: skip
+    if slide:
+        result = evaluate_slide(
+            args.slide, args.annotations, cards, tta=tta, stain=args.stain, out_dir=args.out,
+            progress=bar,
+        )  # fmt: skip
+    else:
+        result = evaluate_folder(
+            args.images, args.masks, cards, mpp=mpp, tta=tta, stain=args.stain,
+            out_dir=args.out, progress=bar,
+        )  # fmt: skip
     summary = result.summary
     if args.json:
         rows = [
@@ -424,9 +439,15 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         return 0
     models = ", ".join(f"{m['name']} {m['version']}" for m in summary["models"])
     stain = summary["stain"]["method"] if summary["stain"] else "none"
+    where = (
+        f"{Path(args.slide).name}, annotated region {summary['region_l0'][2]} x "
+        f"{summary['region_l0'][3]} px"
+        if slide
+        else f"{summary['tiles']} tiles at {mpp:g} µm/px"
+    )
     print(
-        f"{summary['tiles']} tiles at {mpp:g} µm/px (models at {summary['model_mpp']:g}), "
-        f"{models}, TTA {tta}, stain normalisation {stain}, {summary['seconds']:.1f} s"
+        f"{where} (models at {summary['model_mpp']:g} µm/px), {models}, TTA {tta}, "
+        f"stain normalisation {stain}, {summary['seconds']:.1f} s"
     )
     head = ("tile", "pixels", "tumor", "dice", "iou", "auroc", "ece", "mean_p", "epi_auroc")
     print("  ".join(f"{h:>9}" if i else f"{h:<16}" for i, h in enumerate(head)))
@@ -565,8 +586,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "evaluate", help="score tumor models on labelled tiles: Dice, IoU, AUROC, ECE"
     )
-    p.add_argument("images", help="folder of RGB tiles (JPEG, PNG, TIFF, ...)")
-    p.add_argument("masks", help="folder of binary tumor masks (0/1 or 0/255), same file names")
+    p.add_argument("images", nargs="?", help="folder of RGB tiles (JPEG, PNG, TIFF, ...)")
+    p.add_argument(
+        "masks", nargs="?", help="folder of binary tumor masks (0/1 or 0/255), same file names"
+    )
+    p.add_argument("--slide", default=None, help="an annotated slide instead of tiles")
+    p.add_argument(
+        "--annotations", default=None,
+        help="its annotations (GeoJSON or ASAP XML): tumor, non-tumor, ignore",
+    )  # fmt: skip
     p.add_argument("--mpp", default=None, help="µm per pixel of the tiles, 0.05-50 (required)")
     p.add_argument("--members", nargs="+", default=None, help="model names or card .json paths")
     p.add_argument("--models-dir", default=None, help="directory of model cards")

@@ -310,3 +310,70 @@ def test_bad_options_give_one_line_each(tmp_path, capsys):
     (tmp_path / "file").write_text("x")
     rc, _, err = run_cli(capsys, images, masks, "--mpp", "1", "--out", tmp_path / "file")
     assert rc == 2 and err.count("\n") == 1 and "exists and is not a folder" in err
+
+
+# --------------------------------------------------------------------------- annotated slides
+
+TILES = REAL / "tiles"  # four whole CAMELYON16 tiles (CC0), see their PROVENANCE.txt
+
+
+def _annotated_slide(root: Path) -> tuple[Path, Path, float]:
+    """Two real tiles on glass in an Aperio slide, their masks as QuPath-style GeoJSON."""
+    from napari_histo.annotations import Annotation
+    from napari_histo.io.annotations import write_geojson
+    from napari_histo.probability_annotations import probability_to_annotations
+    from tests.slides import write_aperio_svs
+
+    glass = 64
+    rgb = np.full((512 + 2 * glass, 1024 + 2 * glass, 3), 242, np.uint8)
+    tumor = np.zeros(rgb.shape[:2], bool)
+    tissue = np.zeros(rgb.shape[:2], bool)
+    for i, name in enumerate(("10670", "10674")):
+        x = glass + 512 * i
+        rgb[glass : glass + 512, x : x + 512] = imagecodecs.imread(TILES / f"camelyon16_{name}.jpg")
+        mask = imagecodecs.imread(TILES / f"camelyon16_{name}_mask.png")
+        tumor[glass : glass + 512, x : x + 512] = (
+            mask.max(axis=2) if mask.ndim == 3 else mask
+        ) >= 128
+        tissue[glass : glass + 512, x : x + 512] = True
+    slide = root / "mosaic.svs"
+    write_aperio_svs(slide, rgb, levels=1, mpp=1.2)
+    anns = probability_to_annotations(
+        tumor.astype(np.float32), 0.5, (0, 0), 1.0, min_area_px=400, label="tumor"
+    ) + probability_to_annotations(
+        (tissue & ~tumor).astype(np.float32), 0.5, (0, 0), 1.0, min_area_px=400,
+        label="non-tumor",
+    )  # fmt: skip
+    anns.append(Annotation.from_bbox(glass, glass, glass + 40, glass + 40, label="ignore"))
+    geojson = root / "mosaic.geojson"
+    write_geojson(geojson, anns)
+    return slide, geojson, float(tumor[tissue].mean())
+
+
+def test_cli_scores_an_annotated_slide(tmp_path, capsys):
+    slide, geojson, fraction = _annotated_slide(tmp_path)
+    out = tmp_path / "report"
+    args = ("--slide", slide, "--annotations", geojson, "--members", "resunet", "--quiet")
+    rc, stdout, err = run_cli(capsys, *args, "--out", out)
+    assert rc == 0, err
+    assert "mosaic.svs, annotated region 1024 x 512 px (models at 2 µm/px)" in stdout
+    with (out / "tiles.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 1 and rows[0]["name"] == "mosaic.svs"
+    # About 2 x 512 x 512 level-0 px at 1.2 µm/px seen at 2 µm/px, minus the ignored box.
+    assert abs(int(rows[0]["pixels"]) - 2 * 512 * 512 * (1.2 / 2.0) ** 2) < 0.03 * 2 * 512 * 512
+    assert float(rows[0]["tumor_fraction"]) == pytest.approx(fraction, abs=0.03)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["region_l0"] == [64, 64, 1024, 512] and 0 <= summary["pooled"]["auroc"] <= 1
+    assert (out / "reliability.png").stat().st_size > 10_000
+
+    bad = tmp_path / "bad.geojson"
+    bad.write_text(geojson.read_text().replace('"non-tumor"', '"stroma"'))
+    for extra, match in [
+        (("--slide", slide, "--annotations", bad), r"bad\.geojson: annotation \d+ .*'stroma'"),
+        (("--slide", slide, "--annotations", tmp_path / "no.geojson"), "no such annotation file"),
+        (("--slide", slide), "--slide and --annotations go together"),
+        (("--slide", slide, "--annotations", geojson, "--mpp", "1"), "--mpp is for tiles"),
+        ((REAL, "--slide", slide, "--annotations", geojson), "not both"),
+    ]:
+        _one_line_error(capsys, tmp_path, *extra, match=match)
