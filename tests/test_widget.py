@@ -322,3 +322,19 @@ def test_large_result_keeps_bounded_float16_buffers(make_napari_viewer):
     assert np.asarray(overlays.layer("outline").data[0])[64:96, 128:160].all()
     world = np.asarray(translate) + np.array([300, 600]) * np.asarray(scale)
     assert overlays.readout(tuple(world)).startswith("at cursor: prob 0.750")
+
+
+def test_opening_a_slide_compares_its_staining_with_the_training_data(make_napari_viewer, qtbot):
+    """The real CMU slide against the default models' stain reference (napari_histo.ood)."""
+    from pathlib import Path
+
+    from napari_histo.widgets.inference import InferenceWidget
+
+    viewer = make_napari_viewer(show=True)
+    widget = InferenceWidget(viewer)
+    viewer.window.add_dock_widget(widget, name="Tumor inference")
+    viewer.open(Path(__file__).parent / "data" / "cmu_small_region.svs", plugin="napari-histo")
+    qtbot.waitUntil(lambda: "checking" not in widget.ood_label.text(), timeout=30_000)
+    text = widget.ood_label.text()
+    assert text.startswith(("Slide vs training data", "Warning")), text
+    assert "not compared" not in text, text

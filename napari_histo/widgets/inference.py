@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from qtpy.QtCore import QTimer
-from qtpy.QtWidgets import QWidget
+from qtpy.QtWidgets import QLabel, QWidget
 
 from napari_histo.live import (
     OVERLAY_ARRAYS,
@@ -116,6 +116,12 @@ class InferenceWidget(ControlsMixin, ShutdownMixin, QWidget):
         self._job_t0 = 0.0
 
         self._build_ui(load_settings(settings_file))
+        # Out-of-distribution check of each opened slide (napari_histo.ood).
+        self.ood_label = QLabel("")
+        self.ood_label.setWordWrap(True)
+        self.layout().insertWidget(1, self.ood_label)
+        self.ood_score: float | None = None
+        self._ood_worker = None
 
         self._refresh_timer = QTimer(self)
         self._refresh_timer.setInterval(_REFRESH_MS)
@@ -181,7 +187,41 @@ class InferenceWidget(ControlsMixin, ShutdownMixin, QWidget):
         self._overlays = OverlayLayers(self.viewer, self._controller.mpp, units)
         self._overlays.threshold = self.threshold_spin.value()
         self.slide_label.setText(f"Slide: {path.name}")
+        self._check_ood(path)
         self._show_existing()
+
+    def _check_ood(self, path: Path) -> None:
+        """Compare the slide's staining with the models' training data, off the Qt thread."""
+        from napari.qt.threading import create_worker
+
+        from napari_histo.ood import slide_ood
+
+        cards = list(self._controller.available_members().values())
+        self.ood_score = None
+        self.ood_label.setStyleSheet("")
+        self.ood_label.setText("Slide vs training data: checking…")
+        ref_self = weakref.ref(self)
+
+        def done(result: tuple[float, str]) -> None:
+            me = ref_self()
+            if me is None or me._closed or me._controller is None:
+                return
+            if me._controller.slide_path != path:
+                return  # another slide was opened meanwhile
+            me.ood_score, text = result
+            me.ood_label.setStyleSheet("color: #f0a030" if result[0] > 1 else "")
+            me.ood_label.setText(text)
+
+        def failed(exc: BaseException) -> None:
+            me = ref_self()
+            if me is not None and not me._closed:
+                me.ood_label.setText(f"Slide vs training data: not compared ({exc})")
+
+        worker = create_worker(slide_ood, path, cards, _start_thread=False)
+        worker.returned.connect(done)
+        worker.errored.connect(failed)
+        self._ood_worker = worker
+        worker.start()
 
     @property
     def controller(self) -> LiveController | None:
