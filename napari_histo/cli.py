@@ -221,8 +221,15 @@ def cmd_train(args: argparse.Namespace) -> int:
     from napari_histo._progress import TextProgress
     from napari_histo.training.default_ensemble import EnsembleRecipe, train_default_ensemble
 
+    if args.real is not None:
+        if args.synthetic or args.slide is not None:
+            raise ValueError("--real trains from the real-data folder; drop SLIDE and --synthetic")
+        return _train_real(args)
     if args.nuclei and not args.synthetic:
-        raise ValueError("--nuclei trains the nuclei model from synthetic slides: add --synthetic")
+        raise ValueError(
+            "--nuclei trains the nuclei model from generated or real tiles: add --synthetic "
+            "or --real DATA_DIR"
+        )
     if not args.synthetic:
         return _train_from_annotations(args)
     if args.slide is not None:
@@ -242,6 +249,47 @@ def cmd_train(args: argparse.Namespace) -> int:
                 cards = stop.value
                 break
             bar = bars.setdefault(member, TextProgress(f"training {member}", unit="steps"))
+            bar(event.step, event.steps)
+    except KeyboardInterrupt:
+        cancel.set()
+        print("\ninterrupted: no new model version was written", file=sys.stderr)
+        return 130
+    for card in cards:
+        print(f"wrote {card}")
+    return 0
+
+
+def _train_real(args: argparse.Namespace) -> int:
+    """``train --real DATA_DIR [--nuclei]``: the shipped v2 models from real tiles."""
+    import threading
+
+    from napari_histo._progress import TextProgress
+
+    data = Path(args.real)
+    if not data.is_dir():
+        raise HistoError(f"{data}: no such real-data folder")
+    out = args.out or "resources/models"
+    if args.nuclei:
+        from napari_histo.training.real_nuclei import train_real_nuclei
+
+        card = train_real_nuclei(data, out, seed=args.seed, minutes=args.minutes)
+        print(f"wrote {card}")
+        return 0
+    from napari_histo.training.real_ensemble import RealRecipe, train_real_ensemble
+
+    recipe = RealRecipe(seed=args.seed, **({"steps": args.steps} if args.steps else {}))
+    cancel = threading.Event()
+    bars: dict[str, TextProgress] = {}
+    generator = train_real_ensemble(data, out, recipe, work_dir=args.work, cancel=cancel)
+    try:
+        while True:
+            try:
+                member, event = next(generator)
+            except StopIteration as stop:
+                cards = stop.value
+                break
+            bar = bars.setdefault(member, TextProgress(f"training {member}", unit="steps"))
+            bar.desc = f"training {member} (loss {event.loss:.3f})"
             bar(event.step, event.steps)
     except KeyboardInterrupt:
         cancel.set()
@@ -561,6 +609,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--freeze-epochs", type=_nonnegative_int, default=0, help="first epochs: encoder frozen"
     )
     p.add_argument("--synthetic", action="store_true", help="train from synthetic slides")
+    p.add_argument(
+        "--real", default=None, metavar="DATA_DIR",
+        help="train the default models from the real-data folder (tiles with expert labels)",
+    )  # fmt: skip
     p.add_argument(
         "--nuclei", action="store_true",
         help="with --synthetic: train the learned nuclei model instead of the tumor ensemble",

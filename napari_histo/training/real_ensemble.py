@@ -50,6 +50,8 @@ REAL_MEMBERS: tuple[tuple[str, dict], ...] = (
     ("deeplabv3plus", {"width": 12}),
 )
 SYNTHETIC_TRAIN_SEEDS = (1000, 1001)
+#: Added to a member's seed for the batches of the warm restart.
+RESTART_SEED = 500
 SYNTHETIC_HELDOUT_SEEDS = (2000, 2001)
 
 
@@ -71,6 +73,10 @@ class RealRecipe:
         ("kather2016", 0.05), ("oral_oscc", 0.2), ("synthetic", 0.22),
     )
     mil_weight: float = 0.5
+    #: A warm restart after `steps`: this many more steps from `restart_lr`, with a
+    #: fresh optimiser and a new draw of batches (0: none).
+    restart_steps: int = 1200
+    restart_lr: float = 6e-4
     version: str = "2.0"
     members: tuple[tuple[str, dict], ...] = field(default=REAL_MEMBERS)
 
@@ -239,6 +245,9 @@ def _train_member(
     snapshot: Callable[[int, torch.nn.Module], None] | None = None,
     snapshot_every: int = 500,
 ) -> Generator[TrainProgress, None, int]:
+    # Backward through channels_last convolutions crashes on CPU in torch 2.13
+    # (load_model returns channels_last models): train in NCHW.
+    model.to(memory_format=torch.contiguous_format)
     optimiser = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=1e-4)
     steps = recipe.steps
     schedule = torch.optim.lr_scheduler.LambdaLR(
@@ -354,16 +363,23 @@ def train_real_ensemble(
             if snapshots is not None:
                 save_model(model, replace(card, version=f"{recipe.version}.{step}"), snapshots)
 
-        steps = _train_member(model, batches, recipe, normalisation, cancel, snapshot)
-        while True:
-            try:
-                yield architecture, next(steps)
-            except StopIteration as stop:
-                done = stop.value
-                break
-        if done < recipe.steps:
-            log(f"{architecture}: cancelled after {done} steps; nothing saved")
-            return cards
+        phases = [(recipe, batches)]
+        if recipe.restart_steps:
+            restart = replace(recipe, steps=recipe.restart_steps, lr=recipe.restart_lr)
+            phases.append((restart, _Batches(pools, recipe, seed + RESTART_SEED, strength)))
+        done = 0
+        for phase, phase_batches in phases:
+            steps = _train_member(model, phase_batches, phase, normalisation, cancel, snapshot)
+            while True:
+                try:
+                    yield architecture, next(steps)
+                except StopIteration as stop:
+                    finished = stop.value
+                    break
+            done += finished
+            if finished < phase.steps:
+                log(f"{architecture}: cancelled after {done} steps; nothing saved")
+                return cards
         card = replace(
             card,
             notes=(
@@ -374,6 +390,8 @@ def train_real_ensemble(
         )
         cards.append(save_model(model, card, out))
         log(f"{architecture}: saved {cards[-1]}")
+    if members is None:
+        finalize_real_ensemble(data_dir, cards, work, log=log)
     return cards
 
 
@@ -391,3 +409,106 @@ def with_metrics(card_path: Path, metrics: dict[str, float]) -> Path:
     updated = replace(card, metrics={**card.metrics, **metrics})
     write_card(card_path, updated)
     return card_path
+
+
+def stain_reference(
+    data_dir: str | os.PathLike[str], model_mpp: float, *, per_source: int = 40, seed: int = 0
+):
+    """Stain statistics of the training tiles, at most `per_source` from each source.
+
+    Capping per source keeps one large source (1,000 oral photos) from defining
+    what "typical" staining is.
+    """
+    from napari_histo.ood import fit_reference, stain_features
+
+    rng = np.random.default_rng(seed)
+    tiles = load_tumor_tiles(data_dir, model_mpp, split="train")
+    features = []
+    for source in sorted({t.source for t in tiles}):
+        chosen = [t for t in tiles if t.source == source]
+        if len(chosen) > per_source:
+            chosen = [chosen[i] for i in sorted(rng.choice(len(chosen), per_source, False))]
+        features += [stain_features(t.image) for t in chosen]
+    return fit_reference(features)
+
+
+def finalize_real_ensemble(
+    data_dir: str | os.PathLike[str],
+    card_paths: Sequence[Path],
+    work_dir: str | os.PathLike[str],
+    *,
+    tta: int = 1,
+    log: Callable[[str], None] = print,
+) -> dict[str, dict[str, float]]:
+    """Score the trained ensemble on held-out data and write the figures into its cards.
+
+    Every member's card gets the ensemble's held-out figures per real source
+    (``heldout_<source>_dice`` / ``_auroc`` / ``_epistemic_error_auroc`` /
+    ``_tile_auroc``), the held-out synthetic Dice, and the stain reference of
+    the training tiles (for the out-of-distribution warning).
+    """
+    from napari_histo.models import read_card, write_card
+    from napari_histo.training.realdata import heldout_tumor_scores
+
+    cards = [Path(p) for p in card_paths]
+    model_mpp = read_card(cards[0]).input_mpp
+    scores = heldout_tumor_scores(data_dir, cards, tta=tta)
+    metrics = {}
+    for source, figures in scores.items():
+        for key in ("dice", "auroc", "epistemic_error_auroc", "tile_auroc"):
+            value = figures.get(key)
+            if value is not None and value == value and not (
+                key != "tile_auroc" and source == "oral_oscc"
+            ):
+                metrics[f"heldout_{source}_{key}"] = float(value)
+    metrics["heldout_synthetic_dice_tumor"] = round(synthetic_heldout_dice(cards, work_dir), 4)
+    reference = stain_reference(data_dir, model_mpp).to_dict()
+    for path in cards:
+        card = read_card(path)
+        write_card(
+            path,
+            replace(card, metrics={**card.metrics, **metrics}, stain_reference=reference),
+        )
+    log(f"held-out figures: {metrics}")
+    return scores
+
+
+def restart_member(
+    data_dir: str | os.PathLike[str],
+    card_path: Path,
+    out_dir: str | os.PathLike[str],
+    recipe: RealRecipe,
+    index: int,
+    *,
+    work_dir: str | os.PathLike[str],
+) -> Generator[TrainProgress, None, Path]:
+    """Run only the warm-restart phase of member `index`, from its saved first phase.
+
+    Gives the same member as :func:`train_real_ensemble` with ``restart_steps``
+    (the first phase's weights are what `card_path` holds), so a long run can
+    be split in two.
+    """
+    from napari_histo.models import load_model
+
+    loaded = load_model(card_path)
+    tiles = load_tumor_tiles(data_dir, recipe.model_mpp, split="train")
+    pools = _pools(tiles, recipe, Path(work_dir))
+    seed = recipe.seed * 1000 + index
+    strength = (1.0, 0.8, 1.2)[index % 3]
+    restart = replace(recipe, steps=recipe.restart_steps, lr=recipe.restart_lr)
+    batches = _Batches(pools, recipe, seed + RESTART_SEED, strength)
+    model = loaded.model
+    started = time.monotonic()
+    done = yield from _train_member(
+        model, batches, restart, loaded.card.normalisation, None, None
+    )
+    card = replace(
+        loaded.card,
+        notes=(
+            f"Trained by `napari-histo train --real DATA_DIR` (member {index}, augmentation "
+            f"strength {strength}, bootstrap seed {seed}) with {recipe}: {recipe.steps} steps, "
+            f"then a warm restart of {done} steps ({time.monotonic() - started:.0f} s) on "
+            f"torch {torch.__version__}."
+        ),
+    )
+    return save_model(model, card, out_dir)
