@@ -438,6 +438,8 @@ def infer_slide(
 
         stitcher = Stitcher(grid, channels=len(RESULT_ARRAYS), tiles=todo)
         read = _tile_reader(slide, grid)
+        if stain_source is not None:  # on the reader threads, like the decoding
+            read = lambda i, read=read: stain.transform(read(i), stain_source)  # noqa: E731
         batch_size = config.batch_size or default_batch_size(device)
         done_before = total - len(todo)
         pending: deque[tuple[int, Future[np.ndarray]]] = deque()
@@ -477,8 +479,6 @@ def infer_slide(
                     refill()
                     indices = [i for i, _ in take]
                     tiles = np.stack([f.result() for _, f in take])
-                    if stain_source is not None:
-                        tiles = stain.transform(tiles, stain_source)
                     outputs, batch_size = _predict_with_oom_retry(
                         members,
                         tiles,
