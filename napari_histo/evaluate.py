@@ -726,6 +726,10 @@ def write_reliability_png(
     path : str or PathLike
     title : str
     """
+    return atomic_write_bytes(path, _reliability_png(table, title))
+
+
+def _reliability_png(table: dict[str, list[float]], title: str) -> bytes:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -757,30 +761,36 @@ def write_reliability_png(
     fig.tight_layout()
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png")
-    return atomic_write_bytes(path, buffer.getvalue())
+    return buffer.getvalue()
 
 
 def write_outputs(evaluation: Evaluation, out_dir: str | os.PathLike[str]) -> dict[str, Path]:
     """Write ``tiles.csv``, ``summary.json`` and ``reliability.png`` to `out_dir` (atomically)."""
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     summary = evaluation.summary
     pooled = summary.get("pooled", {})
     ece = pooled.get("ece")
+    what = (
+        Path(summary["slide"]).name
+        if "slide" in summary
+        else f"{summary.get('tiles', len(evaluation.rows))} tiles"
+    )
     title = (
-        f"{summary.get('tiles', len(evaluation.rows))} tiles, "
+        f"{what}, "
         + ", ".join(f"{m['name']} {m['version']}" for m in summary.get("models", []))
         + (f"; ECE {ece:.3f}" if isinstance(ece, float) else "")
     )
-    files = {
-        "csv": atomic_write_bytes(out / "tiles.csv", _csv_bytes(evaluation.rows)),
-        "json": atomic_write_bytes(
-            out / "summary.json",
+    # Everything rendered first, so a failure leaves no partial report behind.
+    payloads = {
+        "csv": ("tiles.csv", _csv_bytes(evaluation.rows)),
+        "json": (
+            "summary.json",
             (json.dumps(summary, indent=2, ensure_ascii=False, allow_nan=False) + "\n").encode(),
         ),
-        "png": write_reliability_png(summary["reliability"], out / "reliability.png", title=title),
+        "png": ("reliability.png", _reliability_png(summary["reliability"], title)),
     }
-    return files
+    out.mkdir(parents=True, exist_ok=True)
+    return {key: atomic_write_bytes(out / name, data) for key, (name, data) in payloads.items()}
 
 
 # --------------------------------------------------------------------------- slides
