@@ -29,6 +29,7 @@ from napari_histo.models import (
     sha256_file,
     write_card,
 )
+from napari_histo.models.card import _OPTIONAL as _OPTIONAL_FIELDS
 from napari_histo.models.card import MAX_CARD_BYTES
 
 ARCHITECTURES = ("deeplabv3plus", "denseunet", "resunet")
@@ -238,7 +239,9 @@ def test_card_round_trip(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["resunet-1.0.json"]  # no temp file left
 
 
-@pytest.mark.parametrize("field", [f.name for f in dataclasses.fields(ModelCard)])
+@pytest.mark.parametrize(
+    "field", [f.name for f in dataclasses.fields(ModelCard) if f.name not in _OPTIONAL_FIELDS]
+)
 def test_card_missing_field_is_named(tmp_path, field):
     path = _card_json(tmp_path)
     data = json.loads(path.read_text())
@@ -246,6 +249,15 @@ def test_card_missing_field_is_named(tmp_path, field):
     path.write_text(json.dumps(data))
     with pytest.raises(WeightsError, match=rf"card\.json: missing field `{field}`"):
         read_card(path)
+
+
+def test_optional_fields_may_be_missing(tmp_path):
+    """Fields added after the format was fixed: older cards without them still load."""
+    path = _card_json(tmp_path)
+    data = json.loads(path.read_text())
+    assert not set(_OPTIONAL_FIELDS) & set(data)  # left out while unset
+    card = read_card(path)
+    assert all(getattr(card, name) is None for name in _OPTIONAL_FIELDS)
 
 
 BAD_VALUES = [
