@@ -75,7 +75,7 @@ class RealRecipe:
     mil_weight: float = 0.5
     #: A warm restart after `steps`: this many more steps from `restart_lr`, with a
     #: fresh optimiser and a new draw of batches (0: none).
-    restart_steps: int = 1200
+    restart_steps: int = 800
     restart_lr: float = 6e-4
     version: str = "2.0"
     members: tuple[tuple[str, dict], ...] = field(default=REAL_MEMBERS)
