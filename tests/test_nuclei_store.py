@@ -13,7 +13,7 @@ from napari_histo.cli import main
 from napari_histo.errors import SlideError, StoreError
 from napari_histo.io.slide import Slide
 from napari_histo.io.store import ResultGeometry
-from napari_histo.nuclei import segment_nuclei, segment_region
+from napari_histo.nuclei import ClassicalParams, segment_nuclei, segment_region
 from napari_histo.nuclei_features import read_nuclei_csv
 from napari_histo.nuclei_store import (
     COLUMNS,
@@ -77,7 +77,9 @@ def test_ids_unique_and_whole(stored):
     cy = np.round(table["centroid_y_um"] / MPP - 0.5).astype(int)
     cx = np.round(table["centroid_x_um"] / MPP - 0.5).astype(int)
     assert np.mean(tiled[cy, cx] == table["id"]) > 0.95  # centroids fall on their nucleus
-    assert np.all((table["area_um2"] >= 8) & (table["area_um2"] <= 400))
+    limits = ClassicalParams()
+    area = table["area_um2"]
+    assert np.all((area >= limits.min_area_um2 - 1e-9) & (area <= limits.max_area_um2 + 1e-9))
     assert np.all(np.isnan(table["tumor_probability"]))  # no tumour run in this store
 
 
