@@ -219,6 +219,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     import threading
 
     from napari_histo._progress import TextProgress
+    from napari_histo.paths import default_models_dir
     from napari_histo.training.default_ensemble import EnsembleRecipe, train_default_ensemble
 
     if args.nuclei and not args.synthetic:
@@ -232,7 +233,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     recipe = EnsembleRecipe(seed=args.seed, steps=args.steps or 1200, slide_px=args.slide_size)
     cancel = threading.Event()
     bars: dict[str, TextProgress] = {}
-    out = args.out or "resources/models"
+    out = args.out or default_models_dir()
     generator = train_default_ensemble(out, recipe, work_dir=args.work, cancel=cancel)
     try:
         while True:
@@ -255,6 +256,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 def _train_nuclei(args: argparse.Namespace) -> int:
     """``train --synthetic --nuclei``: the bundled learned nuclei model (hovernet)."""
     from napari_histo._progress import TextProgress
+    from napari_histo.paths import default_models_dir
     from napari_histo.training.nuclei import train_default_nuclei
 
     bar = TextProgress("training hovernet", unit="steps")
@@ -265,7 +267,7 @@ def _train_nuclei(args: argparse.Namespace) -> int:
 
     try:
         card = train_default_nuclei(
-            args.out or "resources/models", args.seed, steps=args.steps, progress=progress,
+            args.out or default_models_dir(), args.seed, steps=args.steps, progress=progress,
             workdir=args.work,
         )  # fmt: skip
     except KeyboardInterrupt:
@@ -281,6 +283,7 @@ def _train_from_annotations(args: argparse.Namespace) -> int:
 
     from napari_histo._progress import TextProgress
     from napari_histo.models import read_card
+    from napari_histo.models.versions import user_models_dir
     from napari_histo.training.finetune import FinetuneConfig, finetune_ensemble
     from napari_histo.training.retrain import (
         estimate_steps,
@@ -288,7 +291,6 @@ def _train_from_annotations(args: argparse.Namespace) -> int:
         resolve_cards,
         steps_per_epoch,
     )
-    from napari_histo.training.versions import user_models_dir
 
     if args.slide is None:
         raise ValueError("SLIDE is required (or pass --synthetic to train the default ensemble)")
@@ -353,7 +355,8 @@ def cmd_nuclei(args: argparse.Namespace) -> int:
     import threading
 
     from napari_histo._progress import TextProgress
-    from napari_histo.nuclei_store import export_csv, export_geojson, iter_nuclei_to_store
+    from napari_histo.nuclei.export import export_csv, export_geojson
+    from napari_histo.nuclei.store import iter_nuclei_to_store
 
     if not Path(args.slide).is_file():
         raise HistoError(f"{args.slide}: no such slide file")
@@ -480,7 +483,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--out", default=None,
-        help="weights + cards folder (default: user models dir; --synthetic: resources/models)",
+        help="weights + cards folder (default: user models dir; --synthetic: the bundled models, "
+        "napari_histo/resources/models)",
     )  # fmt: skip
     p.add_argument("--seed", type=_nonnegative_int, default=0, help="random seed")
     p.add_argument("--steps", type=_positive_int, default=None, help="steps per member")

@@ -15,19 +15,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import napari_histo.io.annotations as io_ann
-from napari_histo.annotations import Annotation, ellipse_polygon
+import napari_histo.io.annotations._common as io_ann
+from napari_histo._atomic import atomic_write_text
+from napari_histo.annotations.model import Annotation, ellipse_polygon
 from napari_histo.errors import AnnotationError
 from napari_histo.io.annotations import (
-    Autosaver,
-    atomic_write_text,
-    autosave_path,
     read_annotations,
     read_asap_xml,
     read_geojson,
     write_asap_xml,
     write_geojson,
 )
+from napari_histo.io.annotations.autosave import Autosaver, autosave_path
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -453,7 +452,7 @@ def test_autosave_path():
 
 CHILD = r"""
 import json, sys
-from napari_histo.io.annotations import atomic_write_text
+from napari_histo._atomic import atomic_write_text
 path, seed = sys.argv[1], int(sys.argv[2])
 k = 0
 while True:

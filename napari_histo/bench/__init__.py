@@ -17,7 +17,7 @@ __all__ = ["BENCHMARKS", "bench_slide", "run"]
 def bench_slide(size_px: int, seed: int = 1) -> Path:
     """A cached synthetic slide for benchmarks (generated on first use)."""
     from napari_histo._progress import TextProgress
-    from napari_histo.sample_data import cache_dir
+    from napari_histo.plugin.sample_data import cache_dir
     from napari_histo.synthetic import write_synthetic_slide
 
     path = cache_dir() / "bench" / f"synthetic_{size_px}px_seed{seed}.svs"
@@ -32,7 +32,7 @@ def bench_slide(size_px: int, seed: int = 1) -> Path:
 def bench_mosaic_slide(size_px: int = 100_000, tissue_fraction: float = 0.3) -> Path:
     """A cached `size_px`² mosaic slide of real synthetic tiles (seconds to write)."""
     from napari_histo.bench.mosaic import write_mosaic_slide
-    from napari_histo.sample_data import cache_dir
+    from napari_histo.plugin.sample_data import cache_dir
 
     path = cache_dir() / "bench" / f"mosaic_{size_px}px.svs"
     if not path.exists():

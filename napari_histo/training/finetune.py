@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from napari_histo.annotations import Annotation
+from napari_histo.annotations.model import Annotation
 from napari_histo.models import ModelCard, load_model, save_model
 from napari_histo.training.annotations import (
     SpatialSplit,

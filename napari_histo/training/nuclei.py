@@ -4,7 +4,7 @@ Patches are cut from synthetic slides (:mod:`napari_histo.synthetic`, 0.25 µm/p
 0, full-resolution nucleus labels) rescaled to the model's µm/px; each batch gets a
 random dihedral transform and colour jitter (:func:`~napari_histo.training.augment_batch`,
 applied to the image and the instance labels together), then its targets: nuclear
-pixels and the HV maps (:func:`~napari_histo.nuclei_learned.hv_targets`). The loss is
+pixels and the HV maps (:func:`~napari_histo.nuclei.learned.hv_targets`). The loss is
 HoVer-Net's: cross-entropy + Dice on the nuclear-pixel branch, MSE of the HV maps
 everywhere + MSE of their gradients (MSGE) within nuclei. Adam with a cosine schedule.
 
@@ -29,7 +29,7 @@ from scipy import ndimage as ndi
 from torch import nn
 
 from napari_histo.models import LoadedModel, ModelCard, build_model, save_model
-from napari_histo.nuclei_learned import hv_targets
+from napari_histo.nuclei.learned import hv_targets
 from napari_histo.training.augment import augment_batch
 
 __all__ = [
@@ -410,7 +410,7 @@ def save_nuclei_model(
     Path
         The card.
     """
-    from napari_histo.nuclei_eval import quality_of
+    from napari_histo.nuclei.evaluate import quality_of
 
     card = nuclei_card(recipe, normalisation)
     loaded = LoadedModel(model.eval(), card, Path("<memory>"))

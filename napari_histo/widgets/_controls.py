@@ -20,13 +20,13 @@ from qtpy.QtWidgets import (
     QVBoxLayout,
 )
 
-from napari_histo.live import MODES, LiveSettings
+from napari_histo.live.controller import MODES, LiveSettings
 from napari_histo.widgets._common import checked_names, member_checkboxes, run_cancel_buttons
 
 __all__ = ["ControlsMixin"]
 
 
-def _fmt_s(seconds: float | None) -> str:
+def fmt_s(seconds: float | None) -> str:
     if seconds is None:
         return "?"
     seconds = round(seconds)
@@ -39,7 +39,7 @@ class ControlsMixin:
     # -- UI -------------------------------------------------------------------
     def _build_ui(self, settings: LiveSettings) -> None:
         from napari_histo.models import read_card
-        from napari_histo.training.versions import active_cards
+        from napari_histo.models.versions import active_cards
 
         layout = QVBoxLayout(self)
         self.slide_label = QLabel("no slide")
