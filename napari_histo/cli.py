@@ -17,6 +17,7 @@ from pathlib import Path
 
 from napari_histo import __version__
 from napari_histo.errors import HistoError
+from napari_histo.generators import drive
 
 __all__ = ["main"]
 
@@ -235,15 +236,14 @@ def cmd_train(args: argparse.Namespace) -> int:
     bars: dict[str, TextProgress] = {}
     out = args.out or default_models_dir()
     generator = train_default_ensemble(out, recipe, work_dir=args.work, cancel=cancel)
+
+    def show(item) -> None:
+        member, event = item
+        bar = bars.setdefault(member, TextProgress(f"training {member}", unit="steps"))
+        bar(event.step, event.steps)
+
     try:
-        while True:
-            try:
-                member, event = next(generator)
-            except StopIteration as stop:
-                cards = stop.value
-                break
-            bar = bars.setdefault(member, TextProgress(f"training {member}", unit="steps"))
-            bar(event.step, event.steps)
+        cards = drive(generator, show)
     except KeyboardInterrupt:
         cancel.set()
         print("\ninterrupted: no new model version was written", file=sys.stderr)
@@ -320,16 +320,15 @@ def _train_from_annotations(args: argparse.Namespace) -> int:
         file=sys.stderr,
     )
     bars: dict[str, TextProgress] = {}
+
+    def show(item) -> None:
+        member, event = item
+        bar = bars.setdefault(member, TextProgress(f"training {member}", unit="steps"))
+        bar.desc = f"training {member} (loss {event.loss:.3f})"
+        bar(event.step, event.steps)
+
     try:
-        while True:
-            try:
-                member, event = next(generator)
-            except StopIteration as stop:
-                written = stop.value
-                break
-            bar = bars.setdefault(member, TextProgress(f"training {member}", unit="steps"))
-            bar.desc = f"training {member} (loss {event.loss:.3f})"
-            bar(event.step, event.steps)
+        written = drive(generator, show)
     except KeyboardInterrupt:
         cancel.set()
         generator.close()
@@ -366,18 +365,14 @@ def cmd_nuclei(args: argparse.Namespace) -> int:
         args.slide, method=args.method, region_l0=region, out_dir=args.out, cancel=cancel
     )
     bars: dict[str, TextProgress] = {}
+
+    def show(update) -> None:
+        unit = "levels" if update.stage == "pyramid" else "blocks"
+        bar = bars.setdefault(update.stage, TextProgress(f"nuclei {update.stage}", unit))
+        bar(update.done, update.total)
+
     try:
-        while True:
-            try:
-                update = next(generator)
-            except StopIteration as stop:
-                result = stop.value
-                break
-            if not args.quiet:
-                stage = update.stage
-                unit = "levels" if stage == "pyramid" else "blocks"
-                bar = bars.setdefault(stage, TextProgress(f"nuclei {stage}", unit))
-                bar(update.done, update.total)
+        result = drive(generator, None if args.quiet else show)
     except KeyboardInterrupt:
         cancel.set()
         generator.close()

@@ -13,15 +13,10 @@ import pytest
 import torch
 
 from napari_histo.errors import HistoError
-from napari_histo.inference.engine import (
-    EngineConfig,
-    area_average,
-    infer_slide,
-    run,
-    select_device,
-)
+from napari_histo.inference.engine import EngineConfig, infer_slide, run, select_device
 from napari_histo.io.store import RESULT_ARRAYS
 from napari_histo.models import ModelCard, build_model, load_model, save_model
+from napari_histo.resample import area_average
 from napari_histo.synthetic import write_synthetic_slide
 
 # Results agree to 1e-5 whatever the batch or thread count on CPU (float32). With

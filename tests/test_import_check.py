@@ -28,7 +28,9 @@ needs_tool = pytest.mark.skipif(not TOOL.is_file(), reason=f"{TOOL} not found")
 LAYERS: list[tuple[str, ...]] = [
     # base: no napari_histo imports beyond this layer
     ("napari_histo", "napari_histo.errors", "napari_histo.paths", "napari_histo.frames",
-     "napari_histo._atomic", "napari_histo._progress", "napari_histo.annotations.model",
+     "napari_histo._atomic", "napari_histo._progress", "napari_histo.generators",
+     "napari_histo.resample",
+     "napari_histo.annotations.model",
      "napari_histo.annotations.polygons", "napari_histo.synthetic", "napari_histo.metrics",
      "napari_histo.tiling"),
     ("napari_histo.io", "napari_histo.tissue"),

@@ -144,7 +144,7 @@ def _border_learned(slide_path: Path, out_dir: Path) -> dict[str, Any]:
 
 def _quality(method: str, n_tiles: int) -> dict[str, float]:
     from napari_histo.nuclei.evaluate import nuclei_quality
-    from napari_histo.plugin.sample_data import cache_dir
+    from napari_histo.paths import cache_dir
 
     try:
         from napari_histo.training.nuclei import HELDOUT_SEEDS

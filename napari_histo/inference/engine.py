@@ -31,6 +31,7 @@ import torch.nn.functional as F
 
 from napari_histo import __version__
 from napari_histo.errors import HistoError
+from napari_histo.generators import drive
 from napari_histo.inference.ensemble import ensemble_predict, tta_transforms
 from napari_histo.io.slide import Slide
 from napari_histo.io.store import (
@@ -42,6 +43,7 @@ from napari_histo.io.store import (
     slide_identity,
 )
 from napari_histo.models import LoadedModel
+from napari_histo.resample import area_average
 from napari_histo.tiling import Stitcher, TileGrid, make_grid, order_centre_out
 from napari_histo.tissue import slide_tissue_mask
 
@@ -223,39 +225,6 @@ def _tile_reader(slide: Slide, grid: TileGrid) -> Callable[[int], np.ndarray]:
         return tile
 
     return read
-
-
-def area_average(image: np.ndarray, factor: int) -> np.ndarray:
-    """Mean over `factor` × `factor` blocks of a uint8 image, as float32.
-
-    Sums in uint16 (exact for `factor` ≤ 16), about 9× faster than
-    ``ndarray.mean`` over reshaped axes, with identical results.
-
-    Parameters
-    ----------
-    image : ndarray of uint8, shape (H, W, C)
-        H and W multiples of `factor`.
-    factor : int
-        Block size in px, 1 to 16.
-
-    Returns
-    -------
-    ndarray of float32, shape (H // factor, W // factor, C)
-    """
-    if not 1 <= factor <= 16:
-        raise ValueError(f"`factor` must be in 1..16, got {factor!r}")
-    h, w, c = image.shape
-    if h % factor or w % factor:
-        raise ValueError(f"image shape {image.shape[:2]} is not a multiple of {factor}")
-    blocks = image.reshape(h // factor, factor, w // factor, factor, c)
-    total = blocks[:, 0, :, 0].astype(np.uint16)
-    for dy in range(factor):
-        for dx in range(factor):
-            if dy or dx:
-                total += blocks[:, dy, :, dx]
-    out = total.astype(np.float32)
-    out /= factor * factor
-    return out
 
 
 def predict_batch(
@@ -565,10 +534,4 @@ def run(
 
     Returns the generator's result, or None if it had already ended by an exception.
     """
-    while True:
-        try:
-            event = next(generator)
-        except StopIteration as stop:
-            return stop.value
-        if progress is not None:
-            progress(event)
+    return drive(generator, progress)

@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from napari_histo.frames import visible_region_l0
+from napari_histo.generators import mapped
 from napari_histo.live.settings import (
     MODES,
     LiveSettings,
@@ -471,25 +472,21 @@ class LiveController:
                     out_dir=self.out_dir,
                     cancel=cancel,
                 )
+
+                def update(progress, stage=stage, geometry=geometry, keep=keep, label=label):
+                    cells = [c for c in progress.cells if keep is None or not keep[c[:2]]]
+                    return LiveUpdate(
+                        stage,
+                        progress.done,
+                        progress.total,
+                        progress.elapsed_s,
+                        progress.eta_s,
+                        cell_updates(geometry, cells),
+                        label,
+                    )
+
                 try:
-                    while True:
-                        try:
-                            progress = next(gen)
-                        except StopIteration as stop:
-                            result = stop.value
-                            break
-                        yield LiveUpdate(
-                            stage,
-                            progress.done,
-                            progress.total,
-                            progress.elapsed_s,
-                            progress.eta_s,
-                            cell_updates(
-                                geometry,
-                                [c for c in progress.cells if keep is None or not keep[c[:2]]],
-                            ),
-                            label,
-                        )
+                    result = yield from mapped(gen, update)
                 finally:
                     # If this job is closed or abandoned mid-run, stop the engine now
                     # (its finally saves finished cells and joins its threads) instead

@@ -36,6 +36,7 @@ from skimage.feature import peak_local_max
 from skimage.filters import gaussian, threshold_otsu
 from skimage.segmentation import relabel_sequential, watershed
 
+from napari_histo.generators import drive
 from napari_histo.nuclei._common import (
     METHODS,
     _check_int,
@@ -541,13 +542,7 @@ def segment_region(
         level=level,
         params=params,
     )
-    while True:
-        try:
-            done, total = next(generator)
-        except StopIteration as stop:
-            return stop.value
-        if progress is not None:
-            progress(done, total)
+    return drive(generator, None if progress is None else lambda item: progress(*item))
 
 
 # -- measurements -------------------------------------------------------------------

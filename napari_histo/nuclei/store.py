@@ -44,6 +44,7 @@ import numpy as np
 import zarr
 from skimage.segmentation import relabel_sequential
 
+from napari_histo.generators import drive
 from napari_histo.io.slide import Slide
 from napari_histo.io.store import (
     RESULT_CODEC,
@@ -436,10 +437,4 @@ def nuclei_to_store(
 ) -> NucleiResult:
     """Run :func:`iter_nuclei_to_store` to the end; `progress` gets each :class:`NucleiProgress`."""
     generator = iter_nuclei_to_store(slide_path, **kwargs)
-    while True:
-        try:
-            update = next(generator)
-        except StopIteration as stop:
-            return stop.value
-        if progress is not None:
-            progress(update)
+    return drive(generator, progress)

@@ -43,7 +43,7 @@ from napari_histo.live.pyramid import (
 if TYPE_CHECKING:
     from napari_histo.io.store import ResultGeometry, ResultRun
 
-__all__ = ["LAYER_NAMES", "TAG", "OverlayLayers", "probability_name"]
+__all__ = ["LAYER_NAMES", "TAG", "OverlayLayers", "probability_name", "tumor_colormap"]
 
 #: Base layer name of each overlay.
 LAYER_NAMES = {
@@ -62,14 +62,21 @@ def probability_name(label: str = "") -> str:
     return LAYER_NAMES["probability"] + (f" ({label})" if label else "")
 
 
+def tumor_colormap(name: str = "histo tumor"):
+    """The tumour probability colours (transparent at 0, dark red → yellow), for every dock."""
+    from napari.utils.colormaps import Colormap
+
+    return Colormap(
+        colors=[[0.4, 0, 0, 0], [0.8, 0, 0.1, 0.15], [1, 0.2, 0, 0.65], [1, 1, 0.2, 0.9]],
+        controls=[0, 0.3, 0.6, 1],
+        name=name,
+    )
+
+
 def _colormaps():
     from napari.utils.colormaps import Colormap
 
-    tumor = Colormap(
-        colors=[[0.4, 0, 0, 0], [0.8, 0, 0.1, 0.15], [1, 0.2, 0, 0.65], [1, 1, 0.2, 0.9]],
-        controls=[0, 0.3, 0.6, 1],
-        name="histo tumor",
-    )
+    tumor = tumor_colormap()
     uncertainty = Colormap(
         colors=[[0, 0.2, 0.5, 0], [0, 0.6, 1, 0.5], [0.6, 1, 1, 0.9]],
         controls=[0, 0.5, 1],

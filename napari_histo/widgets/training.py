@@ -43,6 +43,7 @@ from napari_histo.widgets._common import (
     run_cancel_buttons,
     signal_finished,
 )
+from napari_histo.widgets._overlays import tumor_colormap
 
 if TYPE_CHECKING:
     import napari
@@ -471,17 +472,11 @@ class RetrainWidget(ShutdownMixin, QWidget):
         worker.start()
 
     def _show_compare(self, layer: Any, outputs: list, before: list, after: list) -> None:
-        from napari.utils.colormaps import Colormap
-
 
         if self._closed or any(o is None for o in outputs):
             self.set_status("cancelled")
             return
-        tumor = Colormap(  # the Tumor inference widget's probability colours
-            colors=[[0.4, 0, 0, 0], [0.8, 0, 0.1, 0.15], [1, 0.2, 0, 0.65], [1, 1, 0.2, 0.9]],
-            controls=[0, 0.3, 0.6, 1],
-            name="histo tumor (compare)",
-        )
+        tumor = tumor_colormap("histo tumor (compare)")  # the Tumor inference dock's colours
         mpp = self._mpp(layer)
         shift = None
         for (prob, geometry), versions in zip(outputs, (before, after), strict=True):
