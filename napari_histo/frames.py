@@ -26,8 +26,11 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from napari_histo.errors import RegionError
+
 __all__ = [
     "Pair",
+    "check_region_l0",
     "data_to_world",
     "drawn_region_l0",
     "grid_transform",
@@ -236,3 +239,30 @@ def data_to_world(data: Any, scale: Sequence[float], translate: Sequence[float])
     """A layer's data ``(row, col)`` rows → napari world rows (its last two axes)."""
     data = np.asarray(data, dtype=np.float64)[:, -2:]
     return data * np.asarray(scale[-2:], float) + np.asarray(translate[-2:], float)
+
+
+def check_region_l0(
+    region: Any, slide_dims: Sequence[int], *, name: str = "region_l0", path: Any = None
+) -> tuple[int, int, int, int]:
+    """`region` as level-0 ints ``(x, y, w, h)`` inside a slide of `slide_dims` ``(width, height)``.
+
+    Raises
+    ------
+    RegionError
+        One line naming the slide (`path`, when given), the parameter and the region:
+        not four integers, ``w`` or ``h`` not > 0, or not inside the slide.
+    """
+    prefix = f"{path}: " if path is not None else ""
+    ok = isinstance(region, Sequence | np.ndarray) and len(region) == 4
+    if not ok or not all(isinstance(v, int | np.integer) for v in region):
+        raise RegionError(f"{prefix}`{name}` must be 4 integers (x, y, w, h), got {region!r}")
+    x, y, w, h = (int(v) for v in region)
+    width, height = (int(v) for v in slide_dims)
+    if w <= 0 or h <= 0:
+        raise RegionError(f"{prefix}`{name}` {(x, y, w, h)} must have w, h > 0")
+    if x < 0 or y < 0 or x + w > width or y + h > height:
+        raise RegionError(
+            f"{prefix}`{name}` x={x},y={y},w={w},h={h} lies outside the slide "
+            f"({width} x {height} px)"
+        )
+    return x, y, w, h

@@ -35,12 +35,26 @@ MOVES = {
     "napari_histo.training.versions": "napari_histo.models.versions",
 }
 _KEYS = sorted(MOVES, key=len, reverse=True)
-# a module name not followed by another name character or a dot+name that is a submodule
-_PAT = re.compile(r"\b(" + "|".join(re.escape(k) for k in _KEYS) + r")(?![\w])(?!\.(?:model|geojson|asap|layers|from_probability|polygons|controller|settings|pyramid|threads|classical|learned|features|edit|evaluate|blocks|store|export)\b)")
+_PAT = re.compile(r"\b(" + "|".join(re.escape(k) for k in _KEYS) + r")(?![\w])(\.\w+)?")
+#: The new layout, to tell ``napari_histo.nuclei.store`` (new, keep) from
+#: ``napari_histo.nuclei.segment_nuclei`` (old module attribute, rewrite).
+_ROOT = Path(__file__).resolve().parents[1]
+
+
+def _is_module(dotted: str) -> bool:
+    path = _ROOT.joinpath(*dotted.split("."))
+    return path.with_suffix(".py").is_file() or (path / "__init__.py").is_file()
+
+
+def _replace(m: re.Match) -> str:
+    key, rest = m.group(1), m.group(2) or ""
+    if rest and _is_module(key + rest):
+        return m.group(0)  # already a module of the new layout
+    return MOVES[key] + rest
 
 
 def rewrite(text: str) -> str:
-    return _PAT.sub(lambda m: MOVES[m.group(1)], text)
+    return _PAT.sub(_replace, text)
 
 
 def main() -> int:

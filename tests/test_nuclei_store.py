@@ -229,7 +229,7 @@ def test_cli_nuclei_region_with_exports(synth, tmp_path, capsys):
     [
         (["{missing}"], "no such slide file"),
         (["{slide}", "--region", "1,2,3"], "--region must be x,y,w,h"),
-        (["{slide}", "--region", "0,0,99999,10"], "must have w, h > 0 and lie inside"),
+        (["{slide}", "--region", "0,0,99999,10"], "`region_l0` x=0,y=0,w=99999,h=10 lies outside"),
         (["{slide}", "--method", "magic"], "invalid choice: 'magic'"),
     ],
 )

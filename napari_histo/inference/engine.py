@@ -31,6 +31,7 @@ import torch.nn.functional as F
 
 from napari_histo import __version__
 from napari_histo.errors import HistoError
+from napari_histo.frames import check_region_l0
 from napari_histo.generators import drive
 from napari_histo.inference.ensemble import ensemble_predict, tta_transforms
 from napari_histo.io.slide import Slide
@@ -178,20 +179,11 @@ def _check_members(members: Sequence[LoadedModel]) -> LoadedModel:
 
 
 def _check_region(
-    region: Sequence[int] | None, width: int, height: int, path: Path
+    region: Sequence[int] | None, width: int, height: int, path: Path, name: str = "region"
 ) -> tuple[int, int, int, int]:
     if region is None:
         return 0, 0, width, height
-    if len(region) != 4 or not all(isinstance(v, int | np.integer) for v in region):
-        raise ValueError(f"`region` must be four ints x,y,w,h, got {region!r}")
-    x, y, w, h = (int(v) for v in region)
-    if w <= 0 or h <= 0:
-        raise ValueError(f"`region` width and height must be > 0, got {w}x{h}")
-    if x < 0 or y < 0 or x + w > width or y + h > height:
-        raise HistoError(
-            f"{path}: region x={x},y={y},w={w},h={h} lies outside the slide ({width} x {height} px)"
-        )
-    return x, y, w, h
+    return check_region_l0(region, (width, height), name=name, path=path)
 
 
 def _cells_meeting(grid: TileGrid, rect_l0: tuple[int, int, int, int]) -> np.ndarray:
@@ -376,7 +368,8 @@ def infer_slide(
             run_.mark_done(~covered)
         wanted = ~run_.done
         if within is not None:
-            wanted &= _cells_meeting(grid, _check_region(within, width, height, slide.path))
+            within_l0 = _check_region(within, width, height, slide.path, "within")
+            wanted &= _cells_meeting(grid, within_l0)
         todo = grid.tiles_touching(wanted)
         if centre is not None and len(todo):
             order = order_centre_out(grid, (float(centre[0]), float(centre[1])))

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 
 import numpy as np
+
+from napari_histo.frames import check_region_l0
 
 #: Segmentation backends of :func:`napari_histo.nuclei.classical.segment_nuclei`.
 METHODS = ("classical", "learned")
@@ -48,16 +49,7 @@ def _check_labels(labels: object, shape: tuple[int, ...] | None = None) -> np.nd
 
 
 def _check_region(region_l0: object, dims: tuple[int, int]) -> tuple[int, int, int, int]:
-    ok = isinstance(region_l0, Sequence) and len(region_l0) == 4
-    ok = ok and all(isinstance(v, int | np.integer) for v in region_l0)
-    if not ok:
-        raise ValueError(f"`region_l0` must be 4 integers (x, y, w, h), got {region_l0!r}")
-    x, y, w, h = (int(v) for v in region_l0)
-    if w <= 0 or h <= 0 or x < 0 or y < 0 or x + w > dims[0] or y + h > dims[1]:
-        raise ValueError(
-            f"`region_l0` {(x, y, w, h)} must have w, h > 0 and lie inside the slide {dims}"
-        )
-    return x, y, w, h
+    return check_region_l0(region_l0, dims, name="region_l0")
 
 
 def _check_int(name: str, value: object, minimum: int) -> int:
