@@ -3,8 +3,8 @@
 A model on disk is a JSON card (:mod:`napari_histo.models.card`) plus the weights
 file it names, in the same folder::
 
-    resources/models/resunet-1.0.json
-    resources/models/resunet-1.0.safetensors
+    napari_histo/resources/models/resunet-1.0.json
+    napari_histo/resources/models/resunet-1.0.safetensors
 
 Loading checks, in order: the weights file exists and is not a pickle; its
 SHA-256 equals the card's; (safetensors) every tensor name, shape and dtype kind
