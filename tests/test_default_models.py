@@ -1,4 +1,4 @@
-"""The default ensemble shipped in napari_histo/resources/models (package data): safe, small, honest cards, and good."""
+"""The default ensemble shipped as package data: safe, small, honest cards, and good."""
 
 from __future__ import annotations
 
