@@ -8,6 +8,7 @@ without a display.
 from napari_histo.errors import (
     AnnotationError,
     HistoError,
+    RegionError,
     SlideError,
     StoreError,
     WeightsError,
@@ -18,6 +19,7 @@ __version__ = "0.1.0"
 __all__ = [
     "AnnotationError",
     "HistoError",
+    "RegionError",
     "SlideError",
     "StoreError",
     "WeightsError",

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from napari_histo import __version__
 from napari_histo.errors import HistoError
+from napari_histo.generators import drive
 
 __all__ = ["main"]
 
@@ -219,6 +220,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     import threading
 
     from napari_histo._progress import TextProgress
+    from napari_histo.paths import default_models_dir
     from napari_histo.training.default_ensemble import EnsembleRecipe, train_default_ensemble
 
     if args.real is not None:
@@ -239,17 +241,16 @@ def cmd_train(args: argparse.Namespace) -> int:
     recipe = EnsembleRecipe(seed=args.seed, steps=args.steps or 1200, slide_px=args.slide_size)
     cancel = threading.Event()
     bars: dict[str, TextProgress] = {}
-    out = args.out or "resources/models"
+    out = args.out or default_models_dir()
     generator = train_default_ensemble(out, recipe, work_dir=args.work, cancel=cancel)
+
+    def show(item) -> None:
+        member, event = item
+        bar = bars.setdefault(member, TextProgress(f"training {member}", unit="steps"))
+        bar(event.step, event.steps)
+
     try:
-        while True:
-            try:
-                member, event = next(generator)
-            except StopIteration as stop:
-                cards = stop.value
-                break
-            bar = bars.setdefault(member, TextProgress(f"training {member}", unit="steps"))
-            bar(event.step, event.steps)
+        cards = drive(generator, show)
     except KeyboardInterrupt:
         cancel.set()
         print("\ninterrupted: no new model version was written", file=sys.stderr)
@@ -268,7 +269,9 @@ def _train_real(args: argparse.Namespace) -> int:
     data = Path(args.real)
     if not data.is_dir():
         raise HistoError(f"{data}: no such real-data folder")
-    out = args.out or "resources/models"
+    from napari_histo.paths import default_models_dir
+
+    out = args.out or default_models_dir()
     if args.nuclei:
         from napari_histo.training.real_nuclei import train_real_nuclei
 
@@ -303,6 +306,7 @@ def _train_real(args: argparse.Namespace) -> int:
 def _train_nuclei(args: argparse.Namespace) -> int:
     """``train --synthetic --nuclei``: the bundled learned nuclei model (hovernet)."""
     from napari_histo._progress import TextProgress
+    from napari_histo.paths import default_models_dir
     from napari_histo.training.nuclei import train_default_nuclei
 
     bar = TextProgress("training hovernet", unit="steps")
@@ -313,7 +317,7 @@ def _train_nuclei(args: argparse.Namespace) -> int:
 
     try:
         card = train_default_nuclei(
-            args.out or "resources/models", args.seed, steps=args.steps, progress=progress,
+            args.out or default_models_dir(), args.seed, steps=args.steps, progress=progress,
             workdir=args.work,
         )  # fmt: skip
     except KeyboardInterrupt:
@@ -329,6 +333,7 @@ def _train_from_annotations(args: argparse.Namespace) -> int:
 
     from napari_histo._progress import TextProgress
     from napari_histo.models import read_card
+    from napari_histo.models.versions import user_models_dir
     from napari_histo.training.finetune import FinetuneConfig, finetune_ensemble
     from napari_histo.training.retrain import (
         estimate_steps,
@@ -336,7 +341,6 @@ def _train_from_annotations(args: argparse.Namespace) -> int:
         resolve_cards,
         steps_per_epoch,
     )
-    from napari_histo.training.versions import user_models_dir
 
     if args.slide is None:
         raise ValueError("SLIDE is required (or pass --synthetic to train the default ensemble)")
@@ -366,16 +370,15 @@ def _train_from_annotations(args: argparse.Namespace) -> int:
         file=sys.stderr,
     )
     bars: dict[str, TextProgress] = {}
+
+    def show(item) -> None:
+        member, event = item
+        bar = bars.setdefault(member, TextProgress(f"training {member}", unit="steps"))
+        bar.desc = f"training {member} (loss {event.loss:.3f})"
+        bar(event.step, event.steps)
+
     try:
-        while True:
-            try:
-                member, event = next(generator)
-            except StopIteration as stop:
-                written = stop.value
-                break
-            bar = bars.setdefault(member, TextProgress(f"training {member}", unit="steps"))
-            bar.desc = f"training {member} (loss {event.loss:.3f})"
-            bar(event.step, event.steps)
+        written = drive(generator, show)
     except KeyboardInterrupt:
         cancel.set()
         generator.close()
@@ -401,7 +404,8 @@ def cmd_nuclei(args: argparse.Namespace) -> int:
     import threading
 
     from napari_histo._progress import TextProgress
-    from napari_histo.nuclei_store import export_csv, export_geojson, iter_nuclei_to_store
+    from napari_histo.nuclei.export import export_csv, export_geojson
+    from napari_histo.nuclei.store import iter_nuclei_to_store
 
     if not Path(args.slide).is_file():
         raise HistoError(f"{args.slide}: no such slide file")
@@ -411,18 +415,14 @@ def cmd_nuclei(args: argparse.Namespace) -> int:
         args.slide, method=args.method, region_l0=region, out_dir=args.out, cancel=cancel
     )
     bars: dict[str, TextProgress] = {}
+
+    def show(update) -> None:
+        unit = "levels" if update.stage == "pyramid" else "blocks"
+        bar = bars.setdefault(update.stage, TextProgress(f"nuclei {update.stage}", unit))
+        bar(update.done, update.total)
+
     try:
-        while True:
-            try:
-                update = next(generator)
-            except StopIteration as stop:
-                result = stop.value
-                break
-            if not args.quiet:
-                stage = update.stage
-                unit = "levels" if stage == "pyramid" else "blocks"
-                bar = bars.setdefault(stage, TextProgress(f"nuclei {stage}", unit))
-                bar(update.done, update.total)
+        result = drive(generator, None if args.quiet else show)
     except KeyboardInterrupt:
         cancel.set()
         generator.close()
@@ -619,7 +619,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--out", default=None,
-        help="weights + cards folder (default: user models dir; --synthetic: resources/models)",
+        help="weights + cards folder (default: user models dir; --synthetic: the bundled models, "
+        "napari_histo/resources/models)",
     )  # fmt: skip
     p.add_argument("--seed", type=_nonnegative_int, default=0, help="random seed")
     p.add_argument("--steps", type=_positive_int, default=None, help="steps per member")

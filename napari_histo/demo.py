@@ -105,7 +105,7 @@ def run_demo(
     import napari
 
     from napari_histo._progress import TextProgress
-    from napari_histo.sample_data import sample_slide_path
+    from napari_histo.plugin.sample_data import sample_slide_path
 
     if slide is None:
         path = sample_slide_path(size_px, progress=TextProgress("sample slide"))

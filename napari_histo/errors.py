@@ -42,3 +42,12 @@ class AnnotationError(HistoError):
 
 class StoreError(HistoError):
     """A result store is unreadable, unwritable or inconsistent."""
+
+
+class RegionError(HistoError, ValueError):
+    """A level-0 region ``(x, y, w, h)`` is malformed or does not lie inside the slide.
+
+    One type for every job that takes a region (inference, nuclei, fine-tuning
+    views); a :class:`ValueError` too, so callers catching either see it.
+    Raised by :func:`napari_histo.frames.check_region_l0`.
+    """

@@ -29,9 +29,9 @@ from typing import Any
 
 import numpy as np
 
+from napari_histo._atomic import atomic_write_bytes
 from napari_histo.errors import HistoError
 from napari_histo.inference.tiles import predict_tile
-from napari_histo.io.atomic import atomic_write_bytes
 from napari_histo.metrics import auroc, expected_calibration_error, reliability
 from napari_histo.models import LoadedModel
 from napari_histo.stain import StainNormaliser, StainWarning
@@ -864,7 +864,7 @@ def evaluate_slide(
     """
     import tempfile
 
-    from napari_histo.annotations import rasterize
+    from napari_histo.annotations.model import rasterize
     from napari_histo.inference.engine import EngineConfig, infer_slide
     from napari_histo.io.slide import Slide
     from napari_histo.stain import resolve as resolve_stain

@@ -33,6 +33,8 @@ from functools import cached_property
 
 import numpy as np
 
+from napari_histo.frames import model_downsample
+
 __all__ = ["Stitcher", "TileGrid", "blend_weights", "make_grid", "order_centre_out"]
 
 #: Smallest blend weight along one axis, so every pixel that any tile covers has
@@ -253,7 +255,7 @@ def make_grid(
     x0, y0, w0, h0 = (_check_number("region_l0", v, positive=False) for v in region_l0)
     if w0 <= 0 or h0 <= 0:
         raise ValueError(f"`region_l0` must have w > 0 and h > 0, got {tuple(region_l0)!r}")
-    scale = model_mpp / slide_mpp
+    scale = model_downsample(model_mpp, slide_mpp)
     stride = _stride(tile_px, overlap)
     # 1e-9 guards against float noise pushing an exact multiple across an integer.
     mx0, my0 = math.floor(x0 / scale + 1e-9), math.floor(y0 / scale + 1e-9)

@@ -26,6 +26,8 @@ import numpy as np
 from scipy import ndimage
 from skimage import color, filters, morphology
 
+from napari_histo.resample import block_mean_uint8
+
 if TYPE_CHECKING:
     from napari_histo.io.slide import Slide
 
@@ -360,18 +362,7 @@ def read_downsampled(
     for lvl_y in range(0, lvl_h, band_rows):
         h = min(band_rows, lvl_h - lvl_y)
         band = slide.read_level_region(level, 0, lvl_y, lvl_w, h)
-        out[lvl_y // k : lvl_y // k + -(-h // k)] = _block_mean(band, k)
+        out[lvl_y // k : lvl_y // k + -(-h // k)] = block_mean_uint8(band, k)
     return out, level_ds * k
 
 
-def _block_mean(rgb: np.ndarray, k: int) -> np.ndarray:
-    """Mean of k×k blocks of an (h, w, 3) uint8 image; partial blocks padded white."""
-    if k == 1:
-        return rgb
-    h, w = rgb.shape[:2]
-    ph, pw = -h % k, -w % k
-    if ph or pw:
-        rgb = np.pad(rgb, ((0, ph), (0, pw), (0, 0)), constant_values=255)
-    blocks = rgb.reshape(rgb.shape[0] // k, k, rgb.shape[1] // k, k, 3)
-    sums = blocks.sum(axis=(1, 3), dtype=np.uint32)
-    return ((sums + (k * k) // 2) // (k * k)).astype(np.uint8)

@@ -15,19 +15,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import napari_histo.io.annotations as io_ann
-from napari_histo.annotations import Annotation, ellipse_polygon
+import napari_histo.io.annotations._common as io_ann
+from napari_histo._atomic import atomic_write_text
+from napari_histo.annotations.model import Annotation, ellipse_polygon
 from napari_histo.errors import AnnotationError
 from napari_histo.io.annotations import (
-    Autosaver,
-    atomic_write_text,
-    autosave_path,
     read_annotations,
     read_asap_xml,
     read_geojson,
     write_asap_xml,
     write_geojson,
 )
+from napari_histo.io.annotations.autosave import Autosaver, autosave_path
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -415,21 +414,43 @@ def test_fuzz_only_annotation_error_or_success(tmp_path):
 
 
 def test_fuzz_asap(tmp_path):
+    """Like the GeoJSON fuzz: a one-line AnnotationError or a result that can be saved again."""
     rng = np.random.default_rng(7)
     base = write_asap_xml(tmp_path / "base.xml", sample_annotations()).read_bytes()
     path = tmp_path / "fuzz.xml"
-    for trial in range(150):
+    outcomes = {"ok": 0, "error": 0, "skipped": 0}
+    for trial in range(300):
+        kind = trial % 3
         data = bytearray(base)
-        if trial % 2:
+        if kind == 0:  # truncation
             data = data[: int(rng.integers(0, len(data)))]
-        else:
+        elif kind == 1:  # printable byte flips
             for pos in rng.integers(0, len(data), rng.integers(1, 6)):
                 data[pos] = int(rng.integers(32, 127))
+        else:  # a coordinate replaced by a non-number, NaN, Infinity or a huge value
+            text = base.decode()
+            starts = [i + 4 for i in range(len(text)) if text.startswith(' X="', i)]
+            i = int(rng.choice(starts))
+            end = text.index('"', i)
+            literal = ["NaN", "inf", "-Infinity", "abc", "1e99", ""][rng.integers(6)]
+            data = bytearray((text[:i] + literal + text[end:]).encode())
         path.write_bytes(bytes(data))
         try:
-            read_asap_xml(path)
-        except AnnotationError:
-            pass
+            got = read_asap_xml(path)
+        except AnnotationError as exc:
+            assert "\n" not in str(exc)
+            assert str(path) in str(exc)
+            outcomes["error"] += 1
+            continue
+        outcomes["ok"] += 1
+        assert all(p.startswith(("feature ", "annotation ", "file:")) for p in got.problems)
+        for ann in got.annotations:  # what loads is finite and within the coordinate limit
+            assert np.isfinite(ann.coords).all() and np.abs(ann.coords).max() <= 1e7
+        write_asap_xml(tmp_path / "rewrite.xml", got.annotations)  # what loads can be saved
+        if kind == 2 and got.problems:  # a bad coordinate skips its annotation, not the file
+            outcomes["skipped"] += 1
+            assert len(got.annotations) >= len(sample_annotations()) - 1
+    assert outcomes["ok"] >= 50 and outcomes["error"] >= 50 and outcomes["skipped"] >= 30, outcomes
 
 
 # -- atomic writes, backups, SIGKILL ------------------------------------------------
@@ -453,7 +474,7 @@ def test_autosave_path():
 
 CHILD = r"""
 import json, sys
-from napari_histo.io.annotations import atomic_write_text
+from napari_histo._atomic import atomic_write_text
 path, seed = sys.argv[1], int(sys.argv[2])
 k = 0
 while True:

@@ -7,34 +7,34 @@ import math
 import numpy as np
 import pytest
 
-from napari_histo.annotation_layers import (
+from napari_histo.annotations.from_probability import (
+    probability_to_annotations,
+    probability_to_crop,
+    probability_window,
+)
+from napari_histo.annotations.layers import (
     CropGeometry,
     annotations_to_shapes,
     classes_path,
     crop_for_region,
     crop_to_annotations,
-    l0_to_world,
-    layer_l0_transform,
     load_classes,
-    probability_to_annotations,
-    probability_to_crop,
-    probability_window,
     rasterize_crop,
     save_classes,
     shapes_to_annotations,
-    world_to_l0,
 )
-from napari_histo.annotations import DEFAULT_CLASSES, Annotation, AnnotationClass, rasterize
+from napari_histo.annotations.model import DEFAULT_CLASSES, Annotation, AnnotationClass, rasterize
 from napari_histo.errors import AnnotationError
+from napari_histo.frames import l0_to_world, layer_l0_transform, layer_mpp, world_to_l0
 from napari_histo.io.annotations import read_geojson
-from napari_histo.io.writer import labels_annotations, layer_mpp, write_labels, write_shapes
-from napari_histo.nuclei_edit import (
+from napari_histo.nuclei.edit import (
     delete_labels,
     merge_labels,
     relabel,
     split_by_line,
     split_watershed,
 )
+from napari_histo.plugin.writer import labels_annotations, write_labels, write_shapes
 
 MPP = (0.25, 0.5)
 
@@ -273,7 +273,9 @@ def test_writer_labels_without_mpp_are_level0_pixels():
     labels = np.zeros((20, 20), np.int32)
     labels[2:6, 3:9] = 17
     (ann,) = labels_annotations(labels, {"metadata": {}})
-    assert layer_mpp({}) == (1.0, 1.0)
+    assert layer_mpp({}, default=(1.0, 1.0)) == (1.0, 1.0)
+    with pytest.raises(ValueError, match="no `mpp`"):
+        layer_mpp({})
     assert ann.label == "label 17"
     x0, y0, x1, y1 = ann.bounds
     assert abs(x0 - 3) <= 0.5 and abs(y0 - 2) <= 0.5 and abs(x1 - 9) <= 0.5 and abs(y1 - 6) <= 0.5

@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from napari_histo.annotation_layers import l0_to_world
-from napari_histo.annotations import Annotation
+from napari_histo.annotations.model import Annotation
 from napari_histo.bench.annotations import synthetic_polygons
+from napari_histo.frames import l0_to_world
 from napari_histo.io.annotations import read_geojson, write_geojson
 from tests.slides import textured_rgb, write_aperio_svs
 
@@ -257,7 +257,7 @@ def test_writers_through_napari_save(make_napari_viewer, tmp_path, slide):
     viewer, widget = open_annotate(make_napari_viewer, slide)
     anns = [Annotation.from_bbox(10, 20, 110, 220, label="tumor"),
             Annotation.from_ellipse(600, 500, 90, 40, 0.4, label="non-tumor")]  # fmt: skip
-    widget._set_annotations(anns)
+    widget.set_annotations(anns)
     out = tmp_path / "shapes.geojson"
     napari.save_layers(str(out), [viewer.layers["annotations"]], plugin="napari-histo")
     got = read_geojson(out).annotations
@@ -356,7 +356,7 @@ def granularity_screenshots(viewer, widget, mask, mask_ds, out_dir) -> dict[str,
     `mask` is a 0/1 array at `mask_ds` level-0 px per pixel (origin 0, 0); the
     docs' PNGs are made by this function on a synthetic slide (see docs/annotations.md).
     """
-    from napari_histo.annotations import mask_to_bbox, mask_to_ellipse
+    from napari_histo.annotations.model import mask_to_bbox, mask_to_ellipse
 
     out_dir = Path(out_dir)
     shots = {}
@@ -364,14 +364,14 @@ def granularity_screenshots(viewer, widget, mask, mask_ds, out_dir) -> dict[str,
     viewer.reset_view()
     for gran, derive in (("bbox", mask_to_bbox), ("ellipse", mask_to_ellipse)):
         anns = derive(mask, mask_ds, label="tumor", author="docs")
-        widget._set_annotations(anns, background=False)
+        widget.set_annotations(anns, background=False)
         widget.granularity.setCurrentText(gran)
         widget.activate()
         viewer.layers["annotations"].selected_data = set()
         widget.set_status(f"{len(anns)} {gran} annotations (derived from the tumor mask)")
         shots[gran] = out_dir / f"annotation_{gran}.png"
         viewer.screenshot(str(shots[gran]), canvas_only=False)
-    widget._set_annotations([], background=False)
+    widget.set_annotations([], background=False)
     rows, cols = np.nonzero(mask)
     r, c = rows.mean(), cols.mean()
     half = max(rows.max() - rows.min(), cols.max() - cols.min()) * 0.45 * mask_ds

@@ -8,18 +8,20 @@ import numpy as np
 import pytest
 from skimage import draw
 
-from napari_histo.annotations import (
+from napari_histo.annotations.model import (
     IGNORE_INDEX,
     Annotation,
     AnnotationClass,
     class_index,
     ellipse_polygon,
-    find_self_intersections,
-    is_simple_polygon,
     mask_to_bbox,
     mask_to_ellipse,
     mask_to_polygons,
     rasterize,
+)
+from napari_histo.annotations.polygons import (
+    find_self_intersections,
+    is_simple_polygon,
     simple_polygons,
 )
 

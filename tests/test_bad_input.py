@@ -12,8 +12,8 @@ import pytest
 from PIL import Image
 
 from napari_histo.errors import HistoError, SlideError
-from napari_histo.io.reader import napari_get_reader
 from napari_histo.io.slide import Slide
+from napari_histo.plugin.reader import napari_get_reader
 
 
 @pytest.fixture(scope="module")

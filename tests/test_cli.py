@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from napari_histo.cli import main
+from napari_histo.paths import default_models_dir
 
 
 def run_cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
@@ -130,7 +131,7 @@ def test_infer_refuses_pickled_weights(infer_slide_path, tmp_path):
 
     models = tmp_path / "models"
     models.mkdir()
-    shutil.copy(Path(__file__).parents[1] / "resources/models/deeplabv3plus-1.0.json", models)
+    shutil.copy(default_models_dir() / "deeplabv3plus-1.0.json", models)
     card = json.loads((models / "deeplabv3plus-1.0.json").read_text())
     torch.save({"w": torch.zeros(1)}, models / card["weights_file"])
     proc = run_cli("infer", str(infer_slide_path), "--models-dir", str(models), "--quiet")
@@ -174,7 +175,8 @@ def test_infer_ctrl_c_stops_cleanly_and_resumes(tmp_path):
 def annotated_slide(tmp_path_factory):
     """2048 px synthetic slide + truth annotations in its autosave file + a weak model card."""
     from napari_histo.bench.train import TARGET_SEED, _slide, truth_annotations, weak_model
-    from napari_histo.io.annotations import autosave_path, write_geojson
+    from napari_histo.io.annotations import write_geojson
+    from napari_histo.io.annotations.autosave import autosave_path
 
     root = tmp_path_factory.mktemp("cli_train")
     slide = _slide(root, TARGET_SEED, 2048)
@@ -212,8 +214,9 @@ def test_train_from_annotations_writes_new_version(annotated_slide, train_env, c
     ],
 )
 def test_train_bad_input_exit_2(annotated_slide, train_env, tmp_path, capsys, case, message):
-    from napari_histo.annotations import Annotation
-    from napari_histo.io.annotations import autosave_path, read_geojson, write_geojson
+    from napari_histo.annotations.model import Annotation
+    from napari_histo.io.annotations import read_geojson, write_geojson
+    from napari_histo.io.annotations.autosave import autosave_path
 
     slide, card = annotated_slide
     anns = read_geojson(autosave_path(slide)).annotations

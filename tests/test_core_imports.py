@@ -15,7 +15,7 @@ import napari_histo
 GUI_PREFIXES = (
     "napari_histo.widgets",
     "napari_histo.demo",
-    "napari_histo.sample_data",
+    "napari_histo.plugin.sample_data",
     "napari_histo.bench.",
 )
 
@@ -33,8 +33,10 @@ def test_core_module_list_is_complete():
     core = core_modules()
     for name in (
         "napari_histo.io.slide", "napari_histo.io.store", "napari_histo.inference.engine",
-        "napari_histo.training.finetune", "napari_histo.nuclei_store", "napari_histo.live",
-        "napari_histo.annotation_layers", "napari_histo.io.writer", "napari_histo.cli",
+        "napari_histo.training.finetune", "napari_histo.nuclei.store",
+        "napari_histo.live.controller", "napari_histo.annotations.layers",
+        "napari_histo.plugin.writer", "napari_histo.frames", "napari_histo.paths",
+        "napari_histo.cli",
     ):
         assert name in core
 

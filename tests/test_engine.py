@@ -12,16 +12,11 @@ import numpy as np
 import pytest
 import torch
 
-from napari_histo.errors import HistoError
-from napari_histo.inference.engine import (
-    EngineConfig,
-    area_average,
-    infer_slide,
-    run,
-    select_device,
-)
+from napari_histo.errors import HistoError, RegionError
+from napari_histo.inference.engine import EngineConfig, infer_slide, run, select_device
 from napari_histo.io.store import RESULT_ARRAYS
 from napari_histo.models import ModelCard, build_model, load_model, save_model
+from napari_histo.resample import area_average
 from napari_histo.synthetic import write_synthetic_slide
 
 # Results agree to 1e-5 whatever the batch or thread count on CPU (float32). With
@@ -164,9 +159,9 @@ def test_region(slide, cards, tmp_path):
     assert res.geometry.origin_l0 == (1024, 1024)
     assert res.geometry.shape == (-(-900 // 8), -(-1500 // 8))  # covers the region
     assert res.run.complete
-    with pytest.raises(HistoError, match=r"s\.svs: region .* outside the slide \(4096 x 4096"):
+    with pytest.raises(RegionError, match=r"s\.svs: `region` .* outside the slide \(4096 x 4096"):
         run(infer_slide(slide, members, region=(4000, 0, 500, 500), out_dir=tmp_path))
-    with pytest.raises(ValueError, match="`region` must be four ints"):
+    with pytest.raises(ValueError, match="`region` must be 4 integers"):
         run(infer_slide(slide, members, region=(1, 2, 3), out_dir=tmp_path))
 
 

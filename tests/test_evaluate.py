@@ -319,9 +319,9 @@ TILES = REAL / "tiles"  # four whole CAMELYON16 tiles (CC0), see their PROVENANC
 
 def _annotated_slide(root: Path) -> tuple[Path, Path, float]:
     """Two real tiles on glass in an Aperio slide, their masks as QuPath-style GeoJSON."""
-    from napari_histo.annotations import Annotation
+    from napari_histo.annotations.from_probability import probability_to_annotations
+    from napari_histo.annotations.model import Annotation
     from napari_histo.io.annotations import write_geojson
-    from napari_histo.probability_annotations import probability_to_annotations
     from tests.slides import write_aperio_svs
 
     glass = 64

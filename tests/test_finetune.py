@@ -7,7 +7,7 @@ import threading
 import numpy as np
 import pytest
 
-from napari_histo.annotations import Annotation
+from napari_histo.annotations.model import Annotation
 from napari_histo.errors import HistoError
 from napari_histo.models import build_model, latest_cards, load_model, read_card
 from napari_histo.training.annotations import (
@@ -292,13 +292,13 @@ def test_versions_active_choice_persists(tmp_path, monkeypatch):
     import dataclasses
 
     from napari_histo.models import ModelCard, default_models_dir, save_model
-    from napari_histo.training.retrain import estimate_steps, parent_card, resolve_cards
-    from napari_histo.training.versions import (
+    from napari_histo.models.versions import (
         active_cards,
         all_versions,
         set_active_version,
         versions_path,
     )
+    from napari_histo.training.retrain import estimate_steps, parent_card, resolve_cards
 
     monkeypatch.setenv("NAPARI_HISTO_MODELS", str(tmp_path / "models"))
     monkeypatch.setenv("NAPARI_HISTO_CONFIG", str(tmp_path / "config"))

@@ -10,18 +10,17 @@ import threading
 import numpy as np
 import pytest
 
+from napari_histo.frames import overlay_transform, visible_region_l0
 from napari_histo.io.store import ResultGeometry
-from napari_histo.live import (
+from napari_histo.live.controller import (
     Debouncer,
     LiveController,
     LiveSettings,
     cell_updates,
     follow_action,
     load_settings,
-    overlay_transform,
     save_settings,
     settings_path,
-    visible_region_l0,
 )
 from napari_histo.synthetic import write_synthetic_slide
 
@@ -152,8 +151,8 @@ def test_settings_validation_and_unknown_keys():
 
 def test_core_imports_no_qt():
     code = (
-        "import sys, napari_histo.live, napari_histo.live_pyramid, napari_histo.live_settings, "
-        "napari_histo.live_threads; "
+        "import sys, napari_histo.live.controller, napari_histo.live.pyramid, "
+        "napari_histo.live.settings, napari_histo.live.threads; "
         "print(any(m.startswith(('qtpy', 'PyQt', 'napari.', 'vispy')) for m in sys.modules))"
     )
     import subprocess
@@ -210,7 +209,7 @@ def test_preview_stage_runs_first_and_cancel_stops(slide, tmp_path):
 # -- overlay pyramids ------------------------------------------------------------
 def test_pyramid_levels_match_the_store_display_pyramid(tmp_path):
     from napari_histo.io.store import ResultStore
-    from napari_histo.live_pyramid import OverlayPyramid, level_shapes
+    from napari_histo.live.pyramid import OverlayPyramid, level_shapes
 
     g = ResultGeometry(origin_l0=(0, 0), downsample=8.0, shape=(700, 1100), cell_px=100, mpp=2.0)
     run_ = ResultStore(tmp_path / "s.zarr", {"name": "s"}).create_or_resume({"a": 1}, g)
@@ -231,7 +230,7 @@ def test_pyramid_levels_match_the_store_display_pyramid(tmp_path):
 
 
 def test_pyramid_write_rewrites_only_the_changed_region():
-    from napari_histo.live_pyramid import OverlayPyramid, level_box
+    from napari_histo.live.pyramid import OverlayPyramid, level_box
 
     pyramid = OverlayPyramid((512, 768), min_px=64)
     shapes = [(512, 768), (256, 384), (128, 192), (64, 96), (32, 48)]
@@ -255,7 +254,7 @@ def test_pyramid_write_rewrites_only_the_changed_region():
 
 
 def test_threshold_levels_within_a_box():
-    from napari_histo.live_pyramid import OverlayPyramid, threshold_levels
+    from napari_histo.live.pyramid import OverlayPyramid, threshold_levels
 
     prob = OverlayPyramid((64, 64), min_px=16)
     prob.write(slice(0, 32), slice(0, 32), np.full((32, 32), 0.9, np.float32))
@@ -269,7 +268,7 @@ def test_threshold_levels_within_a_box():
 
 # -- progressive refinement and job threads -----------------------------------------
 def test_stage_labels_and_preview_settings(slide, tmp_path):
-    from napari_histo.live import stage_label
+    from napari_histo.live.controller import stage_label
 
     assert stage_label("preview", ["resunet"], 1) == "preview: resunet, no TTA"
     assert stage_label("full", ["a", "b", "c"], 4) == "ensemble ×3, TTA 4"
@@ -296,7 +295,7 @@ def test_job_labels_and_own_thread(slide, tmp_path):
 
 
 def test_in_own_thread_relays_returns_raises_and_joins_on_close():
-    from napari_histo.live_threads import in_own_thread
+    from napari_histo.live.threads import in_own_thread
 
     def numbers(n, fail=False):
         yield from range(n)
@@ -329,7 +328,7 @@ def test_in_own_thread_relays_returns_raises_and_joins_on_close():
 def test_limit_torch_threads_restores():
     import torch
 
-    from napari_histo.live import limit_torch_threads
+    from napari_histo.live.controller import limit_torch_threads
 
     before = torch.get_num_threads()
     with limit_torch_threads(1):
@@ -340,7 +339,7 @@ def test_limit_torch_threads_restores():
 
 
 def test_capped_pyramid_matches_the_full_one_on_its_levels():
-    from napari_histo.live_pyramid import OverlayPyramid, level_shapes
+    from napari_histo.live.pyramid import OverlayPyramid, level_shapes
 
     shape, cell = (700, 1100), 100  # cells are multiples of 4: exact block means
     rng = np.random.default_rng(1)
@@ -367,7 +366,7 @@ def test_capped_pyramid_matches_the_full_one_on_its_levels():
 
 def test_live_buffers_are_bounded_for_a_whole_slide_result():
     """A 100k-px slide at 2 um/px: the overlay buffers stay within the display cap."""
-    from napari_histo.live_pyramid import (
+    from napari_histo.live.pyramid import (
         DISPLAY_CAP_PX,
         DISPLAY_DTYPE,
         OverlayPyramid,

@@ -591,8 +591,12 @@ def test_load_checks_class_count(saved):
 
 
 def test_default_models_dir_and_list_cards(tmp_path):
+    import napari_histo
+
+    # package data: found through importlib.resources, inside the installed package
     assert default_models_dir().parts[-2:] == ("resources", "models")
-    assert (default_models_dir().parent.parent / "napari_histo").is_dir()
+    assert default_models_dir().parent.parent == pathlib.Path(napari_histo.__file__).parent
+    assert list_cards()  # the default ensemble ships with the package
     assert list_cards(tmp_path / "missing") == []
     (tmp_path / "b.json").write_text("{}")
     (tmp_path / "a.json").write_text("{}")

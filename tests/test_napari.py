@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from napari_histo.io.reader import napari_get_reader
+from napari_histo.plugin.reader import napari_get_reader
 
 npe2 = pytest.importorskip("npe2")
 
@@ -101,7 +101,7 @@ def test_sample_data_generated_once_and_opens(make_napari_viewer, qtbot, tmp_pat
 
 
 def test_sample_size_setting_rejects_bad_values(monkeypatch):
-    from napari_histo.sample_data import sample_size_px
+    from napari_histo.plugin.sample_data import sample_size_px
 
     monkeypatch.setenv("NAPARI_HISTO_SAMPLE_PX", "huge")
     with pytest.raises(ValueError, match="NAPARI_HISTO_SAMPLE_PX must be an integer, got 'huge'"):

@@ -1,4 +1,4 @@
-"""Nuclei segmentation, seamless tiling and measurements (napari_histo.nuclei)."""
+"""Nuclei segmentation, seamless tiling and measurements (napari_histo.nuclei.classical)."""
 
 from __future__ import annotations
 
@@ -11,13 +11,13 @@ from scipy import ndimage as ndi
 
 from napari_histo.io.slide import Slide
 from napari_histo.metrics import aggregated_jaccard_index, panoptic_quality
-from napari_histo.nuclei import (
+from napari_histo.nuclei.classical import (
     ClassicalParams,
     iter_segment_region,
     segment_nuclei,
     segment_region,
 )
-from napari_histo.nuclei_features import (
+from napari_histo.nuclei.features import (
     measure_nuclei,
     nuclei_to_geojson_features,
     read_nuclei_csv,

@@ -22,9 +22,9 @@ from napari_histo.models import (
     load_model,
     read_card,
 )
-from napari_histo.nuclei import segment_nuclei, segment_region
-from napari_histo.nuclei_eval import nuclei_quality
-from napari_histo.nuclei_learned import (
+from napari_histo.nuclei.classical import segment_nuclei, segment_region
+from napari_histo.nuclei.evaluate import nuclei_quality
+from napari_histo.nuclei.learned import (
     DEFAULT_CARD,
     hv_postprocess,
     hv_targets,

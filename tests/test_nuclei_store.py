@@ -13,20 +13,16 @@ from napari_histo.cli import main
 from napari_histo.errors import SlideError, StoreError
 from napari_histo.io.slide import Slide
 from napari_histo.io.store import ResultGeometry
-from napari_histo.nuclei import ClassicalParams, segment_nuclei, segment_region
-from napari_histo.nuclei_features import read_nuclei_csv
-from napari_histo.nuclei_store import (
-    COLUMNS,
-    PYRAMID_TOP_PX,
+from napari_histo.nuclei.classical import ClassicalParams, segment_nuclei, segment_region
+from napari_histo.nuclei.export import (
     export_csv,
     export_geojson,
-    find_nuclei_runs,
-    iter_nuclei_to_store,
     iter_region_nuclei,
-    nuclei_to_store,
-    open_store_for,
     tumor_probability_lookup,
 )
+from napari_histo.nuclei.features import read_nuclei_csv
+from napari_histo.nuclei.run import COLUMNS, find_nuclei_runs, open_store_for
+from napari_histo.nuclei.store import PYRAMID_TOP_PX, iter_nuclei_to_store, nuclei_to_store
 from napari_histo.synthetic import write_synthetic_slide
 
 MPP = 0.25
@@ -235,7 +231,7 @@ def test_cli_nuclei_region_with_exports(synth, tmp_path, capsys):
     [
         (["{missing}"], "no such slide file"),
         (["{slide}", "--region", "1,2,3"], "--region must be x,y,w,h"),
-        (["{slide}", "--region", "0,0,99999,10"], "must have w, h > 0 and lie inside"),
+        (["{slide}", "--region", "0,0,99999,10"], "`region_l0` x=0,y=0,w=99999,h=10 lies outside"),
         (["{slide}", "--method", "magic"], "invalid choice: 'magic'"),
     ],
 )
@@ -279,7 +275,7 @@ def test_core_modules_import_no_gui():
     import sys
 
     code = (
-        "import sys, napari_histo.nuclei_store, napari_histo.bench.nuclei\n"
+        "import sys, napari_histo.nuclei.store, napari_histo.bench.nuclei\n"
         "gui = {'napari', 'qtpy', 'PyQt5', 'PyQt6', 'PySide6', 'magicgui', 'vispy'}\n"
         "print(sorted({m.split('.')[0] for m in sys.modules} & gui))\n"
     )

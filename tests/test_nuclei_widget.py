@@ -7,8 +7,8 @@ import threading
 import numpy as np
 import pytest
 
-from napari_histo.nuclei_features import read_nuclei_csv
-from napari_histo.nuclei_store import nuclei_to_store
+from napari_histo.nuclei.features import read_nuclei_csv
+from napari_histo.nuclei.store import nuclei_to_store
 from napari_histo.synthetic import read_truth, write_synthetic_slide
 
 pytest.importorskip("napari")
@@ -151,7 +151,7 @@ def test_100k_nuclei_layer_stays_responsive(make_napari_viewer, qtbot):
     import time
 
     from napari_histo.bench.nuclei import fake_nuclei
-    from napari_histo.nuclei_store import RegionNuclei
+    from napari_histo.nuclei.export import RegionNuclei
     from napari_histo.widgets.nuclei import NucleiWidget
 
     labels, table = fake_nuclei(100_000)

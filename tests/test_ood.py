@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from napari_histo.errors import WeightsError
+from napari_histo.inference.stain_check import slide_ood
 from napari_histo.models import default_models_dir, read_card, write_card
 from napari_histo.models.card import ModelCard
 from napari_histo.ood import (
@@ -19,7 +20,6 @@ from napari_histo.ood import (
     fit_reference,
     ood_message,
     ood_score,
-    slide_ood,
     stain_features,
 )
 

@@ -15,10 +15,10 @@ import imagecodecs
 import numpy as np
 import pytest
 
-from napari_histo.annotations import Annotation
+from napari_histo.annotations.from_probability import probability_to_annotations
+from napari_histo.annotations.model import Annotation
 from napari_histo.io.annotations import read_annotations, write_geojson
 from napari_histo.models import default_models_dir, read_card
-from napari_histo.probability_annotations import probability_to_annotations
 from napari_histo.training.finetune import FinetuneConfig, finetune_ensemble
 from tests.slides import write_aperio_svs
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from napari_histo.models import default_models_dir, read_card
-from napari_histo.nuclei_learned import DEFAULT_CARD
+from napari_histo.nuclei.learned import DEFAULT_CARD
 from napari_histo.training import real_nuclei as rn
 
 DATA = __import__("pathlib").Path(__file__).parent / "data" / "real_nuclei"

@@ -282,7 +282,7 @@ def test_engine_normalises_once_per_slide_and_keys_the_run(cmu_svs, members, tmp
 
 
 def test_live_settings_carry_the_stain_setting():
-    from napari_histo.live import LiveSettings
+    from napari_histo.live.controller import LiveSettings
 
     settings = LiveSettings.from_dict({"stain": "reinhard"})
     assert settings.engine_config().stain == "reinhard"

@@ -8,7 +8,7 @@ pytest.importorskip("napari")
 
 
 def test_dock_has_a_stain_setting(make_napari_viewer, tmp_path, monkeypatch):
-    from napari_histo.live import LiveSettings, load_settings
+    from napari_histo.live.controller import LiveSettings, load_settings
     from napari_histo.widgets.inference import InferenceWidget
 
     monkeypatch.setenv("NAPARI_HISTO_CONFIG", str(tmp_path / "config"))

@@ -7,7 +7,8 @@ import threading
 
 import pytest
 
-from napari_histo.io.annotations import autosave_path, write_geojson
+from napari_histo.io.annotations import write_geojson
+from napari_histo.io.annotations.autosave import autosave_path
 
 pytest.importorskip("napari")
 
@@ -73,8 +74,8 @@ def test_retrain_new_version_loss_plot_and_compare(make_napari_viewer, qtbot, an
     widget.plot.repaint()
     assert "held-out Dice" in widget.status.text() and "1.0 → 1.1" in widget.status.text()
     # The new version is active for the inference widget, and can be switched back.
-    from napari_histo.live import LiveController, LiveSettings
-    from napari_histo.training.versions import active_cards, versions_path
+    from napari_histo.live.controller import LiveController, LiveSettings
+    from napari_histo.models.versions import active_cards, versions_path
 
     assert active_cards()["weak"].name == "weak-1.1.json"
     combo = widget.version_combos["weak"]

@@ -9,7 +9,8 @@ import threading
 import numpy as np
 import pytest
 
-from napari_histo.live import LiveSettings, visible_region_l0
+from napari_histo.frames import visible_region_l0
+from napari_histo.live.controller import LiveSettings
 from napari_histo.synthetic import read_truth, write_synthetic_slide
 
 pytest.importorskip("napari")
@@ -143,7 +144,7 @@ def test_viewport_run_puts_probability_on_the_tumor(make_napari_viewer, qtbot, s
 
 def test_refresh_only_when_changed_cells_are_on_screen(make_napari_viewer, qtbot, slide_copy):
     """A finished cell rewrites its own pixels; layers re-slice only if it is in view."""
-    from napari_histo.live import CellUpdate
+    from napari_histo.live.controller import CellUpdate
 
     viewer, widget = open_with_widget(make_napari_viewer, slide_copy, FAST)
     mpp = viewer.layers[slide_copy.name].scale[0]
@@ -282,7 +283,7 @@ def test_closing_viewer_mid_run_leaves_no_threads(make_napari_viewer, qtbot, sli
 
 
 def test_settings_persist_across_widgets(make_napari_viewer, slide_copy):
-    from napari_histo.live import load_settings
+    from napari_histo.live.controller import load_settings
     from napari_histo.widgets.inference import InferenceWidget
 
     viewer, widget = open_with_widget(
@@ -298,8 +299,9 @@ def test_settings_persist_across_widgets(make_napari_viewer, slide_copy):
 
 def test_large_result_keeps_bounded_float16_buffers(make_napari_viewer):
     """A 100k-px slide's whole-slide result (12500 px square): capped, coarser buffers."""
+    from napari_histo.frames import overlay_transform
     from napari_histo.io.store import ResultGeometry
-    from napari_histo.live import CellUpdate, overlay_transform
+    from napari_histo.live.controller import CellUpdate
     from napari_histo.widgets._overlays import OverlayLayers
 
     viewer = make_napari_viewer()

@@ -8,16 +8,17 @@ ratio.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["BENCHMARKS", "bench_slide", "run"]
+__all__ = ["BENCHMARKS", "BenchOptions", "bench_slide", "run"]
 
 
 def bench_slide(size_px: int, seed: int = 1) -> Path:
     """A cached synthetic slide for benchmarks (generated on first use)."""
     from napari_histo._progress import TextProgress
-    from napari_histo.sample_data import cache_dir
+    from napari_histo.paths import cache_dir
     from napari_histo.synthetic import write_synthetic_slide
 
     path = cache_dir() / "bench" / f"synthetic_{size_px}px_seed{seed}.svs"
@@ -32,7 +33,7 @@ def bench_slide(size_px: int, seed: int = 1) -> Path:
 def bench_mosaic_slide(size_px: int = 100_000, tissue_fraction: float = 0.3) -> Path:
     """A cached `size_px`² mosaic slide of real synthetic tiles (seconds to write)."""
     from napari_histo.bench.mosaic import write_mosaic_slide
-    from napari_histo.sample_data import cache_dir
+    from napari_histo.paths import cache_dir
 
     path = cache_dir() / "bench" / f"mosaic_{size_px}px.svs"
     if not path.exists():
@@ -41,61 +42,93 @@ def bench_mosaic_slide(size_px: int = 100_000, tissue_fraction: float = 0.3) -> 
     return path
 
 
-def _read(quick: bool, slide: str | None) -> dict[str, Any]:
+@dataclass(frozen=True)
+class BenchOptions:
+    """What ``napari-histo bench`` passes to every benchmark.
+
+    Attributes
+    ----------
+    quick : bool
+        A smaller run (seconds) instead of the full measurement.
+    slide : str or None
+        A slide file to measure instead of the cached synthetic one.
+    device : str
+        Torch device for the benchmarks that run models ("auto": cuda > mps > cpu).
+    """
+
+    quick: bool = False
+    slide: str | None = None
+    device: str = "auto"
+
+    def cpu_only(self, which: str) -> None:
+        """Refuse a `device` for benchmark `which`, which runs no model on a device."""
+        if self.device != "auto":
+            raise ValueError(f"bench {which} has no --device option (it runs on the CPU)")
+
+
+def _read(o: BenchOptions) -> dict[str, Any]:
     from napari_histo.bench.read import bench_read
 
-    return bench_read(quick=quick, slide=slide)
+    o.cpu_only("read")
+    return bench_read(quick=o.quick, slide=o.slide)
 
 
-def _open(quick: bool, slide: str | None) -> dict[str, Any]:
+def _open(o: BenchOptions) -> dict[str, Any]:
     from napari_histo.bench.open import bench_open
 
-    return bench_open(quick=quick)
+    o.cpu_only("open")
+    return bench_open(quick=o.quick)
 
 
-def _infer(quick: bool, slide: str | None, device: str = "auto") -> dict[str, Any]:
+def _infer(o: BenchOptions) -> dict[str, Any]:
     from napari_histo.bench.infer import bench_infer
 
-    return bench_infer(quick=quick, slide=slide, device=device)
+    return bench_infer(quick=o.quick, slide=o.slide, device=o.device)
 
 
-def _annotations(quick: bool, slide: str | None) -> dict[str, Any]:
+def _annotations(o: BenchOptions) -> dict[str, Any]:
     from napari_histo.bench.annotations import bench_annotations
 
-    return bench_annotations(quick=quick)
+    o.cpu_only("annotations")
+    return bench_annotations(quick=o.quick)
 
 
-def _train(quick: bool, slide: str | None) -> dict[str, Any]:
+def _train(o: BenchOptions) -> dict[str, Any]:
     from napari_histo.bench.train import bench_train
 
-    return bench_train(quick)
+    o.cpu_only("train")
+    return bench_train(o.quick)
 
 
-def _granularity(quick: bool, slide: str | None) -> dict[str, Any]:
+def _granularity(o: BenchOptions) -> dict[str, Any]:
     from napari_histo.bench.train import bench_granularity
 
-    return bench_granularity(quick)
+    o.cpu_only("granularity")
+    return bench_granularity(o.quick)
 
 
-def _ui(quick: bool, slide: str | None) -> dict[str, Any]:
+def _ui(o: BenchOptions) -> dict[str, Any]:
     from napari_histo.bench.ui import bench_ui
 
-    return bench_ui(quick=quick)
+    o.cpu_only("ui")
+    return bench_ui(quick=o.quick)
 
 
-def _nuclei(quick: bool, slide: str | None) -> dict[str, Any]:
+def _nuclei(o: BenchOptions) -> dict[str, Any]:
     from napari_histo.bench.nuclei import bench_nuclei
 
-    return bench_nuclei(quick=quick)
+    o.cpu_only("nuclei")
+    return bench_nuclei(quick=o.quick)
 
 
-def _realdata(quick: bool, slide: str | None) -> dict[str, Any]:
+def _realdata(o: BenchOptions) -> dict[str, Any]:
     from napari_histo.bench.realdata import bench_realdata
 
-    return bench_realdata(quick=quick)
+    o.cpu_only("realdata")
+    return bench_realdata(quick=o.quick)
 
 
-BENCHMARKS: dict[str, Callable[[bool, str | None], dict[str, Any]]] = {
+BENCHMARKS: dict[str, Callable[[BenchOptions], dict[str, Any]]] = {
     "read": _read,
     "open": _open,
     "infer": _infer,
@@ -108,18 +141,10 @@ BENCHMARKS: dict[str, Callable[[bool, str | None], dict[str, Any]]] = {
 }
 
 
-# Benchmarks whose function takes a ``device`` ("auto", "cpu", "cuda", ...).
-DEVICE_BENCHMARKS = frozenset({"infer"})
-
-
 def run(
     which: str, *, quick: bool = False, slide: str | None = None, device: str = "auto"
 ) -> dict[str, Any]:
     """Run benchmark `which` (a key of :data:`BENCHMARKS`) and return its result dict."""
     if which not in BENCHMARKS:
         raise ValueError(f"`which` must be one of {sorted(BENCHMARKS)}, got {which!r}")
-    if which in DEVICE_BENCHMARKS:
-        return BENCHMARKS[which](quick, slide, device=device)  # type: ignore[call-arg]
-    if device != "auto":
-        raise ValueError(f"bench {which} has no --device option (only {sorted(DEVICE_BENCHMARKS)})")
-    return BENCHMARKS[which](quick, slide)
+    return BENCHMARKS[which](BenchOptions(quick=quick, slide=slide, device=device))

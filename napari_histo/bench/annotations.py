@@ -18,9 +18,10 @@ from typing import Any
 
 import numpy as np
 
-from napari_histo.annotation_layers import annotations_to_shapes, shapes_to_annotations
-from napari_histo.annotations import Annotation, ellipse_polygon
-from napari_histo.io.annotations import Autosaver, read_geojson, write_geojson
+from napari_histo.annotations.layers import annotations_to_shapes, shapes_to_annotations
+from napari_histo.annotations.model import Annotation, ellipse_polygon
+from napari_histo.io.annotations import read_geojson, write_geojson
+from napari_histo.io.annotations.autosave import Autosaver
 
 
 def synthetic_polygons(count: int, vertices: int = 32, seed: int = 0) -> list[Annotation]:

@@ -164,7 +164,7 @@ def bench_infer(
     cards = list(latest_cards().values())
     if not cards:
         raise FileNotFoundError(
-            "no model cards in resources/models; run `napari-histo train --synthetic`"
+            "no model cards in napari_histo/resources/models; run `napari-histo train --synthetic`"
         )
     members = [load_model(c) for c in cards]
     transforms = tta_transforms(tta)

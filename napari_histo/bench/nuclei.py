@@ -1,17 +1,17 @@
 """``bench nuclei``: speed of each backend, seams, quality, and a 100k-nucleus Labels layer.
 
-* ``<method>_mpx_per_s``: :func:`~napari_histo.nuclei.segment_nuclei` on
+* ``<method>_mpx_per_s``: :func:`~napari_histo.nuclei.classical.segment_nuclei` on
   1024² level-0 tiles of a synthetic slide (0.25 µm/px), megapixels per second;
 * ``border_split_count`` / ``border_duplicate_count``: a 2048² synthetic slide
-  segmented into the store in 512 px blocks (:mod:`napari_histo.nuclei_store`,
+  segmented into the store in 512 px blocks (:mod:`napari_histo.nuclei.store`,
   the whole-slide path) against one untiled call with the same threshold.
   A nucleus of the untiled result that crosses a block seam is *split* unless
   all its pixels carry one and the same stored id; it is *duplicated* when two
   measurement rows have their centroids in it (or a stored id is in two
   pieces). ``region_border_*``: the same for the in-memory tiler the widget
-  uses (:func:`~napari_histo.nuclei.segment_region`, 768 px tiles). Must be 0.
+  uses (:func:`~napari_histo.nuclei.classical.segment_region`, 768 px tiles). Must be 0.
   ``learned_border_*``: the store path with the learned backend (not in ``--quick``);
-* ``<method>_aji`` / ``<method>_pq``: :func:`napari_histo.nuclei_eval.nuclei_quality`
+* ``<method>_aji`` / ``<method>_pq``: :func:`napari_histo.nuclei.evaluate.nuclei_quality`
   on tiles of held-out synthetic slides (seeds the learned model never saw);
 * ``layer_100k_*``: a real napari viewer showing 100k nuclei through the
   widget's own code path (Labels + features): build time, a features update,
@@ -36,7 +36,7 @@ METHODS = ("classical", "learned")
 
 
 def _mpx_per_s(method: str, rgb_tiles: list[np.ndarray]) -> float:
-    from napari_histo.nuclei import segment_nuclei
+    from napari_histo.nuclei.classical import segment_nuclei
 
     segment_nuclei(rgb_tiles[0][:256, :256], MPP, method)  # load / warm up
     t0 = time.perf_counter()
@@ -88,8 +88,8 @@ def border_errors(
 
 def _border(slide_path: Path, out_dir: Path) -> dict[str, Any]:
     from napari_histo.io.slide import Slide
-    from napari_histo.nuclei import segment_nuclei, segment_region
-    from napari_histo.nuclei_store import nuclei_to_store
+    from napari_histo.nuclei.classical import segment_nuclei, segment_region
+    from napari_histo.nuclei.store import nuclei_to_store
 
     block = 512
     t0 = time.perf_counter()
@@ -126,8 +126,8 @@ def _border(slide_path: Path, out_dir: Path) -> dict[str, Any]:
 def _border_learned(slide_path: Path, out_dir: Path) -> dict[str, Any]:
     """Seam errors of the store path with the learned backend (as for classical)."""
     from napari_histo.io.slide import Slide
-    from napari_histo.nuclei import segment_nuclei
-    from napari_histo.nuclei_store import nuclei_to_store
+    from napari_histo.nuclei.classical import segment_nuclei
+    from napari_histo.nuclei.store import nuclei_to_store
 
     run = nuclei_to_store(slide_path, method="learned", block_px=512, out_dir=out_dir).run
     table = run.features()
@@ -143,8 +143,8 @@ def _border_learned(slide_path: Path, out_dir: Path) -> dict[str, Any]:
 
 
 def _quality(method: str, n_tiles: int) -> dict[str, float]:
-    from napari_histo.nuclei_eval import nuclei_quality
-    from napari_histo.sample_data import cache_dir
+    from napari_histo.nuclei.evaluate import nuclei_quality
+    from napari_histo.paths import cache_dir
 
     try:
         from napari_histo.training.nuclei import HELDOUT_SEEDS
@@ -183,7 +183,7 @@ def _layer_100k(quick: bool) -> dict[str, Any]:
     import napari
     from qtpy.QtWidgets import QApplication
 
-    from napari_histo.nuclei_store import RegionNuclei
+    from napari_histo.nuclei.export import RegionNuclei
     from napari_histo.widgets.nuclei import NucleiWidget
 
     labels, table = fake_nuclei(100_000)

@@ -57,7 +57,7 @@ def bench_realdata(
             if value is not None and value == value:  # skip NaN (one-class sources)
                 result[f"tumor_{source}_{key}"] = value
     if not quick:
-        from napari_histo.sample_data import cache_dir
+        from napari_histo.paths import cache_dir
 
         # The held-out synthetic slides are cached beside the other benchmark slides.
         work = cache_dir() / "bench"

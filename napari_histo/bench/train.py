@@ -23,7 +23,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from napari_histo.annotations import Annotation, mask_to_polygons
+from napari_histo.annotations.model import Annotation, mask_to_polygons
+from napari_histo.generators import drive
 from napari_histo.models import ModelCard, build_model, save_model
 from napari_histo.synthetic import read_truth, truth_path_for, write_synthetic_slide
 from napari_histo.training.data import PatchSet, sample_patches
@@ -67,18 +68,14 @@ def _slide(work: Path, seed: int, size: int) -> Path:
 
 def _cache_dir() -> Path:
     """Where benchmark slides are kept between runs (``$NAPARI_HISTO_CACHE/bench/train``)."""
-    from napari_histo.sample_data import cache_dir
+    from napari_histo.paths import cache_dir
 
     return cache_dir() / "bench" / "train"
 
 
 def _drain(generator: Any) -> Any:
     """Run a generator to the end; its return value."""
-    while True:
-        try:
-            next(generator)
-        except StopIteration as stop:
-            return stop.value
+    return drive(generator)
 
 
 def truth_annotations(

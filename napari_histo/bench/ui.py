@@ -61,7 +61,7 @@ def _model_only(members, tiles: int, threads: int | None) -> float:
 
     from napari_histo.inference.engine import default_batch_size
     from napari_histo.inference.ensemble import ensemble_predict
-    from napari_histo.live import limit_torch_threads
+    from napari_histo.live.controller import limit_torch_threads
 
     batch = default_batch_size(torch.device("cpu"))
     models = [m.model for m in members]
@@ -83,7 +83,7 @@ def bench_ui(*, quick: bool = False) -> dict[str, Any]:
     from qtpy.QtWidgets import QApplication
 
     from napari_histo.bench import bench_slide
-    from napari_histo.live import LiveSettings
+    from napari_histo.live.controller import LiveSettings
     from napari_histo.widgets.inference import InferenceWidget, gui_threads
 
     source = bench_slide(16384, seed=7)

@@ -31,6 +31,8 @@ import torch.nn.functional as F
 
 from napari_histo import __version__
 from napari_histo.errors import HistoError
+from napari_histo.frames import check_region_l0
+from napari_histo.generators import drive
 from napari_histo.inference.ensemble import ensemble_predict, tta_transforms
 from napari_histo.io.slide import Slide
 from napari_histo.io.store import (
@@ -42,6 +44,7 @@ from napari_histo.io.store import (
     slide_identity,
 )
 from napari_histo.models import LoadedModel
+from napari_histo.resample import area_average
 from napari_histo.stain import resolve as resolve_stain
 from napari_histo.tiling import Stitcher, TileGrid, make_grid, order_centre_out
 from napari_histo.tissue import slide_tissue_mask
@@ -182,20 +185,11 @@ def _check_members(members: Sequence[LoadedModel]) -> LoadedModel:
 
 
 def _check_region(
-    region: Sequence[int] | None, width: int, height: int, path: Path
+    region: Sequence[int] | None, width: int, height: int, path: Path, name: str = "region"
 ) -> tuple[int, int, int, int]:
     if region is None:
         return 0, 0, width, height
-    if len(region) != 4 or not all(isinstance(v, int | np.integer) for v in region):
-        raise ValueError(f"`region` must be four ints x,y,w,h, got {region!r}")
-    x, y, w, h = (int(v) for v in region)
-    if w <= 0 or h <= 0:
-        raise ValueError(f"`region` width and height must be > 0, got {w}x{h}")
-    if x < 0 or y < 0 or x + w > width or y + h > height:
-        raise HistoError(
-            f"{path}: region x={x},y={y},w={w},h={h} lies outside the slide ({width} x {height} px)"
-        )
-    return x, y, w, h
+    return check_region_l0(region, (width, height), name=name, path=path)
 
 
 def _cells_meeting(grid: TileGrid, rect_l0: tuple[int, int, int, int]) -> np.ndarray:
@@ -229,39 +223,6 @@ def _tile_reader(slide: Slide, grid: TileGrid) -> Callable[[int], np.ndarray]:
         return tile
 
     return read
-
-
-def area_average(image: np.ndarray, factor: int) -> np.ndarray:
-    """Mean over `factor` × `factor` blocks of a uint8 image, as float32.
-
-    Sums in uint16 (exact for `factor` ≤ 16), about 9× faster than
-    ``ndarray.mean`` over reshaped axes, with identical results.
-
-    Parameters
-    ----------
-    image : ndarray of uint8, shape (H, W, C)
-        H and W multiples of `factor`.
-    factor : int
-        Block size in px, 1 to 16.
-
-    Returns
-    -------
-    ndarray of float32, shape (H // factor, W // factor, C)
-    """
-    if not 1 <= factor <= 16:
-        raise ValueError(f"`factor` must be in 1..16, got {factor!r}")
-    h, w, c = image.shape
-    if h % factor or w % factor:
-        raise ValueError(f"image shape {image.shape[:2]} is not a multiple of {factor}")
-    blocks = image.reshape(h // factor, factor, w // factor, factor, c)
-    total = blocks[:, 0, :, 0].astype(np.uint16)
-    for dy in range(factor):
-        for dx in range(factor):
-            if dy or dx:
-                total += blocks[:, dy, :, dx]
-    out = total.astype(np.float32)
-    out /= factor * factor
-    return out
 
 
 def predict_batch(
@@ -417,7 +378,8 @@ def infer_slide(
             run_.mark_done(~covered)
         wanted = ~run_.done
         if within is not None:
-            wanted &= _cells_meeting(grid, _check_region(within, width, height, slide.path))
+            within_l0 = _check_region(within, width, height, slide.path, "within")
+            wanted &= _cells_meeting(grid, within_l0)
         todo = grid.tiles_touching(wanted)
         if centre is not None and len(todo):
             order = order_centre_out(grid, (float(centre[0]), float(centre[1])))
@@ -577,10 +539,4 @@ def run(
 
     Returns the generator's result, or None if it had already ended by an exception.
     """
-    while True:
-        try:
-            event = next(generator)
-        except StopIteration as stop:
-            return stop.value
-        if progress is not None:
-            progress(event)
+    return drive(generator, progress)

@@ -18,7 +18,7 @@ disk, so a killed run leaves at worst cells that are recomputed, never cells
 read as done but missing. ``status`` becomes "complete" only after every cell
 is done and the display pyramid is written.
 
-Nuclei runs (:mod:`napari_histo.nuclei_store`) sit beside them in
+Nuclei runs (:mod:`napari_histo.nuclei.store`) sit beside them in
 ``nuclei/<run_id>/``: ``labels/0..n`` uint32 instance labels as OME-NGFF
 multiscales (:func:`multiscales_metadata`), a per-block ``done`` mask and
 ``next_id`` (first free id), per-block measurement ``parts`` and, once
@@ -49,6 +49,7 @@ __all__ = [
     "ResultGeometry",
     "ResultRun",
     "ResultStore",
+    "StoredRun",
     "default_store_path",
     "multiscales_metadata",
     "run_id_for",
@@ -337,16 +338,40 @@ def multiscales_metadata(name: str, geometry: ResultGeometry, levels: int) -> li
 _multiscales = multiscales_metadata
 
 
-class ResultRun:
-    """One run's arrays: write finished cells, resume, finish with a display pyramid."""
+class StoredRun:
+    """What every run group of a result store has: id, geometry, settings and a status.
+
+    Tumour runs (:class:`ResultRun`) and nuclei runs
+    (:class:`napari_histo.nuclei.run.NucleiRun`) build on it.
+    """
 
     def __init__(self, store: ResultStore, group: zarr.Group) -> None:
         self.store = store
         self.group = group
         attrs = dict(group.attrs)
-        self.run_id: str = attrs["run_id"]
-        self.geometry = ResultGeometry.from_dict(attrs["geometry"])
-        self.settings: dict[str, Any] = dict(attrs["settings"])
+        try:
+            self.run_id: str = attrs["run_id"]
+            self.geometry = ResultGeometry.from_dict(attrs["geometry"])
+            self.settings: dict[str, Any] = dict(attrs["settings"])
+        except (KeyError, ValueError, TypeError) as err:
+            raise StoreError(f"{store.path}: unreadable run {group.path} ({err!r})") from err
+
+    @property
+    def status(self) -> str:
+        """ "running", "cancelled" or "complete"."""
+        return str(self.group.attrs.get("status", "running"))
+
+    @property
+    def complete(self) -> bool:
+        """True once the run has finished and written everything it shows."""
+        return self.status == "complete"
+
+
+class ResultRun(StoredRun):
+    """One run's arrays: write finished cells, resume, finish with a display pyramid."""
+
+    def __init__(self, store: ResultStore, group: zarr.Group) -> None:
+        super().__init__(store, group)
         try:
             self._done = np.asarray(group["done"][...], dtype=bool)
         except (KeyError, ValueError, OSError) as err:
@@ -360,16 +385,6 @@ class ResultRun:
         self._done_dirty = False
 
     # -- state ---------------------------------------------------------------
-    @property
-    def status(self) -> str:
-        """ "running", "cancelled" or "complete"."""
-        return str(self.group.attrs.get("status", "running"))
-
-    @property
-    def complete(self) -> bool:
-        """True once every cell is on disk and the display pyramid is written."""
-        return self.status == "complete"
-
     @property
     def done(self) -> np.ndarray:
         """Copy of the done mask, bool ``(cell_rows, cell_cols)``."""

@@ -22,8 +22,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from napari_histo._atomic import atomic_write_bytes
 from napari_histo.errors import WeightsError
-from napari_histo.io.atomic import atomic_write_bytes
 
 __all__ = ["FORMATS", "MAX_CARD_BYTES", "ModelCard", "read_card", "write_card"]
 

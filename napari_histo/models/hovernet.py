@@ -11,7 +11,7 @@ within every nucleus. ``forward`` returns both as one tensor of 4 channels::
 
 so a model card describes it with ``classes = ["background", "nucleus"]`` and the
 loader expects ``len(classes) + extra_outputs`` channels. Instances come from the
-maps by :func:`napari_histo.nuclei_learned.hv_postprocess`.
+maps by :func:`napari_histo.nuclei.learned.hv_postprocess`.
 
 It is registered as architecture ``"hovernet"`` with task ``"nuclei"``, so
 :func:`~napari_histo.models.latest_cards` does not offer it as a tumour-ensemble member.
@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from napari_histo.models.architectures import (
+from napari_histo.models._common import (
     PreActBlock,
     _check_input,
     _check_int,

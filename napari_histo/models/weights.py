@@ -3,8 +3,8 @@
 A model on disk is a JSON card (:mod:`napari_histo.models.card`) plus the weights
 file it names, in the same folder::
 
-    resources/models/resunet-1.0.json
-    resources/models/resunet-1.0.safetensors
+    napari_histo/resources/models/resunet-1.0.json
+    napari_histo/resources/models/resunet-1.0.safetensors
 
 Loading checks, in order: the weights file exists and is not a pickle; its
 SHA-256 equals the card's; (safetensors) every tensor name, shape and dtype kind
@@ -35,10 +35,11 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from napari_histo._atomic import default_file_mode
 from napari_histo.errors import WeightsError
-from napari_histo.io.atomic import default_file_mode
 from napari_histo.models.card import ModelCard, read_card, write_card
 from napari_histo.models.registry import SEGMENTATION, build_model
+from napari_histo.paths import default_models_dir
 
 __all__ = [
     "LoadedModel",
@@ -106,11 +107,6 @@ def sha256_file(path: str | os.PathLike[str], chunk_bytes: int = 1 << 20) -> str
         while chunk := f.read(chunk_bytes):
             digest.update(chunk)
     return digest.hexdigest()
-
-
-def default_models_dir() -> Path:
-    """Folder of the bundled models: ``<repository>/resources/models``."""
-    return Path(__file__).resolve().parents[2] / "resources" / "models"
 
 
 def list_cards(directory: str | os.PathLike[str] | None = None) -> list[Path]:

@@ -1,6 +1,6 @@
 """Training labels and patches from annotations, and a spatial held-out split.
 
-Annotations (level-0 ``(x, y)``, see :mod:`napari_histo.annotations`) become a
+Annotations (level-0 ``(x, y)``, see :mod:`napari_histo.annotations.model`) become a
 training-target mask at a chosen *granularity* (ccRCC granularity study):
 
 ========== ==============================================================
@@ -31,8 +31,9 @@ from pathlib import Path
 
 import numpy as np
 
-from napari_histo.annotations import Annotation, mask_to_bbox, mask_to_ellipse, rasterize
+from napari_histo.annotations.model import Annotation, mask_to_bbox, mask_to_ellipse, rasterize
 from napari_histo.errors import HistoError
+from napari_histo.frames import model_downsample
 from napari_histo.io.slide import Slide
 from napari_histo.training.data import PatchSet, mask_patch, read_patch
 from napari_histo.training.losses import IGNORE
@@ -525,7 +526,7 @@ def sample_label_patches(
     )  # fmt: skip
     centres_yx = (picks + rng.random((count, 2))) * downsample
     with Slide(slide_path) as slide:
-        size_l0 = round(patch_px * model_mpp / slide.require_mpp())
+        size_l0 = round(patch_px * model_downsample(model_mpp, slide.require_mpp()))
         centres_yx += rng.uniform(-jitter, jitter, (count, 2)) * size_l0
         width, height = slide.dimensions
         xs = np.clip(np.round(centres_yx[:, 1] - size_l0 / 2), 0, max(0, width - size_l0))
@@ -572,7 +573,7 @@ def slide_labels(
     from napari_histo.tissue import slide_tissue_mask
 
     with Slide(slide_path) as slide:
-        downsample = model_mpp / slide.require_mpp()
+        downsample = model_downsample(model_mpp, slide.require_mpp())
         if check_tissue:
             tissue, tissue_ds = slide_tissue_mask(slide)
             skipped = off_tissue(annotations, tissue, tissue_ds)

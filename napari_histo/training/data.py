@@ -9,6 +9,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from napari_histo.frames import model_downsample
 from napari_histo.io.slide import Slide
 from napari_histo.training.losses import IGNORE
 
@@ -145,7 +146,7 @@ def sample_patches(
     if len(bg) == 0:
         bg = np.argwhere(labels == 0)
     with Slide(slide_path) as slide:
-        size_l0 = round(patch_px * model_mpp / slide.require_mpp())
+        size_l0 = round(patch_px * model_downsample(model_mpp, slide.require_mpp()))
         n_fg = round(count * foreground_fraction) if len(fg) else 0
         picks = [fg[rng.integers(0, len(fg), n_fg)]] if n_fg else []
         picks.append(bg[rng.integers(0, len(bg), count - n_fg)])

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from napari_histo.generators import mapped
 from napari_histo.models import ModelCard, build_model, load_model, save_model
 from napari_histo.synthetic import read_truth, write_synthetic_slide
 from napari_histo.training.data import PatchSet, sample_patches
@@ -174,12 +175,7 @@ def train_default_ensemble(
             eval_every=max(1, recipe.steps // 4),
             cancel=cancel,
         )
-        while True:
-            try:
-                yield architecture, next(steps)
-            except StopIteration as stop:
-                result = stop.value
-                break
+        result = yield from mapped(steps, lambda event, name=architecture: (name, event))
         if result.cancelled:
             log(f"{architecture}: cancelled; nothing saved")
             return cards

@@ -25,7 +25,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from napari_histo.annotations import Annotation
+from napari_histo.annotations.model import Annotation
+from napari_histo.generators import mapped
 from napari_histo.models import ModelCard, load_model, save_model
 from napari_histo.training.annotations import (
     SpatialSplit,
@@ -186,14 +187,13 @@ def _drive(
     name: str, steps: Generator[TrainProgress, None, TrainResult], offset: int, total: int
 ) -> Generator[tuple[str, TrainProgress], None, TrainResult]:
     """Re-yield a training generator's progress as ``(name, progress)`` on a global step count."""
-    while True:
-        try:
-            event = next(steps)
-        except StopIteration as stop:
-            return stop.value
+
+    def globally(event: TrainProgress) -> tuple[str, TrainProgress]:
         step = offset + event.step
         eta = event.elapsed_s / max(1, event.step) * (total - step)
-        yield name, dataclasses.replace(event, step=step, steps=total, eta_s=eta)
+        return name, dataclasses.replace(event, step=step, steps=total, eta_s=eta)
+
+    return (yield from mapped(steps, globally))
 
 
 def _finetune_member(

@@ -37,7 +37,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from napari_histo.annotations import Annotation, mask_to_bbox, mask_to_ellipse, mask_to_polygons
+from napari_histo.annotations.model import (
+    Annotation,
+    mask_to_bbox,
+    mask_to_ellipse,
+    mask_to_polygons,
+)
+from napari_histo.frames import model_downsample
 from napari_histo.io.slide import Slide
 from napari_histo.training.annotations import SpatialSplit, labels_from_annotations, plan_split
 from napari_histo.training.data import PatchSet, read_patch
@@ -241,7 +247,7 @@ def granularity_study(
     list of GranularityRun
         Seed-major, granularities in :data:`DERIVE` order.
     """
-    downsample = model_mpp / slide_mpp
+    downsample = model_downsample(model_mpp, slide_mpp)
     with Slide(slide_path) as slide:
         dims = slide.dimensions
     image = slide_image(slide_path, downsample)

@@ -4,7 +4,7 @@ Patches are cut from synthetic slides (:mod:`napari_histo.synthetic`, 0.25 µm/p
 0, full-resolution nucleus labels) rescaled to the model's µm/px; each batch gets a
 random dihedral transform and colour jitter (:func:`~napari_histo.training.augment_batch`,
 applied to the image and the instance labels together), then its targets: nuclear
-pixels and the HV maps (:func:`~napari_histo.nuclei_learned.hv_targets`). The loss is
+pixels and the HV maps (:func:`~napari_histo.nuclei.learned.hv_targets`). The loss is
 HoVer-Net's: cross-entropy + Dice on the nuclear-pixel branch, MSE of the HV maps
 everywhere + MSE of their gradients (MSGE) within nuclei. Adam with a cosine schedule.
 
@@ -29,7 +29,7 @@ from scipy import ndimage as ndi
 from torch import nn
 
 from napari_histo.models import LoadedModel, ModelCard, build_model, save_model
-from napari_histo.nuclei_learned import hv_targets
+from napari_histo.nuclei.learned import hv_targets
 from napari_histo.training.augment import augment_batch
 
 __all__ = [
@@ -139,7 +139,7 @@ def _resize_rgb(rgb: np.ndarray, scale: float) -> np.ndarray:
     return x[0].permute(1, 2, 0).round().clamp(0, 255).to(torch.uint8).numpy()
 
 
-def _resize_labels(labels: np.ndarray, scale: float) -> np.ndarray:
+def resize_labels(labels: np.ndarray, scale: float) -> np.ndarray:
     """Nearest-neighbour rescale of labels, sampled at the new pixels' centres."""
     if abs(scale - 1) < 1e-3:
         return labels
@@ -182,7 +182,7 @@ def load_synthetic_nuclei(
         with Slide(path) as slide:
             rgb = np.ascontiguousarray(slide.read_region(0, 0, 0, slide_px, slide_px))
         scale = SYNTHETIC_MPP / mpp
-        out.append((_resize_rgb(rgb, scale), _resize_labels(labels, scale)))
+        out.append((_resize_rgb(rgb, scale), resize_labels(labels, scale)))
     return out
 
 
@@ -280,7 +280,8 @@ def hovernet_loss(
     return ce + (1 - dice) + mse + msge
 
 
-def _targets(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def training_targets(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Foreground (0/1) and horizontal/vertical distance targets of a batch of label maps."""
     maps = np.stack([hv_targets(lab) for lab in labels.numpy()])
     return (labels > 0).long(), torch.from_numpy(maps)
 
@@ -340,7 +341,7 @@ def train_nuclei_model(
         images, labels = sampler.batch(recipe.batch_size)
         x = torch.from_numpy(images).permute(0, 3, 1, 2).float().div_(255.0)
         x, lab = augment_batch(x, torch.from_numpy(labels), generator)
-        foreground, hv = (t.to(device) for t in _targets(lab))
+        foreground, hv = (t.to(device) for t in training_targets(lab))
         x = x.to(device)
         # Contiguous (not channels_last): backward through channels_last convs crashes on CPU.
         loss = hovernet_loss(model(((x - mean) / std).contiguous()), foreground, hv)
@@ -410,7 +411,7 @@ def save_nuclei_model(
     Path
         The card.
     """
-    from napari_histo.nuclei_eval import quality_of
+    from napari_histo.nuclei.evaluate import quality_of
 
     card = nuclei_card(recipe, normalisation)
     loaded = LoadedModel(model.eval(), card, Path("<memory>"))

@@ -278,22 +278,22 @@ def score_tiles(
 
 
 def _segmenter(method: str, card_path, classical_params, hv_params):
-    from napari_histo.nuclei import ClassicalParams, segment_nuclei
+    from napari_histo.nuclei.classical import ClassicalParams, segment_nuclei
 
     if method == "classical":
         params = ClassicalParams() if classical_params is None else classical_params
         return lambda rgb, mpp: segment_nuclei(rgb, mpp, "classical", params=params)
     if method != "learned":
         raise ValueError(f"`method` must be 'learned' or 'classical', got {method!r}")
-    from napari_histo.nuclei_learned import learned_model
+    from napari_histo.nuclei.learned import learned_model
 
     return _learned_segmenter(learned_model(card_path), hv_params, classical_params)
 
 
 def _learned_segmenter(loaded, hv_params=None, classical_params=None):
     """``segment(rgb, mpp)`` as ``segment_nuclei(..., "learned")`` runs it (its size limits)."""
-    from napari_histo.nuclei import ClassicalParams
-    from napari_histo.nuclei_learned import segment_learned
+    from napari_histo.nuclei.classical import ClassicalParams
+    from napari_histo.nuclei.learned import segment_learned
 
     params = ClassicalParams() if classical_params is None else classical_params
 
@@ -453,7 +453,7 @@ class _ScaledSampler:
             self.centres.append(np.asarray(found, float).reshape(-1, 2))
 
     def one(self) -> tuple[np.ndarray, np.ndarray]:
-        from napari_histo.training.nuclei import _resize_labels
+        from napari_histo.training.nuclei import resize_labels
 
         k = int(self.rng.integers(len(self.images)))
         rgb, labels, mpp = self.images[k]
@@ -477,7 +477,7 @@ class _ScaledSampler:
             antialias=True,
         )  # fmt: skip
         out_rgb = x[0].permute(1, 2, 0).round().clamp(0, 255).to(torch.uint8).numpy()
-        out_lab = _resize_labels(lab, self.patch / side)[: self.patch, : self.patch]
+        out_lab = resize_labels(lab, self.patch / side)[: self.patch, : self.patch]
         return out_rgb, out_lab
 
 
@@ -546,7 +546,7 @@ def _normalisation(images) -> dict[str, tuple[float, float, float]]:
 
 
 def _train(recipe, real, synthetic, normalisation, *, minutes, stop_after, progress, init):
-    from napari_histo.training.nuclei import _targets, hovernet_loss
+    from napari_histo.training.nuclei import hovernet_loss, training_targets
 
     torch.manual_seed(recipe.seed)
     generator = torch.Generator().manual_seed(recipe.seed)
@@ -587,7 +587,7 @@ def _train(recipe, real, synthetic, normalisation, *, minutes, stop_after, progr
         labels = torch.from_numpy(np.stack([p[1] for p in pairs]).astype(np.int64))
         x = torch.from_numpy(images).permute(0, 3, 1, 2).float().div_(255.0)
         x, labels = _augment(x, labels, generator, rng, recipe)
-        foreground, hv = _targets(labels)
+        foreground, hv = training_targets(labels)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=recipe.bf16):
             output = model(((x - mean) / std).contiguous())
         loss = hovernet_loss(output.float(), foreground, hv)
@@ -661,7 +661,7 @@ def train_real_nuclei(
     Path
         The saved card.
     """
-    from napari_histo.nuclei_learned import HVParams
+    from napari_histo.nuclei.learned import HVParams
     from napari_histo.training.nuclei import HELDOUT_SEEDS, load_synthetic_nuclei
 
     recipe = dataclasses.replace(recipe or RealNucleiRecipe(), seed=seed)
@@ -726,7 +726,7 @@ def score_nuclei_model(
     there) and ``heldout_synthetic_*`` for ``aji, pq, dq, sq`` (means over tiles), as
     ``segment_nuclei(..., "learned")`` segments (default size limits).
     """
-    from napari_histo.nuclei_eval import _score
+    from napari_histo.nuclei.evaluate import score_synthetic_tiles
     from napari_histo.training.nuclei import HELDOUT_SEEDS
 
     segment = _learned_segmenter(loaded, hv_params)
@@ -741,7 +741,9 @@ def score_nuclei_model(
         pass
     with tempfile.TemporaryDirectory(prefix="napari-histo-nuclei-eval-") as tmp:
         work = Path(tmp) if workdir is None else Path(workdir)
-        scores = _score(lambda rgb: segment(rgb, 0.25), HELDOUT_SEEDS, 16, 512, 2048, work)
+        scores = score_synthetic_tiles(
+            lambda rgb: segment(rgb, 0.25), HELDOUT_SEEDS, 16, 512, 2048, work
+        )
     return metrics | {f"heldout_synthetic_{k}": round(v, 4) for k, v in scores.items()}
 
 

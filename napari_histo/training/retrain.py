@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from napari_histo.annotations import Annotation
+from napari_histo.annotations.model import Annotation
 from napari_histo.errors import HistoError
 from napari_histo.training.finetune import FinetuneConfig
 
@@ -53,7 +53,8 @@ def read_slide_annotations(
     HistoError
         The file is missing or unreadable, or holds no usable annotation.
     """
-    from napari_histo.io.annotations import autosave_path, read_annotations
+    from napari_histo.io.annotations import read_annotations
+    from napari_histo.io.annotations.autosave import autosave_path
 
     path = Path(annotations_path) if annotations_path else autosave_path(slide_path)
     if not path.is_file():
@@ -68,7 +69,7 @@ def read_slide_annotations(
 def resolve_cards(names: Sequence[str] | None = None) -> list[Path]:
     """Card paths to fine-tune: the active version of each model, or of `names`.
 
-    `names` are model names (see :func:`~napari_histo.training.versions.active_cards`)
+    `names` are model names (see :func:`~napari_histo.models.versions.active_cards`)
     or card ``.json`` paths.
 
     Raises
@@ -77,7 +78,7 @@ def resolve_cards(names: Sequence[str] | None = None) -> list[Path]:
         A name matches no model; or there are no models at all.
     """
     from napari_histo.models import select_cards
-    from napari_histo.training.versions import active_cards, model_dirs
+    from napari_histo.models.versions import active_cards, model_dirs
 
     available = active_cards()
     if not names:
@@ -135,7 +136,7 @@ def estimate_steps(
 def parent_card(card_path: str | os.PathLike[str]) -> Path | None:
     """The card of `card_path`'s parent version (same model), or None."""
     from napari_histo.models import read_card
-    from napari_histo.training.versions import all_versions, model_dirs
+    from napari_histo.models.versions import all_versions, model_dirs
 
     card = read_card(card_path)
     if card.parent_version is None:

@@ -18,7 +18,7 @@ from napari_histo.training.data import PatchSet
 from napari_histo.training.losses import IGNORE, segmentation_loss
 
 #: Largest Gaussian blur sigma (px) used when fine-tuning from annotations. The
-#: default ensemble in resources/models was trained without blur (blur_px=0).
+#: default ensemble in napari_histo/resources/models was trained without blur (blur_px=0).
 BLUR_SIGMA_PX = 1.0
 
 __all__ = ["TrainProgress", "TrainResult", "evaluate_dice", "train_model"]

@@ -20,7 +20,7 @@ from qtpy.QtWidgets import (
     QVBoxLayout,
 )
 
-from napari_histo.live import MODES, LiveSettings
+from napari_histo.live.controller import MODES, LiveSettings
 from napari_histo.widgets._common import checked_names, member_checkboxes, run_cancel_buttons
 
 __all__ = ["STAIN_LABELS", "ControlsMixin"]
@@ -35,7 +35,7 @@ STAIN_LABELS = {
 _STAIN_BY_LABEL = {label: key for key, label in STAIN_LABELS.items()}
 
 
-def _fmt_s(seconds: float | None) -> str:
+def fmt_s(seconds: float | None) -> str:
     if seconds is None:
         return "?"
     seconds = round(seconds)
@@ -48,7 +48,7 @@ class ControlsMixin:
     # -- UI -------------------------------------------------------------------
     def _build_ui(self, settings: LiveSettings) -> None:
         from napari_histo.models import read_card
-        from napari_histo.training.versions import active_cards
+        from napari_histo.models.versions import active_cards
 
         layout = QVBoxLayout(self)
         self.slide_label = QLabel("no slide")

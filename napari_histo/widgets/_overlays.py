@@ -1,7 +1,7 @@
 """The live overlay layers: multiscale napari layers over in-memory result pyramids.
 
 Each result array ("probability", "aleatoric", "epistemic") is a multiscale
-Image layer over an :class:`~napari_histo.live_pyramid.OverlayPyramid`, and the
+Image layer over an :class:`~napari_histo.live.pyramid.OverlayPyramid`, and the
 outline a multiscale Labels layer over thresholded levels. napari slices only
 the visible part of one level of a multiscale layer, so:
 
@@ -14,7 +14,7 @@ Complete whole-slide results are shown straight from the result store's
 display pyramid (lazy zarr levels) until a job needs writable buffers.
 
 Writable buffers are bounded whatever the slide size: float16, and for a
-result larger than :data:`~napari_histo.live_pyramid.DISPLAY_CAP_PX` on a side
+result larger than :data:`~napari_histo.live.pyramid.DISPLAY_CAP_PX` on a side
 the layers' finest level is the first coarser level within the cap (the layers'
 scale says so); the finished run is then shown from the store at full resolution.
 
@@ -28,8 +28,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from napari_histo.live import OVERLAY_ARRAYS, CellUpdate, overlay_transform
-from napari_histo.live_pyramid import (
+from napari_histo.frames import overlay_transform
+from napari_histo.live.controller import OVERLAY_ARRAYS, CellUpdate
+from napari_histo.live.pyramid import (
     DISPLAY_DTYPE,
     Box,
     OverlayPyramid,
@@ -42,7 +43,7 @@ from napari_histo.live_pyramid import (
 if TYPE_CHECKING:
     from napari_histo.io.store import ResultGeometry, ResultRun
 
-__all__ = ["LAYER_NAMES", "TAG", "OverlayLayers", "probability_name"]
+__all__ = ["LAYER_NAMES", "TAG", "OverlayLayers", "probability_name", "tumor_colormap"]
 
 #: Base layer name of each overlay.
 LAYER_NAMES = {
@@ -61,14 +62,21 @@ def probability_name(label: str = "") -> str:
     return LAYER_NAMES["probability"] + (f" ({label})" if label else "")
 
 
+def tumor_colormap(name: str = "histo tumor"):
+    """The tumour probability colours (transparent at 0, dark red → yellow), for every dock."""
+    from napari.utils.colormaps import Colormap
+
+    return Colormap(
+        colors=[[0.4, 0, 0, 0], [0.8, 0, 0.1, 0.15], [1, 0.2, 0, 0.65], [1, 1, 0.2, 0.9]],
+        controls=[0, 0.3, 0.6, 1],
+        name=name,
+    )
+
+
 def _colormaps():
     from napari.utils.colormaps import Colormap
 
-    tumor = Colormap(
-        colors=[[0.4, 0, 0, 0], [0.8, 0, 0.1, 0.15], [1, 0.2, 0, 0.65], [1, 1, 0.2, 0.9]],
-        controls=[0, 0.3, 0.6, 1],
-        name="histo tumor",
-    )
+    tumor = tumor_colormap()
     uncertainty = Colormap(
         colors=[[0, 0.2, 0.5, 0], [0, 0.6, 1, 0.5], [0.6, 1, 1, 0.9]],
         controls=[0, 0.5, 1],

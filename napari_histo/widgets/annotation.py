@@ -1,6 +1,6 @@
 """The "Annotate" dock widget: classes, granularity tools, model → annotations, autosave.
 
-A thin Qt shell over :mod:`napari_histo.annotation_layers` (layer data ↔
+A thin Qt shell over :mod:`napari_histo.annotations.layers` (layer data ↔
 annotations) and :mod:`napari_histo.io.annotations`. Its boxes live beside it:
 :class:`~napari_histo.widgets.annotation_classes.ClassesBox` (the class list),
 :class:`~napari_histo.widgets.annotation_crop.DrawBox` (granularity, pixel crop,
@@ -21,7 +21,7 @@ Layers it manages, all lined up with the slide layer (world µm):
 
 Every change of the Shapes layer is saved within about a second to
 ``<slide>.annotations.geojson`` (or the project directory) by an
-:class:`~napari_histo.io.annotations.Autosaver`; the class list goes to
+:class:`~napari_histo.io.annotations.autosave.Autosaver`; the class list goes to
 ``<slide>.annotations.classes.json``. Opening the slide again restores both.
 """
 
@@ -35,7 +35,7 @@ import numpy as np
 from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import QFileDialog, QGroupBox, QHBoxLayout, QLabel, QVBoxLayout, QWidget
 
-from napari_histo.annotation_layers import (
+from napari_histo.annotations.layers import (
     FEATURE_COLUMNS,
     CropGeometry,
     annotations_to_shapes,
@@ -43,15 +43,11 @@ from napari_histo.annotation_layers import (
     load_classes,
     shapes_to_annotations,
 )
-from napari_histo.annotations import DEFAULT_CLASSES, Annotation, AnnotationClass, class_index
+from napari_histo.annotations.model import DEFAULT_CLASSES, Annotation, AnnotationClass, class_index
 from napari_histo.errors import HistoError
-from napari_histo.io.annotations import (
-    Autosaver,
-    autosave_path,
-    read_annotations,
-    write_annotations,
-)
-from napari_histo.live import visible_region_l0
+from napari_histo.frames import layer_mpp, visible_region_l0
+from napari_histo.io.annotations import read_annotations, write_annotations
+from napari_histo.io.annotations.autosave import Autosaver, autosave_path
 from napari_histo.widgets.annotation_classes import ClassesBox
 from napari_histo.widgets.annotation_crop import CROP_LAYER, LAYER_TAG, PROBABILITY_LAYER, DrawBox
 from napari_histo.widgets.nuclei_edit import NucleiEditBox, button
@@ -106,7 +102,7 @@ class AnnotationWidget(QWidget):
         self._blocked: str | None = None  # why autosave is off
         self._save_error: str | None = None  # set on the autosave thread
         self._snapshot: list[Annotation] = []
-        self._crop_ids: set[str] = set()  # pixel annotations held by the open crop
+        self.crop_ids: set[str] = set()  # pixel annotations held by the open crop
         self._generation = self._shown_generation = 0
         self._pending = 0  # worker threads running
         self._timer = QTimer(self)
@@ -187,8 +183,7 @@ class AnnotationWidget(QWidget):
     def _attach(self, layer) -> None:
         meta = layer.metadata
         self.slide_path = Path(meta["path"])
-        mpp_y, mpp_x = meta.get("mpp_y") or meta["mpp"], meta.get("mpp_x") or meta["mpp"]
-        self.mpp = (float(mpp_y), float(mpp_x))
+        self.mpp = layer_mpp(meta)
         self.units = tuple(str(u) for u in layer.units)
         level0 = layer.data[0] if layer.multiscale else layer.data
         self.slide_dims = (int(level0.shape[1]), int(level0.shape[0]))
@@ -215,7 +210,7 @@ class AnnotationWidget(QWidget):
                 anns = found.annotations
                 note = f" ({len(found.problems)} problems)" if found.problems else ""
                 self.set_status(f"restored {len(anns)} annotations from {path.name}{note}")
-        self._set_annotations(anns)
+        self.set_annotations(anns)
         self.autosaver = Autosaver(
             path, self.annotations, self.autosave_delay_s, on_error=self._on_save_error
         )
@@ -226,10 +221,10 @@ class AnnotationWidget(QWidget):
             self.commit_crop()
         self._detach_saver()
         self.slide_path = self.mpp = self.slide_dims = None
-        self.crop, self._crop_ids = None, set()
+        self.crop, self.crop_ids = None, set()
         if self._crop_layer() is not None:
             self.viewer.layers.remove(CROP_LAYER)
-        self._set_annotations([])  # removes the Shapes layer (no slide: none is built)
+        self.set_annotations([])  # removes the Shapes layer (no slide: none is built)
         self.slide_label.setText("no slide: open one with the napari-histo reader")
 
     def _on_save_error(self, exc: Exception) -> None:  # autosave thread: no Qt here
@@ -242,8 +237,8 @@ class AnnotationWidget(QWidget):
         self.project_dir = Path(project_dir) if project_dir is not None else None
         if self.slide_path is not None:
             self._start(restore=False)
-            self._set_annotations(anns)
-            self._changed()
+            self.set_annotations(anns)
+            self.notify_changed()
 
     def _detach_saver(self) -> None:
         self._flush()
@@ -264,15 +259,15 @@ class AnnotationWidget(QWidget):
         """The last snapshot of the slide's annotations (layer order, then held ones)."""
         return list(self._snapshot)
 
-    def _set_annotations(self, anns: list[Annotation], background: bool | None = None) -> None:
+    def set_annotations(self, anns: list[Annotation], background: bool | None = None) -> None:
         """Show `anns` in one freshly built Shapes layer (bulk) and take them as the snapshot.
 
         More than :data:`BACKGROUND_ABOVE` shapes are built on a worker thread
         (10k polygons: ~2.5 s with napari's compiled triangulation, ``bermuda``);
         the viewer stays responsive and :attr:`building` is True meanwhile.
         """
-        self._held = [a for a in anns if a.kind == "point" or a.id in self._crop_ids]
-        shown = [a for a in anns if a.kind != "point" and a.id not in self._crop_ids]
+        self._held = [a for a in anns if a.kind == "point" or a.id in self.crop_ids]
+        shown = [a for a in anns if a.kind != "point" and a.id not in self.crop_ids]
         self._cache = {a.id: a for a in shown}
         self._snapshot = shown + self._held
         self._generation += 1
@@ -342,7 +337,7 @@ class AnnotationWidget(QWidget):
         self._shown_generation = generation
         layer.events.data.connect(self._on_data)
         layer.events.features.connect(self._on_data)
-        self._on_class_changed(self.class_combo.currentText())
+        self.on_class_changed(self.class_combo.currentText())
         if len(layer.data) > BACKGROUND_ABOVE:
             self.set_status(f"{len(layer.data)} annotations shown")
 
@@ -357,7 +352,8 @@ class AnnotationWidget(QWidget):
         if not self._timer.isActive():
             self._timer.start(_SETTLE_MS)
 
-    def _changed(self) -> None:
+    def notify_changed(self) -> None:
+        """Hand the current snapshot to the autosaver (unless a bulk change is in progress)."""
         if self.autosaver is not None and self._blocked is None:
             self.autosaver.changed(self._snapshot)
 
@@ -387,7 +383,7 @@ class AnnotationWidget(QWidget):
                 self._building = False
         self._cache = {a.id: a for a in anns}
         self._snapshot = anns + self._held
-        self._changed()
+        self.notify_changed()
         if self._save_error is not None:
             self.set_status(self._save_error, error=True)
             self._save_error = None
@@ -412,7 +408,7 @@ class AnnotationWidget(QWidget):
         """Change a class colour (saved) and repaint its shapes."""
         self.classes_box.set_color(name, color)
 
-    def _on_class_changed(self, name: str) -> None:
+    def on_class_changed(self, name: str) -> None:
         if not name:
             return
         rgb = np.array(self.classes_box.color_of(name)) / 255.0
@@ -463,8 +459,8 @@ class AnnotationWidget(QWidget):
             self.start_crop()
             return
         if self._shapes is None:
-            self._set_annotations(self.annotations())
-        self._on_class_changed(self.class_combo.currentText())
+            self.set_annotations(self.annotations())
+        self.on_class_changed(self.class_combo.currentText())
         self.viewer.layers.selection.active = self._shapes
         self._shapes.mode = _MODES[gran]
         self.set_status(f"drawing {gran}: {self.class_combo.currentText()}")
@@ -528,8 +524,8 @@ class AnnotationWidget(QWidget):
 
     def _imported(self, path: Path, found) -> None:
         self.classes_box.add_labels(a.label for a in found.annotations)
-        self._set_annotations(self.snapshot() + found.annotations)
-        self._changed()
+        self.set_annotations(self.snapshot() + found.annotations)
+        self.notify_changed()
         note = f"; {len(found.problems)} problems: {found.problems[0]}" if found.problems else ""
         more = "; building the layer…" if self.building else ""
         self.set_status(f"imported {len(found.annotations)} from {path.name}{note}{more}")

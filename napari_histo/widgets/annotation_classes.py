@@ -1,12 +1,12 @@
 """The "Classes" box of the Annotate dock: pick, add, remove and recolour annotation classes.
 
 A thin Qt shell over the class list of the dock widget (``owner.classes``, a
-list of :class:`~napari_histo.annotations.AnnotationClass`) and its file
+list of :class:`~napari_histo.annotations.model.AnnotationClass`) and its file
 ``<slide>.annotations.classes.json``
-(:func:`~napari_histo.annotation_layers.save_classes`). The owner is the
+(:func:`~napari_histo.annotations.layers.save_classes`). The owner is the
 :class:`~napari_histo.widgets.annotation.AnnotationWidget` it sits in: it
 provides ``classes``, ``annotation_path``, ``annotations()``, ``snapshot()``,
-``_set_annotations(anns)``, ``set_status(message)``, ``_on_class_changed(name)``
+``set_annotations(anns)``, ``set_status(message)``, ``on_class_changed(name)``
 and ``apply_class_to_selection()``.
 """
 
@@ -14,17 +14,14 @@ from __future__ import annotations
 
 import getpass
 from collections.abc import Iterable
-from typing import TYPE_CHECKING
+from typing import Any
 
 from qtpy.QtGui import QColor, QIcon, QPixmap
 from qtpy.QtWidgets import QColorDialog, QComboBox, QFormLayout, QGroupBox, QHBoxLayout, QLineEdit
 
-from napari_histo.annotation_layers import classes_path, save_classes
-from napari_histo.annotations import DEFAULT_CLASSES, AnnotationClass, class_index
+from napari_histo.annotations.layers import classes_path, save_classes
+from napari_histo.annotations.model import DEFAULT_CLASSES, AnnotationClass, class_index
 from napari_histo.widgets.nuclei_edit import button
-
-if TYPE_CHECKING:
-    from napari_histo.widgets.annotation import AnnotationWidget
 
 __all__ = ["PALETTE", "ClassesBox"]
 
@@ -43,11 +40,11 @@ class ClassesBox(QGroupBox):
         The dock widget; its ``classes`` list is the one shown and edited here.
     """
 
-    def __init__(self, owner: AnnotationWidget) -> None:
+    def __init__(self, owner: Any) -> None:  # the AnnotationWidget (not imported: no cycle)
         super().__init__("Classes")
         self.owner = owner
         self.class_combo = QComboBox()
-        self.class_combo.currentTextChanged.connect(owner._on_class_changed)
+        self.class_combo.currentTextChanged.connect(owner.on_class_changed)
         self.new_class = QLineEdit()
         self.new_class.setPlaceholderText("new class name")
         self.author = QLineEdit(getpass.getuser())
@@ -133,7 +130,7 @@ class ClassesBox(QGroupBox):
                          for c in owner.classes]  # fmt: skip
         self.save()
         self.refresh()
-        owner._set_annotations(owner.snapshot())  # shape colours come from the classes
+        owner.set_annotations(owner.snapshot())  # shape colours come from the classes
 
     def pick_color(self) -> None:
         """Ask for a new colour of the current class (a colour dialog)."""

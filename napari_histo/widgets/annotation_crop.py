@@ -6,39 +6,38 @@ cannot paint a multiscale Labels layer. "Commit crop" turns it into pixel
 annotations. "From model" turns the tumour probability ≥ a threshold in the
 view into editable polygons or into such a crop.
 
-A thin Qt shell over :mod:`napari_histo.annotation_layers` (crop geometry,
-rasterising) and :mod:`napari_histo.probability_annotations`. The owner is the
+A thin Qt shell over :mod:`napari_histo.annotations.layers` (crop geometry,
+rasterising) and :mod:`napari_histo.annotations.from_probability`. The owner is the
 :class:`~napari_histo.widgets.annotation.AnnotationWidget` it sits in: it holds
-the crop state (``crop``, ``_crop_ids``) and provides ``viewer``, ``mpp``,
-``classes``, ``snapshot()``, ``_set_annotations(anns)``, ``_changed()``,
+the crop state (``crop``, ``crop_ids``) and provides ``viewer``, ``mpp``,
+``classes``, ``snapshot()``, ``set_annotations(anns)``, ``notify_changed()``,
 ``visible_region()``, ``set_status(message)`` and the class and author fields.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Any
 
 import numpy as np
 from qtpy.QtWidgets import QComboBox, QDoubleSpinBox, QFormLayout, QGroupBox, QHBoxLayout
 
-from napari_histo.annotation_layers import (
+from napari_histo.annotations.from_probability import (
+    probability_to_annotations,
+    probability_to_crop,
+    probability_window,
+    stored_probability,
+)
+from napari_histo.annotations.layers import (
     CropGeometry,
     crop_for_region,
     crop_to_annotations,
     label_colors,
-    layer_l0_transform,
-    probability_to_annotations,
-    probability_to_crop,
-    probability_window,
     rasterize_crop,
 )
-from napari_histo.annotations import class_index
+from napari_histo.annotations.model import class_index
 from napari_histo.errors import HistoError
-from napari_histo.probability_annotations import stored_probability
+from napari_histo.frames import layer_l0_transform
 from napari_histo.widgets.nuclei_edit import button
-
-if TYPE_CHECKING:
-    from napari_histo.widgets.annotation import AnnotationWidget
 
 __all__ = ["CROP_LAYER", "LAYER_TAG", "PROBABILITY_LAYER", "DrawBox"]
 
@@ -57,7 +56,7 @@ class DrawBox(QGroupBox):
         The dock widget; "Draw" is its :meth:`~AnnotationWidget.activate`.
     """
 
-    def __init__(self, owner: AnnotationWidget) -> None:
+    def __init__(self, owner: Any) -> None:  # the AnnotationWidget (not imported: no cycle)
         super().__init__("Draw")
         self.owner = owner
         self.granularity = QComboBox()
@@ -110,8 +109,8 @@ class DrawBox(QGroupBox):
         drawn = rasterize_crop(inside, crop, owner.classes)
         if labels is not None:
             drawn = np.where(labels > 0, labels, drawn).astype(np.uint8)
-        owner._crop_ids = {a.id for a in inside}
-        owner._set_annotations(anns)  # hides them from the Shapes layer while the crop is open
+        owner.crop_ids = {a.id for a in inside}
+        owner.set_annotations(anns)  # hides them from the Shapes layer while the crop is open
         owner.crop = crop
         scale, translate = crop.layer_transform(owner.mpp)
         from napari.utils.colormaps import DirectLabelColormap
@@ -142,12 +141,12 @@ class DrawBox(QGroupBox):
         except ValueError as exc:
             owner.set_status(f"commit crop: {exc}; paint with class labels only")
             return
-        held, owner._crop_ids = owner._crop_ids, set()
+        held, owner.crop_ids = owner.crop_ids, set()
         owner.crop = None
         owner.viewer.layers.remove(layer)
         kept = [a for a in owner.snapshot() if a.id not in held]
-        owner._set_annotations(kept + new)
-        owner._changed()
+        owner.set_annotations(kept + new)
+        owner.notify_changed()
         owner.set_status(f"committed {len(new)} pixel annotations")
 
     def discard_crop(self) -> None:
@@ -156,11 +155,11 @@ class DrawBox(QGroupBox):
         if owner.crop is None:
             return
         owner.crop = None
-        owner._crop_ids = set()
+        owner.crop_ids = set()
         layer = self.crop_layer()
         if layer is not None:
             owner.viewer.layers.remove(layer)
-        owner._set_annotations(owner.snapshot())
+        owner.set_annotations(owner.snapshot())
 
     # -- model → annotations ----------------------------------------------------------------
     def probability(self, region: tuple[int, int, int, int]):
@@ -213,6 +212,6 @@ class DrawBox(QGroupBox):
         author, min_area = owner.author.text(), 4 * ds * ds  # drop specks under 4 probability cells
         polys = probability_to_annotations(prob, t, origin, ds, region, label=name,
                                            author=author, min_area_px=min_area)  # fmt: skip
-        owner._set_annotations(owner.snapshot() + polys)
-        owner._changed()
+        owner.set_annotations(owner.snapshot() + polys)
+        owner.notify_changed()
         owner.set_status(f"{len(polys)} polygons from the model at threshold {t:g}: edit them")

@@ -1,6 +1,6 @@
 """The "Tumor inference" dock widget: viewport / follow / whole-slide inference in napari.
 
-A thin Qt shell over :class:`napari_histo.live.LiveController`: it reads the
+A thin Qt shell over :class:`napari_histo.live.controller.LiveController`: it reads the
 settings from its controls, starts the controller's job generator in a
 ``thread_worker`` and hands the cells it yields to
 :class:`~napari_histo.widgets._overlays.OverlayLayers` on the Qt thread, which
@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import QLabel, QWidget
 
-from napari_histo.live import (
+from napari_histo.live.controller import (
     OVERLAY_ARRAYS,
     Debouncer,
     LiveController,
@@ -40,7 +40,7 @@ from napari_histo.widgets._common import (
     signal_finished,
     topmost_slide_layer,
 )
-from napari_histo.widgets._controls import ControlsMixin, _fmt_s
+from napari_histo.widgets._controls import ControlsMixin, fmt_s
 from napari_histo.widgets._overlays import LAYER_NAMES, TAG, OverlayLayers
 
 if TYPE_CHECKING:
@@ -81,7 +81,7 @@ class InferenceWidget(ControlsMixin, ShutdownMixin, QWidget):
     ----------
     napari_viewer : napari.Viewer
     settings_file : str or Path, optional
-        Where settings persist (default :func:`napari_histo.live.settings_path`).
+        Where settings persist (default :func:`napari_histo.live.controller.settings_path`).
     out_dir : str or Path, optional
         Result store directory (default beside the slide).
     """
@@ -194,7 +194,7 @@ class InferenceWidget(ControlsMixin, ShutdownMixin, QWidget):
         """Compare the slide's staining with the models' training data, off the Qt thread."""
         from napari.qt.threading import create_worker
 
-        from napari_histo.ood import slide_ood
+        from napari_histo.inference.stain_check import slide_ood
 
         cards = list(self._controller.available_members().values())
         self.ood_score = None
@@ -397,9 +397,9 @@ class InferenceWidget(ControlsMixin, ShutdownMixin, QWidget):
         self._pending_progress = (
             update.total,
             update.done,
-            f"%v/%m tiles, ETA {_fmt_s(update.eta_s)}",
+            f"%v/%m tiles, ETA {fmt_s(update.eta_s)}",
             f"{stage}: {update.done}/{update.total} tiles of the slide, "
-            f"{_fmt_s(update.elapsed_s)} elapsed, ETA {_fmt_s(update.eta_s)}",
+            f"{fmt_s(update.elapsed_s)} elapsed, ETA {fmt_s(update.eta_s)}",
         )
 
     def _flush_progress(self) -> None:

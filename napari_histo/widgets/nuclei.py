@@ -1,8 +1,8 @@
 """The "Nuclei" dock widget: nuclei of the view or a drawn region as a napari Labels layer.
 
-A thin Qt shell over :mod:`napari_histo.nuclei_store`: it turns the view (or a
+A thin Qt shell over :mod:`napari_histo.nuclei.store`: it turns the view (or a
 rectangle of a Shapes layer) into a level-0 region, runs
-:func:`~napari_histo.nuclei_store.iter_region_nuclei` in a ``thread_worker``
+:func:`~napari_histo.nuclei.store.iter_region_nuclei` in a ``thread_worker``
 and shows the result as a Labels layer in µm, aligned with the slide, whose
 ``features`` (one row per nucleus, ``index`` = label) napari shows on hover.
 Whole-slide nuclei written to the store by ``napari-histo nuclei`` are shown as
@@ -31,18 +31,17 @@ from qtpy.QtWidgets import (
 )
 
 from napari_histo.errors import HistoError
-from napari_histo.live import visible_region_l0
-from napari_histo.nuclei import METHODS
-from napari_histo.nuclei_features import write_nuclei_csv
-from napari_histo.nuclei_store import (
-    NucleiRun,
+from napari_histo.frames import drawn_region_l0, grid_transform, layer_mpp, visible_region_l0
+from napari_histo.nuclei.classical import METHODS
+from napari_histo.nuclei.export import (
     RegionNuclei,
     export_csv,
     export_geojson,
-    find_nuclei_runs,
     iter_region_nuclei,
     write_region_geojson,
 )
+from napari_histo.nuclei.features import write_nuclei_csv
+from napari_histo.nuclei.run import NucleiRun, find_nuclei_runs
 from napari_histo.widgets._common import (
     ShutdownMixin,
     cancel_and_join,
@@ -53,29 +52,11 @@ from napari_histo.widgets._common import (
 if TYPE_CHECKING:
     import napari
 
-__all__ = ["LAYER_NAME", "SLIDE_LAYER_NAME", "NucleiWidget", "drawn_region_l0"]
+__all__ = ["LAYER_NAME", "SLIDE_LAYER_NAME", "NucleiWidget"]
 
 LAYER_NAME = "nuclei"
 SLIDE_LAYER_NAME = "nuclei (whole slide)"
 _TAG = "napari_histo_nuclei"  # layer metadata key marking our layers
-
-
-def drawn_region_l0(
-    corners_world: np.ndarray, mpp: tuple[float, float], slide_dims: tuple[int, int]
-) -> tuple[int, int, int, int] | None:
-    """Level-0 ``(x, y, w, h)`` bounding a shape's world ``(y, x)`` µm vertices, clipped.
-
-    A world coordinate ``v`` (µm) is level-0 coordinate ``v / mpp + 0.5`` (see
-    :mod:`napari_histo.live`). None when the shape misses the slide.
-    """
-    yx = np.asarray(corners_world, float).reshape(-1, 2)
-    u = yx / np.asarray(mpp, float) + 0.5
-    x0, y0 = max(0, int(np.floor(u[:, 1].min()))), max(0, int(np.floor(u[:, 0].min())))
-    x1 = min(slide_dims[0], int(np.ceil(u[:, 1].max())))
-    y1 = min(slide_dims[1], int(np.ceil(u[:, 0].max())))
-    if x1 <= x0 or y1 <= y0:
-        return None
-    return x0, y0, x1 - x0, y1 - y0
 
 
 def _features(table: dict[str, np.ndarray]):
@@ -178,7 +159,7 @@ class NucleiWidget(ShutdownMixin, QWidget):
         if layer is None:
             return None
         meta = layer.metadata
-        mpp = (float(meta["mpp_y"] or meta["mpp"]), float(meta["mpp_x"] or meta["mpp"]))
+        mpp = layer_mpp(meta)
         slide = meta.get("slide")
         dims = tuple(slide.dimensions) if slide is not None else None
         if dims is None:
@@ -345,12 +326,12 @@ class NucleiWidget(ShutdownMixin, QWidget):
 
     def show_result(self, result: RegionNuclei):
         """Show `result` as the "nuclei" Labels layer (µm scale and translate on the slide)."""
-        (mpp_y, mpp_x), (x0, y0) = result.mpp, result.region_l0[:2]
+        scale, translate = grid_transform(result.region_l0[:2], 1.0, result.mpp)
         return self._replace_layer(
             LAYER_NAME,
             result.labels,
-            scale=(mpp_y, mpp_x),
-            translate=(y0 * mpp_y, x0 * mpp_x),
+            scale=scale,
+            translate=translate,
             features=_features(result.table),
             metadata={"region_l0": result.region_l0},
         )
@@ -368,14 +349,14 @@ class NucleiWidget(ShutdownMixin, QWidget):
             self.set_status("no whole-slide nuclei in the store: run `napari-histo nuclei SLIDE`")
             return None
         self.slide_run = run = runs[0]
-        _, (mpp_y, mpp_x), _ = self._slide_geometry()
-        x0, y0 = run.geometry.origin_l0
+        _, mpp, _ = self._slide_geometry()
+        scale, translate = grid_transform(run.geometry.origin_l0, 1.0, mpp)
         layer = self._replace_layer(
             SLIDE_LAYER_NAME,
             run.levels(),
             multiscale=True,
-            scale=(mpp_y, mpp_x),
-            translate=(y0 * mpp_y, x0 * mpp_x),
+            scale=scale,
+            translate=translate,
             features=_features(run.features()),
             metadata={"run_id": run.run_id},
         )

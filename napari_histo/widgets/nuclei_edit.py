@@ -1,6 +1,6 @@
 """The "Edit instances (Labels)" box of the Annotate dock: delete / merge / split / redraw.
 
-A thin Qt shell over :mod:`napari_histo.nuclei_edit`, acting on any 2-D Labels
+A thin Qt shell over :mod:`napari_histo.nuclei.edit`, acting on any 2-D Labels
 layer (``nuclei`` by default). The owner is the dock widget it sits in: it
 provides ``viewer``, ``set_status(message)`` and ``_edge_width()``.
 """
@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 from qtpy.QtWidgets import QComboBox, QFormLayout, QGroupBox, QHBoxLayout, QLineEdit, QPushButton
 
-from napari_histo import nuclei_edit
+from napari_histo.nuclei import edit as nuclei_edit
 
 __all__ = ["SPLIT_LINE_LAYER", "NucleiEditBox", "button"]
 

@@ -5,7 +5,7 @@ collects the slide, the annotations (autosave file, a chosen file or a Shapes
 layer), granularity, members and epochs, runs the generator in a
 ``thread_worker`` with napari progress, a live loss / held-out Dice plot and
 Cancel, then lists each member's versions (the choice persists, see
-:mod:`napari_histo.training.versions`, and the Tumor inference widget runs it)
+:mod:`napari_histo.models.versions`, and the Tumor inference widget runs it)
 and shows the parent and active versions' probability side by side.
 """
 
@@ -31,8 +31,9 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from napari_histo.annotations import Annotation
+from napari_histo.annotations.model import Annotation
 from napari_histo.errors import HistoError
+from napari_histo.frames import layer_mpp, overlay_transform, visible_region_l0
 from napari_histo.training.retrain import GRANULARITIES
 from napari_histo.widgets._common import (
     ShutdownMixin,
@@ -42,6 +43,7 @@ from napari_histo.widgets._common import (
     run_cancel_buttons,
     signal_finished,
 )
+from napari_histo.widgets._overlays import tumor_colormap
 
 if TYPE_CHECKING:
     import napari
@@ -60,11 +62,11 @@ def _one_line(err: BaseException) -> str:
 def shapes_to_annotations(layer: Any, mpp: tuple[float, float]) -> list[Annotation]:
     """Level-0 annotations of a napari Shapes layer drawn over a slide layer.
 
-    Uses the GeoJSON writer's conversion (:func:`napari_histo.io.writer.shapes_annotations`:
+    Uses the GeoJSON writer's conversion (:func:`napari_histo.plugin.writer.shapes_annotations`:
     class from the ``label`` feature, else the layer's ``default_label``); a
     layer without mpp metadata gets the slide's `mpp` ``(mpp_y, mpp_x)``.
     """
-    from napari_histo.io.writer import shapes_annotations
+    from napari_histo.plugin.writer import shapes_annotations
 
     meta = dict(layer.metadata or {})
     if meta.get("mpp") is None and not (meta.get("mpp_y") and meta.get("mpp_x")):
@@ -138,7 +140,7 @@ class RetrainWidget(ShutdownMixin, QWidget):
     napari_viewer : napari.Viewer
     out_dir : str or Path, optional
         Where new versions are written (default
-        :func:`napari_histo.training.versions.user_models_dir`).
+        :func:`napari_histo.models.versions.user_models_dir`).
     """
 
     def __init__(
@@ -159,7 +161,7 @@ class RetrainWidget(ShutdownMixin, QWidget):
 
     # -- UI -------------------------------------------------------------------
     def _build_ui(self) -> None:
-        from napari_histo.training.versions import active_cards
+        from napari_histo.models.versions import active_cards
 
         layout = QVBoxLayout(self)
         form = QFormLayout()
@@ -232,7 +234,7 @@ class RetrainWidget(ShutdownMixin, QWidget):
 
     def refresh_versions(self) -> None:
         """Rebuild the per-member version choosers from the cards on disk."""
-        from napari_histo.training.versions import active_cards, all_versions
+        from napari_histo.models.versions import active_cards, all_versions
 
         while self.versions_layout.rowCount():
             self.versions_layout.removeRow(0)
@@ -251,7 +253,7 @@ class RetrainWidget(ShutdownMixin, QWidget):
             self.version_combos[name] = combo
 
     def _on_version_chosen(self, name: str) -> None:
-        from napari_histo.training.versions import set_active_version
+        from napari_histo.models.versions import set_active_version
 
         combo = self.version_combos[name]
         version = combo.currentData()
@@ -270,8 +272,7 @@ class RetrainWidget(ShutdownMixin, QWidget):
         return self.viewer.layers[name]
 
     def _mpp(self, layer: Any) -> tuple[float, float]:
-        meta = layer.metadata
-        return float(meta.get("mpp_y") or meta["mpp"]), float(meta.get("mpp_x") or meta["mpp"])
+        return layer_mpp(layer.metadata)
 
     def _annotations(self, slide_path: Path) -> tuple[list[Annotation], str]:
         from napari_histo.training.retrain import read_slide_annotations
@@ -297,9 +298,9 @@ class RetrainWidget(ShutdownMixin, QWidget):
         """Start fine-tuning with the chosen settings (errors go to the status line)."""
         from napari.qt.threading import create_worker
 
+        from napari_histo.models.versions import user_models_dir
         from napari_histo.training.finetune import FinetuneConfig, finetune_ensemble
         from napari_histo.training.retrain import resolve_cards, steps_per_epoch
-        from napari_histo.training.versions import user_models_dir
 
         if self.running or self._closed:
             return
@@ -368,7 +369,7 @@ class RetrainWidget(ShutdownMixin, QWidget):
 
     def _on_returned(self, cards: list[Path]) -> None:
         from napari_histo.models import read_card
-        from napari_histo.training.versions import set_active_version
+        from napari_histo.models.versions import set_active_version
 
         self.last_cards = list(cards)
         if self._closed:
@@ -417,9 +418,8 @@ class RetrainWidget(ShutdownMixin, QWidget):
         """Run the parent and the active versions on the visible region; two layers."""
         from napari.qt.threading import create_worker
 
-        from napari_histo.live import visible_region_l0
+        from napari_histo.models.versions import active_cards
         from napari_histo.training.retrain import parent_card, region_probability
-        from napari_histo.training.versions import active_cards
 
         if self.running or self._closed:
             return
@@ -472,18 +472,11 @@ class RetrainWidget(ShutdownMixin, QWidget):
         worker.start()
 
     def _show_compare(self, layer: Any, outputs: list, before: list, after: list) -> None:
-        from napari.utils.colormaps import Colormap
-
-        from napari_histo.live import overlay_transform
 
         if self._closed or any(o is None for o in outputs):
             self.set_status("cancelled")
             return
-        tumor = Colormap(  # the Tumor inference widget's probability colours
-            colors=[[0.4, 0, 0, 0], [0.8, 0, 0.1, 0.15], [1, 0.2, 0, 0.65], [1, 1, 0.2, 0.9]],
-            controls=[0, 0.3, 0.6, 1],
-            name="histo tumor (compare)",
-        )
+        tumor = tumor_colormap("histo tumor (compare)")  # the Tumor inference dock's colours
         mpp = self._mpp(layer)
         shift = None
         for (prob, geometry), versions in zip(outputs, (before, after), strict=True):

@@ -16,20 +16,20 @@ from typing import Any
 
 import numpy as np
 
-from napari_histo.annotations import GRANULARITIES, KINDS, Annotation
+from napari_histo._atomic import atomic_write_text
+from napari_histo.annotations.model import GRANULARITIES, KINDS, Annotation
 from napari_histo.errors import AnnotationError
-from napari_histo.io.annotations import (
-    _CLASS_COLORS,
-    _GRAY,
+from napari_histo.io.annotations._common import (
+    CLASS_COLORS,
+    GRAY,
     MAX_COORD_PX,
     AnnotationFile,
     PathLike,
-    _class_color,
-    _is_jsonable,
-    _nonfinite,
-    _read_limited,
-    _Skip,
-    atomic_write_text,
+    Skip,
+    class_color,
+    is_jsonable,
+    nonfinite,
+    read_limited,
 )
 
 __all__ = ["asap_xml_text", "read_asap_xml", "write_asap_xml"]
@@ -58,14 +58,14 @@ def asap_xml_text(annotations: Iterable[Annotation]) -> str:
     def add(ann: Annotation, name: str, asap_type: str, ring: np.ndarray, **extra: str) -> None:
         el = ET.SubElement(
             group, "Annotation", Name=name, Type=asap_type, PartOfGroup=ann.label,
-            Color=_hex(_class_color(ann)), **extra,
+            Color=_hex(class_color(ann)), **extra,
         )  # fmt: skip
         coords = ET.SubElement(el, "Coordinates")
         for k, (x, y) in enumerate(ring.tolist()):
             ET.SubElement(coords, "Coordinate", Order=str(k), X=repr(x), Y=repr(y))
 
     for ann in annotations:
-        labels.setdefault(ann.label, _CLASS_COLORS.get(ann.label, _GRAY))
+        labels.setdefault(ann.label, CLASS_COLORS.get(ann.label, GRAY))
         asap_type = {"bbox": "Rectangle", "point": "Dot" if len(ann.coords) == 1 else "PointSet"}
         meta = {
             "Id": ann.id,
@@ -107,13 +107,13 @@ def write_asap_xml(path: PathLike, annotations: Iterable[Annotation], backups: i
 
 def _asap_float(text: str | None) -> float:
     if text is None:
-        raise _Skip("coordinate without X or Y")
+        raise Skip("coordinate without X or Y")
     try:
         value = float(text.replace(",", "."))  # ASAP in some locales writes "12,5"
     except ValueError:
-        raise _Skip(f"coordinate {text!r} is not a number") from None
+        raise Skip(f"coordinate {text!r} is not a number") from None
     if not math.isfinite(value) or abs(value) > MAX_COORD_PX:
-        raise _Skip(f"coordinate {text!r} is not finite or beyond ±{MAX_COORD_PX:.0e} px")
+        raise Skip(f"coordinate {text!r} is not finite or beyond ±{MAX_COORD_PX:.0e} px")
     return value
 
 
@@ -122,16 +122,16 @@ def _asap_annotation(
 ) -> tuple[Annotation | None, str | None, np.ndarray]:
     coords_el = el.find("Coordinates")
     if coords_el is None:
-        raise _Skip("no Coordinates")
+        raise Skip("no Coordinates")
     pts = []
     for c in coords_el.findall("Coordinate"):
         try:
             order = int(c.get("Order", len(pts)))
         except ValueError:
-            raise _Skip(f"Order {c.get('Order')!r} is not an integer") from None
+            raise Skip(f"Order {c.get('Order')!r} is not an integer") from None
         pts.append((order, _asap_float(c.get("X")), _asap_float(c.get("Y"))))
     if not pts:
-        raise _Skip("no Coordinate elements")
+        raise Skip("no Coordinate elements")
     pts.sort(key=lambda p: p[0])
     ring = np.array([(x, y) for _, x, y in pts], dtype=np.float64)
     hole_of = el.get("HoleOf")
@@ -141,7 +141,7 @@ def _asap_annotation(
     kind = {"Polygon": "polygon", "Rectangle": "bbox", "Dot": "point", "PointSet": "point",
             "Spline": "polygon", "Ellipse": "polygon"}.get(asap_type)  # fmt: skip
     if kind is None:
-        raise _Skip(f"unsupported Type {asap_type!r}")
+        raise Skip(f"unsupported Type {asap_type!r}")
     if asap_type == "Spline":
         warn.append("Spline read as a polygon through its control points")
     if el.get("Kind") in KINDS:
@@ -165,17 +165,17 @@ def _asap_annotation(
         fields["color"] = own
     if el.get("Properties"):
         try:
-            props = json.loads(el.get("Properties", ""), parse_constant=_nonfinite)
+            props = json.loads(el.get("Properties", ""), parse_constant=nonfinite)
         except (json.JSONDecodeError, RecursionError):
             props = None
-        if isinstance(props, dict) and _is_jsonable(props):
+        if isinstance(props, dict) and is_jsonable(props):
             fields["properties"] = props
         else:
             warn.append("Properties attribute is not a JSON object; dropped")
     if kind == "ellipse":
         try:
             ell = tuple(_asap_float(v) for v in el.get("Ellipse", "").split())
-        except _Skip:
+        except Skip:
             ell = ()
         if len(ell) == 5 and ell[2] > 0 and ell[3] > 0:
             fields["ellipse"] = ell
@@ -189,7 +189,7 @@ def _asap_annotation(
     try:
         return Annotation(kind=kind, coords=ring, **fields), None, ring
     except ValueError as exc:
-        raise _Skip(str(exc)) from None
+        raise Skip(str(exc)) from None
 
 
 def read_asap_xml(path: PathLike) -> AnnotationFile:
@@ -206,7 +206,7 @@ def read_asap_xml(path: PathLike) -> AnnotationFile:
         If the file cannot be read, is too large or is not ASAP XML.
     """
     path = Path(path)
-    data = _read_limited(path)
+    data = read_limited(path)
     try:
         root = ET.fromstring(data)
     except ET.ParseError as exc:
@@ -227,7 +227,7 @@ def read_asap_xml(path: PathLike) -> AnnotationFile:
         warn: list[str] = []
         try:
             ann, hole_of, ring = _asap_annotation(el, group_colors, warn)
-        except _Skip as exc:
+        except Skip as exc:
             result.problems.append(f"feature {idx}: skipped: {exc}")
             continue
         finally:

@@ -1,6 +1,6 @@
 """Threads of live jobs: torch thread limits, lower priority, relaying a generator.
 
-Plain Python (no Qt, no napari); used by :meth:`napari_histo.live.LiveController.job`.
+Plain Python (no Qt, no napari); used by :meth:`napari_histo.live.controller.LiveController.job`.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Per-nucleus measurements and their export (CSV, QuPath-style GeoJSON detections).
 
-Works on instance labels from :mod:`napari_histo.nuclei`; positions are level-0
+Works on instance labels from :mod:`napari_histo.nuclei.classical`; positions are level-0
 pixel coordinates (a pixel x covers [x, x + 1)) and µm.
 """
 
@@ -16,14 +16,9 @@ import numpy as np
 from scipy import ndimage as ndi
 from skimage.measure import approximate_polygon, find_contours, regionprops_table
 
-from napari_histo.io.atomic import atomic_write_text
-from napari_histo.nuclei import (
-    NUCLEUS_COLOR,
-    _check_labels,
-    _check_mpp,
-    _check_rgb,
-    haematoxylin,
-)
+from napari_histo._atomic import atomic_write_text
+from napari_histo.nuclei._common import _check_labels, _check_mpp, _check_rgb
+from napari_histo.nuclei.classical import NUCLEUS_COLOR, haematoxylin
 
 __all__ = ["measure_nuclei", "nuclei_to_geojson_features", "read_nuclei_csv", "write_nuclei_csv"]
 

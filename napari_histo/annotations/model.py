@@ -26,6 +26,8 @@ import numpy as np
 from scipy import ndimage
 from skimage import draw, measure
 
+from napari_histo.annotations.polygons import as_xy
+
 __all__ = [
     "DEFAULT_CLASSES",
     "GRANULARITIES",
@@ -36,13 +38,10 @@ __all__ = [
     "AnnotationClass",
     "class_index",
     "ellipse_polygon",
-    "find_self_intersections",
-    "is_simple_polygon",
     "mask_to_bbox",
     "mask_to_ellipse",
     "mask_to_polygons",
     "rasterize",
-    "simple_polygons",
 ]
 
 KINDS = ("polygon", "bbox", "ellipse", "point")
@@ -73,16 +72,6 @@ def _now_iso() -> str:
 
 def _new_id() -> str:
     return str(uuid.uuid4())
-
-
-def _as_xy(coords: Any, name: str, min_rows: int) -> np.ndarray:
-    arr = np.array(coords, dtype=np.float64)
-    if arr.ndim != 2 or arr.shape[1] != 2 or arr.shape[0] < min_rows:
-        raise ValueError(f"`{name}` must have shape (N >= {min_rows}, 2), got {arr.shape}")
-    if not np.isfinite(arr).all():
-        raise ValueError(f"`{name}` must be finite")
-    arr.flags.writeable = False
-    return arr
 
 
 @dataclass(frozen=True, eq=False)
@@ -145,8 +134,8 @@ class Annotation:
                 f"`object_type` must be one of {OBJECT_TYPES}, got {self.object_type!r}"
             )
         set_ = object.__setattr__
-        set_(self, "coords", _as_xy(self.coords, "coords", 1 if self.kind == "point" else 3))
-        holes = tuple(_as_xy(h, "holes", 3) for h in self.holes)
+        set_(self, "coords", as_xy(self.coords, "coords", 1 if self.kind == "point" else 3))
+        holes = tuple(as_xy(h, "holes", 3) for h in self.holes)
         if holes and self.kind != "polygon":
             raise ValueError(f"only polygons have holes, got kind {self.kind!r}")
         set_(self, "holes", holes)
@@ -556,11 +545,3 @@ def rasterize(
             rr, cc = lr + r0, lc + c0
         out[rr, cc] = index[ann.label]
     return out
-
-
-# Polygon validity lives in napari_histo.polygons; re-exported here.
-from napari_histo.polygons import (  # noqa: E402
-    find_self_intersections,
-    is_simple_polygon,
-    simple_polygons,
-)

@@ -3,12 +3,13 @@
 Both write level-0 pixel coordinates, like every annotation file of napari-histo.
 A layer's data coordinates go to napari world coordinates with its ``scale``
 and ``translate``; world µm go to level-0 px with the slide's µm per px:
-``l0 = world / mpp + 0.5`` (see :mod:`napari_histo.annotation_layers`).
+``l0 = world / mpp + 0.5`` (see :mod:`napari_histo.frames`).
 
 Where mpp comes from
 --------------------
-``layer.metadata["mpp"]`` (a number or ``(mpp_y, mpp_x)``), else
-``metadata["mpp_y"]``/``["mpp_x"]``; the layers napari-histo makes carry it.
+:func:`napari_histo.frames.layer_mpp`: ``layer.metadata["mpp_y"]``/``["mpp_x"]``,
+else ``metadata["mpp"]`` (a number or ``(mpp_y, mpp_x)``); the layers
+napari-histo makes carry it.
 A layer without it is taken to be in level-0 pixels (mpp = 1: its world
 coordinates are level-0 pixel centres), which is right for layers drawn over a
 slide shown without physical scale.
@@ -28,36 +29,18 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
-from napari_histo.annotation_layers import layer_l0_transform, shapes_to_annotations
-from napari_histo.annotations import (
+from napari_histo.annotations.layers import shapes_to_annotations
+from napari_histo.annotations.model import (
     DEFAULT_CLASSES,
     Annotation,
     AnnotationClass,
     class_index,
     mask_to_polygons,
 )
+from napari_histo.frames import data_to_world, layer_l0_transform, layer_mpp
 from napari_histo.io.annotations import write_geojson
 
-__all__ = ["labels_annotations", "layer_mpp", "shapes_annotations", "write_labels", "write_shapes"]
-
-
-def layer_mpp(metadata: Mapping[str, Any] | None) -> tuple[float, float]:
-    """``(mpp_y, mpp_x)`` from layer metadata, or (1, 1) when it has none (see module doc)."""
-    meta = metadata or {}
-    mpp = meta.get("mpp")
-    if mpp is not None:
-        if np.ndim(mpp) == 0:
-            return float(mpp), float(mpp)
-        mpp_y, mpp_x = (float(v) for v in mpp)
-        return mpp_y, mpp_x
-    if meta.get("mpp_y") and meta.get("mpp_x"):
-        return float(meta["mpp_y"]), float(meta["mpp_x"])
-    return 1.0, 1.0
-
-
-def _world(data: np.ndarray, scale: Sequence[float], translate: Sequence[float]) -> np.ndarray:
-    data = np.asarray(data, dtype=np.float64)[:, -2:]
-    return data * np.asarray(scale[-2:], float) + np.asarray(translate[-2:], float)
+__all__ = ["labels_annotations", "shapes_annotations", "write_labels", "write_shapes"]
 
 
 def _columns(features: Any) -> dict[str, list[Any]]:
@@ -73,12 +56,12 @@ def shapes_annotations(data: Sequence[Any], attributes: Mapping[str, Any]) -> li
     scale = attributes.get("scale") or (1.0, 1.0)
     translate = attributes.get("translate") or (0.0, 0.0)
     meta = attributes.get("metadata") or {}
-    world = [_world(d, scale, translate) for d in data]
+    world = [data_to_world(d, scale, translate) for d in data]
     return shapes_to_annotations(
         world,
         list(attributes.get("shape_type") or ["polygon"] * len(world)),
         _columns(attributes.get("features")),
-        layer_mpp(meta),
+        layer_mpp(meta, default=(1.0, 1.0)),
         default_label=str(meta.get("default_label", "tumor")),
     )
 
@@ -98,7 +81,7 @@ def labels_annotations(data: Any, attributes: Mapping[str, Any]) -> list[Annotat
     if labels.ndim != 2:
         raise ValueError(f"only 2-D labels can be written as GeoJSON, got shape {labels.shape}")
     meta = attributes.get("metadata") or {}
-    mpp = layer_mpp(meta)
+    mpp = layer_mpp(meta, default=(1.0, 1.0))
     origin, downsample = layer_l0_transform(
         attributes.get("scale") or (1.0, 1.0), attributes.get("translate") or (0.0, 0.0), mpp
     )

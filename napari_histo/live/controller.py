@@ -31,14 +31,16 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from napari_histo.live_settings import (
+from napari_histo.frames import visible_region_l0
+from napari_histo.generators import mapped
+from napari_histo.live.settings import (
     MODES,
     LiveSettings,
     load_settings,
     save_settings,
     settings_path,
 )
-from napari_histo.live_threads import in_own_thread, limit_torch_threads
+from napari_histo.live.threads import in_own_thread, limit_torch_threads
 
 if TYPE_CHECKING:
     from napari_histo.inference.engine import InferenceResult
@@ -57,11 +59,9 @@ __all__ = [
     "follow_action",
     "limit_torch_threads",
     "load_settings",
-    "overlay_transform",
     "save_settings",
     "settings_path",
     "stage_label",
-    "visible_region_l0",
 ]
 
 #: Result arrays shown as layers.
@@ -72,95 +72,6 @@ PREVIEW_MEMBER = "deeplabv3plus"
 
 
 # -- geometry ----------------------------------------------------------------
-def _pair(value: float | Sequence[float], name: str) -> tuple[float, float]:
-    pair = (value, value) if isinstance(value, int | float) else tuple(value)
-    if len(pair) != 2:
-        raise ValueError(f"`{name}` must be a number or a (y, x) pair, got {value!r}")
-    y, x = (float(v) for v in pair)
-    if not (y > 0 and x > 0):
-        raise ValueError(f"`{name}` must be > 0, got {value!r}")
-    return y, x
-
-
-def visible_region_l0(
-    camera_center_um: Sequence[float],
-    zoom: float,
-    canvas_size_px: Sequence[int],
-    mpp: float | Sequence[float],
-    slide_dims: Sequence[int],
-    *,
-    margin: float = 0.0,
-) -> tuple[int, int, int, int] | None:
-    """The level-0 rectangle a 2-D napari view shows, clipped to the slide.
-
-    Parameters
-    ----------
-    camera_center_um : sequence of float
-        ``viewer.scene.camera.center``: world ``(y, x)`` in µm (the last two
-        entries are used, so a 3-tuple works).
-    zoom : float
-        ``viewer.scene.camera.zoom``: screen px per µm.
-    canvas_size_px : (int, int)
-        ``viewer.canvas.size``: ``(height, width)`` in screen px.
-    mpp : float or (float, float)
-        Level-0 µm per px, ``(mpp_y, mpp_x)``.
-    slide_dims : (int, int)
-        Level-0 ``(width, height)`` in px.
-    margin : float
-        Extra fraction of the view added on every side (prefetch ring).
-
-    Returns
-    -------
-    (x, y, w, h) or None
-        Level-0 px, ``w, h >= 1``; None when the view does not meet the slide.
-
-    Examples
-    --------
-    >>> visible_region_l0((500.0, 500.0), 1.0, (100, 200), 0.5, (4000, 4000))
-    (800, 900, 401, 201)
-    """
-    if not zoom > 0:
-        raise ValueError(f"`zoom` must be > 0, got {zoom!r}")
-    mpp_y, mpp_x = _pair(mpp, "mpp")
-    height_px, width_px = (float(v) for v in canvas_size_px)
-    width, height = (int(v) for v in slide_dims)
-    cy, cx = (float(v) for v in camera_center_um[-2:])
-    half_h = height_px / 2 / zoom * (1 + 2 * margin)
-    half_w = width_px / 2 / zoom * (1 + 2 * margin)
-    # world -> level-0 coordinate: u = world / mpp + 0.5
-    x0 = max(0, math.floor((cx - half_w) / mpp_x + 0.5))
-    x1 = min(width, math.ceil((cx + half_w) / mpp_x + 0.5))
-    y0 = max(0, math.floor((cy - half_h) / mpp_y + 0.5))
-    y1 = min(height, math.ceil((cy + half_h) / mpp_y + 0.5))
-    if x1 <= x0 or y1 <= y0:
-        return None
-    return x0, y0, x1 - x0, y1 - y0
-
-
-def overlay_transform(
-    geometry: ResultGeometry, mpp: float | Sequence[float]
-) -> tuple[tuple[float, float], tuple[float, float]]:
-    """napari ``(scale, translate)`` in µm that puts a result array on the slide layer.
-
-    Result pixel ``j``'s centre is level-0 coordinate ``ox + (j + 0.5) * ds``,
-    which napari shows at world ``(ox + (j + 0.5) * ds - 0.5) * mpp`` (see the
-    module docstring); napari puts data pixel ``j``'s centre at
-    ``translate + j * scale``, hence ``scale = ds * mpp`` and
-    ``translate = (ox + (ds - 1) / 2) * mpp``.
-
-    Examples
-    --------
-    >>> from napari_histo.io.store import ResultGeometry
-    >>> g = ResultGeometry((0, 0), 8.0, (10, 10), 128, 2.0)
-    >>> overlay_transform(g, 0.25)
-    ((2.0, 2.0), (0.875, 0.875))
-    """
-    mpp_y, mpp_x = _pair(mpp, "mpp")
-    ds = float(geometry.downsample)
-    ox, oy = geometry.origin_l0
-    scale = (ds * mpp_y, ds * mpp_x)
-    translate = ((oy + (ds - 1) / 2) * mpp_y, (ox + (ds - 1) / 2) * mpp_x)
-    return scale, translate
 
 
 def region_fraction(region: Sequence[int] | None, slide_dims: Sequence[int]) -> float:
@@ -373,7 +284,7 @@ class LiveController:
     def available_members(self) -> dict[str, Path]:
         """Model name → card path of its active version (the newest unless one was chosen)."""
         from napari_histo.models import read_card
-        from napari_histo.training.versions import active_cards
+        from napari_histo.models.versions import active_cards
 
         cards = active_cards(self.models_dir)  # tumour-ensemble members only, not e.g. nuclei:
         return {n: p for n, p in cards.items() if read_card(p).task == "segmentation"}
@@ -564,25 +475,21 @@ class LiveController:
                     out_dir=self.out_dir,
                     cancel=cancel,
                 )
+
+                def update(progress, stage=stage, geometry=geometry, keep=keep, label=label):
+                    cells = [c for c in progress.cells if keep is None or not keep[c[:2]]]
+                    return LiveUpdate(
+                        stage,
+                        progress.done,
+                        progress.total,
+                        progress.elapsed_s,
+                        progress.eta_s,
+                        cell_updates(geometry, cells),
+                        label,
+                    )
+
                 try:
-                    while True:
-                        try:
-                            progress = next(gen)
-                        except StopIteration as stop:
-                            result = stop.value
-                            break
-                        yield LiveUpdate(
-                            stage,
-                            progress.done,
-                            progress.total,
-                            progress.elapsed_s,
-                            progress.eta_s,
-                            cell_updates(
-                                geometry,
-                                [c for c in progress.cells if keep is None or not keep[c[:2]]],
-                            ),
-                            label,
-                        )
+                    result = yield from mapped(gen, update)
                 finally:
                     # If this job is closed or abandoned mid-run, stop the engine now
                     # (its finally saves finished cells and joins its threads) instead

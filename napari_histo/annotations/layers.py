@@ -1,15 +1,7 @@
 """Annotations ↔ napari layer data, in bulk (no Qt, no napari import).
 
-Coordinate planes (as in :mod:`napari_histo.live`)
---------------------------------------------------
-``l0``
-    Level-0 slide pixels ``(x, y)``; pixel ``k`` covers ``[k, k + 1)``.
-``world``
-    napari world coordinates in µm, ``(row, col) = (y, x)``. The slide layer has
-    ``scale = (mpp_y, mpp_x)`` and no translate, so napari puts the *centre* of
-    level-0 pixel ``k`` at ``k · mpp``: level-0 coordinate ``u`` is world
-    ``(u - 0.5) · mpp``. :func:`l0_to_world` and :func:`world_to_l0` are the only
-    place this conversion is written down.
+Coordinate planes: level 0 and napari world as in :mod:`napari_histo.frames`
+(the only place the conversions are written down), and
 ``crop``
     A label crop ``(rows, cols)`` at `downsample` d whose top-left corner is
     level-0 `origin` ``(ox, oy)``: crop pixel ``(r, c)`` covers level-0
@@ -34,7 +26,8 @@ from typing import Any
 import numpy as np
 from skimage.measure import points_in_poly
 
-from napari_histo.annotations import (
+from napari_histo._atomic import atomic_write_text
+from napari_histo.annotations.model import (
     DEFAULT_CLASSES,
     Annotation,
     AnnotationClass,
@@ -43,12 +36,7 @@ from napari_histo.annotations import (
     rasterize,
 )
 from napari_histo.errors import AnnotationError
-from napari_histo.io.atomic import atomic_write_text
-from napari_histo.probability_annotations import (  # re-exported: they used to live here
-    probability_to_annotations,
-    probability_to_crop,
-    probability_window,
-)
+from napari_histo.frames import Pair, grid_transform, l0_to_world, mpp_pair, world_to_l0
 
 __all__ = [
     "FEATURE_COLUMNS",
@@ -57,17 +45,11 @@ __all__ = [
     "classes_path",
     "crop_for_region",
     "crop_to_annotations",
-    "l0_to_world",
     "label_colors",
-    "layer_l0_transform",
     "load_classes",
-    "probability_to_annotations",
-    "probability_to_crop",
-    "probability_window",
     "rasterize_crop",
     "save_classes",
     "shapes_to_annotations",
-    "world_to_l0",
 ]
 
 #: Feature columns of an annotation Shapes layer.
@@ -77,38 +59,7 @@ MAX_CROP_PX = 2048
 _FACE_ALPHA = 0.3
 _ELLIPSE_MATCH_PX = 1e-6
 
-Pair = tuple[float, float]
 
-
-def _mpp_pair(mpp: float | Sequence[float]) -> Pair:
-    if np.ndim(mpp) == 0:
-        mpp_y = mpp_x = float(mpp)  # type: ignore[arg-type]
-    else:
-        mpp_y, mpp_x = (float(v) for v in mpp)  # type: ignore[union-attr]
-    if not (mpp_y > 0 and mpp_x > 0):
-        raise ValueError(f"`mpp` must be > 0, got {mpp!r}")
-    return mpp_y, mpp_x
-
-
-# -- the one coordinate conversion -------------------------------------------------------
-def l0_to_world(xy: Any, mpp: float | Sequence[float]) -> np.ndarray:
-    """Level-0 ``(x, y)`` rows → napari world ``(row, col)`` µm rows.
-
-    Examples
-    --------
-    >>> l0_to_world([[10.5, 20.5]], 0.5).tolist()
-    [[10.0, 5.0]]
-    """
-    mpp_y, mpp_x = _mpp_pair(mpp)
-    xy = np.asarray(xy, dtype=np.float64)
-    return np.column_stack([(xy[:, 1] - 0.5) * mpp_y, (xy[:, 0] - 0.5) * mpp_x])
-
-
-def world_to_l0(rc: Any, mpp: float | Sequence[float]) -> np.ndarray:
-    """napari world ``(row, col)`` µm rows → level-0 ``(x, y)`` rows (inverse of l0_to_world)."""
-    mpp_y, mpp_x = _mpp_pair(mpp)
-    rc = np.asarray(rc, dtype=np.float64)[:, -2:]
-    return np.column_stack([rc[:, 1] / mpp_x + 0.5, rc[:, 0] / mpp_y + 0.5])
 
 
 # -- classes -----------------------------------------------------------------------------
@@ -289,7 +240,7 @@ def shapes_to_annotations(
         raise ValueError(f"`shape_types` has {len(shape_types)} entries for {n} shapes")
     feats = {k: list(features[k]) for k in FEATURE_COLUMNS if features and k in features}
     previous = previous or {}
-    unmoved_um = 0.01 * min(_mpp_pair(mpp))
+    unmoved_um = 0.01 * min(mpp_pair(mpp))
 
     def col(name: str, i: int) -> str:
         values = feats.get(name)
@@ -385,12 +336,7 @@ class CropGeometry:
         Crop pixel ``j``'s centre is level-0 ``o + (j + 0.5)·d``, world
         ``(o + (j + 0.5)·d - 0.5)·mpp``; napari puts it at ``translate + j·scale``.
         """
-        mpp_y, mpp_x = _mpp_pair(mpp)
-        d = float(self.downsample)
-        ox, oy = self.origin_l0
-        scale = (d * mpp_y, d * mpp_x)
-        translate = ((oy + (d - 1) / 2) * mpp_y, (ox + (d - 1) / 2) * mpp_x)
-        return scale, translate
+        return grid_transform(self.origin_l0, self.downsample, mpp)
 
     @property
     def bounds_l0(self) -> tuple[float, float, float, float]:
@@ -398,21 +344,6 @@ class CropGeometry:
         ox, oy = self.origin_l0
         rows, cols = self.shape
         return ox, oy, ox + cols * self.downsample, oy + rows * self.downsample
-
-
-def layer_l0_transform(
-    scale: Sequence[float], translate: Sequence[float], mpp: float | Sequence[float]
-) -> tuple[tuple[float, float], float]:
-    """Level-0 ``(origin, downsample)`` of an image/labels layer (inverse of layer_transform).
-
-    Returns the level-0 ``(x, y)`` of data pixel (0, 0)'s top-left corner and the
-    level-0 px per data px (from the column axis).
-    """
-    mpp_y, mpp_x = _mpp_pair(mpp)
-    sy, sx = (float(v) for v in scale[-2:])
-    ty, tx = (float(v) for v in translate[-2:])
-    origin = ((tx - sx / 2) / mpp_x + 0.5, (ty - sy / 2) / mpp_y + 0.5)
-    return origin, sx / mpp_x
 
 
 def crop_for_region(

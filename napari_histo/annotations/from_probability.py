@@ -4,7 +4,7 @@ The probability is a 2-D array in [0, 1] placed on the slide like a result
 store (:mod:`napari_histo.io.store`): pixel (0, 0)'s top-left corner at level-0
 ``origin_l0``, ``downsample`` level-0 px per pixel. Only the window under the
 visible region is read (:func:`probability_window`), so a lazy zarr array
-works. Crops are :class:`~napari_histo.annotation_layers.CropGeometry`.
+works. Crops are :class:`~napari_histo.annotations.layers.CropGeometry`.
 """
 
 from __future__ import annotations
@@ -17,10 +17,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from napari_histo.annotations import IGNORE_INDEX, Annotation, mask_to_polygons
+from napari_histo.annotations.model import IGNORE_INDEX, Annotation, mask_to_polygons
 
 if TYPE_CHECKING:
-    from napari_histo.annotation_layers import CropGeometry
+    from napari_histo.annotations.layers import CropGeometry
 
 __all__ = [
     "probability_to_annotations",

@@ -5,8 +5,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from napari_histo.io.reader import LayerData, slide_layer_data
 from napari_histo.io.slide import Slide
+from napari_histo.paths import cache_dir
+from napari_histo.plugin.reader import LayerData, slide_layer_data
 
 __all__ = [
     "SAMPLE_SEED",
@@ -19,16 +20,6 @@ __all__ = [
 
 SAMPLE_SIZE_PX = 16384
 SAMPLE_SEED = 7
-
-
-def cache_dir() -> Path:
-    """napari-histo's cache directory (``$NAPARI_HISTO_CACHE`` overrides it)."""
-    override = os.environ.get("NAPARI_HISTO_CACHE")
-    if override:
-        return Path(override)
-    from platformdirs import user_cache_dir
-
-    return Path(user_cache_dir("napari-histo", appauthor=False))
 
 
 def sample_size_px() -> int:

@@ -11,14 +11,21 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["find_self_intersections", "is_simple_polygon", "simple_polygons"]
+__all__ = ["as_xy", "find_self_intersections", "is_simple_polygon", "simple_polygons"]
 
 
-def _as_xy(coords: Any, name: str, min_rows: int) -> np.ndarray:
-    from napari_histo.annotations import _as_xy as as_xy
+def as_xy(coords: Any, name: str, min_rows: int) -> np.ndarray:
+    """`coords` as a read-only finite float64 ``(N >= min_rows, 2)`` array.
 
-    return as_xy(coords, name, min_rows)
-
+    ValueError names `name`.
+    """
+    arr = np.array(coords, dtype=np.float64)
+    if arr.ndim != 2 or arr.shape[1] != 2 or arr.shape[0] < min_rows:
+        raise ValueError(f"`{name}` must have shape (N >= {min_rows}, 2), got {arr.shape}")
+    if not np.isfinite(arr).all():
+        raise ValueError(f"`{name}` must be finite")
+    arr.flags.writeable = False
+    return arr
 
 def _dedupe(ring: np.ndarray) -> np.ndarray:
     ring = np.asarray(ring, dtype=np.float64)
@@ -91,7 +98,7 @@ def find_self_intersections(coords: Any, max_pairs: int = 1 << 21) -> list[tuple
     >>> find_self_intersections([[0, 0], [2, 2], [2, 0], [0, 2]])  # a bow-tie
     [(0, 2)]
     """
-    ring = _dedupe(_as_xy(coords, "coords", 3))
+    ring = _dedupe(as_xy(coords, "coords", 3))
     n = len(ring)
     if n < 4:
         return []

@@ -1,6 +1,6 @@
 """Blocks of a nuclei run: which to segment, what each reads, how ids meet at seams.
 
-Helpers of :mod:`napari_histo.nuclei_store` (see its docstring for the layout and
+Helpers of :mod:`napari_histo.nuclei.store` (see its docstring for the layout and
 the block scheme). A block is read with a margin clipped to the region; labels
 on disk count only inside blocks already done, so a block never sees pixels of
 unfinished blocks; a nucleus keeps the id most of its pixels already carry
@@ -18,10 +18,10 @@ from napari_histo.io.slide import Slide
 from napari_histo.io.store import ResultGeometry
 
 if TYPE_CHECKING:
-    from napari_histo.nuclei_store import NucleiRun
+    from napari_histo.nuclei.run import NucleiRun
 
 
-def _tissue_blocks(slide: Slide, geometry: ResultGeometry, pad_px: int) -> np.ndarray:
+def tissue_blocks(slide: Slide, geometry: ResultGeometry, pad_px: int) -> np.ndarray:
     """Blocks whose area (grown by `pad_px`) meets tissue, bool ``cell_shape``."""
     from napari_histo.tissue import slide_tissue_mask
 
@@ -40,7 +40,7 @@ def _tissue_blocks(slide: Slide, geometry: ResultGeometry, pad_px: int) -> np.nd
     return out
 
 
-def _read_block(
+def read_block(
     slide: Slide, geometry: ResultGeometry, row: int, col: int, pad: int
 ) -> tuple[np.ndarray, tuple[slice, slice]]:
     """RGB of block (`row`, `col`) grown by `pad` px (clipped to the region) and its core slices."""
@@ -52,7 +52,7 @@ def _read_block(
     return rgb, (slice(y0 - ey0, y1 - ey0), slice(x0 - ex0, x1 - ex0))
 
 
-def _finished_pixels(run: NucleiRun, ey0: int, ey1: int, ex0: int, ex1: int) -> np.ndarray:
+def finished_pixels(run: NucleiRun, ey0: int, ey1: int, ex0: int, ex1: int) -> np.ndarray:
     """Labels on disk over ``[ey0, ey1) x [ex0, ex1)``, 0 outside finished blocks."""
     prior = np.asarray(run.labels(0)[ey0:ey1, ex0:ex1], np.uint32)
     cell = run.geometry.cell_px
@@ -61,17 +61,17 @@ def _finished_pixels(run: NucleiRun, ey0: int, ey1: int, ex0: int, ex1: int) -> 
     return np.where(run._done[rows[:, None], cols[None, :]], prior, 0)
 
 
-def _touched(run: NucleiRun, row: int, col: int) -> bool:
+def touched(run: NucleiRun, row: int, col: int) -> bool:
     """True when finished blocks have nucleus pixels on the 1 px frame around block (row, col)."""
     y0, y1, x0, x1 = run.geometry.cell_bounds(row, col)
     height, width = run.geometry.shape
     fy0, fy1, fx0, fx1 = max(0, y0 - 1), min(height, y1 + 1), max(0, x0 - 1), min(width, x1 + 1)
     strips = [(y, y + 1, fx0, fx1) for y in (y0 - 1, y1) if fy0 <= y < fy1]
     strips += [(fy0, fy1, x, x + 1) for x in (x0 - 1, x1) if fx0 <= x < fx1]
-    return any(_finished_pixels(run, *strip).any() for strip in strips)
+    return any(finished_pixels(run, *strip).any() for strip in strips)
 
 
-def _prior_ids(local: np.ndarray, prior: np.ndarray, n: int) -> np.ndarray:
+def prior_ids(local: np.ndarray, prior: np.ndarray, n: int) -> np.ndarray:
     """For each local id 0..n, the id most of its pixels already carry on disk (0: none)."""
     both = (local > 0) & (prior > 0)
     out = np.zeros(n + 1, np.int64)
@@ -87,7 +87,7 @@ def _prior_ids(local: np.ndarray, prior: np.ndarray, n: int) -> np.ndarray:
     return out
 
 
-def _centroid_in(local: np.ndarray, n: int, core: tuple[slice, slice]) -> np.ndarray:
+def centroid_in(local: np.ndarray, n: int, core: tuple[slice, slice]) -> np.ndarray:
     flat = local.ravel()
     area = np.bincount(flat, minlength=n + 1).astype(np.float64)
     rows, cols = np.indices(local.shape, dtype=np.int32)

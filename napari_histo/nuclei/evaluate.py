@@ -1,6 +1,6 @@
 """Nuclei segmentation quality on synthetic slides with known instances (no Qt, no napari).
 
-:func:`nuclei_quality` scores a backend of :func:`napari_histo.nuclei.segment_nuclei`
+:func:`nuclei_quality` scores a backend of :func:`napari_histo.nuclei.classical.segment_nuclei`
 on level-0 tiles (0.25 µm/px) of synthetic slides against their ground-truth labels:
 the mean over tiles of the aggregated Jaccard index (AJI) and of panoptic quality
 (PQ = DQ × SQ). Tiles with fewer than 15 true nuclei (mostly glass) are skipped.
@@ -50,7 +50,7 @@ def _tiles(seeds: Sequence[int], n_tiles: int, tile_px: int, slide_px: int, work
     return chosen[:n_tiles]
 
 
-def _score(
+def score_synthetic_tiles(
     segment: Callable[[np.ndarray], np.ndarray],
     seeds: Sequence[int],
     n_tiles: int,
@@ -90,7 +90,7 @@ def nuclei_quality(
     Parameters
     ----------
     method : {"classical", "learned"}
-        Backend of :func:`~napari_histo.nuclei.segment_nuclei`.
+        Backend of :func:`~napari_histo.nuclei.classical.segment_nuclei`.
     seeds : sequence of int
         Synthetic slide seeds (use ones the learned model never saw, e.g.
         :data:`napari_histo.training.nuclei.HELDOUT_SEEDS`).
@@ -113,11 +113,11 @@ def nuclei_quality(
     ValueError
         For an unknown `method`, bad `seeds` or `n_tiles`, or slides without nuclei.
     """
-    from napari_histo.nuclei import segment_nuclei
+    from napari_histo.nuclei.classical import segment_nuclei
 
     if method not in ("classical", "learned"):
         raise ValueError(f"`method` must be 'classical' or 'learned', got {method!r}")
-    return _score(
+    return score_synthetic_tiles(
         lambda rgb: segment_nuclei(rgb, _MPP, method), seeds, n_tiles, tile_px, slide_px, workdir
     )
 
@@ -132,9 +132,9 @@ def quality_of(
     workdir: str | Path | None = None,
 ) -> dict[str, float]:
     """As :func:`nuclei_quality`, for a given nuclei model (e.g. one being trained)."""
-    from napari_histo.nuclei_learned import segment_learned
+    from napari_histo.nuclei.learned import segment_learned
 
     def segment(rgb: np.ndarray) -> np.ndarray:
         return segment_learned(rgb, _MPP, loaded=loaded)
 
-    return _score(segment, seeds, n_tiles, tile_px, slide_px, workdir)
+    return score_synthetic_tiles(segment, seeds, n_tiles, tile_px, slide_px, workdir)

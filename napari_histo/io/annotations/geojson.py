@@ -1,93 +1,36 @@
-"""Annotation files: QuPath-compatible GeoJSON, ASAP XML, atomic writes, autosave.
-
-Coordinates in every file are level-0 pixel (x, y), as QuPath and ASAP write
-them. Readers never write anything; writers replace files atomically (temp file
-+ fsync + rename), so a crash leaves either the old or the new file, never a
-partial one. See ``docs/annotations.md``.
-"""
+"""QuPath-compatible GeoJSON annotation files: read every valid feature, write atomically."""
 
 from __future__ import annotations
 
 import json
 import math
-import os
-import threading
-import time
 import uuid
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from napari_histo.annotations import (
-    DEFAULT_CLASSES,
-    GRANULARITIES,
-    KINDS,
-    Annotation,
-    simple_polygons,
-)
+from napari_histo._atomic import atomic_write_text
+from napari_histo.annotations.model import GRANULARITIES, KINDS, Annotation
+from napari_histo.annotations.polygons import simple_polygons
 from napari_histo.errors import AnnotationError
-from napari_histo.io.atomic import atomic_write_text
+from napari_histo.io.annotations._common import (
+    MAX_COORD_PX,
+    AnnotationFile,
+    PathLike,
+    Skip,
+    class_color,
+    is_jsonable,
+    nonfinite,
+    read_limited,
+)
 
-__all__ = [
-    "MAX_COORD_PX",
-    "MAX_FILE_BYTES",
-    "AnnotationFile",
-    "Autosaver",
-    "atomic_write_text",
-    "autosave_path",
-    "read_annotations",
-    "read_asap_xml",
-    "read_geojson",
-    "write_annotations",
-    "write_asap_xml",
-    "write_geojson",
-]
+__all__ = ["META_KEY", "geojson_text", "parse_geojson", "read_geojson", "write_geojson"]
 
-#: Files larger than this are refused (bytes).
-MAX_FILE_BYTES = 200 * 1024 * 1024
-#: Largest accepted |coordinate|, level-0 px.
-MAX_COORD_PX = 1e7
 #: Key under GeoJSON ``properties`` holding what QuPath has no field for.
 META_KEY = "napari_histo"
 _RESERVED = {"objectType", "classification", "color", META_KEY}
-_CLASS_COLORS = {c.name: c.color for c in DEFAULT_CLASSES}
-_GRAY = (128, 128, 128)
-
-PathLike = str | os.PathLike[str]
-
-
-@dataclass
-class AnnotationFile:
-    """What a reader found.
-
-    Attributes
-    ----------
-    annotations : list of Annotation
-        Every feature that could be read.
-    problems : list of str
-        One line per problem, ``"feature 17: skipped: ..."`` for a feature that
-        was not loaded, ``"feature 17: warning: ..."`` for one loaded anyway.
-    """
-
-    annotations: list[Annotation] = field(default_factory=list)
-    problems: list[str] = field(default_factory=list)
-
-
-class _Skip(Exception):
-    """A feature cannot be loaded (internal; becomes one line of `problems`)."""
-
-
-# Atomic writes (temp file + fsync + rename, rotating backups) live in io.atomic.
-
-
-def autosave_path(slide_path: PathLike, project_dir: PathLike | None = None) -> Path:
-    """``<slide file name>.annotations.geojson`` beside the slide or in `project_dir`."""
-    slide_path = Path(slide_path)
-    parent = Path(project_dir) if project_dir is not None else slide_path.parent
-    return parent / f"{slide_path.name}.annotations.geojson"
 
 
 # -- GeoJSON writing ----------------------------------------------------------------
@@ -95,10 +38,6 @@ def _closed(ring: np.ndarray) -> list[list[float]]:
     pts = ring.tolist()
     pts.append(pts[0])
     return pts
-
-
-def _class_color(ann: Annotation) -> tuple[int, int, int]:
-    return ann.color or _CLASS_COLORS.get(ann.label, _GRAY)
 
 
 def _feature(ann: Annotation) -> dict[str, Any]:
@@ -123,7 +62,7 @@ def _feature(ann: Annotation) -> dict[str, Any]:
         meta["ellipse"] = list(ann.ellipse)
     props = {k: v for k, v in ann.properties.items() if k not in _RESERVED}
     props["objectType"] = ann.object_type
-    props["classification"] = {"name": ann.label, "color": list(_class_color(ann))}
+    props["classification"] = {"name": ann.label, "color": list(class_color(ann))}
     if ann.color is not None:
         props["color"] = list(ann.color)
     props[META_KEY] = meta
@@ -158,48 +97,33 @@ def write_geojson(path: PathLike, annotations: Iterable[Annotation], backups: in
 
 
 # -- GeoJSON reading ----------------------------------------------------------------
-def _nonfinite(_name: str) -> float:
-    return math.nan  # rejected per feature by the finiteness check on coordinates
-
-
-def _read_limited(path: Path) -> bytes:
-    try:
-        size = path.stat().st_size
-        if size > MAX_FILE_BYTES:
-            raise AnnotationError(
-                f"{path}: file is {size / 2**20:.0f} MB, larger than the "
-                f"{MAX_FILE_BYTES / 2**20:.0f} MB limit"
-            )
-        return path.read_bytes()
-    except OSError as exc:
-        raise AnnotationError(f"{path}: cannot read ({exc.strerror or exc})") from exc
 
 
 def _ring(obj: Any, what: str, min_points: int = 3) -> np.ndarray:
     if not isinstance(obj, list) or not obj:
-        raise _Skip(f"{what} must be a non-empty list of [x, y] positions")
+        raise Skip(f"{what} must be a non-empty list of [x, y] positions")
     try:
         arr = np.array(obj)
     except (ValueError, TypeError, OverflowError):
-        raise _Skip(f"{what} must be a list of [x, y] number pairs") from None
+        raise Skip(f"{what} must be a list of [x, y] number pairs") from None
     if arr.dtype.kind not in "iuf" or arr.ndim != 2 or arr.shape[1] not in (2, 3):
-        raise _Skip(f"{what} must be a list of [x, y] number pairs")
+        raise Skip(f"{what} must be a list of [x, y] number pairs")
     arr = arr[:, :2].astype(np.float64)
     if not np.isfinite(arr).all():
-        raise _Skip(f"{what} has a NaN or infinite coordinate")
+        raise Skip(f"{what} has a NaN or infinite coordinate")
     if np.abs(arr).max() > MAX_COORD_PX:
-        raise _Skip(f"{what} has a coordinate beyond ±{MAX_COORD_PX:.0e} px")
+        raise Skip(f"{what} has a coordinate beyond ±{MAX_COORD_PX:.0e} px")
     if len(arr) > 1 and np.array_equal(arr[0], arr[-1]) and min_points > 1:
         arr = arr[:-1]
     distinct = len(arr) if len(arr) < 2 else int(np.any(arr != np.roll(arr, 1, 0), axis=1).sum())
     if distinct < min_points:
-        raise _Skip(f"{what} has fewer than {min_points} distinct positions")
+        raise Skip(f"{what} has fewer than {min_points} distinct positions")
     return arr
 
 
 def _rings(obj: Any, what: str) -> list[np.ndarray]:
     if not isinstance(obj, list) or not obj:
-        raise _Skip(f"{what} must be a non-empty list of rings")
+        raise Skip(f"{what} must be a non-empty list of rings")
     return [_ring(r, f"{what} ring {k}") for k, r in enumerate(obj)]
 
 
@@ -219,26 +143,14 @@ def _rgb(value: Any) -> tuple[int, int, int] | None:
     return None
 
 
-def _is_jsonable(value: Any, depth: int = 0) -> bool:
-    if depth > 32:
-        return False
-    if isinstance(value, float):
-        return math.isfinite(value)
-    if isinstance(value, dict):
-        return all(_is_jsonable(v, depth + 1) for v in value.values())
-    if isinstance(value, list):
-        return all(_is_jsonable(v, depth + 1) for v in value)
-    return True
-
-
 def _parse_feature(feat: Any, warn: list[str]) -> list[Annotation]:
     if not isinstance(feat, dict):
-        raise _Skip(f"must be an object, got {type(feat).__name__}")
+        raise Skip(f"must be an object, got {type(feat).__name__}")
     if feat.get("type", "Feature") != "Feature":
-        raise _Skip(f"type must be 'Feature', got {feat.get('type')!r}")
+        raise Skip(f"type must be 'Feature', got {feat.get('type')!r}")
     geom = feat.get("geometry")
     if not isinstance(geom, dict):
-        raise _Skip("has no geometry object")
+        raise Skip("has no geometry object")
     props = feat.get("properties")
     props = props if isinstance(props, dict) else {}
     meta = props.get(META_KEY)
@@ -261,7 +173,7 @@ def _parse_feature(feat: Any, warn: list[str]) -> list[Annotation]:
     for key, value in props.items():
         if key in _RESERVED:
             continue
-        if _is_jsonable(value):
+        if is_jsonable(value):
             extra[key] = value
         else:
             warn.append(f"property {key!r} holds NaN/Infinity or is too deep; dropped")
@@ -289,13 +201,13 @@ def _parse_feature(feat: Any, warn: list[str]) -> list[Annotation]:
                   tuple(rings[1:]))]  # fmt: skip
     elif gtype == "MultiPolygon":
         if not isinstance(coords, list) or not coords:
-            raise _Skip("MultiPolygon coordinates must be a non-empty list of polygons")
+            raise Skip("MultiPolygon coordinates must be a non-empty list of polygons")
         parts = []
         for k, poly in enumerate(coords):
             rings = _rings(poly, f"polygon {k}")
             parts.append(("polygon", rings[0], tuple(rings[1:])))
     else:
-        raise _Skip(f"unsupported geometry type {gtype!r}")
+        raise Skip(f"unsupported geometry type {gtype!r}")
 
     out = []
     for k, (kind_k, ring, holes) in enumerate(parts):
@@ -326,7 +238,7 @@ def _parse_feature(feat: Any, warn: list[str]) -> list[Annotation]:
         try:
             out.append(Annotation(kind=kind_k, coords=ring, holes=holes, **fields))
         except ValueError as exc:
-            raise _Skip(str(exc)) from None
+            raise Skip(str(exc)) from None
     return out
 
 
@@ -354,7 +266,7 @@ def parse_geojson(text: str | bytes, path: PathLike = "<string>") -> AnnotationF
     """Parse GeoJSON text; see :func:`read_geojson`. `path` only names the source."""
     path = Path(path)
     try:
-        doc = json.loads(text, parse_constant=_nonfinite)
+        doc = json.loads(text, parse_constant=nonfinite)
     except json.JSONDecodeError as exc:
         raise AnnotationError(
             f"{path}: not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno})"
@@ -376,7 +288,7 @@ def parse_geojson(text: str | bytes, path: PathLike = "<string>") -> AnnotationF
             anns = _parse_feature(feat, warn)
             result.annotations.extend(anns)
             origin.extend([idx] * len(anns))
-        except _Skip as exc:
+        except Skip as exc:
             result.problems.append(f"feature {idx}: skipped: {exc}")
             continue
         finally:
@@ -417,157 +329,4 @@ def read_geojson(path: PathLike) -> AnnotationFile:
         GeoJSON feature collection; the message names the file.
     """
     path = Path(path)
-    return parse_geojson(_read_limited(path), path)
-
-
-# -- dispatch -----------------------------------------------------------------------
-def read_annotations(path: PathLike) -> AnnotationFile:
-    """Read ``.xml`` as ASAP XML, anything else as GeoJSON."""
-    path = Path(path)
-    return read_asap_xml(path) if path.suffix.lower() == ".xml" else read_geojson(path)
-
-
-def write_annotations(path: PathLike, annotations: Iterable[Annotation], backups: int = 0) -> Path:
-    """Write ``.xml`` as ASAP XML, anything else as GeoJSON."""
-    path = Path(path)
-    if path.suffix.lower() == ".xml":
-        return write_asap_xml(path, annotations, backups)
-    return write_geojson(path, annotations, backups)
-
-
-# ASAP XML lives in its own module; re-exported here for one import point.
-from napari_histo.io.asap import read_asap_xml, write_asap_xml  # noqa: E402
-
-
-# -- autosave -----------------------------------------------------------------------
-class Autosaver:
-    """Save annotations in the background shortly after each change.
-
-    :meth:`changed` returns at once; a worker thread writes the file (GeoJSON
-    or ASAP XML by suffix) with :func:`atomic_write_text`, keeping `backups`
-    previous versions, at most `delay_s` after the first change of a burst, so
-    a stream of edits is saved at least every `delay_s` and coalesced into one
-    write. A failed save calls `on_error` and leaves the previous file as it was.
-
-    Parameters
-    ----------
-    path : str or PathLike
-        Destination, e.g. :func:`autosave_path` of the slide.
-    get_annotations : callable () -> sequence of Annotation
-        Called on the worker thread; must return a consistent snapshot (a list
-        of frozen Annotations is one). :meth:`changed` may pass one instead.
-    delay_s : float
-        Longest wait between a change and the start of its save, seconds.
-    backups : int
-        Rotating previous versions ``path.1`` … ``path.<backups>``.
-    on_error : callable (Exception) -> None, optional
-        Called (on the worker thread) when a save fails; default re-raises nothing
-        and keeps the error in :attr:`last_error`.
-    on_saved : callable (Path) -> None, optional
-        Called after each successful save.
-    """
-
-    def __init__(
-        self,
-        path: PathLike,
-        get_annotations: Callable[[], Sequence[Annotation]],
-        delay_s: float = 1.0,
-        *,
-        backups: int = 3,
-        on_error: Callable[[Exception], None] | None = None,
-        on_saved: Callable[[Path], None] | None = None,
-    ) -> None:
-        if not delay_s >= 0:
-            raise ValueError(f"`delay_s` must be >= 0, got {delay_s}")
-        self.path = Path(path)
-        self.delay_s = float(delay_s)
-        self.backups = backups
-        self.last_error: Exception | None = None
-        self.saves = 0
-        self._get = get_annotations
-        self._on_error = on_error
-        self._on_saved = on_saved
-        self._cond = threading.Condition()
-        self._save_lock = threading.Lock()
-        self._due: float | None = None
-        self._snapshot: Sequence[Annotation] | None = None
-        self._closed = False
-        self._thread = threading.Thread(target=self._run, name="napari-histo-autosave", daemon=True)
-        self._thread.start()
-
-    def __repr__(self) -> str:
-        return f"Autosaver({str(self.path)!r}, delay_s={self.delay_s})"
-
-    def __enter__(self) -> Autosaver:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def changed(self, annotations: Sequence[Annotation] | None = None) -> None:
-        """Note a change (optionally with the new snapshot); never blocks on I/O."""
-        with self._cond:
-            if self._closed:
-                raise RuntimeError(f"{self!r} is closed")
-            if annotations is not None:
-                self._snapshot = list(annotations)
-            if self._due is None:
-                self._due = time.monotonic() + self.delay_s
-                self._cond.notify()
-
-    @property
-    def pending(self) -> bool:
-        """True while a change is not yet saved."""
-        with self._cond:
-            return self._due is not None
-
-    def flush(self) -> bool:
-        """Save pending changes now, in the calling thread; True if something was saved."""
-        with self._cond:
-            if self._due is None:
-                return False
-        return self._save()
-
-    def close(self) -> None:
-        """Save pending changes and stop the worker thread."""
-        with self._cond:
-            if self._closed:
-                return
-            self._closed = True
-            self._cond.notify()
-        self._thread.join()
-        self.flush()
-
-    def _run(self) -> None:
-        while True:
-            with self._cond:
-                while not self._closed and (self._due is None or time.monotonic() < self._due):
-                    timeout = None if self._due is None else self._due - time.monotonic()
-                    self._cond.wait(timeout)
-                if self._closed:
-                    return
-            self._save()
-
-    def _save(self) -> bool:
-        with self._save_lock:
-            with self._cond:
-                if self._due is None:
-                    return False
-                self._due = None
-                snapshot, self._snapshot = self._snapshot, None
-            try:
-                annotations = snapshot if snapshot is not None else list(self._get())
-                write_annotations(self.path, annotations, backups=self.backups)
-            except Exception as exc:  # reported, never raised into the worker loop
-                self.last_error = exc
-                with self._cond:  # retry on the next change or flush
-                    if self._due is None and snapshot is not None:
-                        self._snapshot = snapshot
-                if self._on_error is not None:
-                    self._on_error(exc)
-                return False
-            self.saves += 1
-            self.last_error = None
-            if self._on_saved is not None:
-                self._on_saved(self.path)
-            return True
+    return parse_geojson(read_limited(path), path)

@@ -5,7 +5,7 @@ never written; fine-tuned versions go to :func:`user_models_dir`
 (``$NAPARI_HISTO_MODELS``, else ``models`` in the user data folder). Which
 version of each model the inference widget runs is a persisted choice
 (``versions.json`` beside the live settings, see
-:func:`napari_histo.live.settings_path`); a model without a choice runs its
+:func:`napari_histo.paths.config_dir`); a model without a choice runs its
 newest version.
 """
 
@@ -19,8 +19,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from napari_histo.models import default_models_dir, iter_cards
 from napari_histo.models.registry import SEGMENTATION
+from napari_histo.models.weights import iter_cards
+from napari_histo.paths import MODELS_ENV, config_dir, default_models_dir, user_models_dir
 
 __all__ = [
     "MODELS_ENV",
@@ -34,10 +35,6 @@ __all__ = [
     "versions_path",
 ]
 
-#: Environment variable naming the folder of fine-tuned model versions.
-MODELS_ENV = "NAPARI_HISTO_MODELS"
-
-
 @dataclass(frozen=True)
 class ModelVersion:
     """One version of one model: its card and where it came from."""
@@ -50,16 +47,6 @@ class ModelVersion:
     metrics: dict[str, float]
 
 
-def user_models_dir() -> Path:
-    """``$NAPARI_HISTO_MODELS``, else ``models`` in the user data folder (may not exist yet)."""
-    override = os.environ.get(MODELS_ENV)
-    if override:
-        return Path(override)
-    from platformdirs import user_data_dir
-
-    return Path(user_data_dir("napari-histo", appauthor=False)) / "models"
-
-
 def model_dirs() -> list[Path]:
     """The shipped models folder, then the user's (once each)."""
     dirs = [default_models_dir(), user_models_dir()]
@@ -67,10 +54,8 @@ def model_dirs() -> list[Path]:
 
 
 def versions_path() -> Path:
-    """``versions.json`` beside the live settings file."""
-    from napari_histo.live import settings_path
-
-    return settings_path().parent / "versions.json"
+    """``versions.json`` in the settings folder, beside ``live.json``."""
+    return config_dir() / "versions.json"
 
 
 def _version_key(version: str) -> tuple[tuple[int, int | str], ...]:
@@ -148,7 +133,7 @@ def set_active_version(
     else:
         choices[name] = version
     path.parent.mkdir(parents=True, exist_ok=True)
-    from napari_histo.io.atomic import atomic_write_text
+    from napari_histo._atomic import atomic_write_text
 
     return atomic_write_text(path, json.dumps(choices, indent=2, sort_keys=True), backups=0)
 

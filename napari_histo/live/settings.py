@@ -1,6 +1,6 @@
 """Settings of live inference (:class:`LiveSettings`) and their JSON persistence.
 
-Plain Python (no Qt, no napari). Re-exported by :mod:`napari_histo.live`, which is
+Plain Python (no Qt, no napari). Re-exported by :mod:`napari_histo.live.controller`, which is
 where other modules import them from.
 """
 
@@ -12,6 +12,8 @@ import warnings
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from napari_histo.paths import config_dir
 
 if TYPE_CHECKING:
     from napari_histo.inference.engine import EngineConfig
@@ -109,13 +111,8 @@ class LiveSettings:
 
 
 def settings_path() -> Path:
-    """``$NAPARI_HISTO_CONFIG/live.json``, else ``live.json`` in the user config dir."""
-    override = os.environ.get("NAPARI_HISTO_CONFIG")
-    if override:
-        return Path(override) / "live.json"
-    from platformdirs import user_config_dir
-
-    return Path(user_config_dir("napari-histo", appauthor=False)) / "live.json"
+    """``live.json`` in the settings folder (:func:`napari_histo.paths.config_dir`)."""
+    return config_dir() / "live.json"
 
 
 def load_settings(path: str | os.PathLike[str] | None = None) -> LiveSettings:
@@ -138,6 +135,6 @@ def save_settings(settings: LiveSettings, path: str | os.PathLike[str] | None = 
     """Write `settings` atomically (temporary file + rename); returns the path."""
     path = Path(path) if path is not None else settings_path()
     path.parent.mkdir(parents=True, exist_ok=True)
-    from napari_histo.io.atomic import atomic_write_text
+    from napari_histo._atomic import atomic_write_text
 
     return atomic_write_text(path, json.dumps(settings.to_dict(), indent=2), backups=0)

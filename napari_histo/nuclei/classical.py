@@ -25,7 +25,7 @@ tile border.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Generator, Sequence
+from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -36,21 +36,35 @@ from skimage.feature import peak_local_max
 from skimage.filters import gaussian, threshold_otsu
 from skimage.segmentation import relabel_sequential, watershed
 
+from napari_histo.generators import drive
+from napari_histo.nuclei._common import (
+    METHODS,
+    _check_int,
+    _check_method,
+    _check_mpp,
+    _check_region,
+    _check_rgb,
+)
+
 if TYPE_CHECKING:
     from napari_histo.io.slide import Slide
 
 __all__ = [
+    "H_BINS",
+    "METHODS",
     "ClassicalParams",
+    "h_histogram",
     "haematoxylin",
     "iter_segment_region",
     "segment_nuclei",
     "segment_region",
+    "smoothed_h",
+    "threshold_from_histogram",
 ]
 
-METHODS = ("classical", "learned")
 
 #: Histogram bins for the haematoxylin threshold (range 0 .. _H_MAX optical density).
-_H_BINS = 1024
+H_BINS = 1024
 _H_MAX = 1.0
 
 #: Grid (µm: 8 px at the learned model's 0.5 µm/px) its tile origins snap to, so a
@@ -135,42 +149,6 @@ class ClassicalParams:
 # -- validation ---------------------------------------------------------------
 
 
-def _check_rgb(rgb: object) -> np.ndarray:
-    if not isinstance(rgb, np.ndarray):
-        raise ValueError(f"`rgb` must be a numpy array, got {type(rgb).__name__}")
-    if rgb.ndim != 3 or rgb.shape[2] != 3:
-        raise ValueError(f"`rgb` must have shape (H, W, 3), got {rgb.shape}")
-    if rgb.dtype != np.uint8:
-        raise ValueError(f"`rgb` must be uint8, got {rgb.dtype}")
-    if rgb.shape[0] == 0 or rgb.shape[1] == 0:
-        raise ValueError(f"`rgb` must not be empty, got shape {rgb.shape}")
-    return rgb
-
-
-def _check_mpp(mpp: object, name: str = "mpp") -> float:
-    ok = isinstance(mpp, int | float | np.floating | np.integer) and not isinstance(mpp, bool)
-    if not ok or not math.isfinite(float(mpp)) or float(mpp) <= 0:
-        raise ValueError(f"`{name}` must be a finite number > 0, got {mpp!r}")
-    return float(mpp)
-
-
-def _check_method(method: object) -> str:
-    if method not in METHODS:
-        raise ValueError(f"`method` must be one of {METHODS}, got {method!r}")
-    return str(method)
-
-
-def _check_labels(labels: object, shape: tuple[int, ...] | None = None) -> np.ndarray:
-    if not isinstance(labels, np.ndarray) or labels.ndim != 2:
-        got = getattr(labels, "shape", type(labels).__name__)
-        raise ValueError(f"`labels` must be a 2-D integer array, got {got}")
-    if not np.issubdtype(labels.dtype, np.integer):
-        raise ValueError(f"`labels` must have an integer dtype, got {labels.dtype}")
-    if shape is not None and labels.shape != shape:
-        raise ValueError(f"`labels` shape {labels.shape} must equal `rgb` shape {shape}")
-    return labels
-
-
 # -- classical backend ----------------------------------------------------------
 
 
@@ -195,7 +173,7 @@ def haematoxylin(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.maximum(h, 0, out=h), od
 
 
-def _smoothed_h(
+def smoothed_h(
     rgb: np.ndarray, mpp: float, params: ClassicalParams
 ) -> tuple[np.ndarray, np.ndarray]:
     """Smoothed, background-subtracted haematoxylin (float32) and the tissue mask."""
@@ -209,18 +187,18 @@ def _smoothed_h(
     return h, od > params.tissue_od
 
 
-def _h_histogram(h: np.ndarray, tissue: np.ndarray) -> np.ndarray:
-    """Counts of `h` over tissue pixels in ``_H_BINS`` bins on ``[0, _H_MAX]``."""
+def h_histogram(h: np.ndarray, tissue: np.ndarray) -> np.ndarray:
+    """Counts of `h` over tissue pixels in ``H_BINS`` bins on ``[0, _H_MAX]``."""
     values = h[tissue]
-    index = np.minimum((values * (_H_BINS / _H_MAX)).astype(np.int64), _H_BINS - 1)
-    return np.bincount(index, minlength=_H_BINS)
+    index = np.minimum((values * (H_BINS / _H_MAX)).astype(np.int64), H_BINS - 1)
+    return np.bincount(index, minlength=H_BINS)
 
 
-def _threshold_from_histogram(counts: np.ndarray, params: ClassicalParams) -> float:
+def threshold_from_histogram(counts: np.ndarray, params: ClassicalParams) -> float:
     """Otsu threshold of a haematoxylin histogram, floored; inf when no tissue."""
     if counts.sum() < 64 or np.count_nonzero(counts) < 2:
         return math.inf
-    centres = (np.arange(_H_BINS) + 0.5) * (_H_MAX / _H_BINS)
+    centres = (np.arange(H_BINS) + 0.5) * (_H_MAX / H_BINS)
     otsu = float(threshold_otsu(hist=(counts, centres)))
     return max(otsu, params.min_threshold)
 
@@ -248,9 +226,9 @@ def _fill_small_holes(fg: np.ndarray, max_px: int) -> np.ndarray:
 def _classical(
     rgb: np.ndarray, mpp: float, params: ClassicalParams, threshold: float | None
 ) -> np.ndarray:
-    h, tissue = _smoothed_h(rgb, mpp, params)
+    h, tissue = smoothed_h(rgb, mpp, params)
     if threshold is None:
-        threshold = _threshold_from_histogram(_h_histogram(h, tissue), params)
+        threshold = threshold_from_histogram(h_histogram(h, tissue), params)
     if not math.isfinite(threshold):
         return np.zeros(rgb.shape[:2], np.uint32)
     fg = _foreground(h, tissue, threshold, mpp, params)
@@ -302,7 +280,7 @@ def segment_nuclei(
         µm per pixel of `rgb` (> 0).
     method : {"classical", "learned"}
         Backend. "learned" is the bundled HoVer-Net-style network
-        (:mod:`napari_histo.nuclei_learned`; loaded once per process), which
+        (:mod:`napari_histo.nuclei.learned`; loaded once per process), which
         accepts `mpp` within a factor 4 of its own 0.5 µm/px.
     params : ClassicalParams, optional
         Classical-backend parameters (defaults suit 0.25–1 µm/px H&E); the
@@ -346,7 +324,7 @@ def segment_nuclei(
     if threshold is not None and (not isinstance(threshold, int | float) or threshold < 0):
         raise ValueError(f"`threshold` must be a number >= 0 or None, got {threshold!r}")
     if method == "learned":
-        from napari_histo.nuclei_learned import segment_learned
+        from napari_histo.nuclei.learned import segment_learned
 
         labels = segment_learned(
             rgb,
@@ -379,25 +357,6 @@ def _axis_tiles(length: int, tile: int, overlap: int) -> list[tuple[int, int, in
     stops = [s + tile for s in starts]
     cuts = [0, *((starts[i + 1] + stops[i]) // 2 for i in range(len(starts) - 1)), length]
     return [(starts[i], stops[i], cuts[i], cuts[i + 1]) for i in range(len(starts))]
-
-
-def _check_region(region_l0: object, dims: tuple[int, int]) -> tuple[int, int, int, int]:
-    ok = isinstance(region_l0, Sequence) and len(region_l0) == 4
-    ok = ok and all(isinstance(v, int | np.integer) for v in region_l0)
-    if not ok:
-        raise ValueError(f"`region_l0` must be 4 integers (x, y, w, h), got {region_l0!r}")
-    x, y, w, h = (int(v) for v in region_l0)
-    if w <= 0 or h <= 0 or x < 0 or y < 0 or x + w > dims[0] or y + h > dims[1]:
-        raise ValueError(
-            f"`region_l0` {(x, y, w, h)} must have w, h > 0 and lie inside the slide {dims}"
-        )
-    return x, y, w, h
-
-
-def _check_int(name: str, value: object, minimum: int) -> int:
-    if not isinstance(value, int | np.integer) or isinstance(value, bool) or value < minimum:
-        raise ValueError(f"`{name}` must be an integer >= {minimum}, got {value!r}")
-    return int(value)
 
 
 def _centroids(labels: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -525,13 +484,13 @@ def _segment_tiles(
         )
         return np.ascontiguousarray(rgb)
 
-    counts = np.zeros(_H_BINS, np.int64)
+    counts = np.zeros(H_BINS, np.int64)
     for done, (ty, tx) in enumerate([] if learned else tiles, 1):
-        h, tissue = _smoothed_h(read(ty, tx), mpp, params)
+        h, tissue = smoothed_h(read(ty, tx), mpp, params)
         core = (slice(ty[2] - ty[0], ty[3] - ty[0]), slice(tx[2] - tx[0], tx[3] - tx[0]))
-        counts += _h_histogram(h[core], tissue[core])
+        counts += h_histogram(h[core], tissue[core])
         yield done, total
-    threshold = None if learned else _threshold_from_histogram(counts, params)
+    threshold = None if learned else threshold_from_histogram(counts, params)
 
     out = np.zeros((height, width), np.uint32)
     next_id = 1
@@ -599,13 +558,7 @@ def segment_region(
         level=level,
         params=params,
     )
-    while True:
-        try:
-            done, total = next(generator)
-        except StopIteration as stop:
-            return stop.value
-        if progress is not None:
-            progress(done, total)
+    return drive(generator, None if progress is None else lambda item: progress(*item))
 
 
 # -- measurements -------------------------------------------------------------------

@@ -1,18 +1,18 @@
 """Nuclei read back out of a slide's result store, and the in-memory region job.
 
-Beside the whole-slide run of :mod:`napari_histo.nuclei_store` (which
+Beside the whole-slide run of :mod:`napari_histo.nuclei.store` (which
 re-exports every public name here):
 
 - :func:`open_store_for` and :func:`tumor_probability_lookup`: a slide's
   :class:`~napari_histo.io.store.ResultStore` and the tumour probability of its
   best tumour run at level-0 points;
 - :func:`export_csv` and :func:`export_geojson`: a complete
-  :class:`~napari_histo.nuclei_store.NucleiRun` as CSV or QuPath-style GeoJSON
+  :class:`~napari_histo.nuclei.store.NucleiRun` as CSV or QuPath-style GeoJSON
   detections (outlines traced block by block, so memory stays bounded);
 - :func:`iter_region_nuclei` and :func:`write_region_geojson`: nuclei of one
   region segmented and measured in memory (the napari widget), and their export.
 
-Imports neither Qt nor napari, nor :mod:`napari_histo.nuclei_store` (which
+Imports neither Qt nor napari, nor :mod:`napari_histo.nuclei.store` (which
 depends on this module, not the other way round).
 """
 
@@ -31,24 +31,21 @@ from typing import TYPE_CHECKING
 import numpy as np
 from skimage.segmentation import relabel_sequential
 
+from napari_histo._atomic import atomic_write_text
 from napari_histo.errors import StoreError
-from napari_histo.io.atomic import atomic_write_text
 from napari_histo.io.slide import Slide
-from napari_histo.io.store import ResultStore, default_store_path, slide_identity
-from napari_histo.nuclei import (
-    ClassicalParams,
-    _check_method,
-    _check_region,
-    iter_segment_region,
-)
-from napari_histo.nuclei_features import (
+from napari_histo.io.store import ResultStore, default_store_path
+from napari_histo.nuclei._common import _check_method, _check_region
+from napari_histo.nuclei.classical import ClassicalParams, iter_segment_region
+from napari_histo.nuclei.features import (
     measure_nuclei,
     nuclei_to_geojson_features,
     write_nuclei_csv,
 )
+from napari_histo.nuclei.run import open_store_for
 
 if TYPE_CHECKING:
-    from napari_histo.nuclei_store import NucleiRun
+    from napari_histo.nuclei.run import NucleiRun
 
 __all__ = [
     "MAX_REGION_PX",
@@ -56,20 +53,11 @@ __all__ = [
     "export_csv",
     "export_geojson",
     "iter_region_nuclei",
-    "open_store_for",
     "tumor_probability_lookup",
     "write_region_geojson",
 ]
 
 # -- store access ---------------------------------------------------------------
-
-
-def open_store_for(
-    slide: Slide, out_dir: str | os.PathLike[str] | None = None, mode: str = "a"
-) -> ResultStore:
-    """The :class:`ResultStore` of `slide` (beside it, or in `out_dir`)."""
-    identity = slide_identity(slide.path, slide.dimensions, slide.mpp)
-    return ResultStore(default_store_path(slide.path, out_dir), identity, mode=mode)
 
 
 def tumor_probability_lookup(
@@ -183,7 +171,7 @@ class RegionNuclei:
     labels : ndarray of uint32, shape (h, w)
         Ids 1..n, level-0 resolution.
     table : dict of str to ndarray
-        :data:`~napari_histo.nuclei_store.COLUMNS` (``tumor_probability`` NaN without a
+        :data:`~napari_histo.nuclei.store.COLUMNS` (``tumor_probability`` NaN without a
         tumour result).
     mpp : (float, float)
         Level-0 ``(mpp_y, mpp_x)``.

@@ -25,9 +25,9 @@ A block is marked done only after its labels and measurements are on disk
 blocks not yet done, so a killed run resumes where it stopped, with the same
 ids, and is never read as done but missing.
 
-The block helpers live in :mod:`napari_histo.nuclei_blocks`; the tumour
-probability lookup, CSV/GeoJSON export and the in-memory region job in
-:mod:`napari_histo.nuclei_export`, whose public names are re-exported here.
+The block helpers live in :mod:`napari_histo.nuclei.blocks`; reading a stored
+run back in :mod:`napari_histo.nuclei.run`; the tumour probability lookup,
+CSV/GeoJSON export and the in-memory region job in :mod:`napari_histo.nuclei.export`.
 """
 
 from __future__ import annotations
@@ -38,89 +38,58 @@ import threading
 import time
 from collections.abc import Callable, Generator
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import zarr
 from skimage.segmentation import relabel_sequential
 
-from napari_histo.errors import StoreError
+from napari_histo.generators import drive
 from napari_histo.io.slide import Slide
 from napari_histo.io.store import (
     RESULT_CODEC,
     ResultGeometry,
     ResultStore,
-    default_store_path,
     multiscales_metadata,
     run_id_for,
 )
-from napari_histo.nuclei import (
-    _H_BINS,
-    ClassicalParams,
-    _check_method,
-    _check_region,
-    _h_histogram,
-    _smoothed_h,
-    _threshold_from_histogram,
-    segment_nuclei,
+from napari_histo.nuclei._common import _check_method, _check_region
+from napari_histo.nuclei.blocks import (
+    centroid_in,
+    finished_pixels,
+    prior_ids,
+    read_block,
+    tissue_blocks,
+    touched,
 )
-from napari_histo.nuclei_blocks import (
-    _centroid_in,
-    _finished_pixels,
-    _prior_ids,
-    _read_block,
-    _tissue_blocks,
-    _touched,
+from napari_histo.nuclei.classical import (
+    H_BINS,
+    ClassicalParams,
+    h_histogram,
+    segment_nuclei,
+    smoothed_h,
+    threshold_from_histogram,
 )
 
 # Re-exported: the region job, tumour lookup and exports live in nuclei_export.
-from napari_histo.nuclei_export import (
-    MAX_REGION_PX,  # noqa: F401
-    RegionNuclei,
-    export_csv,
-    export_geojson,
-    iter_region_nuclei,
-    open_store_for,
-    tumor_probability_lookup,
-    write_region_geojson,
-)
-from napari_histo.nuclei_features import measure_nuclei
+from napari_histo.nuclei.export import tumor_probability_lookup
+from napari_histo.nuclei.features import measure_nuclei
+from napari_histo.nuclei.run import COLUMNS, GROUP, NucleiRun, open_store_for, timestamp
 
 __all__ = [
+    "BLOCK_PX",
     "NucleiProgress",
     "NucleiResult",
-    "NucleiRun",
-    "RegionNuclei",
-    "export_csv",
-    "export_geojson",
-    "find_nuclei_runs",
     "iter_nuclei_to_store",
-    "iter_region_nuclei",
     "nuclei_to_store",
-    "open_store_for",
-    "tumor_probability_lookup",
-    "write_region_geojson",
 ]
 
-GROUP = "nuclei"
 #: Default block side (level-0 px); a block is written as whole chunks.
 BLOCK_PX = 2048
 #: Largest chunk side of the label arrays (px).
 MAX_CHUNK_PX = 1024
 #: The display pyramid stops at the first level no larger than this (px).
 PYRAMID_TOP_PX = 1024
-#: Measurement columns (``tumor_probability`` NaN where no tumour result covers a nucleus).
-COLUMNS = (
-    "id",
-    "centroid_x_um",
-    "centroid_y_um",
-    "area_um2",
-    "eccentricity",
-    "solidity",
-    "mean_haematoxylin",
-    "tumor_probability",
-)
 
 
 @dataclass(frozen=True)
@@ -153,111 +122,7 @@ class NucleiResult:
     seconds: float
 
 
-class NucleiRun:
-    """One nuclei run of a result store (see the module docstring for the layout)."""
-
-    def __init__(self, store: ResultStore, group: zarr.Group) -> None:
-        self.store = store
-        self.group = group
-        attrs = dict(group.attrs)
-        try:
-            self.run_id: str = attrs["run_id"]
-            self.geometry = ResultGeometry.from_dict(attrs["geometry"])
-            self.settings: dict[str, Any] = dict(attrs["settings"])
-            self._done = np.asarray(group["done"][...], dtype=bool)
-            self._next = np.asarray(group["next_id"][...], dtype=np.int64)
-        except (KeyError, ValueError, OSError) as err:
-            raise StoreError(f"{store.path}: unreadable nuclei run {group.path} ({err})") from err
-
-    def __repr__(self) -> str:
-        return f"NucleiRun({str(self.store.path)!r}, {self.run_id!r}, status={self.status!r})"
-
-    @property
-    def status(self) -> str:
-        """ "running", "cancelled" or "complete"."""
-        return str(self.group.attrs.get("status", "running"))
-
-    @property
-    def complete(self) -> bool:
-        return self.status == "complete"
-
-    @property
-    def method(self) -> str:
-        return str(self.settings.get("method"))
-
-    @property
-    def done(self) -> np.ndarray:
-        """Copy of the block done mask, bool ``(block_rows, block_cols)``."""
-        return self._done.copy()
-
-    @property
-    def next_id(self) -> int:
-        """The first id not used by a finished block."""
-        done = self._next[self._done]
-        return int(max(1, done.max())) if done.size else 1
-
-    def labels(self, level: int = 0) -> zarr.Array:
-        """Label array at pyramid `level` (0: level-0 resolution over the region)."""
-        return self.group["labels"][str(level)]
-
-    def levels(self) -> list[zarr.Array]:
-        """All label pyramid levels, largest first."""
-        count = len(self.group["labels"].attrs["multiscales"][0]["datasets"])
-        return [self.labels(level) for level in range(count)]
-
-    def features(self) -> dict[str, np.ndarray]:
-        """Measurement table (``id`` int64, the rest float64), empty columns if not complete."""
-        if "features" not in self.group:
-            return {c: np.zeros(0, np.int64 if c == "id" else np.float64) for c in COLUMNS}
-        rows = np.asarray(self.group["features"][...], np.float64).reshape(-1, len(COLUMNS))
-        return _table(rows)
-
-    # -- writing --------------------------------------------------------------
-    def _write_state(self) -> None:
-        self.group["done"][...] = self._done.astype(np.uint8)
-        self.group["next_id"][...] = self._next
-        self.group.attrs["updated"] = _now()
-
-    def _commit_block(self, row: int, col: int, next_id: int) -> None:
-        self._done[row, col] = True
-        self._next[row, col] = next_id
-        self._write_state()
-
-
-def _now() -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%S%z")
-
-
-def _table(rows: np.ndarray) -> dict[str, np.ndarray]:
-    table = {c: rows[:, i].copy() for i, c in enumerate(COLUMNS)}
-    table["id"] = table["id"].astype(np.int64)
-    return table
-
-
 # -- store access ---------------------------------------------------------------
-
-
-def _runs(store: ResultStore) -> list[NucleiRun]:
-    if GROUP not in store.root:
-        return []
-    group = store.root[GROUP]
-    return [NucleiRun(store, group[k]) for k in sorted(group.group_keys()) if "." not in k[:1]]
-
-
-def find_nuclei_runs(
-    slide_path: str | os.PathLike[str],
-    out_dir: str | os.PathLike[str] | None = None,
-    *,
-    complete: bool = True,
-) -> list[NucleiRun]:
-    """Nuclei runs stored for a slide (complete ones only by default), whole-slide first."""
-    path = Path(slide_path)
-    if not default_store_path(path, out_dir).exists():
-        return []
-    with Slide(path) as slide:
-        store = open_store_for(slide, out_dir, mode="r")
-    runs = [r for r in _runs(store) if r.complete or not complete]
-    return sorted(runs, key=lambda r: -r.geometry.shape[0] * r.geometry.shape[1])
 
 
 # -- the run ----------------------------------------------------------------------
@@ -296,7 +161,7 @@ def _create_run(
     )
     labels.attrs["multiscales"] = multiscales_metadata("nuclei", geometry, 1)
     group.create_group("parts")
-    now = _now()
+    now = timestamp()
     group.attrs.update(
         {
             "run_id": run_id,
@@ -332,7 +197,7 @@ def iter_nuclei_to_store(
     slide_path : str or PathLike
         Slide file (with an mpp).
     method : {"classical", "learned"}
-        Backend of :func:`napari_histo.nuclei.segment_nuclei`.
+        Backend of :func:`napari_histo.nuclei.classical.segment_nuclei`.
     region_l0 : (x, y, w, h), optional
         Level-0 region (default: the whole slide).
     params : ClassicalParams, optional
@@ -407,7 +272,7 @@ def _run_blocks(
         mpp = float(geometry.mpp)
         margin = math.ceil((params.max_diameter_um + params.context_um) / mpp)
         run.group.attrs["status"] = "running"
-        tissue = _tissue_blocks(slide, geometry, math.ceil(params.max_diameter_um / mpp))
+        tissue = tissue_blocks(slide, geometry, math.ceil(params.max_diameter_um / mpp))
         todo = [tuple(map(int, rc)) for rc in np.argwhere(tissue & ~run._done)]
         threshold = run.group.attrs.get("threshold")  # JSON: a number or "inf"
         if settings["method"] == "classical" and threshold is None:
@@ -431,9 +296,9 @@ def _run_blocks(
                 yield NucleiProgress("segment", done, max(done, len(todo)), next_id - 1)
             # Glass blocks next to a nucleus that reaches their edge are segmented too
             # (the coarse tissue mask can miss a few nuclei), so none is cut there.
-            todo = [(r, c) for r, c in np.argwhere(~run._done).tolist() if _touched(run, r, c)]
+            todo = [(r, c) for r, c in np.argwhere(~run._done).tolist() if touched(run, r, c)]
         run._done[...] = True  # the rest is glass: labels stay 0
-        run._write_state()
+        run.write_state()
         levels = _finish(run)
         yield NucleiProgress("pyramid", levels, levels, next_id - 1)
         return NucleiResult(run, False, next_id - 1, done, time.monotonic() - t0)
@@ -446,23 +311,23 @@ def _threshold_pass(slide, run, tissue, params, cancel):
     geometry = run.geometry
     mpp = float(geometry.mpp)
     pad = math.ceil((params.background_um + 3 * params.sigma_um) / mpp)
-    counts = np.zeros(_H_BINS, np.int64)
+    counts = np.zeros(H_BINS, np.int64)
     blocks = [tuple(map(int, rc)) for rc in np.argwhere(tissue)]
     for done, (row, col) in enumerate(blocks, 1):
         if cancel.is_set():
             return None
-        rgb, core = _read_block(slide, geometry, row, col, pad)
-        h, fg = _smoothed_h(rgb, mpp, params)
-        counts += _h_histogram(h[core], fg[core])
+        rgb, core = read_block(slide, geometry, row, col, pad)
+        h, fg = smoothed_h(rgb, mpp, params)
+        counts += h_histogram(h[core], fg[core])
         yield NucleiProgress("threshold", done, len(blocks), 0)
-    return float(_threshold_from_histogram(counts, params))
+    return float(threshold_from_histogram(counts, params))
 
 
 def _segment_block(slide, run, row, col, margin, params, threshold, next_id, lookup) -> int:
     """Segment, label and measure one block; commit it; return the next free id."""
     geometry = run.geometry
     mpp = float(geometry.mpp)
-    rgb, core = _read_block(slide, geometry, row, col, margin)
+    rgb, core = read_block(slide, geometry, row, col, margin)
     y0, _, x0, _ = geometry.cell_bounds(row, col)
     ey0, ex0 = y0 - core[0].start, x0 - core[1].start
     local = segment_nuclei(rgb, mpp, run.method, params=params, threshold=threshold)
@@ -470,15 +335,15 @@ def _segment_block(slide, run, row, col, margin, params, threshold, next_id, loo
     ids = np.zeros(n + 1, np.int64)
     owned = np.zeros(n + 1, bool)
     if n:
-        prior = _finished_pixels(run, ey0, ey0 + rgb.shape[0], ex0, ex0 + rgb.shape[1])
-        ids = _prior_ids(local, prior, n)
+        prior = finished_pixels(run, ey0, ey0 + rgb.shape[0], ex0, ex0 + rgb.shape[1])
+        ids = prior_ids(local, prior, n)
         in_core = np.zeros(n + 1, bool)
         in_core[local[core]] = True
         in_core[0] = False
         fresh = np.flatnonzero(in_core & (ids == 0))
         ids[fresh] = np.arange(next_id, next_id + len(fresh))
         next_id += len(fresh)
-        owned = _centroid_in(local, n, core) & (ids > 0)
+        owned = centroid_in(local, n, core) & (ids > 0)
     block = ids.astype(np.uint32)[local[core]]
     table = _measure_owned(local, owned, ids, rgb, mpp, geometry, ey0, ex0, lookup)
     parts = run.group["parts"]
@@ -494,7 +359,7 @@ def _segment_block(slide, run, row, col, margin, params, threshold, next_id, loo
         parts[f"{row}_{col}"][...] = table
     y0, y1, x0, x1 = geometry.cell_bounds(row, col)
     run.labels(0)[y0:y1, x0:x1] = block
-    run._commit_block(row, col, next_id)
+    run.commit_block(row, col, next_id)
     return next_id
 
 
@@ -531,7 +396,7 @@ def _finish(run: NucleiRun) -> int:
     if rows.size:
         run.group["features"][...] = rows
     levels = _build_pyramid(run)
-    run.group.attrs.update({"status": "complete", "nuclei": len(rows), "updated": _now()})
+    run.group.attrs.update({"status": "complete", "nuclei": len(rows), "updated": timestamp()})
     return levels
 
 
@@ -572,10 +437,4 @@ def nuclei_to_store(
 ) -> NucleiResult:
     """Run :func:`iter_nuclei_to_store` to the end; `progress` gets each :class:`NucleiProgress`."""
     generator = iter_nuclei_to_store(slide_path, **kwargs)
-    while True:
-        try:
-            update = next(generator)
-        except StopIteration as stop:
-            return stop.value
-        if progress is not None:
-            progress(update)
+    return drive(generator, progress)
