@@ -353,7 +353,11 @@ def _annotated_slide(root: Path) -> tuple[Path, Path, float]:
 def test_cli_scores_an_annotated_slide(tmp_path, capsys):
     slide, geojson, fraction = _annotated_slide(tmp_path)
     out = tmp_path / "report"
-    args = ("--slide", slide, "--annotations", geojson, "--members", "resunet", "--quiet")
+    from napari_histo.paths import default_models_dir
+
+    # v1 (2 µm/px) keeps the run small and the expected pixel count fixed.
+    v1 = default_models_dir() / "resunet-1.0.json"
+    args = ("--slide", slide, "--annotations", geojson, "--members", v1, "--quiet")
     rc, stdout, err = run_cli(capsys, *args, "--out", out)
     assert rc == 0, err
     assert "mosaic.svs, annotated region 1024 x 512 px (models at 2 µm/px)" in stdout
