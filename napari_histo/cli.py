@@ -220,7 +220,6 @@ def cmd_infer(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     import threading
 
-    from napari_histo._progress import TextProgress
     from napari_histo.paths import default_models_dir
     from napari_histo.training.default_ensemble import EnsembleRecipe, train_default_ensemble
 
@@ -241,13 +240,22 @@ def cmd_train(args: argparse.Namespace) -> int:
         return _train_nuclei(args)
     recipe = EnsembleRecipe(seed=args.seed, steps=args.steps or 1200, slide_px=args.slide_size)
     cancel = threading.Event()
-    bars: dict[str, TextProgress] = {}
     out = args.out or default_models_dir()
-    generator = train_default_ensemble(out, recipe, work_dir=args.work, cancel=cancel)
+    return _run_member_training(
+        train_default_ensemble(out, recipe, work_dir=args.work, cancel=cancel), cancel
+    )
+
+
+def _run_member_training(generator, cancel) -> int:
+    """Drive a ``(member, progress)`` training generator with a bar per member; exit status."""
+    from napari_histo._progress import TextProgress
+
+    bars: dict[str, TextProgress] = {}
 
     def show(item) -> None:
         member, event = item
         bar = bars.setdefault(member, TextProgress(f"training {member}", unit="steps"))
+        bar.desc = f"training {member} (loss {event.loss:.3f})"
         bar(event.step, event.steps)
 
     try:
@@ -265,12 +273,11 @@ def _train_real(args: argparse.Namespace) -> int:
     """``train --real DATA_DIR [--nuclei]``: the shipped v2 models from real tiles."""
     import threading
 
-    from napari_histo._progress import TextProgress
+    from napari_histo.paths import default_models_dir
 
     data = Path(args.real)
     if not data.is_dir():
         raise HistoError(f"{data}: no such real-data folder")
-    from napari_histo.paths import default_models_dir
 
     out = args.out or default_models_dir()
     if args.nuclei:
@@ -283,25 +290,9 @@ def _train_real(args: argparse.Namespace) -> int:
 
     recipe = RealRecipe(seed=args.seed, **({"steps": args.steps} if args.steps else {}))
     cancel = threading.Event()
-    bars: dict[str, TextProgress] = {}
-    generator = train_real_ensemble(data, out, recipe, work_dir=args.work, cancel=cancel)
-    try:
-        while True:
-            try:
-                member, event = next(generator)
-            except StopIteration as stop:
-                cards = stop.value
-                break
-            bar = bars.setdefault(member, TextProgress(f"training {member}", unit="steps"))
-            bar.desc = f"training {member} (loss {event.loss:.3f})"
-            bar(event.step, event.steps)
-    except KeyboardInterrupt:
-        cancel.set()
-        print("\ninterrupted: no new model version was written", file=sys.stderr)
-        return 130
-    for card in cards:
-        print(f"wrote {card}")
-    return 0
+    return _run_member_training(
+        train_real_ensemble(data, out, recipe, work_dir=args.work, cancel=cancel), cancel
+    )
 
 
 def _train_nuclei(args: argparse.Namespace) -> int:
