@@ -10,24 +10,14 @@ import os
 from collections.abc import Sequence
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
+from napari_histo.io.patch import read_patch
 from napari_histo.io.slide import Slide
 from napari_histo.models import read_card
 from napari_histo.ood import StainReference, ood_message, ood_score, stain_features
 from napari_histo.tissue import slide_tissue_mask
 
 __all__ = ["slide_features", "slide_ood"]
-
-
-def _patch(slide: Slide, x: int, y: int, size_l0: int, patch_px: int) -> np.ndarray:
-    rgb = slide.read_region(0, x, y, size_l0, size_l0)
-    if size_l0 == patch_px:
-        return rgb
-    t = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1)[None].float()
-    t = F.interpolate(t, size=(patch_px, patch_px), mode="bilinear", antialias=True)
-    return t[0].permute(1, 2, 0).round().clamp(0, 255).byte().numpy()
 
 
 def slide_features(
@@ -49,7 +39,7 @@ def slide_features(
     for r, c in zip(rows[pick], cols[pick], strict=True):
         x = int(min(max(0, (c + 0.5) * downsample - size_l0 / 2), max(0, width - size_l0)))
         y = int(min(max(0, (r + 0.5) * downsample - size_l0 / 2), max(0, height - size_l0)))
-        images.append(_patch(slide, x, y, size_l0, patch_px))
+        images.append(read_patch(slide, x, y, size_l0, patch_px))
     return stain_features(np.concatenate(images, axis=0))
 
 

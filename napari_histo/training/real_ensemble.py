@@ -32,7 +32,12 @@ from napari_histo.models import ModelCard, build_model, save_model
 from napari_histo.training.augment import augment_batch, hed_jitter, jpeg_artefacts
 from napari_histo.training.default_ensemble import heldout_dice, synthetic_slides
 from napari_histo.training.losses import IGNORE, segmentation_loss
-from napari_histo.training.realdata import SOURCES, RealTile, load_tumor_tiles
+from napari_histo.training.realdata import (
+    SOURCES,
+    RealTile,
+    load_tumor_tiles,
+    resample_labels,
+)
 from napari_histo.training.trainer import TrainProgress
 
 __all__ = [
@@ -201,8 +206,7 @@ class _Batches:
             t = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].float()
             t = F.interpolate(t, size=(size, size), mode="bilinear", antialias=side > size)
             image = t[0].permute(1, 2, 0).clamp(0, 255).byte().numpy()
-            rows = ((np.arange(size) + 0.5) * side / size).astype(int)
-            mask = mask[rows[:, None], rows[None, :]]
+            mask = resample_labels(mask, (size, size))
         return image, mask, pool.tile_labels[i]
 
     def __call__(self, normalisation: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -223,6 +227,11 @@ class _Batches:
         mean = torch.tensor(normalisation["mean"]).view(1, 3, 1, 1)
         std = torch.tensor(normalisation["std"]).view(1, 3, 1, 1)
         return (x - mean) / std, y, labels
+
+
+def _member_seed_strength(recipe: RealRecipe, index: int) -> tuple[int, float]:
+    """Member `index`'s seed (bootstrap, data order, init) and augmentation strength."""
+    return recipe.seed * 1000 + index, (1.0, 0.8, 1.2)[index % 3]
 
 
 def _mil_loss(logits: torch.Tensor, tile_labels: torch.Tensor) -> torch.Tensor:
@@ -340,10 +349,9 @@ def train_real_ensemble(
     chosen = range(len(recipe.members)) if members is None else members
     for index in chosen:
         architecture, config = recipe.members[index]
-        seed = recipe.seed * 1000 + index
+        seed, strength = _member_seed_strength(recipe, index)
         torch.manual_seed(seed)
         model = build_model(architecture, {**config, "num_classes": 2})
-        strength = (1.0, 0.8, 1.2)[index % 3]
         batches = _Batches(pools, recipe, seed, strength)
         started = time.monotonic()
         card = ModelCard(
@@ -493,8 +501,7 @@ def restart_member(
     loaded = load_model(card_path)
     tiles = load_tumor_tiles(data_dir, recipe.model_mpp, split="train")
     pools = _pools(tiles, recipe, Path(work_dir))
-    seed = recipe.seed * 1000 + index
-    strength = (1.0, 0.8, 1.2)[index % 3]
+    seed, strength = _member_seed_strength(recipe, index)
     restart = replace(recipe, steps=recipe.restart_steps, lr=recipe.restart_lr)
     batches = _Batches(pools, recipe, seed + RESTART_SEED, strength)
     model = loaded.model
