@@ -183,7 +183,10 @@ def cmd_infer(args: argparse.Namespace) -> int:
 
     region = _parse_region(args.region)
     config = EngineConfig(
-        tta=args.tta, overlap=args.overlap, batch_size=args.batch, device=args.device,
+        tta=args.tta,
+        overlap=args.overlap,
+        batch_size=args.batch,
+        device=args.device,
         read_threads=args.threads,
     )
     members = [load_model(card) for card in resolve_members(args.members, args.models_dir)]
@@ -578,7 +581,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda[:N] or mps")
     p.add_argument("--batch", type=_positive_int, default=None, help="tiles per batch (auto)")
     p.add_argument(
-        "--threads", type=_positive_int, default=None,
+        "--threads",
+        type=_positive_int,
+        default=None,
         help="tile reading threads (default: 2 on CPU, up to 8 beside a GPU)",
     )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -606,7 +611,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="train the default models from the real-data folder (tiles with expert labels)",
     )  # fmt: skip
     p.add_argument(
-        "--nuclei", action="store_true",
+        "--nuclei",
+        action="store_true",
         help="with --synthetic: train the learned nuclei model instead of the tumor ensemble",
     )
     p.add_argument(

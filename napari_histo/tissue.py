@@ -364,5 +364,3 @@ def read_downsampled(
         band = slide.read_level_region(level, 0, lvl_y, lvl_w, h)
         out[lvl_y // k : lvl_y // k + -(-h // k)] = block_mean_uint8(band, k)
     return out, level_ds * k
-
-

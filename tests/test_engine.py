@@ -165,6 +165,34 @@ def test_region(slide, cards, tmp_path):
         run(infer_slide(slide, members, region=(1, 2, 3), out_dir=tmp_path))
 
 
+def test_plan_checks_at_the_call_and_execute_matches_infer_slide(slide, cards, tmp_path):
+    from napari_histo.inference.engine import execute_inference, plan_inference
+
+    members = [load_model(c) for c in cards]
+    # Bad input raises when infer_slide is called, before any next(): the same
+    # one-line RegionError as everywhere else.
+    with pytest.raises(RegionError, match="`within` .* outside the slide"):
+        infer_slide(slide, members, within=(5000, 0, 10, 10), out_dir=tmp_path)
+    with pytest.raises(ValueError, match="at least one model"):
+        infer_slide(slide, [], out_dir=tmp_path)
+    region = (1024, 1024, 1500, 900)
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    plan = plan_inference(slide, members, region=region, out_dir=tmp_path / "a")
+    assert len(plan.todo) == plan.total > 0 and not plan.partial
+    assert not [t for t in threading.enumerate() if t.name.startswith("histo-")]  # none yet
+    planned = run(execute_inference(plan))
+    direct = run(infer_slide(slide, members, region=region, out_dir=tmp_path / "b"))
+    assert planned.run.complete and planned.tiles_run == direct.tiles_run == plan.total
+    assert np.array_equal(
+        np.asarray(planned.run.array("probability")[...]),
+        np.asarray(direct.run.array("probability")[...]),
+    )
+    # Planned again on a complete run: nothing to do.
+    again = plan_inference(slide, members, region=region, out_dir=tmp_path / "a")
+    assert len(again.todo) == 0 and run(execute_inference(again)).tiles_run == 0
+
+
 def test_slide_without_tissue_gives_empty_result_and_warning(tmp_path, cards):
     from tests.slides import write_aperio_svs
 

@@ -286,7 +286,7 @@ def test_stage_labels_and_preview_settings(slide, tmp_path):
 def test_job_labels_and_own_thread(slide, tmp_path):
     settings = LiveSettings(members=("deeplabv3plus", "resunet"), preview=True)
     controller = LiveController(slide, settings, out_dir=tmp_path)
-    job = controller.job(within=(0, 0, 512, 512), threads=1, nice=5)
+    job = controller.job(within=(0, 0, 512, 512), nice=5)
     updates = list(job)
     labels = {(u.stage, u.label) for u in updates}
     assert ("preview", "preview: deeplabv3plus, no TTA") in labels
@@ -323,19 +323,6 @@ def test_in_own_thread_relays_returns_raises_and_joins_on_close():
     gen.close()  # cancels and joins
     assert cancel.is_set()
     assert not [t for t in threading.enumerate() if t.name == "histo-job"]
-
-
-def test_limit_torch_threads_restores():
-    import torch
-
-    from napari_histo.live.controller import limit_torch_threads
-
-    before = torch.get_num_threads()
-    with limit_torch_threads(1):
-        assert torch.get_num_threads() == 1
-    assert torch.get_num_threads() == before
-    with limit_torch_threads(None):
-        assert torch.get_num_threads() == before
 
 
 def test_capped_pyramid_matches_the_full_one_on_its_levels():

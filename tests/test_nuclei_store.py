@@ -100,6 +100,17 @@ def test_second_call_reuses_the_complete_run(synth, stored):
     assert other.run.run_id != result.run.run_id  # other settings: a new run
 
 
+def test_plan_of_a_complete_run_has_nothing_to_do(synth, stored):
+    from napari_histo.generators import drive
+    from napari_histo.nuclei.store import execute_nuclei, plan_nuclei
+
+    result, out = stored
+    plan = plan_nuclei(synth.path, block_px=512, out_dir=out)
+    assert plan.run.run_id == result.run.run_id and plan.tissue is None
+    again = drive(execute_nuclei(plan))
+    assert again.blocks_run == 0 and not again.cancelled and again.nuclei == result.nuclei
+
+
 def test_interrupt_and_resume_give_the_same_labels(synth, stored, tmp_path):
     cancel = threading.Event()
     gen = iter_nuclei_to_store(synth.path, block_px=512, out_dir=tmp_path, cancel=cancel)

@@ -95,25 +95,25 @@ def test_run_on_drawn_region_and_export(make_napari_viewer, qtbot, synth, tmp_pa
 def test_cancel(make_napari_viewer, qtbot, synth, tmp_path):
     viewer, widget = open_with_widget(make_napari_viewer, synth, tmp_path)
     widget.start((0, 0, 2048, 2048))
-    worker = widget._worker
+    worker = widget.jobs.worker
     with qtbot.waitSignal(worker.yielded, timeout=30_000):
         pass
     widget.cancel()
     wait_done(qtbot, widget)
     assert "nuclei" not in viewer.layers
-    assert all(finished.is_set() for _, finished in widget._jobs)
+    assert widget.jobs.unfinished == 0
 
 
 def test_closing_viewer_mid_run_leaves_no_threads(make_napari_viewer, qtbot, synth, tmp_path):
     viewer, widget = open_with_widget(make_napari_viewer, synth, tmp_path)
     before = threading.active_count()
     widget.start((0, 0, 2048, 2048))
-    with qtbot.waitSignal(widget._worker.yielded, timeout=30_000):
+    with qtbot.waitSignal(widget.jobs.worker.yielded, timeout=30_000):
         pass
     assert widget.busy
     viewer.close()
     assert widget._closed
-    assert all(finished.is_set() for _, finished in widget._jobs)  # joined on close
+    assert widget.jobs.unfinished == 0  # joined on close
     assert threading.active_count() <= before
 
 

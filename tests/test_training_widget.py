@@ -123,9 +123,9 @@ def test_cancel_writes_no_version(make_napari_viewer, qtbot, annotated, models):
     _, widget = _widget(make_napari_viewer, slide, steps=500)
     before = _files(models)
     widget.run()
-    with qtbot.waitSignal(widget._worker.yielded, timeout=60_000):
+    with qtbot.waitSignal(widget.jobs.worker.yielded, timeout=60_000):
         pass
-    with qtbot.waitSignal(widget._worker.finished, timeout=60_000):
+    with qtbot.waitSignal(widget.jobs.worker.finished, timeout=60_000):
         widget.cancel_button.click()
     assert widget.last_cards == [] and _files(models) == before
     assert "cancelled" in widget.status.text()
@@ -137,13 +137,13 @@ def test_closing_viewer_mid_run_joins_threads(make_napari_viewer, qtbot, annotat
     viewer, widget = _widget(make_napari_viewer, slide, steps=500)
     before = _files(models)
     widget.run()
-    with qtbot.waitSignal(widget._worker.yielded, timeout=60_000):
+    with qtbot.waitSignal(widget.jobs.worker.yielded, timeout=60_000):
         pass
     assert widget.running
     threads = set(threading.enumerate())
     viewer.close()
     assert not widget.running  # shutdown joined the training thread on close
-    qtbot.waitUntil(lambda: widget._worker is None or not widget._worker.is_running, timeout=5000)
+    qtbot.waitUntil(lambda: widget.jobs.worker is None, timeout=5000)
     assert _files(models) == before
     assert all(not t.is_alive() for t in threads - set(threading.enumerate()))
 

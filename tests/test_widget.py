@@ -236,7 +236,7 @@ def test_cancel_stops_soon_and_resumes(make_napari_viewer, qtbot, slide_copy):
     viewer, widget = open_with_widget(make_napari_viewer, slide_copy, SLOW)
     viewer.reset_view()
     widget.run()
-    with qtbot.waitSignal(widget._worker.yielded, timeout=30_000):
+    with qtbot.waitSignal(widget.jobs.worker.yielded, timeout=30_000):
         pass
     widget.cancel()
     wait_done(qtbot, widget, timeout=15_000)
@@ -256,7 +256,7 @@ def test_follow_mode_drops_stale_work(make_napari_viewer, qtbot, slide_copy):
     camera.zoom = 4.0 / mpp / 8  # 1 screen px = 2 level-0 px: a small part of the slide
     camera.center = (1200 * mpp, 1200 * mpp)
     qtbot.waitUntil(lambda: widget.running, timeout=5_000)  # debounced start
-    first_region, first_cancel = widget._job_region, widget._cancel
+    first_region, first_cancel = widget._job_region, widget.jobs.cancel_event
     assert first_region[0] < 1200 < first_region[0] + first_region[2]
     started = widget._jobs_started
     camera.center = (3000 * mpp, 3000 * mpp)  # pan away
@@ -279,7 +279,7 @@ def test_closing_viewer_mid_run_leaves_no_threads(make_napari_viewer, qtbot, sli
     viewer, widget = open_with_widget(make_napari_viewer, slide_copy, SLOW)
     viewer.reset_view()
     widget.run()
-    with qtbot.waitSignal(widget._worker.yielded, timeout=30_000):
+    with qtbot.waitSignal(widget.jobs.worker.yielded, timeout=30_000):
         pass
     assert widget.running
     viewer.close()

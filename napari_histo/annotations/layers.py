@@ -60,8 +60,6 @@ _FACE_ALPHA = 0.3
 _ELLIPSE_MATCH_PX = 1e-6
 
 
-
-
 # -- classes -----------------------------------------------------------------------------
 def classes_path(annotation_path: str | os.PathLike[str]) -> Path:
     """Where the class list of an annotation file lives: ``<file>`` → ``<stem>.classes.json``.
@@ -264,8 +262,10 @@ def shapes_to_annotations(
         if prev is not None:
             old, old_type = _shape_of(prev, mpp)
             # napari keeps vertices as float32: "unmoved" allows its rounding (< 0.02 px)
-            if old_type == stype and old.shape == verts[:, -2:].shape and np.allclose(
-                old, verts[:, -2:], rtol=4e-7, atol=unmoved_um
+            if (
+                old_type == stype
+                and old.shape == verts[:, -2:].shape
+                and np.allclose(old, verts[:, -2:], rtol=4e-7, atol=unmoved_um)
             ):
                 label, author = col("label", i) or prev.label, col("author", i) or prev.author
                 gran = col("granularity", i) or prev.granularity

@@ -27,6 +27,7 @@ def as_xy(coords: Any, name: str, min_rows: int) -> np.ndarray:
     arr.flags.writeable = False
     return arr
 
+
 def _dedupe(ring: np.ndarray) -> np.ndarray:
     ring = np.asarray(ring, dtype=np.float64)
     keep = np.any(ring != np.roll(ring, -1, axis=0), axis=1)

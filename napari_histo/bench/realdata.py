@@ -30,7 +30,8 @@ def real_data_dir() -> Path:
             return path
     raise ValueError(
         "no real-data folder: set NAPARI_HISTO_REAL_DATA (looked in "
-        + ", ".join(str(p) for p in candidates) + ")"
+        + ", ".join(str(p) for p in candidates)
+        + ")"
     )
 
 
@@ -49,8 +50,10 @@ def bench_realdata(
     scores = heldout_tumor_scores(data, cards, tta=1)
     for source, figures in scores.items():
         # Tile-label sources have negative pixels only: just their tile AUROC means much.
-        keys = ("tile_auroc",) if SOURCES[source].labels == "tile" else (
-            "dice", "auroc", "epistemic_error_auroc", "ece", "tile_auroc"
+        keys = (
+            ("tile_auroc",)
+            if SOURCES[source].labels == "tile"
+            else ("dice", "auroc", "epistemic_error_auroc", "ece", "tile_auroc")
         )
         for key in keys:
             value = figures.get(key)

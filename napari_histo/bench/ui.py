@@ -19,7 +19,7 @@ a fresh copy of a synthetic slide:
 The model-only baseline runs the bare ensemble forward (no reading, tissue
 masking, stitching, store or display) over as many tiles as the viewport run
 computed, in the same batches and with the same torch thread count as the
-widget's jobs (:func:`~napari_histo.widgets.inference.gui_threads`);
+widget's jobs (:func:`~napari_histo.widgets.jobs.gui_threads`);
 ``viewport_model_only_default_threads_s`` is the same forward with torch's
 default thread count, for reference.
 """
@@ -61,17 +61,17 @@ def _model_only(members, tiles: int, threads: int | None) -> float:
 
     from napari_histo.inference.engine import default_batch_size
     from napari_histo.inference.ensemble import ensemble_predict
-    from napari_histo.live.controller import limit_torch_threads
+    from napari_histo.widgets.jobs import configure_torch_threads
 
+    configure_torch_threads(threads)  # the count the widget's jobs run with
     batch = default_batch_size(torch.device("cpu"))
     models = [m.model for m in members]
     x = torch.randn(batch, 3, members[0].card.patch_px, members[0].card.patch_px)
-    with limit_torch_threads(threads):
-        ensemble_predict(models, x[:1], (0,))  # warm-up
-        t0 = time.perf_counter()
-        for done in range(0, max(tiles, 1), batch):
-            ensemble_predict(models, x[: max(1, min(batch, tiles - done))], (0,))
-        return time.perf_counter() - t0
+    ensemble_predict(models, x[:1], (0,))  # warm-up
+    t0 = time.perf_counter()
+    for done in range(0, max(tiles, 1), batch):
+        ensemble_predict(models, x[: max(1, min(batch, tiles - done))], (0,))
+    return time.perf_counter() - t0
 
 
 def bench_ui(*, quick: bool = False) -> dict[str, Any]:
@@ -84,7 +84,8 @@ def bench_ui(*, quick: bool = False) -> dict[str, Any]:
 
     from napari_histo.bench import bench_slide
     from napari_histo.live.controller import LiveSettings
-    from napari_histo.widgets.inference import InferenceWidget, gui_threads
+    from napari_histo.widgets.inference import InferenceWidget
+    from napari_histo.widgets.jobs import gui_threads
 
     source = bench_slide(16384, seed=7)
     seconds = 10.0 if quick else 30.0

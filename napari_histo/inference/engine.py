@@ -1,9 +1,12 @@
 """Batched whole-slide inference: read-ahead threads → batches → device → stitching → store.
 
-The computation is a generator (:func:`infer_slide`) that yields
-:class:`Progress` events and the cells it has just finished, and returns an
-:class:`InferenceResult`. The CLI and tests drive it with :func:`run`; the GUI
-drives the same generator from a napari ``thread_worker``.
+A run is planned, then executed. :func:`plan_inference` checks the inputs,
+finds the tissue, lays out the grid and creates (or resumes) the store run,
+raising at once on bad input; :func:`execute_inference` is a generator that
+reads, batches, predicts and stitches, yields :class:`Progress` events with the
+cells it has just finished, and returns an :class:`InferenceResult`.
+:func:`infer_slide` does both. The CLI and tests drive the generator with
+:func:`run`; the GUI drives the same generator from its job runner.
 
 Tiles are read by a small thread pool (each thread has its own OpenSlide handle
 through :class:`~napari_histo.io.slide.Slide`) a few batches ahead of the
@@ -30,84 +33,32 @@ import torch
 import torch.nn.functional as F
 
 from napari_histo import __version__
-from napari_histo.errors import HistoError
-from napari_histo.frames import check_region_l0
 from napari_histo.generators import drive
-from napari_histo.inference.ensemble import ensemble_predict, tta_transforms
+from napari_histo.inference.ensemble import ensemble_predict
+from napari_histo.inference.plan import EngineConfig, InferencePlan, plan_inference, select_device
 from napari_histo.io.slide import Slide
 from napari_histo.io.store import (
     RESULT_ARRAYS,
     ResultGeometry,
     ResultRun,
-    ResultStore,
-    default_store_path,
-    slide_identity,
 )
 from napari_histo.models import LoadedModel
 from napari_histo.resample import area_average
-from napari_histo.stain import resolve as resolve_stain
-from napari_histo.tiling import Stitcher, TileGrid, make_grid, order_centre_out
-from napari_histo.tissue import slide_tissue_mask
+from napari_histo.tiling import Stitcher, TileGrid
 
 __all__ = [
     "EngineConfig",
+    "InferencePlan",
     "InferenceResult",
     "Progress",
     "default_batch_size",
+    "execute_inference",
     "infer_slide",
+    "plan_inference",
     "predict_batch",
     "run",
     "select_device",
 ]
-
-
-@dataclass(frozen=True)
-class EngineConfig:
-    """How to run the ensemble (not what it computes, except `tta` and `overlap`).
-
-    Attributes
-    ----------
-    tta : int
-        Test-time augmentations per member: 1, 2, 4 or 8 dihedral transforms.
-    overlap : float
-        Tile overlap as a fraction of the tile, in [0, 1).
-    batch_size : int or None
-        Tiles per forward pass (halved automatically on CUDA out-of-memory);
-        None picks :func:`default_batch_size` for the device.
-    read_threads : int or None
-        Threads reading and decoding tiles ahead of the model; None picks
-        :func:`default_read_threads` for the device.
-    device : str
-        "auto" (cuda > mps > cpu), "cpu", "cuda", "cuda:N" or "mps".
-    amp : bool
-        Autocast to float16 on CUDA.
-    prefetch_batches : int
-        Batches read ahead of the model.
-    stain : {"card", "none", "macenko", "reinhard"}
-        Stain normalisation, fitted once per slide on its thumbnail (see
-        :func:`napari_histo.stain.resolve`); "card" follows the model cards.
-    """
-
-    tta: int = 1
-    overlap: float = 0.5
-    batch_size: int | None = None
-    read_threads: int | None = None
-    device: str = "auto"
-    amp: bool = True
-    prefetch_batches: int = 3
-    stain: str = "card"
-
-    def __post_init__(self) -> None:
-        tta_transforms(self.tta)  # validates
-        resolve_stain(self.stain, ())  # validates
-        if not 0 <= self.overlap < 1:
-            raise ValueError(f"`overlap` must be in [0, 1), got {self.overlap!r}")
-        for name in ("batch_size", "read_threads", "prefetch_batches"):
-            value = getattr(self, name)
-            if name in ("batch_size", "read_threads") and value is None:
-                continue
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"`{name}` must be an int >= 1, got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -135,28 +86,6 @@ class InferenceResult:
     geometry: ResultGeometry
 
 
-def select_device(name: str = "auto") -> torch.device:
-    """The torch device for `name`: "auto" picks cuda > mps > cpu."""
-    if not isinstance(name, str):
-        raise TypeError(f"`device` must be a str, got {type(name).__name__}")
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        mps = getattr(torch.backends, "mps", None)
-        if mps is not None and mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise ValueError(f"`device` must be auto, cpu, cuda[:N] or mps, got {name!r}") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise HistoError(f"device {name!r} requested but CUDA is not available here")
-    if device.type == "mps" and not torch.backends.mps.is_available():
-        raise HistoError(f"device {name!r} requested but MPS is not available here")
-    return device
-
-
 def default_batch_size(device: torch.device) -> int:
     """Tiles per batch: 4 on CPU (measured fastest per tile on 2 cores), 16 on GPUs."""
     return 4 if device.type == "cpu" else 16
@@ -167,44 +96,6 @@ def default_read_threads(device: torch.device) -> int:
     if device.type == "cpu":
         return 2
     return max(2, min(8, (os.cpu_count() or 2) - 1))
-
-
-def _check_members(members: Sequence[LoadedModel]) -> LoadedModel:
-    if not members:
-        raise ValueError("`members` must hold at least one model")
-    first = members[0].card
-    for member in members[1:]:
-        card = member.card
-        for attr in ("input_mpp", "patch_px", "classes"):
-            if getattr(card, attr) != getattr(first, attr):
-                raise HistoError(
-                    f"{member.card_path}: `{attr}` {getattr(card, attr)!r} differs from "
-                    f"{members[0].card_path}'s {getattr(first, attr)!r}; members must agree"
-                )
-    return members[0]
-
-
-def _check_region(
-    region: Sequence[int] | None, width: int, height: int, path: Path, name: str = "region"
-) -> tuple[int, int, int, int]:
-    if region is None:
-        return 0, 0, width, height
-    return check_region_l0(region, (width, height), name=name, path=path)
-
-
-def _cells_meeting(grid: TileGrid, rect_l0: tuple[int, int, int, int]) -> np.ndarray:
-    """Bool cell mask: cells of `grid` that meet the level-0 rectangle `rect_l0`."""
-    rows, cols = grid.cell_shape
-    x0, y0, _, _ = grid.region
-    step = grid.stride_px * grid.scale  # level-0 px per cell
-    rx, ry, rw, rh = rect_l0
-    c0 = max(0, int((rx - x0 * grid.scale) // step))
-    c1 = min(cols, int(-(-(rx + rw - x0 * grid.scale) // step)))
-    r0 = max(0, int((ry - y0 * grid.scale) // step))
-    r1 = min(rows, int(-(-(ry + rh - y0 * grid.scale) // step)))
-    mask = np.zeros((rows, cols), dtype=bool)
-    mask[r0:r1, c0:c1] = True
-    return mask
 
 
 def _tile_reader(slide: Slide, grid: TileGrid) -> Callable[[int], np.ndarray]:
@@ -276,138 +167,46 @@ def predict_batch(
     return stacked.float().cpu().numpy()
 
 
-def infer_slide(
-    slide_path: str | Path,
-    members: Sequence[LoadedModel],
-    *,
-    region: Sequence[int] | None = None,
-    within: Sequence[int] | None = None,
-    centre: tuple[float, float] | None = None,
-    config: EngineConfig | None = None,
-    out_dir: str | Path | None = None,
-    cancel: threading.Event | None = None,
+def execute_inference(
+    plan: InferencePlan, cancel: threading.Event | None = None
 ) -> Generator[Progress, None, InferenceResult]:
-    """Run the ensemble over the tissue of a slide (or a region), resumably.
+    """Carry out `plan`: reader threads, batches on the device, stitching, store writes.
 
-    Parameters
-    ----------
-    slide_path : str or Path
-        The slide.
-    members : sequence of LoadedModel
-        Ensemble members; they must agree on µm/px, patch size and classes.
-    region : (x, y, w, h), optional
-        Level-0 px rectangle the result covers; the whole slide by default.
-    within : (x, y, w, h), optional
-        Compute only the result cells meeting this level-0 rectangle (e.g. the
-        viewport), plus the tiles they need; the run stays resumable and other
-        cells can be computed later. Default: every cell.
-    centre : (x, y), optional
-        Level-0 point; tiles nearest to it are computed first (viewport
-        inference). Default: row-major order.
-    config : EngineConfig, optional
-        Batch size, threads, device, TTA, overlap.
-    out_dir : str or Path, optional
-        Directory of the result store; default beside the slide.
-    cancel : threading.Event, optional
-        Set it to stop after the current batch; the run can be resumed.
-
-    Yields
-    ------
-    Progress
-        After every batch, with the cells that became final.
-
-    Returns
-    -------
-    InferenceResult
+    Yields :class:`Progress` after every batch (with the cells that became
+    final) and returns an :class:`InferenceResult`. Setting `cancel` stops it
+    after the current batch; finished cells are kept and the run resumes.
     """
-    config = config or EngineConfig()
     cancel = cancel or threading.Event()
-    start = time.monotonic()
-    lead = _check_members(members)
-    card = lead.card
-    device = select_device(config.device)
+    start, run_, grid, todo, total = plan.started, plan.run, plan.grid, plan.todo, plan.total
+    device, members = plan.device, plan.members
+    card = members[0].card
+
+    def result(tiles_run: int, cancelled: bool) -> InferenceResult:
+        seconds = time.monotonic() - start
+        return InferenceResult(
+            run_, total, tiles_run, seconds, cancelled, str(device), plan.geometry
+        )
+
+    if len(todo) == 0:
+        if not run_.complete and run_.done.all():
+            run_.finish(_provenance(grid, total, 0, device, start))
+        return result(0, False)
     for member in members:
         member.model.to(device).eval()
-    class_index = card.classes.index("tumor") if "tumor" in card.classes else len(card.classes) - 1
-    tta = tta_transforms(config.tta)
-    stain = resolve_stain(config.stain, [m.card for m in members])
+    config = plan.config
+    stain, stain_source = plan.stain, plan.stain_source
+    stitcher = Stitcher(grid, channels=len(RESULT_ARRAYS), tiles=todo)
+    batch_size = config.batch_size or default_batch_size(device)
+    done_before = total - len(todo)
+    pending: deque[tuple[int, Future[np.ndarray]]] = deque()
+    queue = iter(todo.tolist())
+    tiles_run = 0
+    already_done = run_.done  # cells finished by an earlier run (one copy, not per cell)
 
-    with Slide(slide_path) as slide:
-        stain_source = stain.fit_slide(slide) if stain is not None else None
-        slide_mpp = slide.require_mpp()
-        width, height = slide.dimensions
-        region_l0 = _check_region(region, width, height, slide.path)
-        tissue, tissue_downsample = slide_tissue_mask(slide)
-        grid = make_grid(
-            region_l0,
-            slide_mpp=slide_mpp,
-            model_mpp=card.input_mpp,
-            tile_px=card.patch_px,
-            overlap=config.overlap,
-            tissue=tissue,
-            tissue_downsample=tissue_downsample,
-        )
-        geometry = ResultGeometry(
-            origin_l0=(region_l0[0], region_l0[1]),
-            downsample=grid.scale,
-            shape=(grid.region[3], grid.region[2]),
-            cell_px=grid.stride_px,
-            mpp=card.input_mpp,
-        )
-        settings = {
-            "models": [
-                {"name": m.card.name, "version": m.card.version, "sha256": m.card.sha256}
-                for m in members
-            ],
-            "tta": list(tta),
-            "overlap": config.overlap,
-            "model_mpp": card.input_mpp,
-            "tile_px": card.patch_px,
-            "region_l0": list(region_l0),
-            "class": card.classes[class_index],
-        }
-        if stain_source is not None:  # only then, so earlier runs still resume
-            settings["stain"] = {**stain.spec(), "source": stain_source.to_dict()}
-        store = ResultStore(
-            default_store_path(slide.path, out_dir),
-            slide_identity(slide.path, slide.dimensions, slide_mpp),
-        )
-        run_ = store.create_or_resume(settings, geometry)
-        covered = grid.covered_cells()
-        if not run_.done[~covered].all():
-            run_.mark_done(~covered)
-        wanted = ~run_.done
-        if within is not None:
-            within_l0 = _check_region(within, width, height, slide.path, "within")
-            wanted &= _cells_meeting(grid, within_l0)
-        todo = grid.tiles_touching(wanted)
-        if centre is not None and len(todo):
-            order = order_centre_out(grid, (float(centre[0]), float(centre[1])))
-            todo = order[np.isin(order, todo)]
-        total = len(grid.origins)
-        if total == 0:
-            warnings.warn(
-                f"{slide.path}: no tissue found in the region; the result is empty",
-                UserWarning,
-                stacklevel=2,
-            )
-        if len(todo) == 0:
-            if not run_.complete and run_.done.all():
-                run_.finish(_provenance(grid, total, 0, device, start))
-            return InferenceResult(
-                run_, total, 0, time.monotonic() - start, False, str(device), geometry
-            )
-
-        stitcher = Stitcher(grid, channels=len(RESULT_ARRAYS), tiles=todo)
+    with Slide(plan.slide_path) as slide:
         read = _tile_reader(slide, grid)
         if stain_source is not None:  # on the reader threads, like the decoding
             read = lambda i, read=read: stain.transform(read(i), stain_source)  # noqa: E731
-        batch_size = config.batch_size or default_batch_size(device)
-        done_before = total - len(todo)
-        pending: deque[tuple[int, Future[np.ndarray]]] = deque()
-        queue = iter(todo.tolist())
-        tiles_run = 0
-        already_done = run_.done  # cells finished by an earlier run (one copy, not per cell)
         # Store writes (compression + I/O) run on their own thread, in order, so the
         # model is not held up by them; errors surface at the next batch.
         writer = ThreadPoolExecutor(1, thread_name_prefix="histo-write")
@@ -445,10 +244,10 @@ def infer_slide(
                         members,
                         tiles,
                         card.patch_px,
-                        tta,
+                        plan.tta,
                         device,
                         config.amp,
-                        class_index,
+                        plan.class_index,
                         batch_size,
                     )
                     finished = []
@@ -479,14 +278,71 @@ def infer_slide(
                 check_writes(wait=True)
                 if cancel.is_set() or pending or tiles_run < len(todo):
                     run_.cancel()
-        cancelled = tiles_run < len(todo)
-        if not cancelled and within is not None:
-            run_.flush()  # part of the slide: resumable, finished by a later run
-        if not cancelled and run_.done.all():
-            run_.finish(_provenance(grid, total, tiles_run, device, start))
-        return InferenceResult(
-            run_, total, tiles_run, time.monotonic() - start, cancelled, str(device), geometry
-        )
+    cancelled = tiles_run < len(todo)
+    if not cancelled and plan.partial:
+        run_.flush()  # part of the slide: resumable, finished by a later run
+    if not cancelled and run_.done.all():
+        run_.finish(_provenance(grid, total, tiles_run, device, start))
+    return result(tiles_run, cancelled)
+
+
+def infer_slide(
+    slide_path: str | Path,
+    members: Sequence[LoadedModel],
+    *,
+    region: Sequence[int] | None = None,
+    within: Sequence[int] | None = None,
+    centre: tuple[float, float] | None = None,
+    config: EngineConfig | None = None,
+    out_dir: str | Path | None = None,
+    cancel: threading.Event | None = None,
+) -> Generator[Progress, None, InferenceResult]:
+    """Run the ensemble over the tissue of a slide (or a region), resumably.
+
+    :func:`plan_inference` runs now (bad inputs raise at this call), and the
+    returned generator is :func:`execute_inference` of that plan.
+
+    Parameters
+    ----------
+    slide_path : str or Path
+        The slide.
+    members : sequence of LoadedModel
+        Ensemble members; they must agree on µm/px, patch size and classes.
+    region : (x, y, w, h), optional
+        Level-0 px rectangle the result covers; the whole slide by default.
+    within : (x, y, w, h), optional
+        Compute only the result cells meeting this level-0 rectangle (e.g. the
+        viewport), plus the tiles they need; the run stays resumable and other
+        cells can be computed later. Default: every cell.
+    centre : (x, y), optional
+        Level-0 point; tiles nearest to it are computed first (viewport
+        inference). Default: row-major order.
+    config : EngineConfig, optional
+        Batch size, threads, device, TTA, overlap.
+    out_dir : str or Path, optional
+        Directory of the result store; default beside the slide.
+    cancel : threading.Event, optional
+        Set it to stop after the current batch; the run can be resumed.
+
+    Yields
+    ------
+    Progress
+        After every batch, with the cells that became final.
+
+    Returns
+    -------
+    InferenceResult
+    """
+    plan = plan_inference(
+        slide_path,
+        members,
+        region=region,
+        within=within,
+        centre=centre,
+        config=config,
+        out_dir=out_dir,
+    )
+    return execute_inference(plan, cancel)
 
 
 def _provenance(

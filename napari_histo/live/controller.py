@@ -40,7 +40,7 @@ from napari_histo.live.settings import (
     save_settings,
     settings_path,
 )
-from napari_histo.live.threads import in_own_thread, limit_torch_threads
+from napari_histo.live.threads import in_own_thread
 
 if TYPE_CHECKING:
     from napari_histo.inference.engine import InferenceResult
@@ -57,7 +57,6 @@ __all__ = [
     "LiveSettings",
     "LiveUpdate",
     "follow_action",
-    "limit_torch_threads",
     "load_settings",
     "save_settings",
     "settings_path",
@@ -416,7 +415,6 @@ class LiveController:
         centre: tuple[float, float] | None = None,
         cancel: threading.Event | None = None,
         settings: LiveSettings | None = None,
-        threads: int | None = None,
         nice: int = 0,
     ) -> Generator[LiveUpdate, None, InferenceResult]:
         """Run inference (viewport with `within`, else whole slide); yields :class:`LiveUpdate`.
@@ -425,7 +423,8 @@ class LiveController:
         ``"preview"``) precedes the full ensemble (stage ``"full"``), which
         overwrites the preview cell by cell. Finished cells are in the store
         either way, so a cancelled job loses at most one batch of work.
-        `threads` limits torch's intra-op threads while the job runs (None: as is).
+        torch's thread count is left as it is: the owner of the worker thread sets
+        it (:func:`napari_histo.widgets.jobs.configure_torch_threads`).
         With `nice` > 0 the work runs in a thread of its own ("histo-job") at that
         lower priority (Linux; its reader and writer threads inherit it), so
         background work yields the CPU to the Qt thread; the generator relays its
@@ -444,59 +443,58 @@ class LiveController:
                 return None
         try:
             if not nice:
-                return (yield from self._stages(stages, within, centre, cancel, threads))
+                return (yield from self._stages(stages, within, centre, cancel))
             return (
                 yield from in_own_thread(
-                    lambda: self._stages(stages, within, centre, cancel, threads), cancel, nice
+                    lambda: self._stages(stages, within, centre, cancel), cancel, nice
                 )
             )
         finally:
             self._job_lock.release()
 
     def _stages(
-        self, stages, within, centre, cancel, threads
+        self, stages, within, centre, cancel
     ) -> Generator[LiveUpdate, None, InferenceResult | None]:
         from napari_histo.inference.engine import infer_slide
 
         result = None
-        with limit_torch_threads(threads):
-            for stage, stage_settings in stages:
-                geometry = self.expected_geometry(stage_settings)
-                # Cells the full ensemble already has are not overwritten by the preview.
-                full_run = self.existing_run(stages[-1][1]) if stage == "preview" else None
-                keep = None if full_run is None else full_run.done
-                label = stage_label(stage, self.member_names(stage_settings), stage_settings.tta)
-                gen = infer_slide(
-                    self.slide_path,
-                    self.load_members(stage_settings),
-                    within=None if within is None else [int(v) for v in within],
-                    centre=centre,
-                    config=stage_settings.engine_config(),
-                    out_dir=self.out_dir,
-                    cancel=cancel,
+        for stage, stage_settings in stages:
+            geometry = self.expected_geometry(stage_settings)
+            # Cells the full ensemble already has are not overwritten by the preview.
+            full_run = self.existing_run(stages[-1][1]) if stage == "preview" else None
+            keep = None if full_run is None else full_run.done
+            label = stage_label(stage, self.member_names(stage_settings), stage_settings.tta)
+            gen = infer_slide(
+                self.slide_path,
+                self.load_members(stage_settings),
+                within=None if within is None else [int(v) for v in within],
+                centre=centre,
+                config=stage_settings.engine_config(),
+                out_dir=self.out_dir,
+                cancel=cancel,
+            )
+
+            def update(progress, stage=stage, geometry=geometry, keep=keep, label=label):
+                cells = [c for c in progress.cells if keep is None or not keep[c[:2]]]
+                return LiveUpdate(
+                    stage,
+                    progress.done,
+                    progress.total,
+                    progress.elapsed_s,
+                    progress.eta_s,
+                    cell_updates(geometry, cells),
+                    label,
                 )
 
-                def update(progress, stage=stage, geometry=geometry, keep=keep, label=label):
-                    cells = [c for c in progress.cells if keep is None or not keep[c[:2]]]
-                    return LiveUpdate(
-                        stage,
-                        progress.done,
-                        progress.total,
-                        progress.elapsed_s,
-                        progress.eta_s,
-                        cell_updates(geometry, cells),
-                        label,
-                    )
-
-                try:
-                    result = yield from mapped(gen, update)
-                finally:
-                    # If this job is closed or abandoned mid-run, stop the engine now
-                    # (its finally saves finished cells and joins its threads) instead
-                    # of whenever the garbage collector gets to it.
-                    gen.close()
-                if cancel.is_set():
-                    break
+            try:
+                result = yield from mapped(gen, update)
+            finally:
+                # If this job is closed or abandoned mid-run, stop the engine now
+                # (its finally saves finished cells and joins its threads) instead
+                # of whenever the garbage collector gets to it.
+                gen.close()
+            if cancel.is_set():
+                break
         return result
 
 

@@ -1,39 +1,18 @@
-"""Threads of live jobs: torch thread limits, lower priority, relaying a generator.
+"""Threads of live jobs: lower priority, relaying a generator.
 
 Plain Python (no Qt, no napari); used by :meth:`napari_histo.live.controller.LiveController.job`.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
 import queue
 import sys
 import threading
-from collections.abc import Generator, Iterator
+from collections.abc import Generator
 from typing import Any
 
-__all__ = ["in_own_thread", "limit_torch_threads", "lower_priority"]
-
-
-@contextlib.contextmanager
-def limit_torch_threads(threads: int | None) -> Iterator[None]:
-    """Within the block, torch uses `threads` intra-op threads (None: leave them alone).
-
-    GUI jobs use it so the model leaves a core to the Qt thread; the previous
-    value is restored afterwards.
-    """
-    if threads is None:
-        yield
-        return
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(max(1, int(threads)))
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
+__all__ = ["in_own_thread", "lower_priority"]
 
 
 def lower_priority(nice: int) -> None:

@@ -35,6 +35,7 @@ __all__ = [
     "versions_path",
 ]
 
+
 @dataclass(frozen=True)
 class ModelVersion:
     """One version of one model: its card and where it came from."""

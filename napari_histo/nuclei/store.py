@@ -38,6 +38,7 @@ import threading
 import time
 from collections.abc import Callable, Generator
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -78,10 +79,13 @@ from napari_histo.nuclei.run import COLUMNS, GROUP, NucleiRun, open_store_for, t
 
 __all__ = [
     "BLOCK_PX",
+    "NucleiPlan",
     "NucleiProgress",
     "NucleiResult",
+    "execute_nuclei",
     "iter_nuclei_to_store",
     "nuclei_to_store",
+    "plan_nuclei",
 ]
 
 #: Default block side (level-0 px); a block is written as whole chunks.
@@ -122,7 +126,16 @@ class NucleiResult:
     seconds: float
 
 
-# -- store access ---------------------------------------------------------------
+@dataclass(frozen=True)
+class NucleiPlan:
+    """A checked, prepared nuclei run (no open file, no thread); see :func:`plan_nuclei`."""
+
+    slide_path: Path
+    run: NucleiRun
+    method: str
+    params: ClassicalParams
+    tissue: np.ndarray | None  # blocks holding tissue (None: the run is complete)
+    started: float  # time.monotonic() when planning began
 
 
 # -- the run ----------------------------------------------------------------------
@@ -180,6 +193,52 @@ def _create_run(
     return NucleiRun(store, store.root[GROUP][run_id])
 
 
+def plan_nuclei(
+    slide_path: str | os.PathLike[str],
+    *,
+    method: str = "classical",
+    region_l0: tuple[int, int, int, int] | None = None,
+    params: ClassicalParams | None = None,
+    block_px: int = BLOCK_PX,
+    out_dir: str | os.PathLike[str] | None = None,
+) -> NucleiPlan:
+    """Check the inputs and prepare a run: region, store run, tissue blocks.
+
+    Arguments as in :func:`iter_nuclei_to_store`; everything that can fail on
+    bad input fails here, before any block is segmented.
+    """
+    started = time.monotonic()
+    _check_method(method)
+    params = ClassicalParams() if params is None else params
+    if not isinstance(params, ClassicalParams):
+        raise ValueError(f"`params` must be a ClassicalParams, got {type(params).__name__}")
+    block_px = _check_block(block_px)
+    with Slide(slide_path) as slide:
+        mpp = slide.require_mpp()
+        region = (0, 0, *slide.dimensions) if region_l0 is None else region_l0
+        region = _check_region(region, slide.dimensions)
+        store = open_store_for(slide, out_dir)
+        geometry = ResultGeometry(
+            origin_l0=region[:2],
+            downsample=1.0,
+            shape=(region[3], region[2]),
+            cell_px=block_px,
+            mpp=mpp,
+        )
+        settings = {
+            "method": method,
+            "params": asdict(params),
+            "region_l0": list(region),
+            "block_px": block_px,
+        }
+        run = _create_run(store, settings, geometry)
+        tissue = None
+        if not run.complete:
+            pad = math.ceil(params.max_diameter_um / float(mpp))
+            tissue = tissue_blocks(slide, geometry, pad)
+        return NucleiPlan(slide.path, run, method, params, tissue, started)
+
+
 def iter_nuclei_to_store(
     slide_path: str | os.PathLike[str],
     *,
@@ -191,6 +250,9 @@ def iter_nuclei_to_store(
     cancel: threading.Event | None = None,
 ) -> Generator[NucleiProgress, None, NucleiResult]:
     """Segment nuclei over the tissue of a slide (or a region) into its result store.
+
+    :func:`plan_nuclei` runs now (bad input raises at this call); the returned
+    generator is :func:`execute_nuclei` of that plan.
 
     Parameters
     ----------
@@ -225,64 +287,42 @@ def iter_nuclei_to_store(
     SlideError, StoreError
         If the slide cannot be read or the store written.
     """
-    _check_method(method)
-    params = ClassicalParams() if params is None else params
-    if not isinstance(params, ClassicalParams):
-        raise ValueError(f"`params` must be a ClassicalParams, got {type(params).__name__}")
-    block_px = _check_block(block_px)
-    slide = Slide(slide_path)
-    try:
-        mpp = slide.require_mpp()
-        region = (0, 0, *slide.dimensions) if region_l0 is None else region_l0
-        region = _check_region(region, slide.dimensions)
-        store = open_store_for(slide, out_dir)
-    except BaseException:
-        slide.close()
-        raise
-    geometry = ResultGeometry(
-        origin_l0=region[:2],
-        downsample=1.0,
-        shape=(region[3], region[2]),
-        cell_px=block_px,
-        mpp=mpp,
+    plan = plan_nuclei(
+        slide_path,
+        method=method,
+        region_l0=region_l0,
+        params=params,
+        block_px=block_px,
+        out_dir=out_dir,
     )
-    settings = {
-        "method": method,
-        "params": asdict(params),
-        "region_l0": list(region),
-        "block_px": block_px,
-    }
-    cancel = cancel or threading.Event()
-    return _run_blocks(slide, store, settings, geometry, params, cancel)
+    return execute_nuclei(plan, cancel)
 
 
-def _run_blocks(
-    slide: Slide,
-    store: ResultStore,
-    settings: dict[str, Any],
-    geometry: ResultGeometry,
-    params: ClassicalParams,
-    cancel: threading.Event,
+def execute_nuclei(
+    plan: NucleiPlan, cancel: threading.Event | None = None
 ) -> Generator[NucleiProgress, None, NucleiResult]:
-    t0 = time.monotonic()
-    try:
-        run = _create_run(store, settings, geometry)
-        if run.complete:
-            return NucleiResult(run, False, run.next_id - 1, 0, time.monotonic() - t0)
-        mpp = float(geometry.mpp)
+    """Carry out `plan` block by block; yields progress, returns a :class:`NucleiResult`.
+
+    Setting `cancel` stops it after the current block; the run resumes next time.
+    """
+    cancel = cancel or threading.Event()
+    run, params, t0 = plan.run, plan.params, plan.started
+    if run.complete or plan.tissue is None:
+        return NucleiResult(run, False, run.next_id - 1, 0, time.monotonic() - t0)
+    with Slide(plan.slide_path) as slide:
+        mpp = float(run.geometry.mpp)
         margin = math.ceil((params.max_diameter_um + params.context_um) / mpp)
         run.group.attrs["status"] = "running"
-        tissue = tissue_blocks(slide, geometry, math.ceil(params.max_diameter_um / mpp))
-        todo = [tuple(map(int, rc)) for rc in np.argwhere(tissue & ~run._done)]
+        todo = [tuple(map(int, rc)) for rc in np.argwhere(plan.tissue & ~run._done)]
         threshold = run.group.attrs.get("threshold")  # JSON: a number or "inf"
-        if settings["method"] == "classical" and threshold is None:
-            threshold = yield from _threshold_pass(slide, run, tissue, params, cancel)
+        if plan.method == "classical" and threshold is None:
+            threshold = yield from _threshold_pass(slide, run, plan.tissue, params, cancel)
             if threshold is None:  # cancelled
                 run.group.attrs["status"] = "cancelled"
                 return NucleiResult(run, True, run.next_id - 1, 0, time.monotonic() - t0)
             run.group.attrs["threshold"] = threshold if math.isfinite(threshold) else "inf"
         threshold = None if threshold is None else float(threshold)
-        lookup = tumor_probability_lookup(store)
+        lookup = tumor_probability_lookup(run.store)
         next_id, done = run.next_id, 0
         while todo:
             for row, col in todo:
@@ -297,13 +337,11 @@ def _run_blocks(
             # Glass blocks next to a nucleus that reaches their edge are segmented too
             # (the coarse tissue mask can miss a few nuclei), so none is cut there.
             todo = [(r, c) for r, c in np.argwhere(~run._done).tolist() if touched(run, r, c)]
-        run._done[...] = True  # the rest is glass: labels stay 0
-        run.write_state()
-        levels = _finish(run)
-        yield NucleiProgress("pyramid", levels, levels, next_id - 1)
-        return NucleiResult(run, False, next_id - 1, done, time.monotonic() - t0)
-    finally:
-        slide.close()
+    run._done[...] = True  # the rest is glass: labels stay 0
+    run.write_state()
+    levels = _finish(run)
+    yield NucleiProgress("pyramid", levels, levels, next_id - 1)
+    return NucleiResult(run, False, next_id - 1, done, time.monotonic() - t0)
 
 
 def _threshold_pass(slide, run, tissue, params, cancel):

@@ -216,11 +216,13 @@ def off_tissue(
         area = int(inside.sum())
         on_tissue = int((inside & tissue[r0:r1, c0:c1].astype(bool)).sum())
         if area and on_tissue < min_fraction * area:
-            found.append((
-                i,
-                f"annotation {i} ({ann.label}, bounds {x0:.0f}, {y0:.0f}, {x1:.0f}, {y1:.0f}) "
-                f"lies outside tissue ({on_tissue / area:.0%} on tissue)",
-            ))
+            found.append(
+                (
+                    i,
+                    f"annotation {i} ({ann.label}, bounds {x0:.0f}, {y0:.0f}, {x1:.0f}, {y1:.0f}) "
+                    f"lies outside tissue ({on_tissue / area:.0%} on tissue)",
+                )
+            )
     return found
 
 

@@ -74,8 +74,13 @@ class RealRecipe:
     synthetic_slide_px: int = 8192
     synthetic_patches: int = 400
     weights: tuple[tuple[str, float], ...] = (
-        ("camelyon16", 0.18), ("bcss", 0.13), ("glas", 0.14), ("ebhi", 0.08),
-        ("kather2016", 0.05), ("oral_oscc", 0.2), ("synthetic", 0.22),
+        ("camelyon16", 0.18),
+        ("bcss", 0.13),
+        ("glas", 0.14),
+        ("ebhi", 0.08),
+        ("kather2016", 0.05),
+        ("oral_oscc", 0.2),
+        ("synthetic", 0.22),
     )
     mil_weight: float = 0.5
     #: A warm restart after `steps`: this many more steps from `restart_lr`, with a
@@ -121,14 +126,20 @@ class _Pool:
 def _synthetic_pool(recipe: RealRecipe, work: Path, weight: float) -> _Pool:
     from napari_histo.synthetic import read_truth
     from napari_histo.training.data import sample_patches
+
     images, masks = [], []
     size = round(recipe.train_patch_px * 1.3)
     slides = synthetic_slides(work, SYNTHETIC_TRAIN_SEEDS, recipe.synthetic_slide_px)
     for i, path in enumerate(slides):
         truth = read_truth(path.with_suffix(".truth.zarr"))
         patches = sample_patches(
-            path, np.asarray(truth.tumor), np.asarray(truth.tissue), truth.downsample,
-            count=recipe.synthetic_patches, patch_px=size, model_mpp=recipe.model_mpp,
+            path,
+            np.asarray(truth.tumor),
+            np.asarray(truth.tissue),
+            truth.downsample,
+            count=recipe.synthetic_patches,
+            patch_px=size,
+            model_mpp=recipe.model_mpp,
             seed=recipe.seed * 7919 + i,
         )
         images += list(patches.images)
@@ -147,9 +158,14 @@ def _pools(tiles: Sequence[RealTile], recipe: RealRecipe, work: Path) -> list[_P
             raise ValueError(f"no training tiles of source {name!r}")
         pools.append(
             _Pool(
-                name, weight, [t.image for t in chosen], [t.mask for t in chosen],
-                [-1 if t.tile_label is None or t.source != "oral_oscc" else t.tile_label
-                 for t in chosen],
+                name,
+                weight,
+                [t.image for t in chosen],
+                [t.mask for t in chosen],
+                [
+                    -1 if t.tile_label is None or t.source != "oral_oscc" else t.tile_label
+                    for t in chosen
+                ],
             )
         )
     return pools
@@ -181,7 +197,8 @@ class _Batches:
         self.p = weights / weights.sum()
         # Bootstrap of each source's tiles (sources with few tiles keep them all).
         self.index = [
-            self.rng.integers(0, len(p.images), len(p.images)) if len(p.images) >= 8
+            self.rng.integers(0, len(p.images), len(p.images))
+            if len(p.images) >= 8
             else np.arange(len(p.images))
             for p in pools
         ]
@@ -212,17 +229,22 @@ class _Batches:
     def __call__(self, normalisation: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         n = self.recipe.batch_size
         sources = self.rng.choice(len(self.pools), size=n, p=self.p)
-        crops = [
-            self._crop(self.pools[s], int(self.rng.choice(self.index[s]))) for s in sources
-        ]
+        crops = [self._crop(self.pools[s], int(self.rng.choice(self.index[s]))) for s in sources]
         x = torch.from_numpy(np.stack([c[0] for c in crops])).permute(0, 3, 1, 2).float() / 255
         y = torch.from_numpy(np.stack([c[1] for c in crops]))
         labels = torch.tensor([c[2] for c in crops])
         s = self.strength
         x = hed_jitter(x, self.generator, scale=0.3 * s, shift=0.06 * s)
         x, y = augment_batch(
-            x, y, self.generator, brightness=0.12 * s, contrast=0.2 * s, saturation=0.25 * s,
-            hue=0.04 * s, stain=0.1 * s, blur=1.2 * s,
+            x,
+            y,
+            self.generator,
+            brightness=0.12 * s,
+            contrast=0.2 * s,
+            saturation=0.25 * s,
+            hue=0.04 * s,
+            stain=0.1 * s,
+            blur=1.2 * s,
         )
         mean = torch.tensor(normalisation["mean"]).view(1, 3, 1, 1)
         std = torch.tensor(normalisation["std"]).view(1, 3, 1, 1)
@@ -288,7 +310,10 @@ def _train_member(
                 model.train()
             elapsed = time.monotonic() - start
             yield TrainProgress(
-                step=step, steps=steps, loss=float(loss.detach()), elapsed_s=elapsed,
+                step=step,
+                steps=steps,
+                loss=float(loss.detach()),
+                elapsed_s=elapsed,
                 eta_s=elapsed / step * (steps - step),
             )
     finally:
@@ -465,8 +490,10 @@ def finalize_real_ensemble(
     for source, figures in scores.items():
         for key in ("dice", "auroc", "epistemic_error_auroc", "tile_auroc"):
             value = figures.get(key)
-            if value is not None and value == value and not (
-                key != "tile_auroc" and source == "oral_oscc"
+            if (
+                value is not None
+                and value == value
+                and not (key != "tile_auroc" and source == "oral_oscc")
             ):
                 metrics[f"heldout_{source}_{key}"] = float(value)
     metrics["heldout_synthetic_dice_tumor"] = round(synthetic_heldout_dice(cards, work_dir), 4)
@@ -506,9 +533,7 @@ def restart_member(
     batches = _Batches(pools, recipe, seed + RESTART_SEED, strength)
     model = loaded.model
     started = time.monotonic()
-    done = yield from _train_member(
-        model, batches, restart, loaded.card.normalisation, None, None
-    )
+    done = yield from _train_member(model, batches, restart, loaded.card.normalisation, None, None)
     card = replace(
         loaded.card,
         notes=(

@@ -56,33 +56,64 @@ SOURCES: dict[str, Source] = {
     s.name: s
     for s in (
         Source(
-            "camelyon16", "camelyon16_tiles", 1.2,
-            "estimated from nucleus size (provenance: about 1 µm/px)", "lymph node",
-            "CC0 1.0", "CAMELYON16/17 (Litjens et al. 2018)", "pixel",
+            "camelyon16",
+            "camelyon16_tiles",
+            1.2,
+            "estimated from nucleus size (provenance: about 1 µm/px)",
+            "lymph node",
+            "CC0 1.0",
+            "CAMELYON16/17 (Litjens et al. 2018)",
+            "pixel",
         ),
         Source(
-            "bcss", "bcss_tumor_mask_3pairs", 0.25, "BCSS native 0.25 µm/px", "breast",
-            "CC0 1.0", "BCSS (Amgad et al. 2019), TCGA-BRCA", "pixel",
+            "bcss",
+            "bcss_tumor_mask_3pairs",
+            0.25,
+            "BCSS native 0.25 µm/px",
+            "breast",
+            "CC0 1.0",
+            "BCSS (Amgad et al. 2019), TCGA-BRCA",
+            "pixel",
         ),
         Source(
-            "glas", "glas_tiles", 0.62, "GlaS 20x, about 0.62 µm/px", "colon",
+            "glas",
+            "glas_tiles",
+            0.62,
+            "GlaS 20x, about 0.62 µm/px",
+            "colon",
             "GlaS@MICCAI2015 research / non-commercial use",
-            "GlaS (Sirinukunwattana et al. 2017)", "pixel",
+            "GlaS (Sirinukunwattana et al. 2017)",
+            "pixel",
         ),
         Source(
-            "ebhi", "ebhi_tiles", 0.5,
-            "estimated from nucleus size (224 px originals upscaled to 512)", "colon",
-            "CC BY 4.0 (assumed, figshare default)", "EBHI-Seg (Shi et al. 2023)", "pixel",
+            "ebhi",
+            "ebhi_tiles",
+            0.5,
+            "estimated from nucleus size (224 px originals upscaled to 512)",
+            "colon",
+            "CC BY 4.0 (assumed, figshare default)",
+            "EBHI-Seg (Shi et al. 2023)",
+            "pixel",
         ),
         Source(
-            "kather2016", "kather2016_samples24", 0.495, "Kather 2016 native 0.495 µm/px",
-            "colorectum", "CC BY 4.0", "Kather et al. 2016 (Zenodo 53169)", "pixel",
+            "kather2016",
+            "kather2016_samples24",
+            0.495,
+            "Kather 2016 native 0.495 µm/px",
+            "colorectum",
+            "CC BY 4.0",
+            "Kather et al. 2016 (Zenodo 53169)",
+            "pixel",
         ),
         Source(
-            "oral_oscc", "oral_oscc_normal_224", 1.1,
+            "oral_oscc",
+            "oral_oscc_normal_224",
+            1.1,
             "estimated from nucleus size, 400x photos only (squashed to 224², anisotropic)",
-            "oral mucosa", "CC BY 4.0 (Rahman et al. 2020, Mendeley) / CC0 (Kaggle copy)",
-            "Rahman et al. 2020, histopathological imaging database for oral cancer", "tile",
+            "oral mucosa",
+            "CC BY 4.0 (Rahman et al. 2020, Mendeley) / CC0 (Kaggle copy)",
+            "Rahman et al. 2020, histopathological imaging database for oral cancer",
+            "tile",
         ),
     )
 }
@@ -94,10 +125,16 @@ HELD_OUT: dict[str, frozenset[str]] = {
     "bcss": frozenset({"1015"}),
     "glas": frozenset({"testA_29", "testA_31", "testA_34", "testA_35", "testB_5", "testB_8"}),
     # by patient: these patients have no tile in the training part
-    "ebhi": frozenset({
-        "C-GT2001838-1-400-005", "C-GT2012232-3-400-004", "C-GT2012286-3-400-004",
-        "C-GT2100144-1-400-006", "B-GTDC2102188-3-400-002", "C-GTDC2102188-3-400-003",
-    }),
+    "ebhi": frozenset(
+        {
+            "C-GT2001838-1-400-005",
+            "C-GT2012232-3-400-004",
+            "C-GT2012286-3-400-004",
+            "C-GT2100144-1-400-006",
+            "B-GTDC2102188-3-400-002",
+            "C-GTDC2102188-3-400-003",
+        }
+    ),
     "kather2016": frozenset(),  # the last tile of every class: see _kather
 }
 #: Oral tiles: a fixed fifth of the original (non-augmented) 400x photos by name hash.
@@ -250,8 +287,12 @@ def _oral(folder: Path) -> Iterator[tuple[str, np.ndarray, np.ndarray, int | Non
 
 
 _LOADERS = {
-    "camelyon16": _camelyon, "bcss": _bcss, "glas": _glas, "ebhi": _ebhi,
-    "kather2016": _kather, "oral_oscc": _oral,
+    "camelyon16": _camelyon,
+    "bcss": _bcss,
+    "glas": _glas,
+    "ebhi": _ebhi,
+    "kather2016": _kather,
+    "oral_oscc": _oral,
 }
 
 
@@ -304,9 +345,13 @@ def load_source(
         image = resample_rgb(rgb, factor)
         tiles.append(
             RealTile(
-                source=source, name=name.split("@")[0], image=image,
-                mask=resample_labels(mask, image.shape[:2]), tile_label=tile_label,
-                mpp=model_mpp, heldout=heldout,
+                source=source,
+                name=name.split("@")[0],
+                image=image,
+                mask=resample_labels(mask, image.shape[:2]),
+                tile_label=tile_label,
+                mpp=model_mpp,
+                heldout=heldout,
             )
         )
     return tiles

@@ -1,16 +1,13 @@
 """Plumbing shared by the dock widgets (Tumor inference, Nuclei, Retrain).
 
 Teardown (:class:`ShutdownMixin`: ``shutdown()`` on close, on the main
-window's close and on application quit), background-job bookkeeping
-(:func:`signal_finished`, :func:`cancel_and_join`), finding the slide layer
-and a few control builders.
+window's close and on application quit), finding the slide layer and a few
+control builders. Background jobs run through :mod:`napari_histo.widgets.jobs`.
 """
 
 from __future__ import annotations
 
-import threading
-import time
-from collections.abc import Callable, Generator, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from qtpy.QtCore import QEvent, QObject
@@ -19,11 +16,9 @@ from qtpy.QtWidgets import QApplication, QCheckBox, QGroupBox, QHBoxLayout, QPus
 __all__ = [
     "CloseWatcher",
     "ShutdownMixin",
-    "cancel_and_join",
     "checked_names",
     "member_checkboxes",
     "run_cancel_buttons",
-    "signal_finished",
     "topmost_slide_layer",
 ]
 
@@ -87,42 +82,6 @@ class ShutdownMixin:
     def closeEvent(self, event) -> None:
         self.shutdown()
         super().closeEvent(event)
-
-
-# -- background jobs ----------------------------------------------------------------
-def signal_finished(
-    job: Generator[Any, Any, Any], finished: threading.Event
-) -> Callable[[], Generator[Any, Any, Any]]:
-    """A generator function for ``create_worker``: runs `job`, then sets `finished`.
-
-    `finished` is set on the worker thread however `job` ends, so a widget can
-    join its jobs with :func:`cancel_and_join`.
-    """
-
-    def body():
-        try:
-            return (yield from job)
-        finally:
-            finished.set()
-
-    return body
-
-
-def cancel_and_join(
-    cancels: Iterable[threading.Event | None],
-    finished: Iterable[threading.Event],
-    timeout_s: float,
-) -> bool:
-    """Set every cancel event, then wait for every `finished` event.
-
-    All waits together take at most `timeout_s`; False as soon as one event is
-    still unset when its wait ends (the remaining ones are not waited for).
-    """
-    for cancel in cancels:
-        if cancel is not None:
-            cancel.set()
-    deadline = time.monotonic() + timeout_s
-    return all(e.wait(max(0.0, deadline - time.monotonic())) for e in finished)
 
 
 # -- layers ---------------------------------------------------------------------------

@@ -50,6 +50,7 @@ from napari_histo.io.annotations import read_annotations, write_annotations
 from napari_histo.io.annotations.autosave import Autosaver, autosave_path
 from napari_histo.widgets.annotation_classes import ClassesBox
 from napari_histo.widgets.annotation_crop import CROP_LAYER, LAYER_TAG, PROBABILITY_LAYER, DrawBox
+from napari_histo.widgets.jobs import JobRunner
 from napari_histo.widgets.nuclei_edit import NucleiEditBox, button
 
 if TYPE_CHECKING:
@@ -104,7 +105,7 @@ class AnnotationWidget(QWidget):
         self._snapshot: list[Annotation] = []
         self.crop_ids: set[str] = set()  # pixel annotations held by the open crop
         self._generation = self._shown_generation = 0
-        self._pending = 0  # worker threads running
+        self.jobs = JobRunner()  # reading files and building layers off the Qt thread
         self._timer = QTimer(self)
         self._timer.setSingleShot(True)
         self._timer.timeout.connect(self.snapshot)
@@ -251,6 +252,7 @@ class AnnotationWidget(QWidget):
         self.viewer.layers.events.inserted.disconnect(self._on_layers_changed)
         self.viewer.layers.events.removed.disconnect(self._on_layers_changed)
         self.nuclei_box.unbind()
+        self.jobs.shutdown()
         self._detach()
         return super().close()
 
@@ -300,17 +302,11 @@ class AnnotationWidget(QWidget):
         `func` must be a plain function: napari puts ``f"{func}"`` in its task
         status, and the repr of a ``partial`` holding 10k arrays takes seconds.
         """
-        from napari.qt.threading import create_worker
-
-        self._pending += 1
-        worker = create_worker(func)
-        worker.returned.connect(done)
-        worker.errored.connect(lambda exc: self.set_status(f"{what} failed: {exc}", error=True))
-        worker.finished.connect(self._worker_finished)
-        worker.start()
-
-    def _worker_finished(self) -> None:
-        self._pending -= 1
+        self.jobs.call(
+            func,
+            on_return=done,
+            on_error=lambda exc: self.set_status(f"{what} failed: {exc}", error=True),
+        )
 
     def _remove_stale(self) -> None:
         stale, self._stale = self._stale, []
@@ -321,7 +317,7 @@ class AnnotationWidget(QWidget):
     @property
     def building(self) -> bool:
         """True while annotations are read or a Shapes layer is built on a worker thread."""
-        return self._pending > 0 or self._shown_generation != self._generation
+        return self.jobs.busy or self._shown_generation != self._generation
 
     def _add_layer(self, layer, generation: int) -> None:
         if generation != self._generation:  # superseded while it was built
@@ -375,8 +371,13 @@ class AnnotationWidget(QWidget):
         ):  # newly drawn shapes: keep the ids and times they got
             self._building = True
             try:
-                for key, attr in (("id", "id"), ("created", "created"), ("author", "author"),
-                                  ("label", "label"), ("granularity", "granularity")):
+                for key, attr in (
+                    ("id", "id"),
+                    ("created", "created"),
+                    ("author", "author"),
+                    ("label", "label"),
+                    ("granularity", "granularity"),
+                ):
                     feats[key] = [getattr(a, attr) for a in anns]
                 layer.features = feats
             finally:
@@ -556,4 +557,3 @@ class AnnotationWidget(QWidget):
         path = QFileDialog.getExistingDirectory(self, "Project directory")
         if path:
             self.set_project_dir(path)
-

@@ -12,10 +12,9 @@ jobs also run at a lower priority (see docs/live.md, "Threads and priority").
 
 from __future__ import annotations
 
-import os
-import threading
 import time
 import weakref
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -36,12 +35,11 @@ from napari_histo.live.controller import (
 )
 from napari_histo.widgets._common import (
     ShutdownMixin,
-    cancel_and_join,
-    signal_finished,
     topmost_slide_layer,
 )
 from napari_histo.widgets._controls import ControlsMixin, fmt_s
 from napari_histo.widgets._overlays import LAYER_NAMES, TAG, OverlayLayers
+from napari_histo.widgets.jobs import JobRunner
 
 if TYPE_CHECKING:
     import napari
@@ -51,7 +49,6 @@ __all__ = [
     "FOLLOW_MAX_FRACTION",
     "LAYER_NAMES",
     "InferenceWidget",
-    "gui_threads",
 ]
 
 _REFRESH_MS = 250
@@ -61,17 +58,6 @@ _FOLLOW_DEBOUNCE_S = 0.3
 FOLLOW_MAX_FRACTION = 0.25
 #: Nice increment of whole-slide jobs (Linux).
 BACKGROUND_NICE = 10
-
-
-def gui_threads() -> int:
-    """torch intra-op threads for jobs the widget starts: all cores but one.
-
-    The spare core is the Qt thread's (napari re-slices and, under Xvfb, renders
-    in software). On an oversubscribed machine this is also much faster: with
-    every core busy, torch's OpenMP threads wait on each other (measured 4-7x
-    slower with 2 threads than with 1 on 2 shared cores).
-    """
-    return max(1, (os.cpu_count() or 2) - 1)
 
 
 class InferenceWidget(ControlsMixin, ShutdownMixin, QWidget):
@@ -98,11 +84,8 @@ class InferenceWidget(ControlsMixin, ShutdownMixin, QWidget):
         self._settings_file = settings_file
         self._out_dir = out_dir
         self._controller: LiveController | None = None
-        self._worker = None
-        self._cancel: threading.Event | None = None
-        self._job_finished: threading.Event | None = None
-        self._all_finished: list[threading.Event] = []
-        self._all_cancels: list[threading.Event] = []
+        self.jobs = JobRunner()
+        self._ood_jobs = JobRunner()  # the staining check of each opened slide
         self._job_region: tuple[int, int, int, int] | None = None
         self._overlays: OverlayLayers | None = None
         self._preview_cells: set[tuple[int, int]] = set()
@@ -121,7 +104,6 @@ class InferenceWidget(ControlsMixin, ShutdownMixin, QWidget):
         self.ood_label.setWordWrap(True)
         self.layout().insertWidget(1, self.ood_label)
         self.ood_score: float | None = None
-        self._ood_worker = None
 
         self._refresh_timer = QTimer(self)
         self._refresh_timer.setInterval(_REFRESH_MS)
@@ -192,8 +174,6 @@ class InferenceWidget(ControlsMixin, ShutdownMixin, QWidget):
 
     def _check_ood(self, path: Path) -> None:
         """Compare the slide's staining with the models' training data, off the Qt thread."""
-        from napari.qt.threading import create_worker
-
         from napari_histo.inference.stain_check import slide_ood
 
         cards = list(self._controller.available_members().values())
@@ -217,11 +197,7 @@ class InferenceWidget(ControlsMixin, ShutdownMixin, QWidget):
             if me is not None and not me._closed:
                 me.ood_label.setText(f"Slide vs training data: not compared ({exc})")
 
-        worker = create_worker(slide_ood, path, cards, _start_thread=False)
-        worker.returned.connect(done)
-        worker.errored.connect(failed)
-        self._ood_worker = worker
-        worker.start()
+        self._ood_jobs.call(partial(slide_ood, path, cards), on_return=done, on_error=failed)
 
     @property
     def controller(self) -> LiveController | None:
@@ -270,12 +246,12 @@ class InferenceWidget(ControlsMixin, ShutdownMixin, QWidget):
     @property
     def running(self) -> bool:
         """True while a job's thread is alive."""
-        return self._job_finished is not None and not self._job_finished.is_set()
+        return self.jobs.running
 
     @property
     def busy(self) -> bool:
         """True until the last job's thread is done and its signals are handled."""
-        return self.running or self._worker is not None
+        return self.jobs.busy
 
     def current_region(self) -> tuple[int, int, int, int] | None:
         """Level-0 ``(x, y, w, h)`` visible now, or None."""
@@ -302,9 +278,6 @@ class InferenceWidget(ControlsMixin, ShutdownMixin, QWidget):
         self._start(region)
 
     def _start(self, region: tuple[int, int, int, int] | None) -> None:
-        from napari.qt.threading import create_worker
-
-        self._stop_worker(wait=False)
         controller = self._controller
         settings = controller.settings
         self._overlays.ensure(controller.expected_geometry(settings))
@@ -315,65 +288,38 @@ class InferenceWidget(ControlsMixin, ShutdownMixin, QWidget):
             self._full_label if fast is None else stage_label("preview", fast.members, fast.tta)
         )
         centre = None if region is None else (region[0] + region[2] / 2, region[1] + region[3] / 2)
-        cancel = threading.Event()
-        finished = threading.Event()
-        job = controller.job(
-            within=region,
-            centre=centre,
-            cancel=cancel,
-            settings=settings,
-            threads=gui_threads(),
-            # Whole-slide runs are background work: at a lower priority they leave
-            # the CPU to the Qt thread (and to viewport runs) when both want it.
-            nice=BACKGROUND_NICE if region is None else 0,
-        )
-
-        self._cancel, self._job_finished, self._job_region = cancel, finished, region
-        # Every job ever started, so shutdown can join stale (cancelled) ones too.
-        self._all_finished = [e for e in self._all_finished if not e.is_set()] + [finished]
-        self._all_cancels = [c for c in self._all_cancels if not c.is_set()] + [cancel]
+        self._job_region = region
         self._jobs_started += 1
         self.first_cell_s = None
         self._job_t0 = time.monotonic()
         self.progress_bar.setRange(0, 1)
         self.progress_bar.setValue(0)
         self.progress_bar.setFormat("starting…")
-        worker = create_worker(
-            signal_finished(job, finished), _start_thread=False, _ignore_errors=True
+        self.jobs.start(
+            lambda cancel: controller.job(
+                within=region,
+                centre=centre,
+                cancel=cancel,
+                settings=settings,
+                # Whole-slide runs are background work: at a lower priority they leave
+                # the CPU to the Qt thread (and to viewport runs) when both want it.
+                nice=BACKGROUND_NICE if region is None else 0,
+            ),
+            on_yield=self._on_update,
+            on_return=self._on_returned,
+            on_error=self._on_errored,
+            on_finish=self._on_finished,
+            label="inference",
         )
-        worker.yielded.connect(self._on_update)
-        worker.returned.connect(self._on_returned)
-        worker.errored.connect(self._on_errored)
-        # Weak references: a connection must not keep the widget (and viewer) alive.
-        ref_self, ref_worker = weakref.ref(self), weakref.ref(worker)
-
-        def on_finished() -> None:
-            me = ref_self()
-            if me is not None:
-                me._on_finished(ref_worker())
-
-        worker.finished.connect(on_finished)
-        self._worker = worker
         what = "whole slide" if region is None else f"{region[2]}×{region[3]} px view"
         self.set_status(f"running on the {what}…")
         self.cancel_button.setEnabled(True)
         self._refresh_timer.start()
-        worker.start()
 
     def cancel(self) -> None:
         """Stop the job in flight after its current batch (finished cells are kept)."""
-        if self._cancel is not None:
-            self._cancel.set()
-            if self.running:
-                self.set_status("cancelling…")
-
-    def _stop_worker(self, *, wait: bool, timeout_s: float = 60.0) -> bool:
-        """Cancel the job in flight; with `wait`, block until every job's thread is done."""
-        if self._cancel is not None:
-            self._cancel.set()
-        if not wait:
-            return True
-        return cancel_and_join(self._all_cancels, self._all_finished, timeout_s)
+        if self.jobs.cancel():
+            self.set_status("cancelling…")
 
     def _on_update(self, update: LiveUpdate) -> None:
         if self._closed or self._overlays is None:
@@ -458,12 +404,7 @@ class InferenceWidget(ControlsMixin, ShutdownMixin, QWidget):
         self.set_status(message)
         show_error(message)
 
-    def _on_finished(self, worker) -> None:
-        if worker is not self._worker:
-            return  # a superseded job
-        self._worker = None
-        if self._closed:
-            return
+    def _on_finished(self) -> None:
         self._refresh_timer.stop()
         self._flush_progress()
         if self._overlays is not None:
@@ -497,7 +438,7 @@ class InferenceWidget(ControlsMixin, ShutdownMixin, QWidget):
             region, running, self._controller.slide_dims, max_fraction=FOLLOW_MAX_FRACTION
         )
         if action in ("none", "too_wide"):
-            self._stop_worker(wait=False)
+            self.jobs.cancel()
             if action == "too_wide":
                 run_ = self._controller.existing_run()
                 if run_ is not None and run_.complete:
@@ -527,7 +468,8 @@ class InferenceWidget(ControlsMixin, ShutdownMixin, QWidget):
         self._closed = True
         self._refresh_timer.stop()
         self._follow_timer.stop()
-        self._stop_worker(wait=True, timeout_s=timeout_s)
+        self.jobs.shutdown(timeout_s)
+        self._ood_jobs.shutdown(timeout_s)
         camera = self.viewer.scene.camera
         camera.events.center.disconnect(self._on_camera)
         camera.events.zoom.disconnect(self._on_camera)

@@ -2,7 +2,7 @@
 
 A thin Qt shell over :mod:`napari_histo.nuclei.store`: it turns the view (or a
 rectangle of a Shapes layer) into a level-0 region, runs
-:func:`~napari_histo.nuclei.store.iter_region_nuclei` in a ``thread_worker``
+:func:`~napari_histo.nuclei.export.iter_region_nuclei` through a :class:`JobRunner`
 and shows the result as a Labels layer in µm, aligned with the slide, whose
 ``features`` (one row per nucleus, ``index`` = label) napari shows on hover.
 Whole-slide nuclei written to the store by ``napari-histo nuclei`` are shown as
@@ -11,9 +11,6 @@ a multiscale Labels layer.
 
 from __future__ import annotations
 
-import threading
-import time
-import weakref
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -44,10 +41,9 @@ from napari_histo.nuclei.features import write_nuclei_csv
 from napari_histo.nuclei.run import NucleiRun, find_nuclei_runs
 from napari_histo.widgets._common import (
     ShutdownMixin,
-    cancel_and_join,
-    signal_finished,
     topmost_slide_layer,
 )
+from napari_histo.widgets.jobs import JobRunner
 
 if TYPE_CHECKING:
     import napari
@@ -85,9 +81,7 @@ class NucleiWidget(ShutdownMixin, QWidget):
         super().__init__()
         self.viewer = napari_viewer
         self._out_dir = out_dir
-        self._worker = None
-        self._cancel: threading.Event | None = None
-        self._jobs: list[tuple[threading.Event, threading.Event]] = []  # (cancel, finished)
+        self.jobs = JobRunner()
         self._closed = False
         self._slide_path: Path | None = None
         self.last_result: RegionNuclei | None = None
@@ -197,7 +191,7 @@ class NucleiWidget(ShutdownMixin, QWidget):
     @property
     def busy(self) -> bool:
         """True until the last job's thread is done and its signals are handled."""
-        return self._worker is not None or any(not f.is_set() for _, f in self._jobs)
+        return self.jobs.busy
 
     def current_region(self) -> tuple[int, int, int, int] | None:
         """Level-0 ``(x, y, w, h)`` the canvas shows now, or None."""
@@ -242,50 +236,32 @@ class NucleiWidget(ShutdownMixin, QWidget):
 
     def start(self, region: tuple[int, int, int, int]) -> None:
         """Start a background job on level-0 `region` (cancelling the one in flight)."""
-        from napari.qt.threading import create_worker
-
-        self.cancel()
-        cancel, finished = threading.Event(), threading.Event()
         try:
-            job = iter_region_nuclei(
-                self._slide_path, region, method=self.method, out_dir=self._out_dir, cancel=cancel
+            self.jobs.start(
+                lambda cancel: iter_region_nuclei(
+                    self._slide_path,
+                    region,
+                    method=self.method,
+                    out_dir=self._out_dir,
+                    cancel=cancel,
+                ),
+                on_yield=self._on_progress,
+                on_return=self._on_returned,
+                on_error=self._on_errored,
+                on_finish=self._on_finished,
+                label="nuclei",
             )
         except (ValueError, OSError) as err:
             self.set_status(f"cannot run: {err}")
             return
-
-        self._jobs = [(c, f) for c, f in self._jobs if not f.is_set()] + [(cancel, finished)]
-        self._cancel = cancel
-        t0 = time.monotonic()
-        worker = create_worker(
-            signal_finished(job, finished), _start_thread=False, _ignore_errors=True
-        )
-        ref_self, ref_worker = weakref.ref(self), weakref.ref(worker)
-
-        def call(name):
-            def slot(*args):
-                me = ref_self()
-                if me is not None and not me._closed and ref_worker() is me._worker:
-                    getattr(me, name)(*args)
-
-            return slot
-
-        worker.yielded.connect(call("_on_progress"))
-        worker.returned.connect(lambda result: call("_on_returned")(result, time.monotonic() - t0))
-        worker.errored.connect(call("_on_errored"))
-        worker.finished.connect(call("_on_finished"))
-        self._worker = worker
         self.progress_bar.setRange(0, 1)
         self.progress_bar.setValue(0)
         self.cancel_button.setEnabled(True)
         self.set_status(f"segmenting nuclei in {region[2]} × {region[3]} px ({self.method})…")
-        worker.start()
 
     def cancel(self) -> None:
         """Stop the job in flight at its next tile."""
-        if self._cancel is not None:
-            self._cancel.set()
-        self._worker = None
+        self.jobs.cancel()
         self.cancel_button.setEnabled(False)
 
     def _on_progress(self, step: tuple[int, int]) -> None:
@@ -293,7 +269,8 @@ class NucleiWidget(ShutdownMixin, QWidget):
         self.progress_bar.setRange(0, max(1, total))
         self.progress_bar.setValue(done)
 
-    def _on_returned(self, result: RegionNuclei | None, seconds: float) -> None:
+    def _on_returned(self, result: RegionNuclei | None) -> None:
+        seconds = self.jobs.elapsed_s
         if result is None:
             self.set_status("cancelled")
             return
@@ -310,7 +287,6 @@ class NucleiWidget(ShutdownMixin, QWidget):
         show_error(message)
 
     def _on_finished(self) -> None:
-        self._worker = None
         self.cancel_button.setEnabled(False)
 
     # -- layers -------------------------------------------------------------------
@@ -412,6 +388,5 @@ class NucleiWidget(ShutdownMixin, QWidget):
         if self._closed:
             return
         self._closed = True
-        cancel_and_join([c for c, _ in self._jobs], [f for _, f in self._jobs], timeout_s)
-        self._worker = None
+        self.jobs.shutdown(timeout_s)
         self._disconnect_viewer(self._on_layers_changed)

@@ -122,8 +122,10 @@ class NucleiEditBox(QGroupBox):
         """Cut along the last path/line drawn in the "split line" Shapes layer."""
         layers = self.owner.viewer.layers
         target = self.layer()
-        if SPLIT_LINE_LAYER not in layers or not len(layers[SPLIT_LINE_LAYER].data) or (
-            target is None
+        if (
+            SPLIT_LINE_LAYER not in layers
+            or not len(layers[SPLIT_LINE_LAYER].data)
+            or (target is None)
         ):
             if SPLIT_LINE_LAYER not in layers:
                 lines = self.owner.viewer.add_shapes(

@@ -2,18 +2,17 @@
 
 A thin shell over :func:`napari_histo.training.finetune.finetune_ensemble`: it
 collects the slide, the annotations (autosave file, a chosen file or a Shapes
-layer), granularity, members and epochs, runs the generator in a
-``thread_worker`` with napari progress, a live loss / held-out Dice plot and
-Cancel, then lists each member's versions (the choice persists, see
-:mod:`napari_histo.models.versions`, and the Tumor inference widget runs it)
+layer), granularity, members and epochs, runs the generator through the
+dock's :class:`~napari_histo.widgets.jobs.JobRunner` with napari progress, a
+live loss / held-out Dice plot and Cancel, then lists each member's versions
+(the choice persists, see :mod:`napari_histo.models.versions`, and the Tumor
+inference widget runs it)
 and shows the parent and active versions' probability side by side.
 """
 
 from __future__ import annotations
 
 import math
-import threading
-import weakref
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -37,13 +36,12 @@ from napari_histo.frames import layer_mpp, overlay_transform, visible_region_l0
 from napari_histo.training.retrain import GRANULARITIES
 from napari_histo.widgets._common import (
     ShutdownMixin,
-    cancel_and_join,
     checked_names,
     member_checkboxes,
     run_cancel_buttons,
-    signal_finished,
 )
 from napari_histo.widgets._overlays import tumor_colormap
+from napari_histo.widgets.jobs import JobRunner
 
 if TYPE_CHECKING:
     import napari
@@ -149,10 +147,7 @@ class RetrainWidget(ShutdownMixin, QWidget):
         super().__init__()
         self.viewer = napari_viewer
         self._out_dir = out_dir
-        self._cancel: threading.Event | None = None
-        self._finished: list[threading.Event] = []
-        self._worker = None
-        self._progress = None
+        self.jobs = JobRunner(progress_desc="Retraining")
         self._closed = False
         self.last_cards: list[Path] | None = None
         self._build_ui()
@@ -292,12 +287,11 @@ class RetrainWidget(ShutdownMixin, QWidget):
     # -- training -------------------------------------------------------------
     @property
     def running(self) -> bool:
-        return any(not e.is_set() for e in self._finished)
+        """True while a fine-tuning or comparison job runs."""
+        return self.jobs.running
 
     def run(self) -> None:
         """Start fine-tuning with the chosen settings (errors go to the status line)."""
-        from napari.qt.threading import create_worker
-
         from napari_histo.models.versions import user_models_dir
         from napari_histo.training.finetune import FinetuneConfig, finetune_ensemble
         from napari_histo.training.retrain import resolve_cards, steps_per_epoch
@@ -319,51 +313,50 @@ class RetrainWidget(ShutdownMixin, QWidget):
         steps = self.steps_spin.value() or self.epochs_spin.value() * per_epoch
         frozen = min(steps, self.freeze_spin.value() * per_epoch)
         out = Path(self._out_dir) if self._out_dir else user_models_dir()
-        cancel, finished = threading.Event(), threading.Event()
-        generator = finetune_ensemble(
-            cards, slide_path, annotations, out_dir=out, steps=steps,
-            granularity=self.granularity_combo.currentText(), freeze_encoder_steps=frozen,
-            cancel=cancel, config=config,
-        )  # fmt: skip
-        self._cancel = cancel
-        self._finished = [e for e in self._finished if not e.is_set()] + [finished]
-        self._total = steps * len(cards)
+        granularity = self.granularity_combo.currentText()
         self._offsets = {}
         self.plot.clear(steps)
-        self._start_progress(self._total)
-        worker = create_worker(
-            signal_finished(generator, finished), _start_thread=False, _ignore_errors=True
-        )
-        ref = weakref.ref(self)
-        worker.yielded.connect(lambda e: (me := ref()) and me._on_step(*e))
-        worker.returned.connect(lambda r: (me := ref()) and me._on_returned(r))
-        worker.errored.connect(lambda e: (me := ref()) and me._on_errored(e))
-        worker.finished.connect(lambda: (me := ref()) and me._on_finished())
-        self._worker = worker
-        self.run_button.setEnabled(False)
-        self.cancel_button.setEnabled(True)
         self.set_status(
             f"preparing {len(cards)} member(s), {steps} steps each, from {len(annotations)} "
             f"annotations ({source})…"
         )
-        worker.start()
+        self._set_buttons(running=True)
+        self._start_job(
+            lambda cancel: finetune_ensemble(
+                cards,
+                slide_path,
+                annotations,
+                out_dir=out,
+                steps=steps,
+                granularity=granularity,
+                freeze_encoder_steps=frozen,
+                cancel=cancel,
+                config=config,
+            ),
+            on_yield=self._on_step,
+            on_return=self._on_returned,
+            on_error=self._on_errored,
+            on_finish=self._on_finished,
+            total=steps * len(cards),
+            label="fine-tuning",
+        )
 
-    def _start_progress(self, total: int) -> None:
-        from napari.utils import progress
+    def _start_job(self, make_job, **callbacks: Any) -> None:
+        try:
+            self.jobs.start(make_job, **callbacks)
+        except _ERRORS as err:
+            self._set_buttons(running=False)
+            self.set_status(f"error: {_one_line(err)}")
 
-        if self._progress is not None:
-            self._progress.close()
-        self._progress = progress(total=total, desc="Retraining")
+    def _set_buttons(self, *, running: bool) -> None:
+        self.run_button.setEnabled(not running)
+        self.cancel_button.setEnabled(running)
 
-    def _on_step(self, member: str, event: Any) -> None:
-        if self._closed:
-            return
+    def _on_step(self, step: tuple[str, Any]) -> None:
+        member, event = step
         offset = self._offsets.setdefault(member, len(self._offsets) * event.steps)
         self.plot.add(member, event.step, event.loss, event.val_dice)
-        if self._progress is not None:
-            self._progress.n = offset + event.step
-            self._progress.set_description(f"Retraining {member} (loss {event.loss:.3f})")
-            self._progress.refresh()
+        self.jobs.report(offset + event.step, desc=f"Retraining {member} (loss {event.loss:.3f})")
         dice = f", held-out Dice {event.val_dice:.3f}" if event.val_dice is not None else ""
         self.set_status(f"{member}: step {event.step}/{event.steps}, loss {event.loss:.3f}{dice}")
 
@@ -372,8 +365,6 @@ class RetrainWidget(ShutdownMixin, QWidget):
         from napari_histo.models.versions import set_active_version
 
         self.last_cards = list(cards)
-        if self._closed:
-            return
         if not cards:
             self.set_status("cancelled: no new model version was written")
             return
@@ -395,29 +386,19 @@ class RetrainWidget(ShutdownMixin, QWidget):
 
     def _on_errored(self, err: BaseException) -> None:
         self.last_cards = []
-        if not self._closed:
-            self.set_status(f"error: {_one_line(err)}; no new model version was written")
+        self.set_status(f"error: {_one_line(err)}; no new model version was written")
 
     def _on_finished(self) -> None:
-        if self._progress is not None:
-            self._progress.close()
-            self._progress = None
-        if not self._closed:
-            self.run_button.setEnabled(True)
-            self.cancel_button.setEnabled(False)
+        self._set_buttons(running=False)
 
     def cancel(self) -> None:
         """Stop training after the current step; nothing is written."""
-        if self._cancel is not None:
-            self._cancel.set()
-            if self.running:
-                self.set_status("cancelling…")
+        if self.jobs.cancel():
+            self.set_status("cancelling…")
 
     # -- before / after -------------------------------------------------------
     def compare(self) -> None:
         """Run the parent and the active versions on the visible region; two layers."""
-        from napari.qt.threading import create_worker
-
         from napari_histo.models.versions import active_cards
         from napari_histo.training.retrain import parent_card, region_probability
 
@@ -446,34 +427,27 @@ class RetrainWidget(ShutdownMixin, QWidget):
             self.set_status(f"error: {_one_line(err)}")
             return
         slide_path = layer.metadata["path"]
-        cancel, finished = threading.Event(), threading.Event()
 
-        def body():
-            try:
-                outputs = []
-                for cards in (before, after):
-                    yield None
-                    outputs.append(region_probability(cards, slide_path, region, cancel=cancel))
-                return outputs, [_label(c) for c in before], [_label(c) for c in after]
-            finally:
-                finished.set()
+        def body(cancel):
+            outputs = []
+            for cards in (before, after):
+                yield None
+                outputs.append(region_probability(cards, slide_path, region, cancel=cancel))
+            return layer, outputs, [_label(c) for c in before], [_label(c) for c in after]
 
-        self._cancel = cancel
-        self._finished = [e for e in self._finished if not e.is_set()] + [finished]
-        worker = create_worker(body, _start_thread=False, _ignore_errors=True)
-        ref = weakref.ref(self)
-        worker.returned.connect(lambda r: (me := ref()) and me._show_compare(layer, *r))
-        worker.errored.connect(lambda e: (me := ref()) and me._on_errored(e))
-        worker.finished.connect(lambda: (me := ref()) and me._on_finished())
-        self._worker = worker
-        self.run_button.setEnabled(False)
-        self.cancel_button.setEnabled(True)
+        self._set_buttons(running=True)
         self.set_status(f"running both versions on the {region[2]}×{region[3]} px view…")
-        worker.start()
+        self._start_job(
+            body,
+            on_return=self._show_compare,
+            on_error=self._on_errored,
+            on_finish=self._on_finished,
+            label="comparison",
+        )
 
-    def _show_compare(self, layer: Any, outputs: list, before: list, after: list) -> None:
-
-        if self._closed or any(o is None for o in outputs):
+    def _show_compare(self, result: tuple[Any, list, list, list]) -> None:
+        layer, outputs, before, after = result
+        if any(o is None for o in outputs):
             self.set_status("cancelled")
             return
         tumor = tumor_colormap("histo tumor (compare)")  # the Tumor inference dock's colours
@@ -520,13 +494,10 @@ class RetrainWidget(ShutdownMixin, QWidget):
     # -- teardown -------------------------------------------------------------
     def shutdown(self, timeout_s: float = 60.0) -> bool:
         """Cancel any run and wait for its thread; unbind from the viewer (idempotent)."""
-        joined = cancel_and_join([self._cancel], self._finished, timeout_s)
+        joined = self.jobs.shutdown(timeout_s)
         if self._closed:
             return joined
         self._closed = True
-        if self._progress is not None:
-            self._progress.close()
-            self._progress = None
         self._disconnect_viewer(self._refresh_layers)
         return joined
 

@@ -1,0 +1,285 @@
+"""Planning an inference run: configuration, input checks, tissue, grid and store run.
+
+:func:`plan_inference` does everything that can fail on bad input before any
+thread starts or any tile is read, and returns an :class:`InferencePlan`: a
+plain record that :func:`napari_histo.inference.engine.execute_inference`
+carries out (in this process, the viewer's worker or on a cluster).
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from napari_histo.errors import HistoError
+from napari_histo.frames import check_region_l0
+from napari_histo.inference.ensemble import tta_transforms
+from napari_histo.io.slide import Slide
+from napari_histo.io.store import (
+    ResultGeometry,
+    ResultRun,
+    ResultStore,
+    default_store_path,
+    slide_identity,
+)
+from napari_histo.models import LoadedModel
+from napari_histo.stain import resolve as resolve_stain
+from napari_histo.tiling import TileGrid, make_grid, order_centre_out
+from napari_histo.tissue import slide_tissue_mask
+
+__all__ = ["EngineConfig", "InferencePlan", "plan_inference", "select_device"]
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """How to run the ensemble (not what it computes, except `tta` and `overlap`).
+
+    Attributes
+    ----------
+    tta : int
+        Test-time augmentations per member: 1, 2, 4 or 8 dihedral transforms.
+    overlap : float
+        Tile overlap as a fraction of the tile, in [0, 1).
+    batch_size : int or None
+        Tiles per forward pass (halved automatically on CUDA out-of-memory);
+        None picks :func:`default_batch_size` for the device.
+    read_threads : int or None
+        Threads reading and decoding tiles ahead of the model; None picks
+        :func:`default_read_threads` for the device.
+    device : str
+        "auto" (cuda > mps > cpu), "cpu", "cuda", "cuda:N" or "mps".
+    amp : bool
+        Autocast to float16 on CUDA.
+    prefetch_batches : int
+        Batches read ahead of the model.
+    stain : {"card", "none", "macenko", "reinhard"}
+        Stain normalisation, fitted once per slide on its thumbnail (see
+        :func:`napari_histo.stain.resolve`); "card" follows the model cards.
+    """
+
+    tta: int = 1
+    overlap: float = 0.5
+    batch_size: int | None = None
+    read_threads: int | None = None
+    device: str = "auto"
+    amp: bool = True
+    prefetch_batches: int = 3
+    stain: str = "card"
+
+    def __post_init__(self) -> None:
+        tta_transforms(self.tta)  # validates
+        resolve_stain(self.stain, ())  # validates
+        if not 0 <= self.overlap < 1:
+            raise ValueError(f"`overlap` must be in [0, 1), got {self.overlap!r}")
+        for name in ("batch_size", "read_threads", "prefetch_batches"):
+            value = getattr(self, name)
+            if name in ("batch_size", "read_threads") and value is None:
+                continue
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"`{name}` must be an int >= 1, got {value!r}")
+
+
+def select_device(name: str = "auto") -> torch.device:
+    """The torch device for `name`: "auto" picks cuda > mps > cpu."""
+    if not isinstance(name, str):
+        raise TypeError(f"`device` must be a str, got {type(name).__name__}")
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        mps = getattr(torch.backends, "mps", None)
+        if mps is not None and mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"`device` must be auto, cpu, cuda[:N] or mps, got {name!r}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise HistoError(f"device {name!r} requested but CUDA is not available here")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise HistoError(f"device {name!r} requested but MPS is not available here")
+    return device
+
+
+def _check_members(members: Sequence[LoadedModel]) -> LoadedModel:
+    if not members:
+        raise ValueError("`members` must hold at least one model")
+    first = members[0].card
+    for member in members[1:]:
+        card = member.card
+        for attr in ("input_mpp", "patch_px", "classes"):
+            if getattr(card, attr) != getattr(first, attr):
+                raise HistoError(
+                    f"{member.card_path}: `{attr}` {getattr(card, attr)!r} differs from "
+                    f"{members[0].card_path}'s {getattr(first, attr)!r}; members must agree"
+                )
+    return members[0]
+
+
+def _check_region(
+    region: Sequence[int] | None, width: int, height: int, path: Path, name: str = "region"
+) -> tuple[int, int, int, int]:
+    if region is None:
+        return 0, 0, width, height
+    return check_region_l0(region, (width, height), name=name, path=path)
+
+
+def _cells_meeting(grid: TileGrid, rect_l0: tuple[int, int, int, int]) -> np.ndarray:
+    """Bool cell mask: cells of `grid` that meet the level-0 rectangle `rect_l0`."""
+    rows, cols = grid.cell_shape
+    x0, y0, _, _ = grid.region
+    step = grid.stride_px * grid.scale  # level-0 px per cell
+    rx, ry, rw, rh = rect_l0
+    c0 = max(0, int((rx - x0 * grid.scale) // step))
+    c1 = min(cols, int(-(-(rx + rw - x0 * grid.scale) // step)))
+    r0 = max(0, int((ry - y0 * grid.scale) // step))
+    r1 = min(rows, int(-(-(ry + rh - y0 * grid.scale) // step)))
+    mask = np.zeros((rows, cols), dtype=bool)
+    mask[r0:r1, c0:c1] = True
+    return mask
+
+
+@dataclass(frozen=True)
+class InferencePlan:
+    """A checked, prepared run: what to compute and where it goes (no threads, no open file).
+
+    Made by :func:`plan_inference` (which validates the inputs, finds the
+    tissue, lays out the grid and creates or resumes the store run) and
+    carried out by :func:`execute_inference`.
+    """
+
+    slide_path: Path
+    members: tuple[LoadedModel, ...]
+    config: EngineConfig
+    device: torch.device
+    tta: tuple[int, ...]
+    class_index: int
+    stain: Any  # a napari_histo.stain normaliser, or None
+    stain_source: Any  # its fit on this slide, or None
+    grid: TileGrid
+    geometry: ResultGeometry
+    run: ResultRun
+    todo: np.ndarray  # tile indices to compute, in order
+    partial: bool  # only the cells meeting `within`
+    started: float  # time.monotonic() when planning began
+
+    @property
+    def total(self) -> int:
+        """Tiles of the whole grid (tissue only)."""
+        return len(self.grid.origins)
+
+
+def plan_inference(
+    slide_path: str | Path,
+    members: Sequence[LoadedModel],
+    *,
+    region: Sequence[int] | None = None,
+    within: Sequence[int] | None = None,
+    centre: tuple[float, float] | None = None,
+    config: EngineConfig | None = None,
+    out_dir: str | Path | None = None,
+) -> InferencePlan:
+    """Check the inputs and prepare a run (tissue, grid, store); raises here, not later.
+
+    Arguments as in :func:`infer_slide`.
+
+    Raises
+    ------
+    ValueError, RegionError
+        For no members, a bad device or a region outside the slide.
+    HistoError
+        For members that disagree, an unreadable slide or store.
+    """
+    started = time.monotonic()
+    config = config or EngineConfig()
+    lead = _check_members(members)
+    card = lead.card
+    device = select_device(config.device)
+    class_index = card.classes.index("tumor") if "tumor" in card.classes else len(card.classes) - 1
+    tta = tta_transforms(config.tta)
+    stain = resolve_stain(config.stain, [m.card for m in members])
+
+    with Slide(slide_path) as slide:
+        stain_source = stain.fit_slide(slide) if stain is not None else None
+        slide_mpp = slide.require_mpp()
+        width, height = slide.dimensions
+        region_l0 = _check_region(region, width, height, slide.path)
+        within_l0 = (
+            None if within is None else _check_region(within, width, height, slide.path, "within")
+        )
+        tissue, tissue_downsample = slide_tissue_mask(slide)
+        grid = make_grid(
+            region_l0,
+            slide_mpp=slide_mpp,
+            model_mpp=card.input_mpp,
+            tile_px=card.patch_px,
+            overlap=config.overlap,
+            tissue=tissue,
+            tissue_downsample=tissue_downsample,
+        )
+        geometry = ResultGeometry(
+            origin_l0=(region_l0[0], region_l0[1]),
+            downsample=grid.scale,
+            shape=(grid.region[3], grid.region[2]),
+            cell_px=grid.stride_px,
+            mpp=card.input_mpp,
+        )
+        settings = {
+            "models": [
+                {"name": m.card.name, "version": m.card.version, "sha256": m.card.sha256}
+                for m in members
+            ],
+            "tta": list(tta),
+            "overlap": config.overlap,
+            "model_mpp": card.input_mpp,
+            "tile_px": card.patch_px,
+            "region_l0": list(region_l0),
+            "class": card.classes[class_index],
+        }
+        if stain_source is not None:  # only then, so earlier runs still resume
+            settings["stain"] = {**stain.spec(), "source": stain_source.to_dict()}
+        store = ResultStore(
+            default_store_path(slide.path, out_dir),
+            slide_identity(slide.path, slide.dimensions, slide_mpp),
+        )
+        resolved_path = slide.path
+    run_ = store.create_or_resume(settings, geometry)
+    covered = grid.covered_cells()
+    if not run_.done[~covered].all():
+        run_.mark_done(~covered)
+    wanted = ~run_.done
+    if within_l0 is not None:
+        wanted &= _cells_meeting(grid, within_l0)
+    todo = grid.tiles_touching(wanted)
+    if centre is not None and len(todo):
+        order = order_centre_out(grid, (float(centre[0]), float(centre[1])))
+        todo = order[np.isin(order, todo)]
+    if len(grid.origins) == 0:
+        warnings.warn(
+            f"{resolved_path}: no tissue found in the region; the result is empty",
+            UserWarning,
+            stacklevel=2,
+        )
+    return InferencePlan(
+        slide_path=resolved_path,
+        members=tuple(members),
+        config=config,
+        device=device,
+        tta=tuple(tta),
+        class_index=class_index,
+        stain=stain,
+        stain_source=stain_source,
+        grid=grid,
+        geometry=geometry,
+        run=run_,
+        todo=np.asarray(todo, dtype=np.int64),
+        partial=within_l0 is not None,
+        started=started,
+    )
