@@ -24,11 +24,16 @@ def _check_rgb(rgb: object) -> np.ndarray:
     return rgb
 
 
+def _check_number(name: str, value: object, *, strict: bool = True) -> float:
+    """`value` as a float when it is a finite number > 0 (>= 0 unless `strict`)."""
+    ok = isinstance(value, int | float | np.floating | np.integer) and not isinstance(value, bool)
+    if ok and math.isfinite(float(value)) and (float(value) > 0 or (not strict and value == 0)):
+        return float(value)
+    raise ValueError(f"`{name}` must be a finite number {'>' if strict else '>='} 0, got {value!r}")
+
+
 def _check_mpp(mpp: object, name: str = "mpp") -> float:
-    ok = isinstance(mpp, int | float | np.floating | np.integer) and not isinstance(mpp, bool)
-    if not ok or not math.isfinite(float(mpp)) or float(mpp) <= 0:
-        raise ValueError(f"`{name}` must be a finite number > 0, got {mpp!r}")
-    return float(mpp)
+    return _check_number(name, mpp)
 
 
 def _check_method(method: object) -> str:

@@ -42,6 +42,7 @@ from napari_histo.nuclei._common import (
     _check_int,
     _check_method,
     _check_mpp,
+    _check_number,
     _check_region,
     _check_rgb,
 )
@@ -122,18 +123,14 @@ class ClassicalParams:
     def __post_init__(self) -> None:
         positive = ("sigma_um", "min_area_um2", "max_area_um2", "min_distance_um", "background_um")
         for name in positive:
-            value = getattr(self, name)
-            if not (isinstance(value, int | float) and math.isfinite(value) and value > 0):
-                raise ValueError(f"`{name}` must be a finite number > 0, got {value!r}")
+            _check_number(name, getattr(self, name))
         if self.max_area_um2 <= self.min_area_um2:
             raise ValueError(
                 f"`max_area_um2` ({self.max_area_um2}) must exceed "
                 f"`min_area_um2` ({self.min_area_um2})"
             )
         for name in ("tissue_od", "min_threshold"):
-            value = getattr(self, name)
-            if not (isinstance(value, int | float) and math.isfinite(value) and value >= 0):
-                raise ValueError(f"`{name}` must be a finite number >= 0, got {value!r}")
+            _check_number(name, getattr(self, name), strict=False)
 
     @property
     def max_diameter_um(self) -> float:

@@ -28,7 +28,6 @@ The model is read once per process (per card file) and shared by all threads.
 
 from __future__ import annotations
 
-import math
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -43,6 +42,7 @@ from skimage.segmentation import relabel_sequential, watershed
 
 from napari_histo.errors import WeightsError
 from napari_histo.models import LoadedModel, default_models_dir, load_model
+from napari_histo.nuclei._common import _check_number
 
 __all__ = [
     "DEFAULT_CARD",
@@ -103,9 +103,7 @@ class HVParams:
         if not 0 < self.fg_threshold < 1:
             raise ValueError(f"`fg_threshold` must be in (0, 1), got {self.fg_threshold!r}")
         for name in ("sigma_um", "min_divergence_per_um", "marker_um", "min_marker_um2"):
-            value = getattr(self, name)
-            if not (isinstance(value, int | float) and math.isfinite(value) and value > 0):
-                raise ValueError(f"`{name}` must be a finite number > 0, got {value!r}")
+            _check_number(name, getattr(self, name))
 
 
 # -- targets ----------------------------------------------------------------------
