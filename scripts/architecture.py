@@ -22,14 +22,14 @@ PACKAGE = REPO / "napari_histo"
 LAYOUT: list[list[tuple[str, tuple[str, ...]]]] = [
     [("cli", ("cli",)), ("demo", ("demo",)), ("bench/", ("bench",))],
     [("plugin/", ("plugin",)), ("widgets/", ("widgets",))],
-    [("live/", ("live",)), ("training/", ("training",))],
+    [("live/", ("live",)), ("training/", ("training",)), ("evaluate", ("evaluate",))],
     [("inference/", ("inference",)), ("nuclei/", ("nuclei",)),
      ("annotations/ (layers, crops,\nfrom_probability)", ("annotations",))],
     [("models/", ("models",))],
     [("io/ (slide, pyramid, store)", ("io",)), ("io/annotations/", ("io.annotations",)),
      ("tissue", ("tissue",))],
-    [("base: errors paths frames\n_atomic generators resample", ("", "errors", "paths", "frames",
-      "_atomic", "_progress", "generators", "resample")),
+    [("base: errors paths frames _atomic\ngenerators resample stain ood", ("", "errors", "paths",
+      "frames", "_atomic", "_progress", "generators", "resample", "stain", "ood")),
      ("annotations.model\n+ polygons", ("annotations.model", "annotations.polygons")),
      ("synthetic/", ("synthetic",)), ("tiling", ("tiling",)), ("metrics", ("metrics",))],
 ]  # fmt: skip
