@@ -28,7 +28,7 @@ LAYOUT: list[list[tuple[str, tuple[str, ...]]]] = [
     [("models/", ("models",))],
     [("io/ (slide, pyramid, store)", ("io",)), ("io/annotations/", ("io.annotations",)),
      ("tissue", ("tissue",))],
-    [("base: errors paths frames _atomic\ngenerators resample stain ood", ("", "errors", "paths",
+    [("base: errors paths\nframes _atomic generators\nresample stain ood", ("", "errors", "paths",
       "frames", "_atomic", "_progress", "generators", "resample", "stain", "ood")),
      ("annotations.model\n+ polygons", ("annotations.model", "annotations.polygons")),
      ("synthetic/", ("synthetic",)), ("tiling", ("tiling",)), ("metrics", ("metrics",))],
