@@ -171,7 +171,7 @@ def test_plan_checks_at_the_call_and_execute_matches_infer_slide(slide, cards, t
     members = [load_model(c) for c in cards]
     # Bad input raises when infer_slide is called, before any next(): the same
     # one-line RegionError as everywhere else.
-    with pytest.raises(RegionError, match="`within` .* outside the slide"):
+    with pytest.raises(RegionError, match=r"`within` .* outside the slide"):
         infer_slide(slide, members, within=(5000, 0, 10, 10), out_dir=tmp_path)
     with pytest.raises(ValueError, match="at least one model"):
         infer_slide(slide, [], out_dir=tmp_path)

@@ -159,7 +159,6 @@ class JobRunner:
 
         if self.closed:
             return None
-        configure_torch_threads()
         self.cancel()
         job = _Job(label)
         generator = make_job(job.cancel)
@@ -204,14 +203,14 @@ class JobRunner:
     ) -> None:
         """Run the plain function `func` on a worker thread, alongside other jobs.
 
-        `func` should be a plain function: napari shows ``f"{func}"`` in its
+        Meant for reading files and building layers (torch's threads are left
+        alone). `func` should be a plain function: napari shows ``f"{func}"`` in its
         task status, and the repr of a ``partial`` holding large arrays is slow.
         """
         from napari.qt.threading import FunctionWorker
 
         if self.closed:
             return
-        configure_torch_threads()
         job = _Job("call")
         self._jobs = [j for j in self._jobs if not j.finished.is_set()] + [job]
         self._pending_calls += 1
@@ -288,8 +287,13 @@ class JobRunner:
 def _signal_finished(
     generator: Generator[Any, Any, Any], finished: threading.Event
 ) -> Generator[Any, Any, Any]:
-    """Run `generator` to its end (relaying it), then set `finished` however it ended."""
+    """Run `generator` to its end (relaying it), then set `finished` however it ended.
+
+    torch's thread count is set first, here on the worker thread: importing torch
+    takes a second or two, which must not freeze the Qt thread.
+    """
     try:
+        configure_torch_threads()
         return (yield from generator)
     except RuntimeError as err:
         raise JobFailed(str(err)) from err
