@@ -188,6 +188,8 @@ def cmd_infer(args: argparse.Namespace) -> int:
         batch_size=args.batch,
         device=args.device,
         read_threads=args.threads,
+        tiling=args.tiling,
+        large_tile_px=args.large_tile,
     )
     members = [load_model(card) for card in resolve_members(args.members, args.models_dir)]
     cancel = threading.Event()
@@ -578,6 +580,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--models-dir", default=None, help="directory of model cards")
     p.add_argument("--tta", type=int, choices=[1, 2, 4, 8], default=1, help="TTA transforms")
     p.add_argument("--overlap", type=float, default=0.5, help="tile overlap fraction [0, 1)")
+    p.add_argument(
+        "--tiling", choices=["patch", "large", "auto"], default="patch",
+        help="patch: the card's patch, blended (default); large: large tiles, each output "
+        "pixel computed about once by members with a measured receptive margin",
+    )  # fmt: skip
+    p.add_argument(
+        "--large-tile", type=_positive_int, default=4096,
+        help="largest side of a large tile, model px (memory grows with its square)",
+    )  # fmt: skip
     p.add_argument("--device", default="auto", help="auto, cpu, cuda[:N] or mps")
     p.add_argument("--batch", type=_positive_int, default=None, help="tiles per batch (auto)")
     p.add_argument(

@@ -8,7 +8,12 @@ All in one run on one synthetic slide with about 30 % tissue:
   (tissue detection, read-ahead, stitching and the zarr store included);
 * naive: every tile of a sliding window over the whole slide, background
   included, batch 1, reading each tile just before its forward pass, stitched
-  into one in-memory array.
+  into one in-memory array;
+* large tiles (``tiling="large"``, when a member has a measured receptive
+  margin): the same slide again, with ``compute_per_output_px`` (model pixels
+  computed per output pixel, mean over members), its speed against the patch
+  engine, the largest probability difference and ``dice_delta_vs_blend`` (tumor
+  Dice against the slide's synthetic truth, large tiles minus blended patches).
 
 The slide is the 32k² synthetic slide of seed 2 (16k² with ``--quick``),
 about 30 % tissue. RSS growth of the engine (peak during the run minus RSS
@@ -176,6 +181,8 @@ def bench_infer(
     _model_only(members, 2 * batch, batch, transforms, torch_device)
     with tempfile.TemporaryDirectory() as out:
         result = run(infer_slide(path, members, config=config, out_dir=out))
+        patch_prob = np.asarray(result.run.array("probability")[...])
+        tiles_large = _large_tiles(path, members, config, patch_prob, result.geometry.downsample)
     engine_s = result.seconds
     tiles = result.tiles_run
     model_s = _model_only(members, tiles, batch, transforms, torch_device)
@@ -183,6 +190,10 @@ def bench_infer(
     small = bench_mosaic_slide(8192)
     large = bench_mosaic_slide(16384 if quick else 32768)
     rss_small, rss_large = _rss(small, cards), _rss(large, cards)
+    if tiles_large:
+        speedup = engine_s / tiles_large.pop("large_s")
+        tiles_large["large_speedup_vs_patch"] = round(speedup, 3)
+        tiles_large["large_speedup_vs_naive"] = round(naive_s / engine_s * speedup, 3)
     return {
         "slide": str(path),
         "members": [m.card.name for m in members],
@@ -207,5 +218,44 @@ def bench_infer(
         "rss_growth_mb": round(rss_large - rss_small, 1),
         "torch_threads": torch.get_num_threads(),
         "tissue_tiles_fraction": round(tiles / max(naive_tiles, 1), 3),
+        **tiles_large,
         "numpy": np.__version__,
     }
+
+
+def _large_tiles(path, members, config, patch_prob, downsample) -> dict[str, Any]:
+    """The large-tile engine on the same slide: speed, compute per pixel and quality."""
+    import dataclasses
+
+    from napari_histo.inference.engine import plan_inference
+    from napari_histo.synthetic import read_truth
+    from napari_histo.training.default_ensemble import truth_overlap
+
+    if all(m.card.receptive_margin_px is None for m in members):
+        return {}
+    large_config = dataclasses.replace(config, tiling="large")
+    with tempfile.TemporaryDirectory() as out:
+        plan = plan_inference(path, members, config=large_config, out_dir=out)
+        output_px = len(plan.todo) * plan.grid.stride_px**2
+        computed = plan.computed_px
+        result = run(infer_slide(path, members, config=large_config, out_dir=out))
+        prob = np.asarray(result.run.array("probability")[...])
+    fields = {
+        "large_s": result.seconds,
+        "large_tile_px": large_config.large_tile_px,
+        "large_blocks": len(plan.blocks),
+        "compute_per_output_px": round(computed / max(output_px, 1), 3),
+        "compute_per_output_px_patch": round(1 / (1 - config.overlap) ** 2, 3),
+        "max_abs_prob_diff": round(float(np.abs(prob - patch_prob).max()), 4),
+        "mean_abs_prob_diff": round(float(np.abs(prob - patch_prob).mean()), 5),
+    }
+    truth_path = Path(path).with_suffix(".truth.zarr")
+    if truth_path.exists():
+        truth = read_truth(truth_path)
+        dice = []
+        for p in (prob, patch_prob):
+            inter, total = truth_overlap(p, downsample, truth)
+            dice.append(2 * inter / total if total else 1.0)
+        fields["dice_large"] = round(dice[0], 4)
+        fields["dice_delta_vs_blend"] = round(dice[0] - dice[1], 4)
+    return fields

@@ -34,8 +34,15 @@ import torch.nn.functional as F
 
 from napari_histo import __version__
 from napari_histo.generators import drive
+from napari_histo.inference.blocks import member_forwards
 from napari_histo.inference.ensemble import ensemble_predict
-from napari_histo.inference.plan import EngineConfig, InferencePlan, plan_inference, select_device
+from napari_histo.inference.plan import (
+    EngineConfig,
+    InferencePlan,
+    block_need,
+    plan_inference,
+    select_device,
+)
 from napari_histo.io.slide import Slide
 from napari_histo.io.store import (
     RESULT_ARRAYS,
@@ -98,20 +105,30 @@ def default_read_threads(device: torch.device) -> int:
     return max(2, min(8, (os.cpu_count() or 2) - 1))
 
 
-def _tile_reader(slide: Slide, grid: TileGrid) -> Callable[[int], np.ndarray]:
-    """Function reading tile `i` at the level just finer than the model's resolution."""
-    level = slide.best_level_for_downsample(grid.scale)
+def _rect_reader(slide: Slide, scale: float) -> Callable[[int, int, int, int], np.ndarray]:
+    """Function reading a model-px rectangle at the level just finer than the model's."""
+    level = slide.best_level_for_downsample(scale)
     downsample = slide.level_downsamples[level]
 
-    def read(index: int) -> np.ndarray:
-        x, y, w, h = grid.tile_region_l0(index)
-        lw, lh = round(w / downsample), round(h / downsample)
-        tile = slide.read_region(level, x, y, lw, lh)
-        factor, rest = divmod(lw, grid.tile_px)
-        if 1 < factor <= 16 and rest == 0 and lh == lw:
+    def read(x: int, y: int, w: int, h: int) -> np.ndarray:
+        lw, lh = round(w * scale / downsample), round(h * scale / downsample)
+        rgb = slide.read_region(level, round(x * scale), round(y * scale), lw, lh)
+        factor, rest = divmod(lw, w)
+        if 1 < factor <= 16 and rest == 0 and lh == h * factor:
             # Exact area average here, on the reader thread, not on the model's.
-            return area_average(tile, factor)
-        return tile
+            return area_average(rgb, factor)
+        return rgb  # resized on the device (predict_batch)
+
+    return read
+
+
+def _tile_reader(slide: Slide, grid: TileGrid) -> Callable[[int], np.ndarray]:
+    """Function reading tile `i` at the level just finer than the model's resolution."""
+    read_rect = _rect_reader(slide, grid.scale)
+
+    def read(index: int) -> np.ndarray:
+        x, y = grid.origins[index]
+        return read_rect(int(x), int(y), grid.tile_px, grid.tile_px)
 
     return read
 
@@ -120,11 +137,13 @@ def predict_batch(
     members: Sequence[LoadedModel],
     tiles: np.ndarray,
     *,
-    tile_px: int,
+    tile_px: int | tuple[int, int],
     tta: Sequence[int],
     device: torch.device,
     amp: bool,
     class_index: int,
+    forwards: Sequence[Callable] | None = None,
+    need: np.ndarray | None = None,
 ) -> np.ndarray:
     """Ensemble outputs for a batch of RGB tiles.
 
@@ -133,28 +152,43 @@ def predict_batch(
     tiles : ndarray of uint8 or float32, shape (B, h, w, 3)
         Tiles as read (0–255); resized (area average) to `tile_px` on the
         device when they are not that size already.
+    tile_px : int or (height, width)
+        Model input size, model px.
+    forwards : sequence of callables, optional
+        What runs in place of each member's model (large tiles: see
+        :func:`napari_histo.inference.blocks.member_forwards`).
+    need : ndarray of bool, shape (height, width), optional
+        With `forwards`: the pixels to compute, passed to them as a fourth channel.
 
     Returns
     -------
-    ndarray of float32, shape (B, 4, tile_px, tile_px)
+    ndarray of float32, shape (B, 4, height, width)
         Probability, aleatoric and epistemic variance of class `class_index`,
         and predictive entropy, in :data:`RESULT_ARRAYS` order.
     """
     card = members[0].card
+    size = (tile_px, tile_px) if isinstance(tile_px, int | np.integer) else tuple(tile_px)
     batch = torch.from_numpy(np.ascontiguousarray(tiles))
     if device.type == "cuda":
         batch = batch.pin_memory()
     x = batch.to(device, non_blocking=True).permute(0, 3, 1, 2).float().div_(255.0)
-    if x.shape[-1] != tile_px or x.shape[-2] != tile_px:
-        x = F.interpolate(x, size=(tile_px, tile_px), mode="area")
+    if tuple(x.shape[-2:]) != size:
+        x = F.interpolate(x, size=size, mode="area")
     mean = torch.tensor(card.normalisation["mean"], device=device).view(1, 3, 1, 1)
     std = torch.tensor(card.normalisation["std"], device=device).view(1, 3, 1, 1)
     x = (x - mean) / std
-    models = [m.model for m in members]
+    if need is not None:
+        mask = torch.from_numpy(np.ascontiguousarray(need)).to(device).float()
+        x = torch.cat([x, mask.expand(x.shape[0], 1, -1, -1)], dim=1)
+    models = list(forwards) if forwards is not None else [m.model for m in members]
     with torch.autocast(
         device_type="cuda", dtype=torch.float16, enabled=amp and device.type == "cuda"
     ):
-        out = ensemble_predict(models, x, tta=tuple(tta))
+        # Large tiles: one transform at a time (TTA stacked in a batch would
+        # multiply the activation memory).
+        out = ensemble_predict(
+            models, x, tta=tuple(tta), batch_members=size[0] * size[1] <= 1024**2
+        )
     stacked = torch.stack(
         [
             out.probability[:, class_index],
@@ -193,20 +227,76 @@ def execute_inference(
         return result(0, False)
     for member in members:
         member.model.to(device).eval()
+    forwards = None
+    if plan.blocks is not None:
+        forwards = member_forwards(
+            [m.model for m in members], plan.member_margins, grid.tile_px, plan.margin_px,
+            plan.sub_tile_px,
+        )  # fmt: skip
     config = plan.config
     stain, stain_source = plan.stain, plan.stain_source
     stitcher = Stitcher(grid, channels=len(RESULT_ARRAYS), tiles=todo)
     batch_size = config.batch_size or default_batch_size(device)
     done_before = total - len(todo)
-    pending: deque[tuple[int, Future[np.ndarray]]] = deque()
-    queue = iter(todo.tolist())
+    # The unit of reading and predicting: one grid tile (batched), or one large block.
+    units: list[Any] = todo.tolist() if plan.blocks is None else list(plan.blocks)
+    pending: deque[tuple[Any, Future[np.ndarray]]] = deque()
+    queue = iter(units)
     tiles_run = 0
     already_done = run_.done  # cells finished by an earlier run (one copy, not per cell)
 
     with Slide(plan.slide_path) as slide:
-        read = _tile_reader(slide, grid)
-        if stain_source is not None:  # on the reader threads, like the decoding
-            read = lambda i, read=read: stain.transform(read(i), stain_source)  # noqa: E731
+        read_tile = _tile_reader(slide, grid)
+        read_rect = _rect_reader(slide, grid.scale)
+
+        def normalised(rgb: np.ndarray) -> np.ndarray:
+            # Stain normalisation on the reader threads, like the decoding.
+            return rgb if stain_source is None else stain.transform(rgb, stain_source)
+
+        def read(unit: Any) -> np.ndarray:
+            if plan.blocks is None:
+                return normalised(read_tile(unit))
+            return normalised(read_rect(unit.x, unit.y, unit.w, unit.h))
+
+        def predict(take: list[Any], arrays: list[np.ndarray]) -> list[tuple[int, np.ndarray]]:
+            nonlocal batch_size
+            if plan.blocks is None:
+                outputs, batch_size = _predict_with_oom_retry(
+                    members, np.stack(arrays), card.patch_px, plan.tta, device,
+                    config.amp, plan.class_index, batch_size,
+                )  # fmt: skip
+                return list(zip(take, outputs, strict=True))
+            block = take[0]
+            try:
+                out = predict_batch(
+                    members, arrays[0][None], tile_px=(block.h, block.w), tta=plan.tta,
+                    device=device, amp=config.amp, class_index=plan.class_index,
+                    forwards=forwards, need=block_need(block, grid),
+                )[0]  # fmt: skip
+            except torch.OutOfMemoryError:
+                if device.type != "cuda":
+                    raise
+                torch.cuda.empty_cache()
+                warnings.warn(
+                    f"CUDA out of memory on a {block.w}×{block.h} px tile: its "
+                    f"{len(block.tiles)} patches run one by one (use a smaller large_tile_px)",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
+                tiles = [normalised(read_tile(int(i))) for i in block.tiles]
+                outputs, batch_size = _predict_with_oom_retry(
+                    members, np.stack(tiles), card.patch_px, plan.tta, device,
+                    config.amp, plan.class_index, batch_size,
+                )  # fmt: skip
+                return list(zip(block.tiles.tolist(), outputs, strict=True))
+            size = grid.tile_px
+            pairs = []
+            for index in block.tiles.tolist():
+                x, y = grid.origins[index]
+                y0, x0 = int(y) - block.y, int(x) - block.x
+                pairs.append((index, out[:, y0 : y0 + size, x0 : x0 + size]))
+            return pairs
+
         # Store writes (compression + I/O) run on their own thread, in order, so the
         # model is not held up by them; errors surface at the next batch.
         writer = ThreadPoolExecutor(1, thread_name_prefix="histo-write")
@@ -216,6 +306,8 @@ def execute_inference(
             while writes and (wait or writes[0].done()):
                 writes.popleft().result()
 
+        per_forward = batch_size if plan.blocks is None else 1
+        ahead = config.prefetch_batches + 1 if plan.blocks is None else 2
         with (
             writer,
             ThreadPoolExecutor(
@@ -225,33 +317,24 @@ def execute_inference(
         ):
 
             def refill() -> None:
-                while len(pending) < batch_size * (config.prefetch_batches + 1):
-                    index = next(queue, None)
-                    if index is None:
+                while len(pending) < per_forward * ahead:
+                    unit = next(queue, None)
+                    if unit is None:
                         return
-                    pending.append((index, pool.submit(read, index)))
+                    pending.append((unit, pool.submit(read, unit)))
 
             try:
                 refill()
                 while pending:
                     if cancel.is_set():
                         break
-                    take = [pending.popleft() for _ in range(min(batch_size, len(pending)))]
+                    if plan.blocks is None:
+                        per_forward = batch_size  # halved on CUDA out-of-memory
+                    take = [pending.popleft() for _ in range(min(per_forward, len(pending)))]
                     refill()
-                    indices = [i for i, _ in take]
-                    tiles = np.stack([f.result() for _, f in take])
-                    outputs, batch_size = _predict_with_oom_retry(
-                        members,
-                        tiles,
-                        card.patch_px,
-                        plan.tta,
-                        device,
-                        config.amp,
-                        plan.class_index,
-                        batch_size,
-                    )
+                    pairs = predict([u for u, _ in take], [f.result() for _, f in take])
                     finished = []
-                    for index, out in zip(indices, outputs, strict=True):
+                    for index, out in pairs:
                         stitcher.add(index, out)
                     for row, col, values in stitcher.pop_final_cells():
                         if already_done[row, col]:
@@ -260,7 +343,7 @@ def execute_inference(
                         writes.append(writer.submit(run_.write_cell, row, col, cell))
                         finished.append((row, col, cell))
                     check_writes(wait=False)
-                    tiles_run += len(indices)
+                    tiles_run += len(pairs)
                     elapsed = time.monotonic() - start
                     rate = tiles_run / elapsed if elapsed > 0 else 0.0
                     remaining = len(todo) - tiles_run

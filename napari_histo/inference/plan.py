@@ -8,6 +8,7 @@ carries out (in this process, the viewer's worker or on a cluster).
 
 from __future__ import annotations
 
+import math
 import time
 import warnings
 from collections.abc import Sequence
@@ -20,6 +21,7 @@ import torch
 
 from napari_histo.errors import HistoError
 from napari_histo.frames import check_region_l0
+from napari_histo.inference.blocks import PATCH_STRIDE_FRACTION, computed_px, sub_tile_default
 from napari_histo.inference.ensemble import tta_transforms
 from napari_histo.io.slide import Slide
 from napari_histo.io.store import (
@@ -34,7 +36,20 @@ from napari_histo.stain import resolve as resolve_stain
 from napari_histo.tiling import TileGrid, make_grid, order_centre_out
 from napari_histo.tissue import slide_tissue_mask
 
-__all__ = ["EngineConfig", "InferencePlan", "plan_inference", "select_device"]
+__all__ = [
+    "Block",
+    "EngineConfig",
+    "InferencePlan",
+    "plan_blocks",
+    "plan_inference",
+    "select_device",
+]
+
+TILINGS = ("auto", "large", "patch")
+#: Large tiles start at multiples of this (and of half the patch) from the region
+#: origin, so every block sees the slide at the same phase of the models' strides
+#: and non-local members' patches sit where the patch engine puts them.
+BLOCK_ALIGN_PX = 32
 
 
 @dataclass(frozen=True)
@@ -62,6 +77,21 @@ class EngineConfig:
     stain : {"card", "none", "macenko", "reinhard"}
         Stain normalisation, fitted once per slide on its thumbnail (see
         :func:`napari_histo.stain.resolve`); "card" follows the model cards.
+    tiling : {"auto", "large", "patch"}
+        "large": slides are read in large tiles (blocks of grid tiles, at most
+        `large_tile_px` a side) and each member computes the block's interior
+        (see :mod:`napari_histo.inference.blocks`): members with a measured
+        receptive margin (card ``receptive_margin_px``) compute each output pixel
+        about once, exactly; the others their blended patches. "patch": tiles of
+        the card's patch, blended over `overlap`. "auto": large when a member has
+        a margin.
+    large_tile_px : int
+        Largest side (model px) of a block: the reading unit, and the largest
+        input a local member sees on a GPU. Memory grows with its square.
+    sub_tile_px : int or None
+        Core side of the pieces local members run on inside a block (plus their
+        margin); None: 512 on a CPU (measured fastest there), the whole block on
+        a GPU.
     """
 
     tta: int = 1
@@ -72,12 +102,25 @@ class EngineConfig:
     amp: bool = True
     prefetch_batches: int = 3
     stain: str = "card"
+    tiling: str = "patch"
+    large_tile_px: int = 4096
+    sub_tile_px: int | None = None
 
     def __post_init__(self) -> None:
         tta_transforms(self.tta)  # validates
         resolve_stain(self.stain, ())  # validates
         if not 0 <= self.overlap < 1:
             raise ValueError(f"`overlap` must be in [0, 1), got {self.overlap!r}")
+        if self.tiling not in TILINGS:
+            raise ValueError(f"`tiling` must be one of {', '.join(TILINGS)}, got {self.tiling!r}")
+        px = self.large_tile_px
+        if not isinstance(px, int) or isinstance(px, bool) or px < 512:
+            raise ValueError(f"`large_tile_px` must be an int >= 512, got {px!r}")
+        sub = self.sub_tile_px
+        if sub is not None and (
+            not isinstance(sub, int) or isinstance(sub, bool) or sub < 64 or sub % 32
+        ):
+            raise ValueError(f"`sub_tile_px` must be None or a multiple of 32 >= 64, got {sub!r}")
         for name in ("batch_size", "read_threads", "prefetch_batches"):
             value = getattr(self, name)
             if name in ("batch_size", "read_threads") and value is None:
@@ -147,6 +190,76 @@ def _cells_meeting(grid: TileGrid, rect_l0: tuple[int, int, int, int]) -> np.nda
 
 
 @dataclass(frozen=True)
+class Block:
+    """One large tile: a model-px rectangle run at once, and the grid tiles cut from it."""
+
+    x: int
+    y: int
+    w: int
+    h: int
+    tiles: np.ndarray  # grid tile indices inside it (each at least the margin from its edge)
+
+
+def block_need(block: Block, grid: TileGrid) -> np.ndarray:
+    """Bool ``(h, w)`` mask of the block's pixels that its grid tiles cover."""
+    need = np.zeros((block.h, block.w), bool)
+    size = grid.tile_px
+    for x, y in grid.origins[block.tiles]:
+        need[y - block.y : y - block.y + size, x - block.x : x - block.x + size] = True
+    return need
+
+
+def plan_blocks(
+    grid: TileGrid, todo: np.ndarray, margin_px: int, max_px: int, align: int = BLOCK_ALIGN_PX
+) -> tuple[Block, ...]:
+    """Group the grid tiles `todo` into large tiles of side at most about `max_px`.
+
+    Each block covers its tiles plus `margin_px` on every side, starts at a
+    multiple of `align` from the region origin and has a side that is a
+    multiple of it. Blocks are split evenly along each axis; they come in
+    the order of their first tile in `todo` (so a centre-out order is kept).
+    """
+    size = grid.tile_px
+    rx, ry, rw, rh = grid.region
+    per_block = max(1, (max_px - 2 * margin_px) // size)  # tiles along one side
+
+    def even(n_tiles: int) -> int:
+        return -(-n_tiles // -(-n_tiles // per_block))
+
+    kx, ky = even(-(-rw // size)) * size, even(-(-rh // size)) * size
+    groups: dict[tuple[int, int], list[int]] = {}
+    for index in np.asarray(todo, np.int64).tolist():
+        x, y = grid.origins[index]
+        groups.setdefault((int(x - rx) // kx, int(y - ry) // ky), []).append(index)
+    blocks = []
+    for tiles in groups.values():
+        xs, ys = grid.origins[tiles, 0], grid.origins[tiles, 1]
+        x0 = rx + (int(xs.min()) - margin_px - rx) // align * align
+        y0 = ry + (int(ys.min()) - margin_px - ry) // align * align
+        x1, y1 = int(xs.max()) + size + margin_px, int(ys.max()) + size + margin_px
+        w, h = -(-(x1 - x0) // align) * align, -(-(y1 - y0) // align) * align
+        blocks.append(Block(x0, y0, w, h, np.asarray(tiles, np.int64)))
+    return tuple(blocks)
+
+
+def _member_margins(members: Sequence[LoadedModel], tiling: str) -> tuple[int | None, ...] | None:
+    """Each member's receptive margin (None: not local) when large tiles are used, else None."""
+    if tiling == "patch":
+        return None
+    margins = tuple(
+        None if m.card.format == "torchscript" else m.card.receptive_margin_px for m in members
+    )
+    if all(v is None for v in margins):
+        if tiling == "large":
+            raise HistoError(
+                f"{members[0].card_path.name}: no member has a measured `receptive_margin_px`, "
+                "so large tiles gain nothing; use tiling 'patch' or 'auto'"
+            )
+        return None
+    return margins
+
+
+@dataclass(frozen=True)
 class InferencePlan:
     """A checked, prepared run: what to compute and where it goes (no threads, no open file).
 
@@ -169,6 +282,21 @@ class InferencePlan:
     todo: np.ndarray  # tile indices to compute, in order
     partial: bool  # only the cells meeting `within`
     started: float  # time.monotonic() when planning began
+    member_margins: tuple[int | None, ...] | None = None  # large tiles: per member
+    margin_px: int | None = None  # large tiles: the blocks' margin
+    sub_tile_px: int | None = None  # large tiles: local members' piece core
+    blocks: tuple[Block, ...] | None = None  # large tiles (None: patch tiles)
+
+    @property
+    def computed_px(self) -> float:
+        """Model pixels each member will compute (mean over members, per transform)."""
+        if self.blocks is None:
+            return float(len(self.todo) * self.grid.tile_px**2)
+        return sum(
+            computed_px(block_need(b, self.grid), self.member_margins, self.grid.tile_px,
+                        self.margin_px, self.sub_tile_px)
+            for b in self.blocks
+        )  # fmt: skip
 
     @property
     def total(self) -> int:
@@ -205,6 +333,14 @@ def plan_inference(
     class_index = card.classes.index("tumor") if "tumor" in card.classes else len(card.classes) - 1
     tta = tta_transforms(config.tta)
     stain = resolve_stain(config.stain, [m.card for m in members])
+    margins = _member_margins(members, config.tiling)
+    # Large tiles: grid tiles of the patch, no overlap (the blocks need no blending).
+    overlap = 0.0 if margins is not None else config.overlap
+    if margins is not None:
+        half = round(card.patch_px * PATCH_STRIDE_FRACTION)
+        align = math.lcm(BLOCK_ALIGN_PX, half)
+        widest = max(card.patch_px if m is None else m for m in margins)
+        margin = -(-widest // BLOCK_ALIGN_PX) * BLOCK_ALIGN_PX
 
     with Slide(slide_path) as slide:
         stain_source = stain.fit_slide(slide) if stain is not None else None
@@ -220,7 +356,7 @@ def plan_inference(
             slide_mpp=slide_mpp,
             model_mpp=card.input_mpp,
             tile_px=card.patch_px,
-            overlap=config.overlap,
+            overlap=overlap,
             tissue=tissue,
             tissue_downsample=tissue_downsample,
         )
@@ -237,7 +373,7 @@ def plan_inference(
                 for m in members
             ],
             "tta": list(tta),
-            "overlap": config.overlap,
+            "overlap": overlap,
             "model_mpp": card.input_mpp,
             "tile_px": card.patch_px,
             "region_l0": list(region_l0),
@@ -245,6 +381,8 @@ def plan_inference(
         }
         if stain_source is not None:  # only then, so earlier runs still resume
             settings["stain"] = {**stain.spec(), "source": stain_source.to_dict()}
+        if margins is not None:  # likewise
+            settings["tiling"] = {"kind": "large", "margins": list(margins)}
         store = ResultStore(
             default_store_path(slide.path, out_dir),
             slide_identity(slide.path, slide.dimensions, slide_mpp),
@@ -282,4 +420,10 @@ def plan_inference(
         todo=np.asarray(todo, dtype=np.int64),
         partial=within_l0 is not None,
         started=started,
+        member_margins=margins,
+        margin_px=None if margins is None else margin,
+        sub_tile_px=config.sub_tile_px or sub_tile_default(device),
+        blocks=None
+        if margins is None
+        else plan_blocks(grid, todo, margin, config.large_tile_px, align),
     )

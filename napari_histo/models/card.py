@@ -93,6 +93,12 @@ class ModelCard:
         Stain statistics of the training tiles (:class:`napari_histo.ood.StainReference`
         as a dict): slides far from them get an out-of-distribution warning.
         Optional in a card on disk.
+    receptive_margin_px : int or None, default None
+        Measured effective receptive field (model px, a multiple of 16): an output
+        pixel this far from a tile's edge is as if the tile were infinite
+        (:func:`napari_histo.models.receptive.measure_margin`). The engine's large
+        tiles keep only their centre minus this margin; None: patch tiles only.
+        Optional in a card on disk.
 
     Raises
     ------
@@ -118,6 +124,7 @@ class ModelCard:
     notes: str = ""
     stain_normalisation: dict[str, Any] | None = None
     stain_reference: dict[str, Any] | None = None
+    receptive_margin_px: int | None = None
 
     def __post_init__(self) -> None:
         values = {f.name: getattr(self, f.name) for f in fields(self)}
@@ -165,6 +172,8 @@ class ModelCard:
                 out["stain_normalisation"] = json.loads(json.dumps(self.stain_normalisation))
         if self.stain_reference is not None:
             out["stain_reference"] = json.loads(json.dumps(self.stain_reference))
+        if self.receptive_margin_px is not None:
+            out["receptive_margin_px"] = self.receptive_margin_px
         return out
 
     @classmethod
@@ -204,7 +213,11 @@ class ModelCard:
 # --------------------------------------------------------------------------- validation
 
 #: Fields a card on disk may leave out (added after the format was fixed), with defaults.
-_OPTIONAL: dict[str, Any] = {"stain_normalisation": None, "stain_reference": None}
+_OPTIONAL: dict[str, Any] = {
+    "stain_normalisation": None,
+    "stain_reference": None,
+    "receptive_margin_px": None,
+}
 
 
 class _FieldError(Exception):
@@ -348,6 +361,7 @@ def _validated(values: dict[str, Any], *, saved: bool) -> dict[str, Any]:
         "notes": lambda v: _text("notes", v),
         "stain_normalisation": _check_stain,
         "stain_reference": _check_stain_reference,
+        "receptive_margin_px": _check_margin,
     }
     clean = {key: check(values[key]) for key, check in checks.items()}
     is_script = clean["format"] == "torchscript"
@@ -355,6 +369,14 @@ def _validated(values: dict[str, Any], *, saved: bool) -> dict[str, Any]:
         expected = '"torchscript" exactly when `format` is "torchscript"'
         raise _FieldError("architecture", expected, clean["architecture"])
     return clean
+
+
+def _check_margin(value: object) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0 or value % 16:
+        raise _FieldError("receptive_margin_px", "null or an int >= 0, a multiple of 16", value)
+    return value
 
 
 def _check_stain_reference(value: object) -> dict[str, Any] | None:

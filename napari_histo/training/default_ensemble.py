@@ -21,6 +21,7 @@ import torch
 
 from napari_histo.generators import mapped
 from napari_histo.models import ModelCard, build_model, load_model, save_model
+from napari_histo.models.receptive import with_measured_margin
 from napari_histo.synthetic import read_truth, write_synthetic_slide
 from napari_histo.training.data import PatchSet, sample_patches
 from napari_histo.training.trainer import TrainProgress, train_model
@@ -116,19 +117,26 @@ def heldout_dice(slide_paths: Sequence[Path], card_paths: Sequence[Path], *, tta
             truth = read_truth(path.with_suffix(".truth.zarr"))
             result = run(infer_slide(path, members, config=EngineConfig(tta=tta), out_dir=out))
             prob = np.asarray(result.run.array("probability")[...])
-            factor = truth.downsample / result.geometry.downsample
-            f = round(factor)
-            if abs(factor - f) > 1e-6 or f < 1:
-                raise ValueError(
-                    f"truth downsample {truth.downsample} is not a multiple of the result's"
-                )
-            h, w = prob.shape[0] // f, prob.shape[1] // f
-            pooled = prob[: h * f, : w * f].reshape(h, f, w, f).mean(axis=(1, 3))
-            tumor = np.asarray(truth.tumor)[:h, :w].astype(bool)
-            pred = pooled[: tumor.shape[0], : tumor.shape[1]] > 0.5
-            inter += int((pred & tumor).sum())
-            total += int(pred.sum()) + int(tumor.sum())
+            i, t = truth_overlap(prob, result.geometry.downsample, truth)
+            inter, total = inter + i, total + t
     return 2 * inter / total if total else 1.0
+
+
+def truth_overlap(probability: np.ndarray, downsample: float, truth) -> tuple[int, int]:
+    """``(|pred ∩ tumor|, |pred| + |tumor|)`` of a probability map against synthetic truth.
+
+    `probability` is at `downsample` (level-0 px per pixel); it is area-averaged
+    to the truth masks' downsample and thresholded at 0.5.
+    """
+    factor = truth.downsample / downsample
+    f = round(factor)
+    if abs(factor - f) > 1e-6 or f < 1:
+        raise ValueError(f"truth downsample {truth.downsample} is not a multiple of the result's")
+    h, w = probability.shape[0] // f, probability.shape[1] // f
+    pooled = probability[: h * f, : w * f].reshape(h, f, w, f).mean(axis=(1, 3))
+    tumor = np.asarray(truth.tumor)[:h, :w].astype(bool)
+    pred = pooled[: tumor.shape[0], : tumor.shape[1]] > 0.5
+    return int((pred & tumor).sum()), int(pred.sum()) + int(tumor.sum())
 
 
 def train_default_ensemble(
@@ -199,5 +207,6 @@ def train_default_ensemble(
             scored = heldout_dice(heldout_slides, [save_model(model, card, scratch)])
         final = replace(card, metrics={**card.metrics, "heldout_dice_tumor": round(scored, 4)})
         cards.append(save_model(model, final, out_dir))
-        log(f"{architecture}: held-out tumor Dice {scored:.4f} -> {cards[-1]}")
+        margin = with_measured_margin(cards[-1])  # for the engine's large tiles
+        log(f"{architecture}: held-out tumor Dice {scored:.4f}, margin {margin} px -> {cards[-1]}")
     return cards

@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from napari_histo.models import ModelCard, build_model, save_model
+from napari_histo.models.receptive import with_measured_margin
 from napari_histo.training.augment import augment_batch, hed_jitter, jpeg_artefacts
 from napari_histo.training.default_ensemble import heldout_dice, synthetic_slides
 from napari_histo.training.losses import IGNORE, segmentation_loss
@@ -504,6 +505,7 @@ def finalize_real_ensemble(
             path,
             replace(card, metrics={**card.metrics, **metrics}, stain_reference=reference),
         )
+        with_measured_margin(path)  # for the engine's large tiles
     log(f"held-out figures: {metrics}")
     return scores
 

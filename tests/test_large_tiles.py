@@ -1,0 +1,157 @@
+"""Large-tile inference: measured receptive margins, blocks, and results that do not
+depend on how the slide is cut (real synthetic slide, real torch models)."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+import torch
+
+from napari_histo.errors import HistoError
+from napari_histo.inference.engine import EngineConfig, infer_slide, plan_inference, run
+from napari_histo.inference.plan import block_need, plan_blocks
+from napari_histo.models import ModelCard, build_model, load_model, read_card, save_model
+from napari_histo.models.receptive import he_texture, measure_margin, with_measured_margin
+from napari_histo.synthetic import write_synthetic_slide
+from napari_histo.tiling import make_grid
+
+
+def make_member(directory, architecture, seed):
+    torch.manual_seed(seed)
+    model = build_model(architecture, {"width": 4})
+    card = ModelCard(
+        name=f"{architecture}-large", version="0.1", architecture=architecture,
+        config={"width": 4, "num_classes": 2}, input_mpp=2.0, patch_px=128,
+        normalisation={"mean": [0.8, 0.6, 0.75], "std": [0.15, 0.2, 0.15]},
+        classes=("background", "tumor"), training_data="random initialisation (tests)",
+    )  # fmt: skip
+    return save_model(model, card, directory)
+
+
+@pytest.fixture(scope="module")
+def slide(tmp_path_factory):
+    root = tmp_path_factory.mktemp("large")
+    return write_synthetic_slide(root / "s.svs", 4096, seed=2001, workers=1).path
+
+
+@pytest.fixture(scope="module")
+def cards(tmp_path_factory):
+    root = tmp_path_factory.mktemp("models")
+    local = make_member(root, "resunet", 1)
+    with_measured_margin(local)
+    pooled = make_member(root, "deeplabv3plus", 2)  # no margin in its card: patch-blended
+    return local, pooled
+
+
+class GlobalContext(torch.nn.Module):
+    """Per-pixel logits plus the mean over the whole input: not local at all."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.pixel = torch.nn.Conv2d(3, 2, 3, padding=1)
+        self.context = torch.nn.Conv2d(3, 2, 1)
+
+    def forward(self, x):
+        return self.pixel(x) + 20 * self.context(x).mean(dim=(2, 3), keepdim=True)
+
+
+def probability(slide, cards, out, **config):
+    out.mkdir(parents=True, exist_ok=True)
+    members = [load_model(c) for c in cards]
+    result = run(infer_slide(slide, members, config=EngineConfig(**config), out_dir=out))
+    return np.asarray(result.run.array("probability")[...]), result
+
+
+def test_margins_are_measured_and_stored(cards):
+    from napari_histo.models import LoadedModel
+
+    local = read_card(cards[0])
+    # A U-Net sees a bounded neighbourhood, written into its card.
+    assert local.receptive_margin_px is not None and 0 < local.receptive_margin_px < 128
+    assert local.receptive_margin_px % 16 == 0
+    assert measure_margin(load_model(cards[0])) == local.receptive_margin_px  # deterministic
+    torch.manual_seed(0)
+    pooled = LoadedModel(model=GlobalContext().eval(), card=local, card_path=cards[0])
+    assert measure_margin(pooled) is None  # what happens outside the crop changes every pixel
+
+
+def test_card_field_is_checked_and_optional(cards):
+    card = read_card(cards[0])
+    fields = {**card.to_dict()}
+    for bad in (-16, 20, "64", True):
+        with pytest.raises(ValueError, match="receptive_margin_px"):
+            ModelCard(**{**fields, "receptive_margin_px": bad})
+    fields.pop("receptive_margin_px")
+    assert ModelCard.from_dict(fields).receptive_margin_px is None  # older cards load
+
+
+def test_texture_is_deterministic_rgb():
+    a, b = he_texture(96, 3), he_texture(96, 3)
+    assert a.shape == (96, 96, 3) and a.dtype == np.uint8 and np.array_equal(a, b)
+    assert a.std() > 10  # structure, not a flat colour
+
+
+def test_blocks_cover_every_tile_once_with_the_margin():
+    grid = make_grid((0, 0, 5000, 3000), slide_mpp=1.0, model_mpp=1.0, tile_px=256, overlap=0.0)
+    todo = np.arange(len(grid))
+    blocks = plan_blocks(grid, todo, margin_px=96, max_px=1024, align=128)
+    seen = np.concatenate([b.tiles for b in blocks])
+    assert sorted(seen.tolist()) == todo.tolist()
+    for b in blocks:
+        assert b.x % 128 == 0 and b.y % 128 == 0 and b.w % 128 == 0 and b.h % 128 == 0
+        assert max(b.w, b.h) <= 1024 + 128
+        xs, ys = grid.origins[b.tiles].T
+        assert xs.min() - b.x >= 96 and b.x + b.w - (xs.max() + 256) >= 96
+        assert ys.min() - b.y >= 96 and b.y + b.h - (ys.max() + 256) >= 96
+        need = block_need(b, grid)
+        for x, y in grid.origins[b.tiles]:
+            assert need[y - b.y : y - b.y + 256, x - b.x : x - b.x + 256].all()
+        assert need.sum() <= len(b.tiles) * 256 * 256
+
+
+def test_large_tiles_need_a_margin(slide, cards, tmp_path):
+    members = [load_model(cards[1])]  # pooled only
+    with pytest.raises(HistoError, match="receptive_margin_px"):
+        plan_inference(slide, members, config=EngineConfig(tiling="large"), out_dir=tmp_path)
+    auto = plan_inference(slide, members, config=EngineConfig(tiling="auto"), out_dir=tmp_path)
+    assert auto.blocks is None  # falls back to patch tiles
+
+
+def test_results_do_not_depend_on_the_cut_and_match_patches(slide, cards, tmp_path):
+    # Many small blocks and pieces against one block: seams would show as differences.
+    small, res = probability(slide, cards, tmp_path / "a", tiling="large", large_tile_px=512,
+                             sub_tile_px=64)  # fmt: skip
+    one, _ = probability(slide, cards, tmp_path / "b", tiling="large", large_tile_px=4096,
+                         sub_tile_px=512)  # fmt: skip
+    assert res.run.complete and res.tiles_run > 0
+    tissue = small > 0
+    assert np.abs(small - one)[tissue].max() <= 0.02
+    assert np.abs(small - one)[tissue].mean() <= 1e-3
+    (tmp_path / "c").mkdir()
+    plan = plan_inference(slide, [load_model(c) for c in cards], config=EngineConfig(
+        tiling="large", large_tile_px=512, sub_tile_px=64), out_dir=tmp_path / "c")  # fmt: skip
+    assert len(plan.blocks) > 1
+    # Against today's blended patches: the same picture (the local member now sees more
+    # context at patch edges, so a few pixels move, none by much on average).
+    patch, _ = probability(slide, cards, tmp_path / "d", tiling="patch")
+    both = tissue & (patch > 0)
+    assert np.abs(small - patch)[both].mean() <= 0.01  # (Dice: bench infer, trained models)
+
+
+def test_large_tiles_cancel_and_resume(slide, cards, tmp_path):
+    members = [load_model(c) for c in cards]
+    config = EngineConfig(tiling="large", large_tile_px=512, sub_tile_px=64)
+    cancel = threading.Event()
+    generator = infer_slide(slide, members, config=config, out_dir=tmp_path, cancel=cancel)
+    next(generator)
+    cancel.set()
+    first = run(generator)
+    assert first.cancelled
+    resumed = run(infer_slide(slide, members, config=config, out_dir=tmp_path))
+    assert resumed.run.complete and resumed.tiles_run < resumed.tiles_total
+    clean, _ = probability(slide, cards, tmp_path / "clean", tiling="large", large_tile_px=512,
+                           sub_tile_px=64)  # fmt: skip
+    got = np.asarray(resumed.run.array("probability")[...])
+    assert np.abs(got - clean).max() <= 1e-5
