@@ -8,8 +8,6 @@ import sys
 import tempfile
 import time
 
-import torch
-
 from napari_histo.bench import bench_slide
 from napari_histo.bench.infer import _model_only
 from napari_histo.inference.engine import EngineConfig, infer_slide, run, select_device
