@@ -107,7 +107,7 @@ class ClassicalParams:
     Notes
     -----
     ``sigma_um``, ``min_area_um2`` and ``min_distance_um`` were tuned on three real
-    MoNuSeg validation tiles (:data:`napari_histo.training.real_nuclei.VALIDATION_TILES`;
+    MoNuSeg validation tiles (:data:`napari_histo.training.real_nuclei_data.VALIDATION_TILES`;
     AJI 0.42 → 0.47, PQ 0.36 → 0.41), never on its held-out tiles; ``background_um``
     stays at 20 (wider windows scored slightly better but widen the tiling overlap).
     """
