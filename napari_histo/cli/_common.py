@@ -1,0 +1,87 @@
+"""What the subcommands share: argument types, regions, models, the display, one-line errors."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from napari_histo.errors import HistoError
+
+XVFB_SCREEN = "-screen 0 1280x1024x24"
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected an integer > 0, got {value}")
+    return value
+
+
+def _nonnegative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value}")
+    return value
+
+
+def needs_display() -> bool:
+    """True when no X/Wayland display is available for napari."""
+    return sys.platform.startswith("linux") and not (
+        os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")
+    )
+
+
+def reexec_under_xvfb(argv: Sequence[str]) -> int:
+    """Run this command again inside ``xvfb-run``; return its exit status."""
+    xvfb = shutil.which("xvfb-run")
+    if xvfb is None:
+        raise HistoError(
+            "no display (DISPLAY unset) and xvfb-run not found; install xvfb "
+            "(apt-get install xvfb) or run under a desktop session"
+        )
+    cmd = [xvfb, "-a", "-s", XVFB_SCREEN, sys.executable, "-m", "napari_histo.cli", *argv]
+    return subprocess.call(cmd)
+
+
+def _parse_region(text: str | None) -> tuple[int, int, int, int] | None:
+    if text is None:
+        return None
+    parts = text.split(",")
+    try:
+        values = tuple(int(p) for p in parts)
+    except ValueError:
+        values = ()
+    if len(values) != 4:
+        raise ValueError(f"--region must be x,y,w,h (four integers, level-0 px), got {text!r}")
+    return values  # type: ignore[return-value]
+
+
+def resolve_members(names: Sequence[str] | None, models_dir: str | None) -> list[Path]:
+    """Card paths for `names` (card files, or model names in `models_dir`); default: all."""
+    from napari_histo.models import default_models_dir, latest_cards, select_cards
+
+    directory = Path(models_dir) if models_dir else default_models_dir()
+    available = latest_cards(directory)
+    if not names:
+        if not available:
+            raise HistoError(f"{directory}: no model cards (*.json) found")
+        return list(available.values())
+    return select_cards(names, available, f" in {directory}")
+
+
+def one_line(err: BaseException) -> str:
+    text = str(err) or type(err).__name__
+    if isinstance(err, OSError) and err.filename:
+        text = f"{err.filename}: {err.strerror or text}"
+    return " ".join(text.split())

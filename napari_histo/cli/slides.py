@@ -1,0 +1,185 @@
+"""Subcommands on one slide: ``info``, ``synth``, ``infer`` and ``nuclei``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from napari_histo.cli._common import (
+    _parse_region,
+    resolve_members,
+)
+from napari_histo.errors import HistoError
+from napari_histo.generators import drive
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    from napari_histo.io.pyramid import open_pyramid
+    from napari_histo.io.slide import Slide
+
+    with Slide(args.slide) as slide:
+        pyramid = open_pyramid(slide)
+        levels = []
+        for level in range(len(pyramid)):
+            h, w = pyramid.levels[level].shape[:2]
+            stored = level < pyramid.file_level_count
+            tile = slide.tile_size(level) if stored else None
+            levels.append(
+                {
+                    "level": level,
+                    "width": w,
+                    "height": h,
+                    "downsample": pyramid.downsamples[level],
+                    "tile": list(tile) if tile else None,
+                    "chunk": list(pyramid.chunk_px[level]),
+                    "stored": stored,
+                }
+            )
+        info = {
+            "path": str(slide.path),
+            "vendor": slide.vendor,
+            "width": slide.dimensions[0],
+            "height": slide.dimensions[1],
+            "mpp_x": slide.mpp_x,
+            "mpp_y": slide.mpp_y,
+            "objective_power": slide.objective_power,
+            "associated_images": list(slide.associated_names),
+            "levels": levels,
+        }
+    if args.json:
+        print(json.dumps(info))
+        return 0
+    mpp = (
+        f"{info['mpp_x']:.4f} x {info['mpp_y']:.4f} µm/px"
+        if info["mpp_x"] is not None
+        else "unknown (no microns-per-pixel metadata; shown in pixels)"
+    )
+    print(f"slide:      {info['path']}")
+    print(f"vendor:     {info['vendor']}")
+    print(f"size:       {info['width']} x {info['height']} px")
+    print(f"mpp:        {mpp}")
+    print(f"objective:  {info['objective_power'] or 'unknown'}")
+    print(f"associated: {', '.join(info['associated_images']) or 'none'}")
+    print("levels:")
+    print("  level   width  height  downsample  tile      chunk     stored")
+    for lv in levels:
+        tile = "x".join(map(str, lv["tile"])) if lv["tile"] else "untiled" if lv["stored"] else "-"
+        chunk = "x".join(map(str, lv["chunk"]))
+        print(
+            f"  {lv['level']:>5} {lv['width']:>7} {lv['height']:>7} {lv['downsample']:>11.3f}  "
+            f"{tile:<9} {chunk:<9} {'file' if lv['stored'] else 'synthetic'}"
+        )
+    return 0
+
+
+def cmd_synth(args: argparse.Namespace) -> int:
+    out = Path(args.out)
+    if out.suffix.lower() != ".svs":
+        raise ValueError(f"OUT must end in .svs, got {str(out)!r}")
+    if out.exists() and not args.force:
+        raise HistoError(f"{out}: exists; pass --force to overwrite")
+    from napari_histo._progress import TextProgress
+    from napari_histo.synthetic import write_synthetic_slide
+
+    result = write_synthetic_slide(
+        out,
+        size=args.size,
+        seed=args.seed,
+        tile_px=args.tile,
+        jpeg_quality=args.quality,
+        artefacts=not args.no_artefacts,
+        workers=args.workers,
+        progress=None if args.quiet else TextProgress(f"writing {out.name}"),
+    )
+    print(f"wrote {result.path} ({result.width} x {result.height} px, seed {result.seed})")
+    print(f"ground truth: {result.truth_path} (masks at downsample {result.truth_downsample})")
+    return 0
+
+
+def cmd_infer(args: argparse.Namespace) -> int:
+    import threading
+
+    from napari_histo._progress import TextProgress
+    from napari_histo.inference.engine import EngineConfig, infer_slide, run
+    from napari_histo.models import load_model
+
+    region = _parse_region(args.region)
+    config = EngineConfig(
+        tta=args.tta,
+        overlap=args.overlap,
+        batch_size=args.batch,
+        device=args.device,
+        read_threads=args.threads,
+        tiling=args.tiling,
+        large_tile_px=args.large_tile,
+    )
+    members = [load_model(card) for card in resolve_members(args.members, args.models_dir)]
+    cancel = threading.Event()
+    bar = None if args.quiet else TextProgress(f"inferring {Path(args.slide).name}")
+    generator = infer_slide(
+        args.slide, members, region=region, config=config, out_dir=args.out, cancel=cancel
+    )
+    try:
+        result = run(generator, (lambda p: bar(p.done, p.total)) if bar else None)
+    except KeyboardInterrupt:
+        # Between batches the generator is still alive: let it stop at the batch
+        # boundary. If the interrupt landed inside it, its `finally` has already
+        # flushed the finished cells, so the run is resumable either way.
+        cancel.set()
+        print("\ninterrupted: saving finished results…", file=sys.stderr)
+        result = None
+        try:
+            result = run(generator)
+        except KeyboardInterrupt:
+            pass
+        done = f"after {result.tiles_run} tiles" if result is not None else "early"
+        print(f"stopped {done}; run the same command again to resume", file=sys.stderr)
+        return 130
+    store = result.run.store.path if result.run else None
+    print(
+        f"{'cancelled' if result.cancelled else 'done'}: {result.tiles_run} of "
+        f"{result.tiles_total} tiles computed in {result.seconds:.1f} s on {result.device}; "
+        f"results in {store} (run {result.run.run_id if result.run else '-'})"
+    )
+    return 0
+
+
+def cmd_nuclei(args: argparse.Namespace) -> int:
+    import threading
+
+    from napari_histo._progress import TextProgress
+    from napari_histo.nuclei.export import export_csv, export_geojson
+    from napari_histo.nuclei.store import iter_nuclei_to_store
+
+    if not Path(args.slide).is_file():
+        raise HistoError(f"{args.slide}: no such slide file")
+    region = _parse_region(args.region)
+    cancel = threading.Event()
+    generator = iter_nuclei_to_store(
+        args.slide, method=args.method, region_l0=region, out_dir=args.out, cancel=cancel
+    )
+    bars: dict[str, TextProgress] = {}
+
+    def show(update) -> None:
+        unit = "levels" if update.stage == "pyramid" else "blocks"
+        bar = bars.setdefault(update.stage, TextProgress(f"nuclei {update.stage}", unit))
+        bar(update.done, update.total)
+
+    try:
+        result = drive(generator, None if args.quiet else show)
+    except KeyboardInterrupt:
+        cancel.set()
+        generator.close()
+        print("\ninterrupted: finished blocks are kept; run again to resume", file=sys.stderr)
+        return 130
+    run = result.run
+    for path, export in ((args.csv, export_csv), (args.geojson, export_geojson)):
+        if path:
+            print(f"wrote {export(run, path)}")
+    print(
+        f"done: {result.nuclei} nuclei ({result.blocks_run} blocks computed in "
+        f"{result.seconds:.1f} s); labels in {run.store.path} (nuclei run {run.run_id})"
+    )
+    return 0
