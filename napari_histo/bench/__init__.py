@@ -86,6 +86,13 @@ def _infer(o: BenchOptions) -> dict[str, Any]:
     return bench_infer(quick=o.quick, slide=o.slide, device=o.device)
 
 
+def _feed(o: BenchOptions) -> dict[str, Any]:
+    from napari_histo.bench.feed import bench_feed
+
+    o.cpu_only("feed")
+    return bench_feed(quick=o.quick, slide=o.slide)
+
+
 def _annotations(o: BenchOptions) -> dict[str, Any]:
     from napari_histo.bench.annotations import bench_annotations
 
@@ -132,6 +139,7 @@ BENCHMARKS: dict[str, Callable[[BenchOptions], dict[str, Any]]] = {
     "read": _read,
     "open": _open,
     "infer": _infer,
+    "feed": _feed,
     "annotations": _annotations,
     "train": _train,
     "granularity": _granularity,

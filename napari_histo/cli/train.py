@@ -39,8 +39,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     )
 
 
-def _run_member_training(generator, cancel) -> int:
-    """Drive a ``(member, progress)`` training generator with a bar per member; exit status."""
+def _drive_member_training(generator, cancel) -> list | None:
+    """Drive a ``(member, progress)`` training generator with a bar per member.
+
+    Returns what the generator returns, or None after Ctrl-C (cancelled, said).
+    """
     from napari_histo._progress import TextProgress
 
     bars: dict[str, TextProgress] = {}
@@ -52,10 +55,18 @@ def _run_member_training(generator, cancel) -> int:
         bar(event.step, event.steps)
 
     try:
-        cards = drive(generator, show)
+        return drive(generator, show)
     except KeyboardInterrupt:
         cancel.set()
+        generator.close()
         print("\ninterrupted: no new model version was written", file=sys.stderr)
+        return None
+
+
+def _run_member_training(generator, cancel) -> int:
+    """:func:`_drive_member_training`, then the cards written; exit status."""
+    cards = _drive_member_training(generator, cancel)
+    if cards is None:
         return 130
     for card in cards:
         print(f"wrote {card}")
@@ -116,7 +127,6 @@ def _train_from_annotations(args: argparse.Namespace) -> int:
     """``train SLIDE [--annotations FILE]``: fine-tune the active members; new versions."""
     import threading
 
-    from napari_histo._progress import TextProgress
     from napari_histo.models import read_card
     from napari_histo.models.versions import user_models_dir
     from napari_histo.training.finetune import FinetuneConfig, finetune_ensemble
@@ -154,20 +164,8 @@ def _train_from_annotations(args: argparse.Namespace) -> int:
         f"({args.granularity} granularity, {steps} steps each)",
         file=sys.stderr,
     )
-    bars: dict[str, TextProgress] = {}
-
-    def show(item) -> None:
-        member, event = item
-        bar = bars.setdefault(member, TextProgress(f"training {member}", unit="steps"))
-        bar.desc = f"training {member} (loss {event.loss:.3f})"
-        bar(event.step, event.steps)
-
-    try:
-        written = drive(generator, show)
-    except KeyboardInterrupt:
-        cancel.set()
-        generator.close()
-        print("\ninterrupted: no new model version was written", file=sys.stderr)
+    written = _drive_member_training(generator, cancel)
+    if written is None:
         return 130
     for path in written:
         card = read_card(path)

@@ -65,6 +65,7 @@ __all__ = [
     "predict_batch",
     "run",
     "select_device",
+    "tile_reader",
 ]
 
 
@@ -122,8 +123,12 @@ def _rect_reader(slide: Slide, scale: float) -> Callable[[int, int, int, int], n
     return read
 
 
-def _tile_reader(slide: Slide, grid: TileGrid) -> Callable[[int], np.ndarray]:
-    """Function reading tile `i` at the level just finer than the model's resolution."""
+def tile_reader(slide: Slide, grid: TileGrid) -> Callable[[int], np.ndarray]:
+    """Function reading grid tile `i` at the model's resolution (what the engine feeds).
+
+    It reads the level just finer than the model's resolution and area-averages
+    on the calling (reader) thread when the factor is an integer.
+    """
     read_rect = _rect_reader(slide, grid.scale)
 
     def read(index: int) -> np.ndarray:
@@ -246,7 +251,7 @@ def execute_inference(
     already_done = run_.done  # cells finished by an earlier run (one copy, not per cell)
 
     with Slide(plan.slide_path) as slide:
-        read_tile = _tile_reader(slide, grid)
+        read_tile = tile_reader(slide, grid)
         read_rect = _rect_reader(slide, grid.scale)
 
         def normalised(rgb: np.ndarray) -> np.ndarray:
