@@ -3,7 +3,9 @@
 #   run(command="bash scripts/gpu_bench.sh", carry=[".whl"])
 # Installs the carried wheels (openslide, zarr, dask, imagecodecs, ...) beside the
 # image's torch, then: GPU sweep, `bench infer` on CUDA (full) and on the CPU
-# cores of the same machine (quick), and the engine/ensemble tests on CUDA.
+# cores of the same machine (quick), `bench feed` and the engine/ensemble tests on CUDA.
+# `bench infer` reports the large-tile fields too (compute_per_output_px,
+# dice_delta_vs_blend, large_speedup_vs_patch).
 set -u
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
   --target /tmp/site .whl/*.whl || exit 1
@@ -18,6 +20,8 @@ step "gpu sweep"
 timeout 120 python3 scripts/gpu_sweep.py cuda | tee "$OUT/sweep_cuda.json"
 step "bench infer, cpu (16 cores), quick"
 timeout 120 python3 -m napari_histo.cli bench infer --device cpu --quick --json | tee "$OUT/infer_cpu_quick.json"
+step "bench feed, quick (host side: null model vs plain decode)"
+timeout 60 python3 -m napari_histo.cli bench feed --quick --json | tee "$OUT/feed_quick.json"
 step "engine + ensemble tests on cuda"
-timeout 150 python3 -m pytest -q -p no:cacheprovider tests/test_engine.py tests/test_ensemble.py 2>&1 | tail -25 | tee "$OUT/pytest_cuda.txt"
+timeout 120 python3 -m pytest -q -p no:cacheprovider tests/test_engine.py tests/test_ensemble.py 2>&1 | tail -25 | tee "$OUT/pytest_cuda.txt"
 step "done"
