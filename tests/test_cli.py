@@ -145,6 +145,37 @@ def test_infer_no_slide_mpp(generic_tiff, tmp_path):
     assert proc.returncode == 2 and "microns-per-pixel" in proc.stderr
 
 
+@pytest.fixture(scope="module")
+def dpi72_tiff(tmp_path_factory):
+    """A tiled TIFF whose resolution tags say 72 dpi (352.8 µm/px): a scanner default."""
+    from tests.slides import textured_rgb, write_generic_tiff
+
+    path = tmp_path_factory.mktemp("dpi72") / "dpi72.tif"
+    write_generic_tiff(path, textured_rgb(1536, 1536, seed=4), levels=1, tile=256, mpp=25400 / 72)
+    return path
+
+
+def test_implausible_mpp_is_missing_and_mpp_gives_the_scale(dpi72_tiff, tmp_path):
+    proc = run_cli("infer", str(dpi72_tiff), "--out", str(tmp_path), "--quiet")
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 2 and "352.8 µm/px" in lines[0] and "treated as missing" in lines[0]
+    assert "microns-per-pixel" in lines[1]
+    out = tmp_path / "new" / "dir"  # --out that does not exist yet is created
+    proc = run_cli("infer", str(dpi72_tiff), "--mpp", "0.5", "--out", str(out), "--quiet",
+                   "--members", "resunet", timeout=300)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert (out / "dpi72.tif.histo.zarr").is_dir() and "µm/px" not in proc.stderr
+    proc = run_cli("infer", str(dpi72_tiff), "--mpp", "-1", "--quiet")
+    assert proc.returncode == 2 and "expected a number > 0" in proc.stderr
+
+
+def test_out_that_is_a_file(infer_slide_path, tmp_path):
+    (tmp_path / "f").write_text("x")
+    proc = run_cli("infer", str(infer_slide_path), "--out", str(tmp_path / "f"), "--quiet")
+    assert proc.returncode == 2 and "--out must be a directory" in proc.stderr
+
+
 def test_infer_ctrl_c_stops_cleanly_and_resumes(tmp_path):
     import signal
     import time

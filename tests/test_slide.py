@@ -127,6 +127,23 @@ def test_missing_mpp(generic_tiff):
         assert slide.require_mpp() == 0.5
 
 
+def test_implausible_mpp_is_treated_as_missing(tmp_path):
+    import warnings
+
+    from tests.slides import textured_rgb, write_generic_tiff
+
+    path = tmp_path / "dpi72.tif"
+    write_generic_tiff(path, textured_rgb(512, 512, seed=5), levels=1, tile=256, mpp=25400 / 72)
+    with pytest.warns(UserWarning, match=r"dpi72\.tif: 352\.8 µm/px .* treated as missing") as seen:
+        slide = Slide(path)
+    assert len(seen) == 1 and slide.mpp is None  # one warning, not one per axis
+    slide.close()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # an explicit mpp: no warning
+        with Slide(path, mpp=0.5) as slide:
+            assert slide.require_mpp() == 0.5
+
+
 def test_mpp_from_tiff_resolution(wide_tiff):
     with Slide(wide_tiff) as slide:
         assert slide.mpp == pytest.approx(0.5, rel=1e-3)

@@ -10,6 +10,18 @@ from napari_histo.cli._common import (
     _positive_int,
 )
 
+MPP_HELP = "µm per level-0 px, when the file has none or an implausible one"
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not (value > 0 and value < float("inf")):
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text}")
+    return value
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -36,6 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("infer", help="run the tumor ensemble on a slide (resumable)")
     p.add_argument("slide", help="slide file")
+    p.add_argument("--mpp", type=_positive_float, default=None, help=MPP_HELP)
     p.add_argument("--out", default=None, help="directory of the result store (default: beside)")
     p.add_argument("--region", default=None, help="x,y,w,h in level-0 px (default: whole slide)")
     p.add_argument("--members", nargs="+", default=None, help="model names or card .json paths")
@@ -100,6 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("nuclei", help="segment nuclei into the result store (resumable)")
     p.add_argument("slide", help="slide file")
+    p.add_argument("--mpp", type=_positive_float, default=None, help=MPP_HELP)
     p.add_argument("--method", choices=["classical", "learned"], default="classical")
     p.add_argument("--region", default=None, help="x,y,w,h in level-0 px (default: whole slide)")
     p.add_argument("--out", default=None, help="directory of the result store (default: beside)")

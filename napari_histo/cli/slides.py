@@ -15,6 +15,17 @@ from napari_histo.errors import HistoError
 from napari_histo.generators import drive
 
 
+def _out_dir(out: str | None) -> Path | None:
+    """``--out``, created (with its parents) when it does not exist yet."""
+    if out is None:
+        return None
+    path = Path(out)
+    if path.exists() and not path.is_dir():
+        raise HistoError(f"{path}: --out must be a directory, and this is a file")
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
 def cmd_info(args: argparse.Namespace) -> int:
     from napari_histo.io.pyramid import open_pyramid
     from napari_histo.io.slide import Slide
@@ -119,7 +130,13 @@ def cmd_infer(args: argparse.Namespace) -> int:
     cancel = threading.Event()
     bar = None if args.quiet else TextProgress(f"inferring {Path(args.slide).name}")
     generator = infer_slide(
-        args.slide, members, region=region, config=config, out_dir=args.out, cancel=cancel
+        args.slide,
+        members,
+        region=region,
+        config=config,
+        out_dir=_out_dir(args.out),
+        cancel=cancel,
+        mpp=args.mpp,
     )
     try:
         result = run(generator, (lambda p: bar(p.done, p.total)) if bar else None)
@@ -158,7 +175,12 @@ def cmd_nuclei(args: argparse.Namespace) -> int:
     region = _parse_region(args.region)
     cancel = threading.Event()
     generator = iter_nuclei_to_store(
-        args.slide, method=args.method, region_l0=region, out_dir=args.out, cancel=cancel
+        args.slide,
+        method=args.method,
+        region_l0=region,
+        out_dir=_out_dir(args.out),
+        cancel=cancel,
+        mpp=args.mpp,
     )
     bars: dict[str, TextProgress] = {}
 

@@ -250,7 +250,7 @@ def execute_inference(
     tiles_run = 0
     already_done = run_.done  # cells finished by an earlier run (one copy, not per cell)
 
-    with Slide(plan.slide_path) as slide:
+    with Slide(plan.slide_path, mpp=plan.mpp) as slide:
         read_tile = tile_reader(slide, grid)
         read_rect = _rect_reader(slide, grid.scale)
 
@@ -384,6 +384,7 @@ def infer_slide(
     config: EngineConfig | None = None,
     out_dir: str | Path | None = None,
     cancel: threading.Event | None = None,
+    mpp: float | None = None,
 ) -> Generator[Progress, None, InferenceResult]:
     """Run the ensemble over the tissue of a slide (or a region), resumably.
 
@@ -411,6 +412,9 @@ def infer_slide(
         Directory of the result store; default beside the slide.
     cancel : threading.Event, optional
         Set it to stop after the current batch; the run can be resumed.
+    mpp : float, optional
+        µm per level-0 px, overriding the slide's own (a file without a
+        plausible one).
 
     Yields
     ------
@@ -429,6 +433,7 @@ def infer_slide(
         centre=centre,
         config=config,
         out_dir=out_dir,
+        mpp=mpp,
     )
     return execute_inference(plan, cancel)
 

@@ -286,6 +286,7 @@ class InferencePlan:
     margin_px: int | None = None  # large tiles: the blocks' margin
     sub_tile_px: int | None = None  # large tiles: local members' piece core
     blocks: tuple[Block, ...] | None = None  # large tiles (None: patch tiles)
+    mpp: float | None = None  # the caller's µm/px for a slide without a plausible one
 
     @property
     def computed_px(self) -> float:
@@ -313,10 +314,12 @@ def plan_inference(
     centre: tuple[float, float] | None = None,
     config: EngineConfig | None = None,
     out_dir: str | Path | None = None,
+    mpp: float | None = None,
 ) -> InferencePlan:
     """Check the inputs and prepare a run (tissue, grid, store); raises here, not later.
 
-    Arguments as in :func:`infer_slide`.
+    Arguments as in :func:`infer_slide`; `mpp` (µm per level-0 px) overrides
+    the slide's own, e.g. for a file without a plausible one.
 
     Raises
     ------
@@ -342,7 +345,7 @@ def plan_inference(
         widest = max(card.patch_px if m is None else m for m in margins)
         margin = -(-widest // BLOCK_ALIGN_PX) * BLOCK_ALIGN_PX
 
-    with Slide(slide_path) as slide:
+    with Slide(slide_path, mpp=mpp) as slide:
         stain_source = stain.fit_slide(slide) if stain is not None else None
         slide_mpp = slide.require_mpp()
         width, height = slide.dimensions
@@ -420,6 +423,7 @@ def plan_inference(
         todo=np.asarray(todo, dtype=np.int64),
         partial=within_l0 is not None,
         started=started,
+        mpp=mpp,
         member_margins=margins,
         margin_px=None if margins is None else margin,
         sub_tile_px=config.sub_tile_px or sub_tile_default(device),

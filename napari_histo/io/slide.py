@@ -17,6 +17,7 @@ import ctypes
 import math
 import os
 import threading
+import warnings
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from types import MappingProxyType
@@ -172,8 +173,7 @@ class Slide:
         self._level_dimensions = tuple(tuple(int(v) for v in d) for d in first.level_dimensions)
         self._level_downsamples = tuple(float(d) for d in first.level_downsamples)
         self._associated_names = tuple(first.associated_images.keys())
-        file_mpp_x = _parse_positive_float(props.get(openslide.PROPERTY_NAME_MPP_X))
-        file_mpp_y = _parse_positive_float(props.get(openslide.PROPERTY_NAME_MPP_Y))
+        file_mpp_x, file_mpp_y = _plausible_mpp(self._path, props, warn=mpp is None)
         self._mpp_x = float(mpp) if mpp is not None else file_mpp_x
         self._mpp_y = float(mpp) if mpp is not None else (file_mpp_y or file_mpp_x)
         if self._level_dimensions[0][0] <= 0 or self._level_dimensions[0][1] <= 0:
@@ -520,6 +520,34 @@ def _rgba_over_white(rgba: np.ndarray) -> np.ndarray:
     rgb = rgba[..., :3].astype(np.float32)
     alpha = rgba[..., 3:4].astype(np.float32) / 255.0
     return np.round(rgb * alpha + 255.0 * (1.0 - alpha)).astype(np.uint8)
+
+
+#: µm per level-0 px a microscope slide can have; values outside (TIFF resolution
+#: defaults such as 72 dpi = 352.8 µm/px, garbage tags) are treated as missing.
+MPP_RANGE = (0.05, 50.0)
+
+
+def _plausible_mpp(
+    path: Path, props: Mapping[str, str], *, warn: bool
+) -> tuple[float | None, float | None]:
+    """The file's ``(mpp_x, mpp_y)``; both None (one warning) when either is implausible."""
+    keys = (openslide.PROPERTY_NAME_MPP_X, openslide.PROPERTY_NAME_MPP_Y)
+    values = [_parse_positive_float(props.get(key)) for key in keys]
+    bad = [(k, v) for k, v in zip(keys, values, strict=True) if v is not None and not (
+        MPP_RANGE[0] <= v <= MPP_RANGE[1])]  # fmt: skip
+    if not bad:
+        return values[0], values[1]
+    if warn:
+        key, value = bad[0]
+        source = "TIFF resolution tags" if props.get("tiff.XResolution") else "file metadata"
+        warnings.warn(
+            f"{path}: {value:.4g} µm/px ({key}, from the {source}) is outside "
+            f"{MPP_RANGE[0]:g}–{MPP_RANGE[1]:g} µm/px, so it is treated as missing; "
+            "give the scale with --mpp (or mpp=)",
+            UserWarning,
+            stacklevel=3,
+        )
+    return None, None
 
 
 def open_slide(path: str | os.PathLike[str], *, mpp: float | None = None) -> Slide:

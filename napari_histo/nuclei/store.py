@@ -136,6 +136,7 @@ class NucleiPlan:
     params: ClassicalParams
     tissue: np.ndarray | None  # blocks holding tissue (None: the run is complete)
     started: float  # time.monotonic() when planning began
+    mpp: float | None = None  # the caller's µm/px for a slide without a plausible one
 
 
 # -- the run ----------------------------------------------------------------------
@@ -201,6 +202,7 @@ def plan_nuclei(
     params: ClassicalParams | None = None,
     block_px: int = BLOCK_PX,
     out_dir: str | os.PathLike[str] | None = None,
+    mpp: float | None = None,
 ) -> NucleiPlan:
     """Check the inputs and prepare a run: region, store run, tissue blocks.
 
@@ -213,7 +215,7 @@ def plan_nuclei(
     if not isinstance(params, ClassicalParams):
         raise ValueError(f"`params` must be a ClassicalParams, got {type(params).__name__}")
     block_px = _check_block(block_px)
-    with Slide(slide_path) as slide:
+    with Slide(slide_path, mpp=mpp) as slide:
         mpp = slide.require_mpp()
         region = (0, 0, *slide.dimensions) if region_l0 is None else region_l0
         region = _check_region(region, slide.dimensions)
@@ -236,7 +238,7 @@ def plan_nuclei(
         if not run.complete:
             pad = math.ceil(params.max_diameter_um / float(mpp))
             tissue = tissue_blocks(slide, geometry, pad)
-        return NucleiPlan(slide.path, run, method, params, tissue, started)
+        return NucleiPlan(slide.path, run, method, params, tissue, started, mpp)
 
 
 def iter_nuclei_to_store(
@@ -248,6 +250,7 @@ def iter_nuclei_to_store(
     block_px: int = BLOCK_PX,
     out_dir: str | os.PathLike[str] | None = None,
     cancel: threading.Event | None = None,
+    mpp: float | None = None,
 ) -> Generator[NucleiProgress, None, NucleiResult]:
     """Segment nuclei over the tissue of a slide (or a region) into its result store.
 
@@ -271,6 +274,8 @@ def iter_nuclei_to_store(
         Directory of the result store (default: beside the slide).
     cancel : threading.Event, optional
         Set it to stop after the current block; the run resumes next time.
+    mpp : float, optional
+        µm per level-0 px, overriding the slide's own.
 
     Yields
     ------
@@ -294,6 +299,7 @@ def iter_nuclei_to_store(
         params=params,
         block_px=block_px,
         out_dir=out_dir,
+        mpp=mpp,
     )
     return execute_nuclei(plan, cancel)
 
@@ -309,7 +315,7 @@ def execute_nuclei(
     run, params, t0 = plan.run, plan.params, plan.started
     if run.complete or plan.tissue is None:
         return NucleiResult(run, False, run.next_id - 1, 0, time.monotonic() - t0)
-    with Slide(plan.slide_path) as slide:
+    with Slide(plan.slide_path, mpp=plan.mpp) as slide:
         mpp = float(run.geometry.mpp)
         margin = math.ceil((params.max_diameter_um + params.context_um) / mpp)
         run.group.attrs["status"] = "running"
