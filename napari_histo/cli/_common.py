@@ -15,24 +15,30 @@ from napari_histo.errors import HistoError
 XVFB_SCREEN = "-screen 0 1280x1024x24"
 
 
-def _positive_int(text: str) -> int:
+def _number(text: str, kind: type, minimum: float, strict: bool) -> float:
+    """`text` as `kind` (int or float), finite and above `minimum` (or equal, unless strict)."""
     try:
-        value = int(text)
+        value = kind(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"expected an integer > 0, got {value}")
+        what = "an integer" if kind is int else "a number"
+        raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+    if not (value > minimum or (not strict and value == minimum)) or value == float("inf"):
+        what = "an integer" if kind is int else "a number"
+        bound = f"{'>' if strict else '>='} {minimum:g}"
+        raise argparse.ArgumentTypeError(f"expected {what} {bound}, got {value}")
     return value
+
+
+def _positive_int(text: str) -> int:
+    return _number(text, int, 0, strict=True)
 
 
 def _nonnegative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value}")
-    return value
+    return _number(text, int, 0, strict=False)
+
+
+def _positive_float(text: str) -> float:
+    return _number(text, float, 0.0, strict=True)
 
 
 def needs_display() -> bool:

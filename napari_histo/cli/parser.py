@@ -5,22 +5,9 @@ from __future__ import annotations
 import argparse
 
 from napari_histo import __version__
-from napari_histo.cli._common import (
-    _nonnegative_int,
-    _positive_int,
-)
+from napari_histo.cli._common import _nonnegative_int, _positive_float, _positive_int
 
 MPP_HELP = "µm per level-0 px, when the file has none or an implausible one"
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not (value > 0 and value < float("inf")):
-        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text}")
-    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
