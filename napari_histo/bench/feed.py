@@ -34,7 +34,7 @@ from napari_histo.inference.engine import (
     select_device,
     tile_reader,
 )
-from napari_histo.models import LoadedModel, latest_cards, load_model
+from napari_histo.models import LoadedModel, latest_cards, read_card
 
 __all__ = ["bench_feed"]
 
@@ -52,14 +52,15 @@ class NullModel(torch.nn.Module):
 
 
 def _null_members() -> list[LoadedModel]:
+    """The default ensemble's cards with null models (no weights are read)."""
     cards = list(latest_cards().values())
     if not cards:
         raise FileNotFoundError("no model cards in napari_histo/resources/models")
-    real = [load_model(c) for c in cards]
-    return [
-        LoadedModel(model=NullModel(m.card.num_classes), card=m.card, card_path=m.card_path)
-        for m in real
-    ]
+    members = []
+    for path in cards:
+        card = read_card(path)
+        members.append(LoadedModel(model=NullModel(card.num_classes), card=card, card_path=path))
+    return members
 
 
 def _plain_decode(path: Path, members, threads: int) -> tuple[float, int, float]:

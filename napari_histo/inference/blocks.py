@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -33,7 +34,9 @@ from napari_histo.tiling import blend_weights
 __all__ = [
     "PATCH_STRIDE_FRACTION",
     "computed_px",
+    "local_rows",
     "member_forwards",
+    "patch_rows",
     "pieces",
     "sub_tile_default",
 ]
@@ -65,6 +68,44 @@ def pieces(length: int, margin: int, core: int) -> list[int]:
     return starts
 
 
+def local_rows(
+    need: Any, block_margin: int, core: int | None
+) -> tuple[int, int, list[tuple[int, list[int]]]]:
+    """Where a local member runs in a block: core height and width, and per row of
+    pieces its top and the left edges of the pieces that meet `need`.
+
+    `need` is the block's ``(..., h, w)`` mask (numpy or torch); a `core` of None
+    means one piece for the whole interior.
+    """
+    h, w = need.shape[-2:]
+    side = core or max(h, w)
+    ch, cw = min(side, h - 2 * block_margin), min(side, w - 2 * block_margin)
+    xs = pieces(w, block_margin, side)
+    rows = []
+    for y in pieces(h, block_margin, side):
+        row = [x for x in xs if bool(need[..., y : y + ch, x : x + cw].any())]
+        if row:
+            rows.append((y, row))
+    return ch, cw, rows
+
+
+def patch_rows(need: Any, patch: int) -> list[tuple[int, list[int]]]:
+    """Where a non-local member runs in a block: per row of patches (half-patch
+    stride) its top and the left edges of the patches that meet `need`."""
+    h, w = need.shape[-2:]
+    stride = round(patch * PATCH_STRIDE_FRACTION)
+    rows = []
+    for y in range(0, h - patch + 1, stride):
+        row = [
+            x
+            for x in range(0, w - patch + 1, stride)
+            if bool(need[..., y : y + patch, x : x + patch].any())
+        ]
+        if row:
+            rows.append((y, row))
+    return rows
+
+
 def _uniform(x: torch.Tensor, classes: int) -> torch.Tensor:
     b, _, h, w = x.shape
     return torch.full((b, classes, h, w), -math.log(classes), device=x.device)
@@ -75,15 +116,10 @@ def _local(model: Callable, margin: int, block_margin: int, core: int | None) ->
 
     def forward(x: torch.Tensor) -> torch.Tensor:
         x, need = x[:, :3], x[:, 3] > 0.5
-        b, _, h, w = x.shape
-        side = core or max(h, w)
-        ch, cw = min(side, h - 2 * block_margin), min(side, w - 2 * block_margin)
-        xs = pieces(w, block_margin, side)
+        b = x.shape[0]
+        ch, cw, rows = local_rows(need, block_margin, core)
         out = None
-        for y in pieces(h, block_margin, side):
-            row = [s for s in xs if bool(need[:, y : y + ch, s : s + cw].any())]
-            if not row:
-                continue
+        for y, row in rows:
             crops = [
                 x[..., y - margin : y + ch + margin, s - margin : s + cw + margin] for s in row
             ]
@@ -100,7 +136,6 @@ def _local(model: Callable, margin: int, block_margin: int, core: int | None) ->
 
 def _patch(model: Callable, patch: int) -> Callable:
     """Blended patches at half-patch stride over the block (the patch engine's values)."""
-    stride = round(patch * PATCH_STRIDE_FRACTION)
     weight = torch.from_numpy(blend_weights(patch, 1 - PATCH_STRIDE_FRACTION))
 
     def forward(x: torch.Tensor) -> torch.Tensor:
@@ -108,14 +143,7 @@ def _patch(model: Callable, patch: int) -> Callable:
         b, _, h, w = x.shape
         wt = weight.to(x.device)
         total = weights = None
-        for y in range(0, h - patch + 1, stride):
-            row = [
-                s
-                for s in range(0, w - patch + 1, stride)
-                if bool(need[:, y : y + patch, s : s + patch].any())
-            ]
-            if not row:
-                continue
+        for y, row in patch_rows(need, patch):
             crops = [x[..., y : y + patch, s : s + patch] for s in row]
             probs = torch.softmax(model(torch.cat(crops)).float(), 1)
             if total is None:
@@ -154,23 +182,11 @@ def computed_px(
     sub_tile_px: int | None,
 ) -> float:
     """Model pixels each member computes for a block (mask `need`), mean over the members."""
-    h, w = need.shape
-    stride = round(patch_px * PATCH_STRIDE_FRACTION)
     total = 0.0
     for m in margins:
         if m is None:
-            total += patch_px**2 * sum(
-                bool(need[y : y + patch_px, x : x + patch_px].any())
-                for y in range(0, h - patch_px + 1, stride)
-                for x in range(0, w - patch_px + 1, stride)
-            )
+            total += patch_px**2 * sum(len(row) for _, row in patch_rows(need, patch_px))
             continue
-        side = sub_tile_px or max(w, h)
-        ch, cw = min(side, h - 2 * block_margin), min(side, w - 2 * block_margin)
-        used = sum(
-            bool(need[y : y + ch, x : x + cw].any())
-            for y in pieces(h, block_margin, side)
-            for x in pieces(w, block_margin, side)
-        )
-        total += used * (ch + 2 * m) * (cw + 2 * m)
+        ch, cw, rows = local_rows(need, block_margin, sub_tile_px)
+        total += sum(len(row) for _, row in rows) * (ch + 2 * m) * (cw + 2 * m)
     return total / max(1, len(margins))

@@ -113,20 +113,28 @@ class EngineConfig:
             raise ValueError(f"`overlap` must be in [0, 1), got {self.overlap!r}")
         if self.tiling not in TILINGS:
             raise ValueError(f"`tiling` must be one of {', '.join(TILINGS)}, got {self.tiling!r}")
-        px = self.large_tile_px
-        if not isinstance(px, int) or isinstance(px, bool) or px < 512:
-            raise ValueError(f"`large_tile_px` must be an int >= 512, got {px!r}")
-        sub = self.sub_tile_px
-        if sub is not None and (
-            not isinstance(sub, int) or isinstance(sub, bool) or sub < 64 or sub % 32
+        for name, minimum, multiple, optional in (
+            ("batch_size", 1, 1, True),
+            ("read_threads", 1, 1, True),
+            ("prefetch_batches", 1, 1, False),
+            ("large_tile_px", 512, 1, False),
+            ("sub_tile_px", 64, 32, True),
         ):
-            raise ValueError(f"`sub_tile_px` must be None or a multiple of 32 >= 64, got {sub!r}")
-        for name in ("batch_size", "read_threads", "prefetch_batches"):
             value = getattr(self, name)
-            if name in ("batch_size", "read_threads") and value is None:
+            if optional and value is None:
                 continue
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"`{name}` must be an int >= 1, got {value!r}")
+            if (
+                not isinstance(value, int)
+                or isinstance(value, bool)
+                or value < minimum
+                or (value % multiple)
+            ):
+                what = (
+                    f"an int >= {minimum}"
+                    if multiple == 1
+                    else f"a multiple of {multiple} >= {minimum}"
+                )
+                raise ValueError(f"`{name}` must be {what}, got {value!r}")
 
 
 def select_device(name: str = "auto") -> torch.device:

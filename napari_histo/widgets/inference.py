@@ -184,7 +184,7 @@ class InferenceWidget(ControlsMixin, ShutdownMixin, QWidget):
 
         def done(result: tuple[float, str]) -> None:
             me = ref_self()
-            if me is None or me._closed or me._controller is None:
+            if me is None or me._controller is None:
                 return
             if me._controller.slide_path != path:
                 return  # another slide was opened meanwhile
@@ -194,7 +194,7 @@ class InferenceWidget(ControlsMixin, ShutdownMixin, QWidget):
 
         def failed(exc: BaseException) -> None:
             me = ref_self()
-            if me is not None and not me._closed:
+            if me is not None:
                 me.ood_label.setText(f"Slide vs training data: not compared ({exc})")
 
         self._ood_jobs.call(partial(slide_ood, path, cards), on_return=done, on_error=failed)
@@ -309,7 +309,6 @@ class InferenceWidget(ControlsMixin, ShutdownMixin, QWidget):
             on_return=self._on_returned,
             on_error=self._on_errored,
             on_finish=self._on_finished,
-            label="inference",
         )
         what = "whole slide" if region is None else f"{region[2]}×{region[3]} px view"
         self.set_status(f"running on the {what}…")
@@ -322,7 +321,8 @@ class InferenceWidget(ControlsMixin, ShutdownMixin, QWidget):
             self.set_status("cancelling…")
 
     def _on_update(self, update: LiveUpdate) -> None:
-        if self._closed or self._overlays is None:
+        # (Job callbacks: the runner delivers none after shutdown.)
+        if self._overlays is None:
             return
         if self.first_cell_s is None and update.cells:
             self.first_cell_s = time.monotonic() - self._job_t0
@@ -373,7 +373,7 @@ class InferenceWidget(ControlsMixin, ShutdownMixin, QWidget):
 
     def _on_returned(self, result) -> None:
         self.last_result = result
-        if self._closed or result is None:
+        if result is None:
             return
         self._flush_progress()
         if result.tiles_run == 0 and not result.cancelled:
@@ -397,8 +397,6 @@ class InferenceWidget(ControlsMixin, ShutdownMixin, QWidget):
     def _on_errored(self, exc: BaseException) -> None:
         from napari.utils.notifications import show_error
 
-        if self._closed:
-            return
         self._flush_progress()
         message = f"inference failed: {exc}"
         self.set_status(message)

@@ -71,8 +71,7 @@ def _weak(callback: Callable[..., Any] | None) -> Callable[..., Any]:
 class _Job:
     """Bookkeeping of one started job: its cancel and finished events, its worker."""
 
-    def __init__(self, label: str) -> None:
-        self.label = label
+    def __init__(self) -> None:
         self.cancel = threading.Event()
         self.finished = threading.Event()  # set on the worker thread however it ends
         self.worker: Any = None
@@ -145,7 +144,6 @@ class JobRunner:
         on_error: Callable[[BaseException], Any] | None = None,
         on_finish: Callable[[], Any] | None = None,
         total: int | None = None,
-        label: str = "job",
     ) -> threading.Event | None:
         """Start ``make_job(cancel)`` on a worker thread; returns its cancel event.
 
@@ -160,7 +158,7 @@ class JobRunner:
         if self.closed:
             return None
         self.cancel()
-        job = _Job(label)
+        job = _Job()
         generator = make_job(job.cancel)
         self._jobs = [j for j in self._jobs if not j.finished.is_set()] + [job]
         self._current = job
@@ -211,7 +209,7 @@ class JobRunner:
 
         if self.closed:
             return
-        job = _Job("call")
+        job = _Job()
         self._jobs = [j for j in self._jobs if not j.finished.is_set()] + [job]
         self._pending_calls += 1
         worker = FunctionWorker(_set_when_done, func, job.finished)

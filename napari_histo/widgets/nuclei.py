@@ -249,7 +249,6 @@ class NucleiWidget(ShutdownMixin, QWidget):
                 on_return=self._on_returned,
                 on_error=self._on_errored,
                 on_finish=self._on_finished,
-                label="nuclei",
             )
         except (ValueError, OSError) as err:
             self.set_status(f"cannot run: {err}")

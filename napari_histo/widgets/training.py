@@ -338,7 +338,6 @@ class RetrainWidget(ShutdownMixin, QWidget):
             on_error=self._on_errored,
             on_finish=self._on_finished,
             total=steps * len(cards),
-            label="fine-tuning",
         )
 
     def _start_job(self, make_job, **callbacks: Any) -> None:
@@ -442,7 +441,6 @@ class RetrainWidget(ShutdownMixin, QWidget):
             on_return=self._show_compare,
             on_error=self._on_errored,
             on_finish=self._on_finished,
-            label="comparison",
         )
 
     def _show_compare(self, result: tuple[Any, list, list, list]) -> None:
