@@ -51,3 +51,7 @@ class RegionError(HistoError, ValueError):
     views); a :class:`ValueError` too, so callers catching either see it.
     Raised by :func:`napari_histo.frames.check_region_l0`.
     """
+
+
+class ExportError(HistoError):
+    """A result, a lesion file or a report cannot be written (the message names the path)."""
