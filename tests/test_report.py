@@ -14,27 +14,28 @@ from napari_histo.analysis.export import (
     write_lesions_geojson,
     write_ome_zarr,
 )
-from napari_histo.analysis.measure import Lesion, SlideMeasurements
-from napari_histo.analysis.report import run_on_thumbnail, slide_report, write_report
+from napari_histo.analysis.measure import Lesion, SlideMeasurements, measure_run
+from napari_histo.analysis.report import area_text, run_on_thumbnail, slide_report, write_report
 from napari_histo.errors import ExportError
 from napari_histo.inference.engine import EngineConfig, infer_slide, run
 from napari_histo.io.annotations import read_annotations
-from napari_histo.models import load_model
+from napari_histo.models import latest_cards, load_model
 from napari_histo.synthetic import write_synthetic_slide
-from tests.test_engine import make_member
 
-SLIDE_PX = 2048  # level 0, 0.25 µm/px; the model at 1 µm/px gives a 512² result, 2 levels
+SLIDE_PX = 2048  # level 0, 0.25 µm/px; models at 1 µm/px give a 512² result, 2 levels
 
 
-def make_run(root, slide_path=None):
-    """A complete tumor run of a small synthetic slide by one tiny random model (~5 s).
+def make_run(root, slide_path=None, members=("deeplabv3plus", "resunet")):
+    """A complete tumor run of a small synthetic slide by default models (~10 s).
 
-    Returns ``(slide_path, run)``.
+    Two shipped (v2, 1 µm/px) members, so lesions are real and epistemic
+    uncertainty is not zero. Returns ``(slide_path, run)``.
     """
     if slide_path is None:
         slide_path = write_synthetic_slide(root / "s.svs", SLIDE_PX, seed=2001, workers=1).path
-    card = make_member(root, "resunet", 1, mpp=1.0)
-    result = run(infer_slide(slide_path, [load_model(card)], config=EngineConfig(tta=1)))
+    cards = latest_cards()
+    models = [load_model(cards[name]) for name in members]
+    result = run(infer_slide(slide_path, models, config=EngineConfig(tta=1)))
     assert result.run.complete
     return slide_path, result.run
 
@@ -167,18 +168,40 @@ def test_ome_zarr_refuses_an_incomplete_run(slide_run, tmp_path):
 
 
 # -- report -----------------------------------------------------------------------------
-def test_slide_report_from_a_real_run(slide_run, tmp_path):
+@pytest.fixture(scope="module")
+def measured(slide_run):
     slide_path, run_ = slide_run
-    path = slide_report(run_, slide_path, make_measurements(), tmp_path / "report.html")
+    return measure_run(run_, slide_path)
+
+
+def test_slide_report_from_a_real_run(slide_run, measured, tmp_path):
+    slide_path, run_ = slide_run
+    assert measured.lesions  # the default models find the synthetic tumor
+    path = slide_report(run_, slide_path, measured, tmp_path / "report.html")
     text = path.read_text(encoding="utf-8")
     assert text.startswith("<!DOCTYPE html>")
     assert "<title>Slide report: s.svs</title>" in text
     assert text.count('<img src="data:image/png;base64,') == 2  # thumbnail, histogram
     assert re.search(r"https?://", text) is None and "<link" not in text
     assert "<script" not in text
-    assert '<td class="num">1</td><td class="num">0.2500</td><td class="num">0.600</td>' in text
+    for lesion in measured.lesions:
+        area = area_text(lesion.area_mm2)
+        row = (
+            f'<tr><td class="num">{lesion.label}</td><td class="num">{area}</td>'
+            f'<td class="num">{lesion.longest_diameter_mm:.3f}</td><td>{lesion.size_class}</td>'
+        )
+        assert row in text
+    assert "deeplabv3plus 2.0" in text and "resunet 2.0" in text and run_.run_id in text
+    assert f"<td>Slide size class</td><td>{measured.size_class}</td>" in text
+
+
+def test_report_summary_with_nuclei(tmp_path):
+    thumb = np.full((64, 64, 3), 230, np.uint8)
+    text = write_report(
+        tmp_path / "r.html", make_measurements(), thumbnail=thumb, downsample=32.0
+    ).read_text(encoding="utf-8")
+    assert '<td class="num">1</td><td class="num">0.25</td><td class="num">0.600</td>' in text
     assert "<td>micro</td>" in text and "<td>ITC</td>" in text
-    assert "resunet-test 0.1" in text and run_.run_id in text
     assert "Nuclei density in tumor (per mm²)" in text and "4936.0" in text
     assert "65.0 %" in text
 

@@ -30,6 +30,7 @@ from napari_histo.errors import ExportError
 from napari_histo.io.store import ResultRun
 
 __all__ = [
+    "area_text",
     "latest_complete_run",
     "lesion_mask",
     "render_report",
@@ -187,6 +188,15 @@ def _num(value: float | int | None, digits: int = 3) -> str:
     return f"{value:.{digits}f}"
 
 
+def area_text(mm2: float | None) -> str:
+    """An area in mm² to 3 significant digits without exponent (0.000612, 1.25, 312)."""
+    if mm2 is None or not math.isfinite(mm2):
+        return "–"
+    if mm2 >= 100:
+        return f"{mm2:.0f}"
+    return np.format_float_positional(mm2, precision=3, unique=False, fractional=False, trim="-")
+
+
 def _img(png: bytes, alt: str) -> str:
     data = base64.b64encode(png).decode("ascii")
     return f'<img src="data:image/png;base64,{data}" alt="{_e(alt)}">'
@@ -234,7 +244,7 @@ def _lesion_rows(lesions: Sequence[Lesion]) -> list[tuple[str, ...]]:
             _e(v)
             for v in (
                 lesion.label,
-                _num(lesion.area_mm2, 4),
+                area_text(lesion.area_mm2),
                 _num(lesion.longest_diameter_mm, 3),
                 lesion.size_class,
                 _num(lesion.mean_probability, 3),

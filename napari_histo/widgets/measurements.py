@@ -14,10 +14,11 @@ from __future__ import annotations
 
 import math
 import threading
-from collections.abc import Generator
+from collections.abc import Generator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 from qtpy.QtWidgets import (
     QAbstractItemView,
     QDoubleSpinBox,
@@ -34,9 +35,9 @@ from qtpy.QtWidgets import (
 
 from napari_histo.analysis.export import write_lesions_geojson
 from napari_histo.analysis.measure import Lesion, SlideMeasurements
-from napari_histo.analysis.report import latest_complete_run, slide_report
+from napari_histo.analysis.report import area_text, latest_complete_run, slide_report
 from napari_histo.errors import HistoError
-from napari_histo.frames import layer_mpp
+from napari_histo.frames import l0_to_world, layer_mpp
 from napari_histo.io.store import ResultRun
 from napari_histo.widgets._common import ShutdownMixin, topmost_slide_layer
 from napari_histo.widgets.jobs import JobRunner
@@ -44,9 +45,12 @@ from napari_histo.widgets.jobs import JobRunner
 if TYPE_CHECKING:
     import napari
 
-__all__ = ["LESION_COLUMNS", "MeasurementsWidget", "summary_text"]
+__all__ = ["LAYER_NAME", "LESION_COLUMNS", "MeasurementsWidget", "lesion_polygons", "summary_text"]
 
-_TAG = "napari_histo_measurements"  # layer metadata key marking our layers (none yet)
+LAYER_NAME = "lesions"
+_TAG = "napari_histo_measurements"  # layer metadata key marking our layers
+#: Outline colour of the lesions layer.
+OUTLINE_COLOR = "cyan"
 #: Lesion table header.
 LESION_COLUMNS = ("#", "Area mm²", "Longest mm", "Class", "Mean p", "Mean epistemic")
 #: Fraction of the canvas a lesion fills after a jump to it.
@@ -75,12 +79,32 @@ def _lesion_cells(lesion: Lesion) -> tuple[str, ...]:
     epistemic = "–" if lesion.mean_epistemic is None else f"{lesion.mean_epistemic:.4f}"
     return (
         str(lesion.label),
-        f"{lesion.area_mm2:.4f}",
+        area_text(lesion.area_mm2),
         f"{lesion.longest_diameter_mm:.3f}",
         lesion.size_class,
         f"{lesion.mean_probability:.2f}",
         epistemic,
     )
+
+
+def lesion_polygons(lesions: Sequence[Lesion], mpp: Any) -> list[np.ndarray]:
+    """Lesion outlines as napari world ``(row, col)`` µm polygons (a box where degenerate).
+
+    Parameters
+    ----------
+    lesions : sequence of Lesion
+        Outlines in level-0 px ``(x, y)``.
+    mpp : float or (float, float)
+        Level-0 µm per px of the slide layer, ``(mpp_y, mpp_x)``.
+    """
+    polygons = []
+    for lesion in lesions:
+        outline = np.asarray(lesion.outline_l0, np.float64).reshape(-1, 2)
+        if len(np.unique(outline, axis=0)) < 3:
+            x, y, w, h = lesion.bbox_l0
+            outline = np.array([[x, y], [x + w, y], [x + w, y + h], [x, y + h]], np.float64)
+        polygons.append(l0_to_world(outline, mpp))
+    return polygons
 
 
 def _measure_job(
@@ -255,6 +279,7 @@ class MeasurementsWidget(ShutdownMixin, QWidget):
             self.set_status("cancelled")
             return
         self._show(result)
+        self.show_lesions()
         self.set_status(f"measured in {self.jobs.elapsed_s:.1f} s; click a lesion to go to it")
 
     def _on_errored(self, exc: BaseException) -> None:
@@ -273,7 +298,41 @@ class MeasurementsWidget(ShutdownMixin, QWidget):
         for row, lesion in enumerate(lesions):
             for col, text in enumerate(_lesion_cells(lesion)):
                 self.table.setItem(row, col, QTableWidgetItem(text))
+        self.table.resizeColumnsToContents()
+        self._fit_table()
         self._enable()
+
+    def _fit_table(self) -> None:
+        """Widen the table (and so the dock) to show every column."""
+        header = self.table.horizontalHeader()
+        width = header.length() + self.table.verticalScrollBar().sizeHint().width()
+        self.table.setMinimumWidth(min(width + 2 * self.table.frameWidth(), 640))
+
+    def show_lesions(self):
+        """Show the lesion outlines as the "lesions" Shapes layer, numbered; returns it."""
+        layer = self.slide_layer()
+        if self.measurements is None or layer is None:
+            return None
+        lesions = self.measurements.lesions
+        if LAYER_NAME in self.viewer.layers and self.viewer.layers[LAYER_NAME].metadata.get(_TAG):
+            self.viewer.layers.remove(LAYER_NAME)
+        if not lesions:
+            return None
+        mpp = layer_mpp(layer.metadata)
+        shapes = self.viewer.add_shapes(
+            lesion_polygons(lesions, mpp),
+            shape_type="polygon",
+            name=LAYER_NAME,
+            edge_color=OUTLINE_COLOR,
+            face_color="transparent",
+            edge_width=self.measurements.mpp_um,  # one measurement-grid px, µm
+            features={"lesion": [lesion.label for lesion in lesions]},
+            text={"string": "{lesion}", "color": OUTLINE_COLOR, "size": 10, "anchor": "upper_left"},
+            units=layer.units,
+            metadata={_TAG: True},
+        )
+        self.viewer.layers.selection.active = layer  # keep clicks on the slide, not the shapes
+        return shapes
 
     # -- navigation ---------------------------------------------------------------
     def jump_to(self, row: int) -> None:
