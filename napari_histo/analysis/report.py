@@ -88,12 +88,16 @@ def _resize_nearest(image: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
 
 
 def _tumor_cmap():
-    """Red colour map whose transparency falls to 0 at probability 0."""
+    """Red colour map, transparent up to probability 0.2, then more and more opaque."""
     from matplotlib.colors import LinearSegmentedColormap
 
-    return LinearSegmentedColormap.from_list(
-        "tumor", [(1.0, 0.9, 0.0, 0.0), (1.0, 0.5, 0.0, 0.45), (0.85, 0.0, 0.0, 0.75)]
-    )
+    stops = [
+        (0.0, (1.0, 0.8, 0.0, 0.0)),
+        (0.2, (1.0, 0.8, 0.0, 0.0)),
+        (0.5, (1.0, 0.45, 0.0, 0.45)),
+        (1.0, (0.85, 0.0, 0.0, 0.8)),
+    ]
+    return LinearSegmentedColormap.from_list("tumor", stops)
 
 
 def thumbnail_png(
