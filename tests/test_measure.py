@@ -99,6 +99,15 @@ def test_eight_connected_diagonal_is_one_lesion():
     assert find_lesions(probability, 1.0, min_area_um2=4.1) == ()
 
 
+def test_outline_of_a_ring_is_its_outer_boundary():
+    probability = np.zeros((12, 12))
+    probability[1:11, 1:11] = 1
+    probability[4:8, 4:8] = 0  # a 4 x 4 hole
+    (lesion,) = find_lesions(probability, 1.0)
+    assert lesion.area_mm2 == pytest.approx((100 - 16) * 1e-6)
+    assert shoelace(lesion.outline_l0) == pytest.approx(100 - 4 / 8)
+
+
 def test_threshold_is_inclusive_and_no_lesion_case():
     probability = rectangle(value=0.5)
     assert len(find_lesions(probability, 1.0, threshold=0.5)) == 1

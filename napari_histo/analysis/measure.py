@@ -828,6 +828,20 @@ def _measure_level(run: ResultRun, max_px: int) -> int:
     return len(levels) - 1
 
 
+def _read_level(run: ResultRun, name: str, level: int) -> np.ndarray:
+    """Pyramid `level` of array `name`, checked to be the full result halved `level` times."""
+    array = run.levels(name)[level]
+    full = run.geometry.shape
+    # Floor-halved (the store's pyramid) or ceil-halved: the same 2**level blocks.
+    allowed = [tuple(n // 2**level for n in full), tuple(-(-n // 2**level) for n in full)]
+    if tuple(array.shape) not in allowed:
+        raise StoreError(
+            f"{run.store.path}: run {run.run_id} {name} level {level} has shape "
+            f"{tuple(array.shape)}, expected {allowed[0]} for a {full} result"
+        )
+    return np.asarray(array[...], np.float32)
+
+
 def _resample_nearest(
     mask: np.ndarray,
     mask_downsample: float,
@@ -920,8 +934,8 @@ def measure_run(
     mpp_um = geometry.mpp * factor
     downsample = geometry.downsample * factor
     origin = (float(geometry.origin_l0[0]), float(geometry.origin_l0[1]))
-    probability = np.asarray(run.levels("probability")[level][...], np.float32)
-    epistemic = np.asarray(run.levels("epistemic")[level][...], np.float32)
+    probability = _read_level(run, "probability", level)
+    epistemic = _read_level(run, "epistemic", level)
 
     with Slide(slide_path, mpp=geometry.mpp / geometry.downsample) as slide:
         identity = slide_identity(slide.path, slide.dimensions, slide.mpp)
