@@ -1,6 +1,19 @@
 """Slide measurements: tissue and tumor areas, tumor burden, lesions, nuclei density.
 
 Plain functions over arrays with explicit units (µm per px in, mm and mm² out).
+
+Conventions
+-----------
+Grid
+    Every array is a grid whose pixel ``(i, j)`` covers level-0
+    ``[ox + j*d, ox + (j+1)*d) x [oy + i*d, oy + (i+1)*d)``, ``(ox, oy) = origin_l0``,
+    ``d = downsample``; ``mpp_um`` is µm per grid pixel.
+Tumor
+    ``probability >= threshold`` inside tissue, ``threshold`` in (0, 1].
+Lesions
+    8-connected tumor components. Their longest diameter is the maximum Feret
+    diameter of the union of their pixel squares (between pixel *corners*): a
+    ``h x w`` px rectangle measures ``sqrt(h² + w²)`` px, one pixel its diagonal.
 """
 
 from __future__ import annotations
@@ -58,7 +71,7 @@ class Lesion:
     area_mm2 : float
         Area in mm².
     longest_diameter_mm : float
-        Largest Feret diameter in mm.
+        Largest Feret diameter in mm, between pixel corners (see :func:`find_lesions`).
     mean_probability : float
         Mean tumor probability over the lesion's pixels.
     mean_epistemic : float or None
