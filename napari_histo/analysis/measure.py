@@ -1,6 +1,19 @@
 """Slide measurements: tissue and tumor areas, tumor burden, lesions, nuclei density.
 
 Plain functions over arrays with explicit units (µm per px in, mm and mm² out).
+
+Conventions
+-----------
+Grid
+    Every array is a grid whose pixel ``(i, j)`` covers level-0
+    ``[ox + j*d, ox + (j+1)*d) x [oy + i*d, oy + (i+1)*d)``, ``(ox, oy) = origin_l0``,
+    ``d = downsample``; ``mpp_um`` is µm per grid pixel.
+Tumor
+    ``probability >= threshold`` inside tissue, ``threshold`` in (0, 1].
+Lesions
+    8-connected tumor components. Their longest diameter is the maximum Feret
+    diameter of the union of their pixel squares (between pixel *corners*): a
+    ``h x w`` px rectangle measures ``sqrt(h² + w²)`` px, one pixel its diagonal.
 """
 
 from __future__ import annotations
@@ -58,7 +71,7 @@ class Lesion:
     area_mm2 : float
         Area in mm².
     longest_diameter_mm : float
-        Largest Feret diameter in mm.
+        Largest Feret diameter in mm, between pixel corners (see :func:`find_lesions`).
     mean_probability : float
         Mean tumor probability over the lesion's pixels.
     mean_epistemic : float or None
@@ -828,6 +841,20 @@ def _measure_level(run: ResultRun, max_px: int) -> int:
     return len(levels) - 1
 
 
+def _read_level(run: ResultRun, name: str, level: int) -> np.ndarray:
+    """Pyramid `level` of array `name`, checked to be the full result halved `level` times."""
+    array = run.levels(name)[level]
+    full = run.geometry.shape
+    # Floor-halved (the store's pyramid) or ceil-halved: the same 2**level blocks.
+    allowed = [tuple(n // 2**level for n in full), tuple(-(-n // 2**level) for n in full)]
+    if tuple(array.shape) not in allowed:
+        raise StoreError(
+            f"{run.store.path}: run {run.run_id} {name} level {level} has shape "
+            f"{tuple(array.shape)}, expected {allowed[0]} for a {full} result"
+        )
+    return np.asarray(array[...], np.float32)
+
+
 def _resample_nearest(
     mask: np.ndarray,
     mask_downsample: float,
@@ -920,8 +947,8 @@ def measure_run(
     mpp_um = geometry.mpp * factor
     downsample = geometry.downsample * factor
     origin = (float(geometry.origin_l0[0]), float(geometry.origin_l0[1]))
-    probability = np.asarray(run.levels("probability")[level][...], np.float32)
-    epistemic = np.asarray(run.levels("epistemic")[level][...], np.float32)
+    probability = _read_level(run, "probability", level)
+    epistemic = _read_level(run, "epistemic", level)
 
     with Slide(slide_path, mpp=geometry.mpp / geometry.downsample) as slide:
         identity = slide_identity(slide.path, slide.dimensions, slide.mpp)
