@@ -41,6 +41,7 @@ if TYPE_CHECKING:
 __all__ = [
     "ITC_MAX_MM",
     "MICRO_MAX_MM",
+    "MIN_LESION_UM2",
     "Lesion",
     "SlideMeasurements",
     "area_mm2",
@@ -58,6 +59,9 @@ __all__ = [
 #: 0.2 mm, micrometastasis up to 2 mm, macrometastasis above.
 ITC_MAX_MM = 0.2
 MICRO_MAX_MM = 2.0
+#: Smallest lesion a slide measurement counts, µm²: about one tumor cell. Smaller
+#: specks above the threshold are noise of the probability map, not lesions.
+MIN_LESION_UM2 = 100.0
 
 
 @dataclass(frozen=True)
@@ -766,6 +770,7 @@ def measure_arrays(
     origin_l0: tuple[float, float] = (0, 0),
     downsample: float = 1.0,
     nuclei_centroids_l0: np.ndarray | None = None,
+    min_area_um2: float = MIN_LESION_UM2,
 ) -> SlideMeasurements:
     """Every measurement of one slide from arrays on one grid.
 
@@ -793,6 +798,8 @@ def measure_arrays(
         Level-0 px per grid px, > 0.
     nuclei_centroids_l0 : ndarray of float, shape (n, 2), optional
         Level-0 ``(x, y)`` nucleus centroids; nuclei fields are None without.
+    min_area_um2 : float
+        Smallest lesion listed, µm² (>= 0); tumor areas count every tumor pixel.
 
     Returns
     -------
@@ -811,7 +818,8 @@ def measure_arrays(
     viable = (probability >= threshold) & tissue
     bed = _bed(viable, tissue)
     viable_px, bed_px = int(np.count_nonzero(viable)), int(np.count_nonzero(bed))
-    lesions = _lesions(viable, probability, epistemic, mpp_um, origin, downsample, 0.0)
+    min_area = _check_number("min_area_um2", min_area_um2, closed="low")
+    lesions = _lesions(viable, probability, epistemic, mpp_um, origin, downsample, min_area)
     nuclei: tuple[Any, ...] = (None, None, None, None)
     if centroids is not None:
         nuclei = _nuclei(centroids, viable, tissue, mpp_um, origin, downsample)
@@ -882,6 +890,7 @@ def measure_run(
     threshold: float = 0.5,
     nuclei_run: NucleiRun | None = None,
     max_px: int = 16_000_000,
+    min_area_um2: float = MIN_LESION_UM2,
 ) -> SlideMeasurements:
     """Measure a complete tumor run of a result store (:func:`measure_arrays`).
 
@@ -906,6 +915,8 @@ def measure_run(
         A complete nuclei run of the same slide; its centroids are counted.
     max_px : int
         Largest measurement grid (px), >= 1.
+    min_area_um2 : float
+        Smallest lesion listed, µm² (default :data:`MIN_LESION_UM2`).
 
     Returns
     -------
@@ -980,4 +991,5 @@ def measure_run(
         origin_l0=origin,
         downsample=downsample,
         nuclei_centroids_l0=centroids,
+        min_area_um2=min_area_um2,
     )

@@ -135,8 +135,16 @@ def _realdata(o: BenchOptions) -> dict[str, Any]:
     return bench_realdata(quick=o.quick)
 
 
+def _cohort(o: BenchOptions) -> dict[str, Any]:
+    from napari_histo.bench.cohort import bench_cohort
+
+    o.cpu_only("cohort")
+    return bench_cohort(quick=o.quick)
+
+
 BENCHMARKS: dict[str, Callable[[BenchOptions], dict[str, Any]]] = {
     "read": _read,
+    "cohort": _cohort,
     "open": _open,
     "infer": _infer,
     "feed": _feed,

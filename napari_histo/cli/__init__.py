@@ -13,6 +13,7 @@ from collections.abc import Sequence
 
 from napari_histo.cli._common import needs_display, one_line, reexec_under_xvfb, resolve_members
 from napari_histo.cli.apps import cmd_bench, cmd_demo
+from napari_histo.cli.cohort import cmd_cohort
 from napari_histo.cli.evaluate import cmd_evaluate
 from napari_histo.cli.parser import build_parser
 from napari_histo.cli.slides import cmd_infer, cmd_info, cmd_nuclei, cmd_synth
@@ -51,6 +52,8 @@ def _dispatch(args: argparse.Namespace, parser: argparse.ArgumentParser, argv: l
             return cmd_nuclei(args)
         if args.command == "evaluate":
             return cmd_evaluate(args)
+        if args.command == "cohort":
+            return cmd_cohort(args)
         if args.command == "demo":
             return cmd_demo(args, argv)
         if args.command == "bench":

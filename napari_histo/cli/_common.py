@@ -37,8 +37,20 @@ def _nonnegative_int(text: str) -> int:
     return _number(text, int, 0, strict=False)
 
 
+def _nonnegative_float(text: str) -> float:
+    return _number(text, float, 0.0, strict=False)
+
+
 def _positive_float(text: str) -> float:
     return _number(text, float, 0.0, strict=True)
+
+
+def _probability(text: str) -> float:
+    """A threshold in (0, 1]."""
+    value = _number(text, float, 0.0, strict=True)
+    if value > 1.0:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1], got {value}")
+    return value
 
 
 def needs_display() -> bool:

@@ -5,7 +5,13 @@ from __future__ import annotations
 import argparse
 
 from napari_histo import __version__
-from napari_histo.cli._common import _nonnegative_int, _positive_float, _positive_int
+from napari_histo.cli._common import (
+    _nonnegative_float,
+    _nonnegative_int,
+    _positive_float,
+    _positive_int,
+    _probability,
+)
 
 MPP_HELP = "µm per level-0 px, when the file has none or an implausible one"
 
@@ -131,6 +137,36 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="write tiles.csv, summary.json, reliability.png")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    p = sub.add_parser(
+        "cohort", help="run many slides on a dask cluster: measurements, reports, cohort CSV"
+    )
+    p.add_argument("slides", nargs="*", help="slide files")
+    p.add_argument("--list", default=None, help="a file naming slides, one per line")
+    p.add_argument(
+        "--scheduler", default="local",
+        help="dask scheduler address (tcp://host:8786), or local: a LocalCluster (default)",
+    )  # fmt: skip
+    p.add_argument(
+        "--workers", type=_positive_int, default=2, help="worker processes of a local cluster"
+    )
+    p.add_argument("--out", default="cohort", help="output folder (default: ./cohort)")
+    p.add_argument("--nuclei", action="store_true", help="also segment and count nuclei")
+    p.add_argument("--members", nargs="+", default=None, help="model names or card .json paths")
+    p.add_argument("--models-dir", default=None, help="directory of model cards")
+    p.add_argument(
+        "--threshold", type=_probability, default=0.5, help="tumor probability threshold (0, 1]"
+    )
+    p.add_argument(
+        "--min-area", type=_nonnegative_float, default=100.0,
+        help="smallest lesion listed, µm² (default 100: about one tumor cell)",
+    )  # fmt: skip
+    p.add_argument("--mpp", type=_positive_float, default=None, help=MPP_HELP)
+    p.add_argument(
+        "--torch-threads", type=_positive_int, default=1, help="torch threads per worker"
+    )
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda[:N] or mps, per worker")
+    p.add_argument("--quiet", action="store_true", help="no progress display")
 
     p = sub.add_parser("demo", help="open napari with the sample slide")
     p.add_argument("--slide", default=None, help="slide to open instead of the sample")
