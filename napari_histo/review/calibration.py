@@ -26,14 +26,16 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from hashlib import sha256
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from napari_histo._atomic import atomic_write_bytes
+from napari_histo.errors import WeightsError
 from napari_histo.metrics import expected_calibration_error
-from napari_histo.models import ModelCard, load_model, read_card, save_model
+from napari_histo.models import ModelCard, read_card, write_card
 from napari_histo.models.versions import next_version, taken_versions
 
 __all__ = [
@@ -377,6 +379,23 @@ def temperature_for_models(
     return max(common, key=lambda t: max(c[t] for c in candidates))
 
 
+def _copy_version(card_path: Path, card: ModelCard, new_card: ModelCard, out: Path) -> Path:
+    """Write `new_card` with a byte-for-byte copy of `card`'s weights (same SHA-256)."""
+    source = card_path.parent / card.weights_file
+    data = source.read_bytes()
+    if sha256(data).hexdigest() != card.sha256:
+        raise WeightsError(f"{source}: SHA-256 differs from its card {card_path.name}")
+    suffix = ".torchscript.pt" if card.format == "torchscript" else ".safetensors"
+    stem = f"{new_card.name}-{new_card.version}"
+    target = out / f"{stem}{suffix}"
+    if target.exists():
+        raise WeightsError(f"{target}: already exists; versions are immutable")
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(target, data)
+    saved = dataclasses.replace(new_card, weights_file=target.name, sha256=card.sha256)
+    return write_card(out / f"{stem}.json", saved)
+
+
 def write_calibrated_versions(
     card_paths: Sequence[str | os.PathLike[str]],
     result: CalibrationResult,
@@ -386,8 +405,9 @@ def write_calibrated_versions(
 ) -> list[Path]:
     """A new version of every member's card with the ensemble's temperature.
 
-    Weights are unchanged (rewritten under the new version's name: versions are
-    immutable files); the card records ``temperature``, ``parent_version`` and
+    Weights are unchanged: the weights file is copied byte for byte under the
+    new version's name (same SHA-256, so :func:`temperature_for_models` finds it
+    for runs made with the old version); the card records ``temperature``, ``parent_version`` and
     ``ece_before`` / ``ece_after`` / ``temperature`` in its ``metrics``.
 
     Parameters
@@ -419,7 +439,6 @@ def write_calibrated_versions(
     written = []
     for path in (Path(p) for p in card_paths):
         card = read_card(path)
-        loaded = load_model(path)
         version = next_version(card.version, taken_versions(card.name, [out, path.parent]))
         new_card = dataclasses.replace(
             card,
@@ -432,9 +451,9 @@ def write_calibrated_versions(
                 f"{card.notes} | Temperature-scaled from {card.name} {card.version} by "
                 f"napari-histo: T = {result.temperature:.4f} fitted on {result.fit_px} "
                 f"labelled px (ensemble mean), ECE {result.ece_before:.4f} -> "
-                f"{result.ece_after:.4f} on {result.held_px} held-out px; same weights."
+                f"{result.ece_after:.4f} on {result.held_px} held-out px; same weights file."
                 + (f" {note}" if note else "")
             ).lstrip(" |"),
         )
-        written.append(save_model(loaded.model, new_card, out))
+        written.append(_copy_version(path, card, new_card, out))
     return written

@@ -327,6 +327,7 @@ def finetune_ensemble(
             card,
             version=version,
             parent_version=card.version,
+            temperature=None,  # new weights: the parent's calibration no longer holds
             created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
             training_data=(
                 f"{card.training_data} | fine-tuned on {slide_path.name}: "
