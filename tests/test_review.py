@@ -308,3 +308,19 @@ def test_agreement_map_counts_majority():
     np.testing.assert_allclose(agreement_map(probs), [[1.0, 0.75, 0.5]])
     with pytest.raises(ValueError, match=r"\(members, rows, cols\)"):
         agreement_map(np.zeros((3, 3)))
+
+
+def test_bench_review_pieces():
+    from napari_histo.bench import BENCHMARKS
+    from napari_histo.bench.review import _chance_at5, plant_failure
+
+    assert "review" in BENCHMARKS
+    rgb = np.full((32, 32, 3), 200, np.uint8)
+    for kind in ("dark", "hue", "texture"):
+        out = plant_failure(rgb, (8, 8, 16, 16), kind)
+        assert (out[:8] == 200).all() and not (out[8:24, 8:24] == 200).all()
+    assert plant_failure(rgb, (0, 0, 4, 4), "dark")[0, 0, 0] == 90
+    assert _chance_at5(10, 0) == 0.0 and _chance_at5(10, 6) == 1.0
+    assert _chance_at5(100, 1) == pytest.approx(0.05)
+    with pytest.raises(ValueError, match="`kind` must be one of"):
+        plant_failure(rgb, (0, 0, 4, 4), "paint")

@@ -135,6 +135,13 @@ def _realdata(o: BenchOptions) -> dict[str, Any]:
     return bench_realdata(quick=o.quick)
 
 
+def _review(o: BenchOptions) -> dict[str, Any]:
+    from napari_histo.bench.review import bench_review
+
+    o.cpu_only("review")
+    return bench_review(quick=o.quick)
+
+
 BENCHMARKS: dict[str, Callable[[BenchOptions], dict[str, Any]]] = {
     "read": _read,
     "open": _open,
@@ -146,6 +153,7 @@ BENCHMARKS: dict[str, Callable[[BenchOptions], dict[str, Any]]] = {
     "ui": _ui,
     "nuclei": _nuclei,
     "realdata": _realdata,
+    "review": _review,
 }
 
 
