@@ -315,10 +315,10 @@ def test_bench_review_pieces():
     from napari_histo.bench.review import _chance_at5, plant_failure
 
     assert "review" in BENCHMARKS
-    rgb = np.full((32, 32, 3), 200, np.uint8)
+    rgb = np.zeros((32, 32, 3), np.uint8) + np.array([200, 120, 180], np.uint8)  # pink
     for kind in ("dark", "hue", "texture"):
         out = plant_failure(rgb, (8, 8, 16, 16), kind)
-        assert (out[:8] == 200).all() and not (out[8:24, 8:24] == 200).all()
+        assert (out[:8] == rgb[:8]).all() and (out[8:24, 8:24] != rgb[8:24, 8:24]).any()
     assert plant_failure(rgb, (0, 0, 4, 4), "dark")[0, 0, 0] == 90
     assert _chance_at5(10, 0) == 0.0 and _chance_at5(10, 6) == 1.0
     assert _chance_at5(100, 1) == pytest.approx(0.05)
