@@ -141,9 +141,7 @@ def _read_state(path: Path) -> dict[str, Any] | None:
         if isinstance(index, bool) or not isinstance(index, int):
             raise ValueError(f"`index` must be an int, got {index!r}")
         return data
-    except (OSError, UnicodeDecodeError, ValueError) as err:
-        if isinstance(err, OSError) and not path.is_file():
-            raise
+    except (UnicodeDecodeError, ValueError) as err:  # an OSError (cannot read) propagates
         bad = _set_aside(path)
         warnings.warn(
             f"{path}: unreadable review state ({err}); kept as {bad.name}, starting afresh",
