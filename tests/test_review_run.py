@@ -102,3 +102,19 @@ def test_member_disagreement_on_a_region(tiny):
     assert found.names == ("resunet-test 0.1", "resunet-b 0.1")
     with pytest.raises(ValueError, match="`rect_l0`"), Slide(slide) as opened:
         region_disagreement(opened, (5000, 5000, 10, 10), members)
+
+
+def test_cli_review_by_annotations_reads_the_autosaved_file(tiny, capsys):
+    from napari_histo.io.annotations import write_annotations
+    from napari_histo.io.annotations.autosave import autosave_path
+
+    slide, _, _ = tiny
+    assert main(["review", str(slide), "--score", "annotations"]) == 2
+    assert "pass --annotations" in capsys.readouterr().err
+    path = write_annotations(autosave_path(slide), annotations())
+    try:
+        assert main(["review", str(slide), "--score", "annotations", "--top", "2", "--json"]) == 0
+        out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+        assert out["score"] == "annotations" and 1 <= len(out["regions"]) <= 2
+    finally:
+        path.unlink()
