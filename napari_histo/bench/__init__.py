@@ -142,6 +142,13 @@ def _cohort(o: BenchOptions) -> dict[str, Any]:
     return bench_cohort(quick=o.quick)
 
 
+def _review(o: BenchOptions) -> dict[str, Any]:
+    from napari_histo.bench.review import bench_review
+
+    o.cpu_only("review")
+    return bench_review(quick=o.quick)
+
+
 BENCHMARKS: dict[str, Callable[[BenchOptions], dict[str, Any]]] = {
     "read": _read,
     "cohort": _cohort,
@@ -154,6 +161,7 @@ BENCHMARKS: dict[str, Callable[[BenchOptions], dict[str, Any]]] = {
     "ui": _ui,
     "nuclei": _nuclei,
     "realdata": _realdata,
+    "review": _review,
 }
 
 

@@ -16,6 +16,7 @@ from napari_histo.cli.apps import cmd_bench, cmd_demo
 from napari_histo.cli.cohort import cmd_cohort
 from napari_histo.cli.evaluate import cmd_evaluate
 from napari_histo.cli.parser import build_parser
+from napari_histo.cli.review import cmd_review
 from napari_histo.cli.slides import cmd_infer, cmd_info, cmd_nuclei, cmd_synth
 from napari_histo.cli.train import cmd_train
 from napari_histo.errors import HistoError
@@ -50,6 +51,8 @@ def _dispatch(args: argparse.Namespace, parser: argparse.ArgumentParser, argv: l
             return cmd_train(args)
         if args.command == "nuclei":
             return cmd_nuclei(args)
+        if args.command == "review":
+            return cmd_review(args)
         if args.command == "evaluate":
             return cmd_evaluate(args)
         if args.command == "cohort":

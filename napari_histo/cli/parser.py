@@ -114,6 +114,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--geojson", default=None, help="write QuPath-style detections here")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
+    p = sub.add_parser("review", help="rank regions of a slide's latest complete run for review")
+    p.add_argument("slide", help="slide file (run `napari-histo infer` on it first)")
+    p.add_argument("--top", type=_positive_int, default=10, help="how many regions to list")
+    p.add_argument(
+        "--score", choices=["epistemic", "boundary", "disagreement", "annotations"],
+        default="epistemic",
+        help="epistemic uncertainty x area (default), probability near 0.5, member "
+        "disagreement, or disagreement with the slide's annotations",
+    )  # fmt: skip
+    p.add_argument("--region-um", type=_positive_float, default=256.0, help="region side, µm")
+    p.add_argument(
+        "--annotations", default=None,
+        help="annotations for --score annotations (default: SLIDE.annotations.geojson)",
+    )  # fmt: skip
+    p.add_argument("--out", default=None, help="directory of the result store (default: beside)")
+    p.add_argument("--mpp", type=_positive_float, default=None, help=MPP_HELP)
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+
     p = sub.add_parser(
         "evaluate", help="score tumor models on labelled tiles: Dice, IoU, AUROC, ECE"
     )

@@ -18,7 +18,7 @@ Modules, each importing only those above it:
 - ``files``: image/mask pairs of two folders, reading and checking them;
 - ``report``: :class:`Evaluation` and its CSV, JSON and PNG files;
 - ``folder``: :func:`evaluate_folder`;
-- ``slide``: :func:`evaluate_slide`.
+- ``slide``: :func:`evaluate_slide`, :func:`slide_labels`.
 """
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ from napari_histo.evaluate.scores import (
     score_maps,
     score_tiles,
 )
-from napari_histo.evaluate.slide import evaluate_slide
+from napari_histo.evaluate.slide import evaluate_slide, slide_labels
 
 __all__ = [
     "CSV_COLUMNS",
@@ -69,6 +69,7 @@ __all__ = [
     "reliability_table",
     "score_maps",
     "score_tiles",
+    "slide_labels",
     "write_reliability_png",
 ]
 

@@ -35,6 +35,43 @@ _SLIDE_CLASSES = (("non-tumor", 0), ("tumor", 1), ("ignore", UNKNOWN))
 _SLIDE_POOL_PX = 200_000
 
 
+def slide_labels(
+    annotations: Sequence[Any],
+    shape: tuple[int, int],
+    downsample: float,
+    origin_l0: tuple[float, float] = (0.0, 0.0),
+) -> np.ndarray:
+    """Tumor labels of annotations on a grid: 1 tumor, 0 non-tumor, 255 unknown.
+
+    ``tumor`` drawn over ``non-tumor``, ``ignore`` over both; other classes and
+    points are left out (unknown).
+
+    Parameters
+    ----------
+    annotations : sequence of Annotation
+        Level-0 annotations.
+    shape : (rows, cols)
+        Grid shape, px.
+    downsample : float
+        Level-0 px per grid px.
+    origin_l0 : (x, y)
+        Level-0 position of the grid's top-left corner.
+
+    Returns
+    -------
+    ndarray of uint8, `shape`
+    """
+    from napari_histo.annotations.model import rasterize
+
+    labels = np.full(tuple(shape), UNKNOWN, dtype=np.uint8)
+    for name, value in _SLIDE_CLASSES:
+        group = [a for a in annotations if a.label == name and a.kind != "point"]
+        if group:
+            drawn = rasterize(group, shape, downsample, origin=origin_l0, classes={name: 1})
+            labels[drawn.astype(bool)] = value
+    return labels
+
+
 def _slide_annotations(path: Path) -> tuple[list[Any], list[str]]:
     from napari_histo.io.annotations import read_annotations
 
@@ -97,7 +134,6 @@ def evaluate_slide(
     """
     import tempfile
 
-    from napari_histo.annotations.model import rasterize
     from napari_histo.inference.engine import EngineConfig, infer_slide
     from napari_histo.io.slide import Slide
     from napari_histo.stain import resolve as resolve_stain
@@ -139,15 +175,7 @@ def evaluate_slide(
         prob = np.asarray(result.run.array("probability")[...], dtype=np.float32)
         epistemic = np.asarray(result.run.array("epistemic")[...], dtype=np.float32)
         stain_setting = result.run.settings.get("stain")
-    labels = np.full(geometry.shape, UNKNOWN, dtype=np.uint8)
-    for name, value in _SLIDE_CLASSES:
-        group = [a for a in anns if a.label == name]
-        if group:
-            drawn = rasterize(
-                group, geometry.shape, geometry.downsample, origin=geometry.origin_l0,
-                classes={name: 1},
-            )  # fmt: skip
-            labels[drawn.astype(bool)] = value
+    labels = slide_labels(anns, geometry.shape, geometry.downsample, geometry.origin_l0)
     known = labels != UNKNOWN
     if not known.any():
         raise EvaluationError(

@@ -99,6 +99,12 @@ class ModelCard:
         (:func:`napari_histo.models.receptive.measure_margin`). The engine's large
         tiles keep only their centre minus this margin; None: patch tiles only.
         Optional in a card on disk.
+    temperature : float or None, default None
+        Temperature ``T > 0`` of the *ensemble* this member belongs to: calibrated
+        tumor probability = ``sigmoid(logit(p) / T)`` of the ensemble's mean
+        probability ``p`` (:mod:`napari_histo.review.calibration`). Fitted on the
+        ensemble, not per member, so every member's card of a calibrated version
+        carries the same value. None: uncalibrated. Optional in a card on disk.
 
     Raises
     ------
@@ -125,6 +131,7 @@ class ModelCard:
     stain_normalisation: dict[str, Any] | None = None
     stain_reference: dict[str, Any] | None = None
     receptive_margin_px: int | None = None
+    temperature: float | None = None
 
     def __post_init__(self) -> None:
         values = {f.name: getattr(self, f.name) for f in fields(self)}
@@ -174,6 +181,8 @@ class ModelCard:
             out["stain_reference"] = json.loads(json.dumps(self.stain_reference))
         if self.receptive_margin_px is not None:
             out["receptive_margin_px"] = self.receptive_margin_px
+        if self.temperature is not None:
+            out["temperature"] = self.temperature
         return out
 
     @classmethod
@@ -217,6 +226,7 @@ _OPTIONAL: dict[str, Any] = {
     "stain_normalisation": None,
     "stain_reference": None,
     "receptive_margin_px": None,
+    "temperature": None,
 }
 
 
@@ -362,6 +372,7 @@ def _validated(values: dict[str, Any], *, saved: bool) -> dict[str, Any]:
         "stain_normalisation": _check_stain,
         "stain_reference": _check_stain_reference,
         "receptive_margin_px": _check_margin,
+        "temperature": _check_temperature,
     }
     clean = {key: check(values[key]) for key, check in checks.items()}
     is_script = clean["format"] == "torchscript"
@@ -377,6 +388,14 @@ def _check_margin(value: object) -> int | None:
     if isinstance(value, bool) or not isinstance(value, int) or value < 0 or value % 16:
         raise _FieldError("receptive_margin_px", "null or an int >= 0, a multiple of 16", value)
     return value
+
+
+def _check_temperature(value: object) -> float | None:
+    if value is None:
+        return None
+    if not _is_number(value) or value <= 0:
+        raise _FieldError("temperature", "null or a finite number > 0", value)
+    return float(value)
 
 
 def _check_stain_reference(value: object) -> dict[str, Any] | None:

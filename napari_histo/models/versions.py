@@ -30,7 +30,9 @@ __all__ = [
     "active_versions",
     "all_versions",
     "model_dirs",
+    "next_version",
     "set_active_version",
+    "taken_versions",
     "user_models_dir",
     "versions_path",
 ]
@@ -156,3 +158,30 @@ def active_cards(models_dir: str | os.PathLike[str] | None = None) -> dict[str, 
         pick = next((v for v in versions if v.version == chosen.get(name)), versions[-1])
         out[name] = pick.card_path
     return out
+
+
+def next_version(version: str, taken: set[str]) -> str:
+    """The next free version: last number bumped (``"1.0"`` → ``"1.1"``), else ``".1"`` added.
+
+    Examples
+    --------
+    >>> next_version("1.0", set()), next_version("1.0", {"1.1"}), next_version("v", set())
+    ('1.1', '1.2', 'v.1')
+    """
+    match = re.fullmatch(r"(.*?)(\d+)", version)
+    prefix, number = (match.group(1), int(match.group(2))) if match else (version + ".", 0)
+    candidate = f"{prefix}{number + 1}"
+    while candidate in taken:
+        number += 1
+        candidate = f"{prefix}{number + 1}"
+    return candidate
+
+
+def taken_versions(name: str, directories: Sequence[Path]) -> set[str]:
+    """Versions of model `name` that have a card or weights file in any of `directories`."""
+    taken = set()
+    for directory in directories:
+        for path in directory.glob(f"{name}-*"):
+            stem = path.name.split(".json")[0].split(".safetensors")[0]
+            taken.add(stem[len(name) + 1 :])
+    return taken

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import re
 import threading
 import time
 from collections.abc import Generator, Sequence
@@ -28,6 +27,8 @@ from torch import nn
 from napari_histo.annotations.model import Annotation
 from napari_histo.generators import mapped
 from napari_histo.models import ModelCard, load_model, save_model
+from napari_histo.models.versions import next_version
+from napari_histo.models.versions import taken_versions as _taken_versions
 from napari_histo.training.annotations import (
     SpatialSplit,
     plan_split,
@@ -89,32 +90,6 @@ def set_encoder_trainable(model: nn.Module, architecture: str, trainable: bool) 
             param.requires_grad_(trainable)
             changed += 1
     return changed
-
-
-def next_version(version: str, taken: set[str]) -> str:
-    """The next free version: last number bumped (``"1.0"`` → ``"1.1"``), else ``".1"`` added.
-
-    Examples
-    --------
-    >>> next_version("1.0", set()), next_version("1.0", {"1.1"}), next_version("v", set())
-    ('1.1', '1.2', 'v.1')
-    """
-    match = re.fullmatch(r"(.*?)(\d+)", version)
-    prefix, number = (match.group(1), int(match.group(2))) if match else (version + ".", 0)
-    candidate = f"{prefix}{number + 1}"
-    while candidate in taken:
-        number += 1
-        candidate = f"{prefix}{number + 1}"
-    return candidate
-
-
-def _taken_versions(name: str, directories: Sequence[Path]) -> set[str]:
-    taken = set()
-    for directory in directories:
-        for path in directory.glob(f"{name}-*"):
-            stem = path.name.split(".json")[0].split(".safetensors")[0]
-            taken.add(stem[len(name) + 1 :])
-    return taken
 
 
 def _held_labels(labels: np.ndarray, downsample: float, split: SpatialSplit) -> np.ndarray:
@@ -352,6 +327,7 @@ def finetune_ensemble(
             card,
             version=version,
             parent_version=card.version,
+            temperature=None,  # new weights: the parent's calibration no longer holds
             created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
             training_data=(
                 f"{card.training_data} | fine-tuned on {slide_path.name}: "
