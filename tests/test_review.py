@@ -324,3 +324,13 @@ def test_bench_review_pieces():
     assert _chance_at5(100, 1) == pytest.approx(0.05)
     with pytest.raises(ValueError, match="`kind` must be one of"):
         plant_failure(rgb, (0, 0, 4, 4), "paint")
+
+
+def test_uncertainty_score_is_bernoulli_entropy_in_bits():
+    from napari_histo.review.regions import pixel_scores
+
+    p = np.array([[0.0, 0.5, 1.0, 0.25]], np.float32)
+    values, counts = pixel_scores("uncertainty", p)
+    expected = [0.0, 1.0, 0.0, -(0.25 * np.log2(0.25) + 0.75 * np.log2(0.75))]
+    assert counts is None
+    np.testing.assert_allclose(values[0], expected, atol=1e-6)

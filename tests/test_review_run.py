@@ -49,7 +49,7 @@ def test_cli_review_json_ranks_the_latest_run(tiny, capsys):
     slide, _, _ = tiny
     assert main(["review", str(slide), "--top", "3", "--json", "--region-um", "64"]) == 0
     out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert out["score"] == "epistemic" and len(out["regions"]) == 3
+    assert out["score"] == "uncertainty" and len(out["regions"]) == 3
     scores = [r["score"] for r in out["regions"]]
     assert scores == sorted(scores, reverse=True)
     x, y, w, h = out["regions"][0]["rect_l0"]

@@ -9,12 +9,12 @@ foreign striped texture), and the default ensemble
 the whole array (:func:`~napari_histo.inference.tiles.predict_tile`, what the
 engine does tile by tile). Then:
 
-* ``hotspot_hit_at5``: share of seeds whose top 5 regions (``"epistemic"``
-  score, :data:`REGION_UM` µm squares) include one that overlaps the planted
-  square by at least a quarter of its own area; ``hotspot_hit_at5_chance``
-  is the same for a random ranking (expected value, for comparison);
-  ``hotspot_hit_at5_disagreement`` / ``_boundary``: the same ranked by
-  those scores;
+* ``hotspot_hit_at5``: share of seeds whose top 5 regions (the review
+  queue's default ``"uncertainty"`` score, :data:`REGION_UM` µm squares)
+  include one that overlaps the planted square by at least a quarter of its
+  own area; ``hotspot_hit_at5_chance`` is the same for a random ranking
+  (expected value, for comparison); ``hotspot_hit_at5_epistemic`` /
+  ``_disagreement`` / ``_boundary``: the same ranked by those scores;
   ``planted_rank_median``: median rank of the best overlapping region (1 = top);
 * ``ece_before`` / ``ece_after``: expected calibration error of the tumor
   probability on held-out stripes of the slides (the planted squares left
@@ -156,21 +156,22 @@ def _one_seed(members: list, size: int, seed: int, kind: str) -> dict[str, Any]:
     valid = tissue | (planted.min(axis=2) < 220)
     plant_l0 = tuple(int(v * downsample) for v in plant)
     first_hit = {}
-    for score in ("epistemic", "disagreement", "boundary"):
+    for score in ("uncertainty", "epistemic", "disagreement", "boundary"):
         ranked = rank_regions(grid, pred.probability, pred.epistemic, score=score, valid=valid)
         hits = [i for i, r in enumerate(ranked) if _overlaps(r.rect_l0, plant_l0)]
         first_hit[score] = hits[0] if hits else len(ranked)
-        if score == "epistemic":
+        if score == "uncertainty":
             chance = _chance_at5(len(ranked), len(hits))
     x, y, w, h = plant
     inside = np.zeros(tissue.shape, bool)
     inside[y : y + h, x : x + w] = True
     labels = np.where(tissue & ~inside, tumor.astype(np.uint8), 255).astype(np.uint8)
     return {
-        "hit": first_hit["epistemic"] < 5,
+        "hit": first_hit["uncertainty"] < 5,
+        "hit_epistemic": first_hit["epistemic"] < 5,
         "hit_disagreement": first_hit["disagreement"] < 5,
         "hit_boundary": first_hit["boundary"] < 5,
-        "rank": first_hit["epistemic"] + 1,
+        "rank": first_hit["uncertainty"] + 1,
         "chance": chance,
         "epistemic_ratio": float(
             pred.epistemic[inside].mean() / max(1e-9, pred.epistemic[~inside & tissue].mean())
@@ -224,6 +225,7 @@ def _measure(members: list, seeds: list[int], size: int, kind: str) -> dict[str,
     calibration = fit_calibration(p, labels, held)
     return {
         "hotspot_hit_at5": round(float(np.mean([f["hit"] for f in found])), 3),
+        "hotspot_hit_at5_epistemic": round(float(np.mean([f["hit_epistemic"] for f in found])), 3),
         "hotspot_hit_at5_disagreement": round(
             float(np.mean([f["hit_disagreement"] for f in found])), 3
         ),

@@ -118,8 +118,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("slide", help="slide file (run `napari-histo infer` on it first)")
     p.add_argument("--top", type=_positive_int, default=10, help="how many regions to list")
     p.add_argument(
-        "--score", choices=["epistemic", "boundary", "disagreement", "annotations"],
-        default="epistemic",
+        "--score", choices=["uncertainty", "epistemic", "boundary", "disagreement", "annotations"],
+        default="uncertainty",
         help="epistemic uncertainty x area (default), probability near 0.5, member "
         "disagreement, or disagreement with the slide's annotations",
     )  # fmt: skip

@@ -119,7 +119,7 @@ def _read_level(run: ResultRun, name: str, level: int) -> np.ndarray:
 def rank_run(
     run: ResultRun,
     *,
-    score: str = "epistemic",
+    score: str = "uncertainty",
     region_um: float = REGION_UM,
     top: int | None = None,
     annotations: Sequence[Annotation] | None = None,
@@ -135,7 +135,7 @@ def rank_run(
     ----------
     run : ResultRun
         A complete run.
-    score : {"epistemic", "boundary", "disagreement", "annotations"}
+    score : {"uncertainty", "epistemic", "boundary", "disagreement", "annotations"}
     region_um : float
         Side of a candidate square, µm.
     top : int, optional
