@@ -22,7 +22,8 @@ PACKAGE = REPO / "napari_histo"
 LAYOUT: list[list[tuple[str, tuple[str, ...]]]] = [
     [("cli", ("cli",)), ("demo", ("demo",)), ("bench/", ("bench",))],
     [("plugin/", ("plugin",)), ("widgets/", ("widgets",))],
-    [("live/", ("live",)), ("training/", ("training",)), ("evaluate/", ("evaluate",))],
+    [("live/", ("live",)), ("training/", ("training",)), ("evaluate/", ("evaluate",)),
+     ("review/", ("review",)), ("analysis/", ("analysis",))],
     [("inference/", ("inference",)), ("nuclei/", ("nuclei",)),
      ("annotations/ (layers, crops,\nfrom_probability)", ("annotations",))],
     [("models/", ("models",))],
