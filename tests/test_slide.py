@@ -177,3 +177,29 @@ def test_best_level_and_thumbnail(small_svs):
         assert slide.best_level_for_downsample(100) == 1
         thumb = slide.thumbnail(300)
         assert max(thumb.shape[:2]) == 300 and thumb.shape[2] == 3
+
+
+def test_direct_tiles_are_cached_read_only_and_bounded(small_svs):
+    from napari_histo.io.tiff_tiles import TileCache
+
+    with Slide(small_svs) as slide:
+        first = slide.read_level_region(0, 0, 0, 300, 300)
+        if slide.fast_levels[0] is not True:
+            pytest.skip("no direct decoding for this file")
+        cached = slide.tile_cache.bytes
+        assert cached > 0
+        again = slide.read_level_region(0, 0, 0, 300, 300)
+        np.testing.assert_array_equal(first, again)
+        again[...] = 0  # the caller's copy, not the cached tiles
+        np.testing.assert_array_equal(slide.read_level_region(0, 0, 0, 300, 300), first)
+        assert slide.tile_cache.bytes == cached
+    cache = TileCache(max_bytes=3 * 16)
+    for i in range(5):
+        cache.put((0, 0, i), np.full(16, i, np.uint8))
+    assert cache.bytes == 48 and cache.get((0, 0, 0)) == (False, None)
+    found, tile = cache.get((0, 0, 4))
+    assert found and tile[0] == 4
+    cache.put((0, 0, 9), np.zeros(100, np.uint8))  # larger than the whole cache: not kept
+    assert cache.get((0, 0, 9))[0] is False
+    with pytest.raises(ValueError, match="max_bytes"):
+        TileCache(-1)

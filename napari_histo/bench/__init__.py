@@ -59,6 +59,7 @@ class BenchOptions:
     quick: bool = False
     slide: str | None = None
     device: str = "auto"
+    formats: bool = False
 
     def cpu_only(self, which: str) -> None:
         """Refuse a `device` for benchmark `which`, which runs no model on a device."""
@@ -70,6 +71,12 @@ def _read(o: BenchOptions) -> dict[str, Any]:
     from napari_histo.bench.read import bench_read
 
     o.cpu_only("read")
+    if o.formats:
+        from napari_histo.bench.formats import bench_formats
+
+        if o.slide is not None:
+            raise ValueError("bench read: give --slide or --formats, not both")
+        return bench_formats(quick=o.quick)
     return bench_read(quick=o.quick, slide=o.slide)
 
 
@@ -166,9 +173,17 @@ BENCHMARKS: dict[str, Callable[[BenchOptions], dict[str, Any]]] = {
 
 
 def run(
-    which: str, *, quick: bool = False, slide: str | None = None, device: str = "auto"
+    which: str,
+    *,
+    quick: bool = False,
+    slide: str | None = None,
+    device: str = "auto",
+    formats: bool = False,
 ) -> dict[str, Any]:
     """Run benchmark `which` (a key of :data:`BENCHMARKS`) and return its result dict."""
     if which not in BENCHMARKS:
         raise ValueError(f"`which` must be one of {sorted(BENCHMARKS)}, got {which!r}")
-    return BENCHMARKS[which](BenchOptions(quick=quick, slide=slide, device=device))
+    if formats and which != "read":
+        raise ValueError(f"bench {which} has no --formats option (only bench read)")
+    options = BenchOptions(quick=quick, slide=slide, device=device, formats=formats)
+    return BENCHMARKS[which](options)

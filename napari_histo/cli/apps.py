@@ -30,7 +30,9 @@ def cmd_bench(args: argparse.Namespace, argv: Sequence[str]) -> int:
         return reexec_under_xvfb(argv)
     from napari_histo import bench
 
-    result = bench.run(args.which, quick=args.quick, slide=args.slide, device=args.device)
+    result = bench.run(
+        args.which, quick=args.quick, slide=args.slide, device=args.device, formats=args.formats
+    )
     if args.json:
         print(json.dumps(result))
     else:

@@ -201,4 +201,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="small sizes, < 60 s")
     p.add_argument("--slide", default=None, help="(read, infer) use this slide")
     p.add_argument("--device", default="auto", help="(infer) auto, cpu, cuda[:N] or mps")
+    p.add_argument(
+        "--formats", action="store_true",
+        help="(read) the same content as SVS, generic TIFF (JPEG, ZSTD), DICOM; and the CMU slide",
+    )  # fmt: skip
     return parser

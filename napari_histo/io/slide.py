@@ -27,7 +27,12 @@ import openslide
 from openslide import lowlevel
 
 from napari_histo.errors import SlideError
-from napari_histo.io.tiff_tiles import TiffLevelTiles, find_level_tiles, tiff_truncation
+from napari_histo.io.tiff_tiles import (
+    TiffLevelTiles,
+    TileCache,
+    find_level_tiles,
+    tiff_truncation,
+)
 
 __all__ = ["Slide", "open_slide"]
 
@@ -182,6 +187,7 @@ class Slide:
         self._level_tiles: tuple[TiffLevelTiles | None, ...] = (None,) * self.level_count
         self._fast_ok: list[bool | None] = [None] * self.level_count
         self._fd: int | None = None
+        self._tile_cache = TileCache()
         if self._path.is_file() and _is_tiff(self._path):
             reason = tiff_truncation(self._path)
             if reason is not None:
@@ -436,7 +442,7 @@ class Slide:
         if fd is None or self._closed:
             raise SlideError(self._path, "slide is closed")
         try:
-            return tiles.read(fd, int(lvl_x), int(lvl_y), int(w), int(h))
+            return tiles.read(fd, int(lvl_x), int(lvl_y), int(w), int(h), self._tile_cache)
         except (OSError, RuntimeError, ValueError) as err:
             raise SlideError(
                 self._path,
@@ -464,6 +470,11 @@ class Slide:
         self._fast_ok[level] = same
 
     @property
+    def tile_cache(self) -> TileCache:
+        """Tiles decoded by the direct path, kept for later reads (64 MiB at most)."""
+        return self._tile_cache
+
+    @property
     def fast_levels(self) -> tuple[bool | None, ...]:
         """Per level: tiles decoded directly (True), by OpenSlide (False), not yet known (None).
 
@@ -484,6 +495,9 @@ class Slide:
     # -- lifetime ------------------------------------------------------------
     def close(self) -> None:
         """Close every handle this slide opened (idempotent)."""
+        cache = getattr(self, "_tile_cache", None)  # None when __init__ failed early
+        if cache is not None:
+            cache.clear()
         with self._lock:
             self._closed = True
             handles, self._handles = self._handles, []

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import os
 import struct
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,12 +24,61 @@ from typing import Any
 import numpy as np
 import tifffile
 
-__all__ = ["TiffLevelTiles", "find_level_tiles", "tiff_truncation"]
+__all__ = ["TiffLevelTiles", "TileCache", "find_level_tiles", "tiff_truncation"]
 
 # Compressions imagecodecs decodes: none, LZW, JPEG, deflate, JPEG 2000 (Aperio), WebP, zstd.
 _DECODABLE = {1, 5, 7, 8, 32946, 33003, 33004, 33005, 34712, 50000, 50001}
 
 _TIFF_ERRORS = (tifffile.TiffFileError, ValueError, OSError, struct.error, IndexError, KeyError)
+
+
+#: Decoded tiles kept per slide, bytes: what OpenSlide keeps by default (its own
+#: tile cache is 32 MiB of ARGB), so panning back over a region decodes nothing.
+TILE_CACHE_BYTES = 64 << 20
+
+
+class TileCache:
+    """Thread-safe LRU of decoded tiles, bounded in bytes.
+
+    Parameters
+    ----------
+    max_bytes : int
+        Upper bound of the cached tiles' sizes; 0 turns caching off.
+    """
+
+    def __init__(self, max_bytes: int = TILE_CACHE_BYTES) -> None:
+        if max_bytes < 0:
+            raise ValueError(f"`max_bytes` must be >= 0, got {max_bytes}")
+        self.max_bytes = int(max_bytes)
+        self.bytes = 0
+        self._tiles: OrderedDict[tuple[int, int, int], np.ndarray | None] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: tuple[int, int, int]) -> tuple[bool, np.ndarray | None]:
+        """``(found, tile)``; a found tile may be None (absent from the file)."""
+        with self._lock:
+            if key not in self._tiles:
+                return False, None
+            self._tiles.move_to_end(key)
+            return True, self._tiles[key]
+
+    def put(self, key: tuple[int, int, int], tile: np.ndarray | None) -> None:
+        size = 0 if tile is None else tile.nbytes
+        if size > self.max_bytes:
+            return
+        with self._lock:
+            old = self._tiles.pop(key, None)
+            self.bytes -= 0 if old is None else old.nbytes
+            self._tiles[key] = tile
+            self.bytes += size
+            while self.bytes > self.max_bytes:
+                _, dropped = self._tiles.popitem(last=False)
+                self.bytes -= 0 if dropped is None else dropped.nbytes
+
+    def clear(self) -> None:
+        with self._lock:
+            self._tiles.clear()
+            self.bytes = 0
 
 
 @dataclass(frozen=True, eq=False)
@@ -72,10 +123,29 @@ class TiffLevelTiles:
         tile, _, _ = self.decode(data, index, jpegtables=self.jpegtables)
         return tile.reshape(self.tile_h, self.tile_w, -1)[..., :3]
 
-    def read(self, fd: int, lvl_x: int, lvl_y: int, w: int, h: int) -> np.ndarray:
+    def cached_tile(
+        self, fd: int, row: int, col: int, cache: TileCache | None
+    ) -> np.ndarray | None:
+        """:meth:`decode_tile` through `cache` (read-only tiles: never write into them)."""
+        if cache is None:
+            return self.decode_tile(fd, row, col)
+        key = (self.page_index, row, col)
+        found, tile = cache.get(key)
+        if not found:
+            tile = self.decode_tile(fd, row, col)
+            if tile is not None:
+                tile = np.ascontiguousarray(tile)
+                tile.flags.writeable = False
+            cache.put(key, tile)
+        return tile
+
+    def read(
+        self, fd: int, lvl_x: int, lvl_y: int, w: int, h: int, cache: TileCache | None = None
+    ) -> np.ndarray:
         """Read a region given in this level's pixel frame (must lie inside it).
 
         Missing tiles (byte count 0) come back white, as OpenSlide shows them.
+        Decoded tiles are looked up in and added to `cache` when given.
         """
         out = np.empty((h, w, 3), dtype=np.uint8)
         row0, row1 = lvl_y // self.tile_h, (lvl_y + h - 1) // self.tile_h
@@ -86,7 +156,7 @@ class TiffLevelTiles:
             for col in range(col0, col1 + 1):
                 tile_x = col * self.tile_w
                 x0, x1 = max(lvl_x, tile_x), min(lvl_x + w, tile_x + self.tile_w)
-                tile = self.decode_tile(fd, row, col)
+                tile = self.cached_tile(fd, row, col, cache)
                 dst = out[y0 - lvl_y : y1 - lvl_y, x0 - lvl_x : x1 - lvl_x]
                 if tile is None:
                     dst[...] = 255
