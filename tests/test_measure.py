@@ -18,13 +18,13 @@ from napari_histo.analysis.measure import (
     area_mm2,
     find_lesions,
     measure_arrays,
-    measure_run,
     nuclei_counts,
     size_class,
     slide_size_class,
     tumor_bed,
     tumor_burden,
 )
+from napari_histo.analysis.stored import measure_run
 from napari_histo.errors import StoreError
 
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from napari_histo.analysis.measure import measure_run
+from napari_histo.analysis.stored import measure_run
 from napari_histo.frames import visible_region_l0
 from napari_histo.io.annotations import read_annotations
 from tests.test_report import make_run

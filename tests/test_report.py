@@ -14,8 +14,9 @@ from napari_histo.analysis.export import (
     write_lesions_geojson,
     write_ome_zarr,
 )
-from napari_histo.analysis.measure import Lesion, SlideMeasurements, measure_run
 from napari_histo.analysis.report import area_text, run_on_thumbnail, slide_report, write_report
+from napari_histo.analysis.results import Lesion, SlideMeasurements
+from napari_histo.analysis.stored import measure_run
 from napari_histo.errors import ExportError
 from napari_histo.inference.engine import EngineConfig, infer_slide, run
 from napari_histo.io.annotations import read_annotations

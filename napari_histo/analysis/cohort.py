@@ -30,7 +30,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -295,7 +295,7 @@ def process_slide(
 
 
 def _infer_and_measure(slide, config, folder, progress, cancel):
-    from napari_histo.analysis.measure import measure_run
+    from napari_histo.analysis.stored import measure_run
     from napari_histo.generators import drive
     from napari_histo.inference.engine import EngineConfig, infer_slide
 
@@ -524,9 +524,11 @@ def run_cohort(
     if not isinstance(workers, int) or workers < 1:
         raise ValueError(f"`workers` must be an integer >= 1, got {workers!r}")
     start = time.monotonic()
-    out_dir = Path(config.out_dir)
+    out_dir = Path(config.out_dir).absolute()
     _check_out_dir(out_dir)
-    slides = [str(s) for s in slides]
+    if str(out_dir) != config.out_dir:  # workers elsewhere do not share our working directory
+        config = replace(config, out_dir=str(out_dir))
+    slides = [str(Path(s).absolute()) for s in slides]
     names = slide_folders(slides)
     stamp = fingerprint(config)
     emit = on_event or (lambda event: None)

@@ -19,11 +19,8 @@ Lesions
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 from scipy import ndimage
@@ -32,11 +29,13 @@ from scipy.spatial.distance import cdist, pdist
 from skimage.measure import find_contours
 from skimage.morphology import convex_hull_image
 
-from napari_histo.errors import StoreError
-
-if TYPE_CHECKING:
-    from napari_histo.io.store import ResultRun
-    from napari_histo.nuclei.run import NucleiRun
+from napari_histo.analysis.results import (
+    ITC_MAX_MM,
+    MICRO_MAX_MM,
+    MIN_LESION_UM2,
+    Lesion,
+    SlideMeasurements,
+)
 
 __all__ = [
     "ITC_MAX_MM",
@@ -47,179 +46,12 @@ __all__ = [
     "area_mm2",
     "find_lesions",
     "measure_arrays",
-    "measure_run",
     "nuclei_counts",
     "size_class",
     "slide_size_class",
     "tumor_bed",
     "tumor_burden",
 ]
-
-#: CAMELYON size classes by longest diameter: isolated tumor cells (ITC) up to
-#: 0.2 mm, micrometastasis up to 2 mm, macrometastasis above.
-ITC_MAX_MM = 0.2
-MICRO_MAX_MM = 2.0
-#: Smallest lesion a slide measurement counts, µm²: about one tumor cell. Smaller
-#: specks above the threshold are noise of the probability map, not lesions.
-MIN_LESION_UM2 = 100.0
-
-
-@dataclass(frozen=True)
-class Lesion:
-    """One connected tumor component at the measurement threshold.
-
-    Attributes
-    ----------
-    label : int
-        1-based index, lesions sorted by decreasing area.
-    area_mm2 : float
-        Area in mm².
-    longest_diameter_mm : float
-        Largest Feret diameter in mm, between pixel corners (see :func:`find_lesions`).
-    mean_probability : float
-        Mean tumor probability over the lesion's pixels.
-    mean_epistemic : float or None
-        Mean epistemic uncertainty over the lesion, None when not measured.
-    size_class : str
-        "ITC", "micro" or "macro" (see :data:`ITC_MAX_MM`, :data:`MICRO_MAX_MM`).
-    bbox_l0 : (int, int, int, int)
-        Level-0 ``(x, y, w, h)`` of the lesion's bounding box.
-    outline_l0 : ndarray of float, shape (n, 2)
-        Outer boundary as level-0 ``(x, y)`` vertices (closed implicitly).
-    """
-
-    label: int
-    area_mm2: float
-    longest_diameter_mm: float
-    mean_probability: float
-    mean_epistemic: float | None
-    size_class: str
-    bbox_l0: tuple[int, int, int, int]
-    outline_l0: np.ndarray = field(repr=False, compare=False)
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-able fields, without the outline; ``bbox_l0`` as a list, NaN as None."""
-        return {
-            "label": int(self.label),
-            "area_mm2": _json_float(self.area_mm2),
-            "longest_diameter_mm": _json_float(self.longest_diameter_mm),
-            "mean_probability": _json_float(self.mean_probability),
-            "mean_epistemic": _json_float(self.mean_epistemic),
-            "size_class": self.size_class,
-            "bbox_l0": [int(v) for v in self.bbox_l0],
-        }
-
-
-@dataclass(frozen=True)
-class SlideMeasurements:
-    """What one slide's result measures (one row of a cohort CSV, see :meth:`row`).
-
-    Attributes
-    ----------
-    slide : str
-        Slide file name.
-    mpp_um : float
-        µm per px of the grid the measurements were made on.
-    threshold : float
-        Tumor probability threshold of tumor pixels and lesions.
-    tissue_area_mm2, tumor_area_mm2, tumor_bed_area_mm2 : float
-        Areas in mm²; the tumor bed is the convex hull of tumor ∩ tissue,
-        intersected with tissue.
-    tumor_burden : float
-        Viable tumor area / tumor bed area in [0, 1]; NaN without tumor.
-    lesions : tuple of Lesion
-        Sorted by decreasing area.
-    size_class : str
-        Slide CAMELYON class: "negative", "ITC", "micro" or "macro" (its largest lesion's).
-    nuclei_tumor, nuclei_non_tumor : int or None
-        Nuclei counted in tumor and in non-tumor tissue; None when nuclei did not run.
-    nuclei_density_tumor, nuclei_density_non_tumor : float or None
-        Nuclei per mm² of tumor and of non-tumor tissue.
-    """
-
-    slide: str
-    mpp_um: float
-    threshold: float
-    tissue_area_mm2: float
-    tumor_area_mm2: float
-    tumor_bed_area_mm2: float
-    tumor_burden: float
-    lesions: tuple[Lesion, ...]
-    size_class: str
-    nuclei_tumor: int | None = None
-    nuclei_non_tumor: int | None = None
-    nuclei_density_tumor: float | None = None
-    nuclei_density_non_tumor: float | None = None
-
-    def row(self) -> dict[str, str | float | int]:
-        """One flat CSV row: str, float and int values only.
-
-        Keys: ``slide, mpp_um, threshold, tissue_area_mm2, tumor_area_mm2,
-        tumor_bed_area_mm2, tumor_burden, lesion_count, largest_lesion_mm`` (0
-        without lesions), ``size_class, itc_count, micro_count, macro_count,
-        nuclei_tumor, nuclei_non_tumor, nuclei_density_tumor,
-        nuclei_density_non_tumor`` (the nuclei fields are "" when nuclei did not
-        run). A NaN (tumor burden without tumor) stays a float NaN.
-        """
-        classes = [lesion.size_class for lesion in self.lesions]
-        largest = max((lesion.longest_diameter_mm for lesion in self.lesions), default=0.0)
-        row: dict[str, str | float | int] = {
-            "slide": self.slide,
-            "mpp_um": float(self.mpp_um),
-            "threshold": float(self.threshold),
-            "tissue_area_mm2": float(self.tissue_area_mm2),
-            "tumor_area_mm2": float(self.tumor_area_mm2),
-            "tumor_bed_area_mm2": float(self.tumor_bed_area_mm2),
-            "tumor_burden": float(self.tumor_burden),
-            "lesion_count": len(self.lesions),
-            "largest_lesion_mm": float(largest),
-            "size_class": self.size_class,
-            "itc_count": classes.count("ITC"),
-            "micro_count": classes.count("micro"),
-            "macro_count": classes.count("macro"),
-        }
-        for name in _NUCLEI_FIELDS:
-            value = getattr(self, name)
-            row[name] = (
-                "" if value is None else (int(value) if "density" not in name else float(value))
-            )
-        return row
-
-    def to_dict(self) -> dict[str, Any]:
-        """Every field, JSON-able: lesions as :meth:`Lesion.to_dict` (no outlines), NaN as None."""
-        return {
-            "slide": self.slide,
-            "mpp_um": float(self.mpp_um),
-            "threshold": float(self.threshold),
-            "tissue_area_mm2": _json_float(self.tissue_area_mm2),
-            "tumor_area_mm2": _json_float(self.tumor_area_mm2),
-            "tumor_bed_area_mm2": _json_float(self.tumor_bed_area_mm2),
-            "tumor_burden": _json_float(self.tumor_burden),
-            "lesions": [lesion.to_dict() for lesion in self.lesions],
-            "size_class": self.size_class,
-            "nuclei_tumor": None if self.nuclei_tumor is None else int(self.nuclei_tumor),
-            "nuclei_non_tumor": (
-                None if self.nuclei_non_tumor is None else int(self.nuclei_non_tumor)
-            ),
-            "nuclei_density_tumor": _json_float(self.nuclei_density_tumor),
-            "nuclei_density_non_tumor": _json_float(self.nuclei_density_non_tumor),
-        }
-
-
-_NUCLEI_FIELDS = (
-    "nuclei_tumor",
-    "nuclei_non_tumor",
-    "nuclei_density_tumor",
-    "nuclei_density_non_tumor",
-)
-
-
-def _json_float(value: float | None) -> float | None:
-    """`value` as a float, None for None and NaN (strict JSON has no NaN)."""
-    if value is None or math.isnan(value):
-        return None
-    return float(value)
-
 
 # -- input checks --------------------------------------------------------------
 def _check_number(
@@ -287,7 +119,7 @@ def _check_frame(
     )
 
 
-def _check_threshold(threshold: object) -> float:
+def check_threshold(threshold: object) -> float:
     return _check_number("threshold", threshold, low=0.0, high=1.0, closed="high")
 
 
@@ -610,7 +442,7 @@ def find_lesions(
     """
     probability = _check_grid("probability", probability)
     mpp_um, origin, downsample = _check_frame(mpp_um, origin_l0, downsample)
-    threshold = _check_threshold(threshold)
+    threshold = check_threshold(threshold)
     min_area_um2 = _check_number("min_area_um2", min_area_um2, closed="low")
     if epistemic is not None:
         epistemic = _check_grid("epistemic", epistemic, probability.shape)
@@ -810,7 +642,7 @@ def measure_arrays(
     probability = _check_grid("probability", probability)
     tissue = _check_mask("tissue", tissue, probability.shape)
     mpp_um, origin, downsample = _check_frame(mpp_um, origin_l0, downsample)
-    threshold = _check_threshold(threshold)
+    threshold = check_threshold(threshold)
     if epistemic is not None:
         epistemic = _check_grid("epistemic", epistemic, probability.shape)
     centroids = None if nuclei_centroids_l0 is None else _check_centroids(nuclei_centroids_l0)
@@ -837,159 +669,4 @@ def measure_arrays(
         nuclei_non_tumor=nuclei[1],
         nuclei_density_tumor=nuclei[2],
         nuclei_density_non_tumor=nuclei[3],
-    )
-
-
-def _measure_level(run: ResultRun, max_px: int) -> int:
-    """Index of the finest probability level with at most `max_px` pixels (else the coarsest)."""
-    levels = run.levels("probability")
-    for level, array in enumerate(levels):
-        if array.shape[0] * array.shape[1] <= max_px:
-            return level
-    return len(levels) - 1
-
-
-def _read_level(run: ResultRun, name: str, level: int) -> np.ndarray:
-    """Pyramid `level` of array `name`, checked to be the full result halved `level` times."""
-    array = run.levels(name)[level]
-    full = run.geometry.shape
-    # Floor-halved (the store's pyramid) or ceil-halved: the same 2**level blocks.
-    allowed = [tuple(n // 2**level for n in full), tuple(-(-n // 2**level) for n in full)]
-    if tuple(array.shape) not in allowed:
-        raise StoreError(
-            f"{run.store.path}: run {run.run_id} {name} level {level} has shape "
-            f"{tuple(array.shape)}, expected {allowed[0]} for a {full} result"
-        )
-    return np.asarray(array[...], np.float32)
-
-
-def _resample_nearest(
-    mask: np.ndarray,
-    mask_downsample: float,
-    shape: tuple[int, int],
-    origin: tuple[float, float],
-    downsample: float,
-) -> np.ndarray:
-    """`mask` (origin 0, `mask_downsample` level-0 px per px) at the centres of a grid.
-
-    Grid pixels whose centre falls outside `mask` are False.
-    """
-    ys = np.floor((origin[1] + (np.arange(shape[0]) + 0.5) * downsample) / mask_downsample)
-    xs = np.floor((origin[0] + (np.arange(shape[1]) + 0.5) * downsample) / mask_downsample)
-    ok_y = (ys >= 0) & (ys < mask.shape[0])
-    ok_x = (xs >= 0) & (xs < mask.shape[1])
-    rows = np.clip(ys, 0, mask.shape[0] - 1).astype(np.intp)
-    cols = np.clip(xs, 0, mask.shape[1] - 1).astype(np.intp)
-    return mask[np.ix_(rows, cols)] & ok_y[:, None] & ok_x[None, :]
-
-
-def measure_run(
-    run: ResultRun,
-    slide_path: str | os.PathLike[str],
-    *,
-    threshold: float = 0.5,
-    nuclei_run: NucleiRun | None = None,
-    max_px: int = 16_000_000,
-    min_area_um2: float = MIN_LESION_UM2,
-) -> SlideMeasurements:
-    """Measure a complete tumor run of a result store (:func:`measure_arrays`).
-
-    The measurement grid is the finest level of the run's probability pyramid
-    with at most `max_px` pixels (the coarsest if none is that small). Level
-    ``k`` averages ``2**k x 2**k`` blocks of the full result, so its µm/px is
-    ``geometry.mpp * 2**k``, its downsample ``geometry.downsample * 2**k`` and
-    its origin the run's; trailing rows and columns of the full result that do
-    not fill a block are not in it. The tissue mask is
-    :func:`napari_histo.tissue.slide_tissue_mask` of the slide (at 8 µm/px),
-    sampled at the grid pixel centres (nearest neighbour).
-
-    Parameters
-    ----------
-    run : napari_histo.io.store.ResultRun
-        A complete tumor run of the slide's store, with an mpp.
-    slide_path : str or PathLike
-        The slide the run was made from (for the tissue mask).
-    threshold : float
-        Tumor probability threshold, in (0, 1].
-    nuclei_run : napari_histo.nuclei.run.NucleiRun, optional
-        A complete nuclei run of the same slide; its centroids are counted.
-    max_px : int
-        Largest measurement grid (px), >= 1.
-    min_area_um2 : float
-        Smallest lesion listed, µm² (default :data:`MIN_LESION_UM2`).
-
-    Returns
-    -------
-    SlideMeasurements
-
-    Raises
-    ------
-    StoreError
-        If a run is not complete, the tumor run has no mpp, or the store is
-        of another slide.
-    SlideError
-        If the slide cannot be read.
-    """
-    from napari_histo.io.slide import Slide
-    from napari_histo.io.store import slide_identity
-    from napari_histo.tissue import slide_tissue_mask
-
-    threshold = _check_threshold(threshold)
-    if isinstance(max_px, bool) or not isinstance(max_px, int | np.integer) or max_px < 1:
-        raise ValueError(f"`max_px` must be an integer >= 1, got {max_px!r}")
-    store = run.store.path
-    if not run.complete:
-        raise StoreError(
-            f"{store}: run {run.run_id} is {run.status}, not complete; finish it first"
-        )
-    geometry = run.geometry
-    if geometry.mpp is None:
-        raise StoreError(
-            f"{store}: run {run.run_id} has no µm/px (the slide has none); "
-            "run it again with --mpp to measure areas"
-        )
-    if nuclei_run is not None and not nuclei_run.complete:
-        raise StoreError(
-            f"{nuclei_run.store.path}: nuclei run {nuclei_run.run_id} is "
-            f"{nuclei_run.status}, not complete; finish it first"
-        )
-    level = _measure_level(run, int(max_px))
-    factor = 2**level
-    mpp_um = geometry.mpp * factor
-    downsample = geometry.downsample * factor
-    origin = (float(geometry.origin_l0[0]), float(geometry.origin_l0[1]))
-    probability = _read_level(run, "probability", level)
-    epistemic = _read_level(run, "epistemic", level)
-
-    with Slide(slide_path, mpp=geometry.mpp / geometry.downsample) as slide:
-        identity = slide_identity(slide.path, slide.dimensions, slide.mpp)
-        stored = run.store.identity
-        keys = ("name", "bytes", "width", "height", "sha256_head_tail")
-        if any(identity.get(k) != stored.get(k) for k in keys):
-            raise StoreError(f"{store}: holds results of {stored.get('name')!r}, not {slide.path}")
-        mask, mask_downsample = slide_tissue_mask(slide)
-    tissue = _resample_nearest(mask, mask_downsample, probability.shape, origin, downsample)
-
-    centroids = None
-    if nuclei_run is not None:
-        features = nuclei_run.features()
-        nuclei_geometry = nuclei_run.geometry
-        if nuclei_geometry.mpp is None:
-            raise StoreError(f"{nuclei_run.store.path}: nuclei run {nuclei_run.run_id} has no mpp")
-        # Centroids are stored in µm from the level-0 origin (see measure_nuclei).
-        mpp_l0 = nuclei_geometry.mpp / nuclei_geometry.downsample
-        centroids = np.column_stack(
-            [features["centroid_x_um"] / mpp_l0, features["centroid_y_um"] / mpp_l0]
-        )
-    return measure_arrays(
-        Path(slide_path).name,
-        probability,
-        tissue,
-        mpp_um,
-        threshold=threshold,
-        epistemic=epistemic,
-        origin_l0=origin,
-        downsample=downsample,
-        nuclei_centroids_l0=centroids,
-        min_area_um2=min_area_um2,
     )

@@ -25,7 +25,7 @@ import numpy as np
 
 from napari_histo import __version__
 from napari_histo._atomic import atomic_write_bytes
-from napari_histo.analysis.measure import Lesion, SlideMeasurements
+from napari_histo.analysis.results import Lesion, SlideMeasurements
 from napari_histo.errors import ExportError
 from napari_histo.io.store import ResultRun
 

@@ -34,8 +34,8 @@ from qtpy.QtWidgets import (
 )
 
 from napari_histo.analysis.export import write_lesions_geojson
-from napari_histo.analysis.measure import Lesion, SlideMeasurements
 from napari_histo.analysis.report import area_text, latest_complete_run, slide_report
+from napari_histo.analysis.results import Lesion, SlideMeasurements
 from napari_histo.errors import HistoError
 from napari_histo.frames import l0_to_world, layer_mpp
 from napari_histo.io.store import ResultRun
@@ -111,7 +111,7 @@ def _measure_job(
     cancel: threading.Event, run: ResultRun, slide_path: Path, threshold: float, out_dir: Any
 ) -> Generator[str, None, SlideMeasurements | None]:
     """Background job: the complete nuclei run if any, then ``measure_run`` of `run`."""
-    from napari_histo.analysis.measure import measure_run
+    from napari_histo.analysis.stored import measure_run
     from napari_histo.nuclei.run import find_nuclei_runs
 
     yield "measuring"
