@@ -32,6 +32,9 @@ MAX_TOP_PX = 4096
 #: 512 measured fastest for 1920×1080 viewport reads of 256 px JPEG tiles
 #: (`napari-histo bench read`): fewer tasks outweigh the extra edge decoding.
 MIN_CHUNK_PX = 512
+#: Levels read through OpenSlide are chunked one native tile per chunk when the
+#: tiles are at least this big (smaller ones are grouped like the others).
+MIN_OPENSLIDE_CHUNK_PX = 200
 
 
 @dataclass(frozen=True)
@@ -82,6 +85,9 @@ class Pyramid:
 def chunk_size_for(slide: Slide, level: int = 0) -> tuple[int, int]:
     """Chunk ``(h, w)`` in px for `level`: whole native tiles, grouped to about 512.
 
+    Levels without direct tile decoding (read through OpenSlide) get one native
+    tile per chunk instead, when tiles are at least :data:`MIN_OPENSLIDE_CHUNK_PX`.
+
     Parameters
     ----------
     slide : Slide
@@ -98,6 +104,10 @@ def chunk_size_for(slide: Slide, level: int = 0) -> tuple[int, int]:
     if tile is None:
         return DEFAULT_TILE_PX, DEFAULT_TILE_PX
     tile_w, tile_h = tile
+    if slide.fast_levels[level] is False and min(tile) >= MIN_OPENSLIDE_CHUNK_PX:
+        # OpenSlide decodes whole tiles whatever the chunk: one tile per chunk wastes
+        # least at a window's edges (measured 1.6x faster than 512 px chunks).
+        return tile_h, tile_w
     # Whole tiles per chunk, so a chunk never decodes a tile another chunk also needs.
     return (
         tile_h * max(1, round(MIN_CHUNK_PX / tile_h)),
