@@ -27,6 +27,7 @@ import openslide
 from openslide import lowlevel
 
 from napari_histo.errors import SlideError
+from napari_histo.io.dicom_tiles import find_dicom_level_tiles
 from napari_histo.io.tiff_tiles import (
     TiffLevelTiles,
     TileCache,
@@ -95,6 +96,16 @@ def _describe_open_failure(path: Path, err: Exception) -> str:
         return "is not a slide format OpenSlide recognises (corrupt, or not a slide)"
     msg = str(err).strip() or type(err).__name__
     return f"is corrupt or truncated: {msg}"
+
+
+def _is_dicom(path: Path) -> bool:
+    """DICM magic at byte 128 (a DICOM file; OpenSlide decides whether it is a slide)."""
+    try:
+        with path.open("rb") as f:
+            f.seek(128)
+            return f.read(4) == b"DICM"
+    except OSError:
+        return False
 
 
 def _is_tiff(path: Path) -> bool:
@@ -186,7 +197,8 @@ class Slide:
             raise SlideError(self._path, f"has an empty level 0 {self._level_dimensions[0]}")
         self._level_tiles: tuple[TiffLevelTiles | None, ...] = (None,) * self.level_count
         self._fast_ok: list[bool | None] = [None] * self.level_count
-        self._fd: int | None = None
+        # One descriptor per file holding directly decoded tiles (DICOM: one per level).
+        self._fds: dict[Path, int] = {}
         self._tile_cache = TileCache()
         if self._path.is_file() and _is_tiff(self._path):
             reason = tiff_truncation(self._path)
@@ -198,8 +210,17 @@ class Slide:
                 self._level_dimensions,
                 tuple(self.tile_size(level) for level in range(self.level_count)),
             )
-            if any(t is not None for t in self._level_tiles):
-                self._fd = os.open(self._path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
+        elif self._path.is_file() and _is_dicom(self._path):
+            self._level_tiles = find_dicom_level_tiles(
+                self._path,
+                self._level_dimensions,
+                tuple(self.tile_size(level) for level in range(self.level_count)),
+            )
+        for tiles in self._level_tiles:
+            if tiles is not None and tiles.path not in self._fds:
+                self._fds[tiles.path] = os.open(
+                    tiles.path, os.O_RDONLY | getattr(os, "O_BINARY", 0)
+                )
         self._check_readable()
 
     # -- handles -------------------------------------------------------------
@@ -438,7 +459,7 @@ class Slide:
             self._verify_fast_path(level, tiles)
             if not self._fast_ok[level]:
                 return None
-        fd = self._fd
+        fd = self._fds.get(tiles.path)
         if fd is None or self._closed:
             raise SlideError(self._path, "slide is closed")
         try:
@@ -462,8 +483,7 @@ class Slide:
             self.read_region_argb(level, round(lvl_x * ds), round(lvl_y * ds), w, h)
         )
         try:
-            assert self._fd is not None
-            got = tiles.read(self._fd, lvl_x, lvl_y, w, h)
+            got = tiles.read(self._fds[tiles.path], lvl_x, lvl_y, w, h)
             same = bool(np.array_equal(got, expected))
         except (OSError, RuntimeError, ValueError):
             same = False
@@ -504,8 +524,8 @@ class Slide:
         for handle in handles:
             handle.close()
         self._local = threading.local()
-        fd, self._fd = getattr(self, "_fd", None), None
-        if fd is not None:
+        fds, self._fds = getattr(self, "_fds", {}), {}
+        for fd in fds.values():
             os.close(fd)
 
     @property
