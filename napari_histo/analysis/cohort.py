@@ -21,14 +21,17 @@ Imports neither Qt nor napari; ``distributed`` only when a cluster is used.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
 import io
 import json
 import logging
+import math
 import os
 import threading
 import time
+import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -58,7 +61,7 @@ EVENT_TOPIC = "napari-histo-cohort"
 #: Seconds between two progress events of one slide (start and end always go).
 EVENT_INTERVAL_S = 0.5
 #: Seconds to wait for a scheduler before giving up.
-CONNECT_TIMEOUT_S = 8.0
+CONNECT_TIMEOUT_S = 5.0
 MEASUREMENTS_FILE = "measurements.json"
 CSV_FILE = "cohort.csv"
 
@@ -198,16 +201,45 @@ def slide_folders(slides: Sequence[str | os.PathLike[str]]) -> list[str]:
     return out
 
 
-def _completed_row(folder: Path, stamp: str) -> dict[str, Any] | None:
-    """The measurements row of a slide finished with the same fingerprint, else None."""
+def _slide_identity(slide: str) -> dict[str, Any] | None:
+    """Cheap identity of a slide file (size, mtime, head/tail hash), None if unreadable."""
+    from napari_histo.io.store import slide_identity
+
+    try:
+        stat = Path(slide).stat()
+        identity = slide_identity(slide, (0, 0), None)
+    except OSError:
+        return None
+    return {**identity, "mtime_ns": stat.st_mtime_ns}
+
+
+def _completed_row(folder: Path, stamp: str, slide: str) -> dict[str, Any] | None:
+    """The measurements row of `slide` finished with the same fingerprint, else None.
+
+    The slide must be the same file (path and identity): a rescanned slide, or
+    another file of the same name run into the same folder, is run again.
+    """
     try:
         data = json.loads((folder / MEASUREMENTS_FILE).read_text())
     except (OSError, ValueError):
         return None
     if not isinstance(data, dict) or data.get("fingerprint") != stamp:
         return None
+    if data.get("slide") != slide or data.get("identity") != _slide_identity(slide):
+        return None
     row = data.get("row")
     return row if isinstance(row, dict) else None
+
+
+def _strict_json(value: Any) -> Any:
+    """`value` with NaN and infinities as None (strict JSON has neither)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _strict_json(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_strict_json(v) for v in value]
+    return value
 
 
 _MEMBERS: dict[tuple[str, ...], list[Any]] = {}
@@ -270,14 +302,16 @@ def process_slide(
         measurements, tiles_run = _infer_and_measure(slide, config, folder, progress, cancel)
         if cancel is not None and cancel.is_set():
             raise HistoError(f"{slide}: cancelled")
-        row = measurements.row()
+        row = _strict_json(measurements.row())
         record = {
             "fingerprint": stamp,
             "slide": slide,
+            "identity": _slide_identity(slide),
             "row": row,
             "measurements": measurements.to_dict(),
         }
-        atomic_write_text(folder / MEASUREMENTS_FILE, json.dumps(record, indent=1), backups=0)
+        text = json.dumps(_strict_json(record), indent=1, allow_nan=False)
+        atomic_write_text(folder / MEASUREMENTS_FILE, text, backups=0)
     except Exception as err:  # one slide's failure must not stop the cohort
         text = " ".join((str(err) or type(err).__name__).split())
         if slide not in text:
@@ -452,7 +486,11 @@ def connect(scheduler: str | None, workers: int, *, timeout_s: float = CONNECT_T
             dashboard_address=":0" if _has_dashboard() else None,
             silence_logs=logging.ERROR,
         )
-        return Client(cluster), cluster
+        try:
+            return Client(cluster), cluster
+        except BaseException:
+            cluster.close()
+            raise
     try:
         return Client(scheduler, timeout=f"{timeout_s}s"), None
     except (OSError, TimeoutError, ValueError) as err:
@@ -535,7 +573,7 @@ def run_cohort(
     outcomes: dict[str, SlideOutcome] = {}
     todo = []
     for slide, name in zip(slides, names, strict=True):
-        row = _completed_row(out_dir / name, stamp)
+        row = _completed_row(out_dir / name, stamp, slide)
         if row is not None:
             outcomes[name] = SlideOutcome(slide, name, "skipped", row=row)
             emit({"slide": name, "status": "skipped"})
@@ -549,33 +587,39 @@ def run_cohort(
 
     dashboard = None
     if todo:
-        own = client is None
-        client, cluster = connect(scheduler, workers) if own else (client, None)
-        try:
-            dashboard = _dashboard(client, local=cluster is not None)
+        with contextlib.ExitStack() as stack:
+            if client is None:
+                client, cluster = connect(scheduler, workers)
+                stack.callback(client.close)
+                if cluster is not None:
+                    stack.callback(cluster.close)
+            dashboard = _dashboard(client, local=scheduler in (None, "local"))
             emit({"dashboard": dashboard})
             client.subscribe_topic(EVENT_TOPIC, lambda event: emit({**event[1]}))
-            outcomes.update(_gather(client, todo, config, emit))
-        finally:
-            client.unsubscribe_topic(EVENT_TOPIC)
-            if own:
-                client.close()
-            if cluster is not None:
-                cluster.close()
+            stack.callback(client.unsubscribe_topic, EVENT_TOPIC)
+
+            def finished(outcome: SlideOutcome) -> None:
+                outcomes[outcome.name] = outcome
+                write_cohort_csv(csv_path, ordered())  # a stopped cohort keeps its table
+
+            _gather(client, todo, config, stamp, emit, finished)
     result = tuple(ordered())
     write_cohort_csv(csv_path, result)
     return CohortResult(result, csv_path, time.monotonic() - start, dashboard)
 
 
-def _gather(client, todo, config, emit) -> dict[str, SlideOutcome]:
-    """Submit one task per slide and collect outcomes as they finish."""
+def _gather(client, todo, config, stamp, emit, finished) -> None:
+    """Submit one task per slide and hand each outcome to `finished` as it comes."""
     from distributed import as_completed
 
+    # A key unique to this run: on a shared scheduler another cohort's task with
+    # the same slide name must not be taken for ours.
+    run = uuid.uuid4().hex[:8]
     futures = {}
     for slide, name in todo:
-        future = client.submit(cluster_task, slide, config, name, pure=False, key=f"slide-{name}")
+        key = f"napari-histo-slide-{name}-{stamp}-{run}"
+        future = client.submit(cluster_task, slide, config, name, pure=False, key=key)
         futures[future] = (slide, name)
-    outcomes = {}
     for future in as_completed(futures):
         slide, name = futures[future]
         try:
@@ -584,8 +628,7 @@ def _gather(client, todo, config, emit) -> dict[str, SlideOutcome]:
             text = " ".join((str(err) or type(err).__name__).split())
             outcome = SlideOutcome(slide, name, "failed", error=f"{slide}: {text}")
             emit({"slide": name, "status": "failed", "error": outcome.error})
-        outcomes[name] = outcome
-    return outcomes
+        finished(outcome)
 
 
 CSV_LEAD = ("slide", "path", "status", "error", "seconds", "tiles_run", "worker")
