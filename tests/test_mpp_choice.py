@@ -171,7 +171,7 @@ def test_info_set_mpp_then_infer_uses_it(dpi72, tmp_path):
 
     proc = run_cli("info", str(dpi72), "--clear-mpp")
     assert proc.returncode == 0 and f"removed {sidecar}" in proc.stdout and not sidecar.exists()
-    assert "unknown (shown in pixels; save one with --set-mpp F)" in proc.stdout
+    assert "shown in pixels; save one with --set-mpp F" in proc.stdout
     assert "352.8 µm/px" in proc.stderr
 
 

@@ -96,7 +96,7 @@ def cmd_info(args: argparse.Namespace) -> int:
         print(json.dumps(info))
         return 0
     if info["mpp_x"] is None:
-        mpp = "unknown (shown in pixels; save one with --set-mpp F)"
+        mpp = "unknown (no microns-per-pixel metadata; shown in pixels; save one with --set-mpp F)"
     else:
         source = _MPP_SOURCES[info["mpp_source"]]
         if info["mpp_file"]:
