@@ -16,6 +16,9 @@ napari world
 
 ``mpp`` is level-0 µm per px: a number or a ``(mpp_y, mpp_x)`` pair
 (:func:`mpp_pair`); napari layers carry it in their metadata (:func:`layer_mpp`).
+A value a person or a file gives is checked against :data:`MPP_RANGE`
+(:func:`check_mpp`); a layer placed at one mpp follows a new one through
+:func:`rescale_world`.
 """
 
 from __future__ import annotations
@@ -29,7 +32,9 @@ import numpy as np
 from napari_histo.errors import RegionError
 
 __all__ = [
+    "MPP_RANGE",
     "Pair",
+    "check_mpp",
     "check_region_l0",
     "data_to_world",
     "drawn_region_l0",
@@ -40,11 +45,17 @@ __all__ = [
     "model_downsample",
     "mpp_pair",
     "overlay_transform",
+    "plausible_mpp",
+    "rescale_world",
     "visible_region_l0",
     "world_to_l0",
 ]
 
 Pair = tuple[float, float]
+
+#: µm per level-0 px a microscope slide can have; values outside (TIFF resolution
+#: defaults such as 72 dpi = 352.8 µm/px, garbage tags) are treated as missing.
+MPP_RANGE = (0.05, 50.0)
 
 
 class _Placed(Protocol):  # ResultGeometry, CropGeometry
@@ -76,6 +87,39 @@ def mpp_pair(mpp: Any, name: str = "mpp") -> Pair:
     return mpp_y, mpp_x
 
 
+def plausible_mpp(value: float) -> bool:
+    """Whether `value` µm/px lies in :data:`MPP_RANGE` (inclusive)."""
+    return MPP_RANGE[0] <= value <= MPP_RANGE[1]
+
+
+def check_mpp(value: Any, name: str = "mpp") -> float:
+    """`value` (a number or text such as ``"0.25"``) as µm/px inside :data:`MPP_RANGE`.
+
+    Raises
+    ------
+    ValueError
+        One line naming `name`, the range and the offending value.
+
+    Examples
+    --------
+    >>> check_mpp(" 0.25 ")
+    0.25
+    >>> check_mpp("72")
+    Traceback (most recent call last):
+    ...
+    ValueError: `mpp` must be a number in 0.05–50 µm/px, got '72'
+    """
+    try:
+        number = float(value.strip() if isinstance(value, str) else value)
+    except (TypeError, ValueError):
+        number = math.nan
+    if isinstance(value, bool) or not (math.isfinite(number) and plausible_mpp(number)):
+        raise ValueError(
+            f"`{name}` must be a number in {MPP_RANGE[0]:g}–{MPP_RANGE[1]:g} µm/px, got {value!r}"
+        )
+    return number
+
+
 def layer_mpp(metadata: Mapping[str, Any] | None, default: Pair | None = None) -> Pair:
     """``(mpp_y, mpp_x)`` of a napari layer from its metadata.
 
@@ -95,6 +139,33 @@ def layer_mpp(metadata: Mapping[str, Any] | None, default: Pair | None = None) -
     if default is None:
         raise ValueError("layer metadata has no `mpp` (µm per level-0 px)")
     return default
+
+
+def rescale_world(
+    scale: Sequence[float], translate: Sequence[float], old_mpp: Any, new_mpp: Any
+) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """A layer's ``(scale, translate)`` after its slide's µm/px changes from `old_mpp` to `new_mpp`.
+
+    World coordinates are level-0 px times mpp (see the module docstring), so
+    every layer placed on the slide follows by multiplying the last two axes of
+    its scale and translate by ``new / old``; its data (and the data-frame mpp
+    it was made with) stay as they are. Leading axes are left unchanged.
+
+    Examples
+    --------
+    >>> rescale_world((2.0, 2.0), (0.875, 0.875), 0.25, 0.5)
+    ((4.0, 4.0), (1.75, 1.75))
+    """
+    old_y, old_x = mpp_pair(old_mpp, "old_mpp")
+    new_y, new_x = mpp_pair(new_mpp, "new_mpp")
+    ratio = (new_y / old_y, new_x / old_x)
+
+    def follow(values: Sequence[float]) -> tuple[float, ...]:
+        lead = [float(v) for v in values[:-2]]
+        return (*lead, *(float(v) * r for v, r in zip(values[-2:], ratio, strict=True)))
+
+    new_scale, new_translate = follow(scale), follow(translate)
+    return new_scale, new_translate
 
 
 def model_downsample(model_mpp: float, slide_mpp: float) -> float:

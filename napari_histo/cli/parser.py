@@ -13,7 +13,10 @@ from napari_histo.cli._common import (
     _probability,
 )
 
-MPP_HELP = "µm per level-0 px, when the file has none or an implausible one"
+MPP_HELP = (
+    "µm per level-0 px for this run, over the saved choice and the file's value "
+    "(save one with `info SLIDE --set-mpp`)"
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -27,6 +30,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("info", help="print levels, mpp, vendor and tiling of a slide")
     p.add_argument("slide", help="slide file")
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    mpp = p.add_mutually_exclusive_group()
+    mpp.add_argument(
+        "--set-mpp", default=None, metavar="F",
+        help="save F µm/px (0.05-50) beside the slide (SLIDE.mpp.json); every later "
+        "command, dock and the viewer use it over the file's value",
+    )  # fmt: skip
+    mpp.add_argument(
+        "--clear-mpp", action="store_true", help="delete the saved µm/px (SLIDE.mpp.json)"
+    )
 
     p = sub.add_parser("synth", help="write a synthetic H&E slide with ground truth")
     p.add_argument("out", help="output .svs path (ground truth goes to OUT.truth.zarr)")

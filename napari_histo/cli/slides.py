@@ -26,10 +26,40 @@ def _out_dir(out: str | None) -> Path | None:
     return path
 
 
+#: How ``info`` names each :attr:`Slide.mpp_source`.
+_MPP_SOURCES = {"argument": "--mpp", "saved": "saved", "file": "from the file"}
+
+
+def _set_mpp(args: argparse.Namespace) -> None:
+    """``info --set-mpp F`` / ``--clear-mpp``: change the saved choice, say where."""
+    import warnings
+
+    from napari_histo.frames import check_mpp
+    from napari_histo.io.mpp_choice import clear_mpp_choice, save_mpp_choice
+    from napari_histo.io.slide import Slide
+
+    if args.clear_mpp:
+        removed = clear_mpp_choice(args.slide)
+        print(f"removed {removed}" if removed else f"{args.slide}: no saved µm/px to remove")
+        return
+    value = check_mpp(args.set_mpp, "--set-mpp")  # before anything is opened or written
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the file's implausible value: being fixed now
+        with Slide(args.slide) as slide:
+            file_mpp = slide.file_mpp
+    path = save_mpp_choice(
+        args.slide, value, set_by="napari-histo info --set-mpp", file_mpp=file_mpp
+    )
+    print(f"saved {value:g} µm/px in {path}")
+
+
 def cmd_info(args: argparse.Namespace) -> int:
+    from napari_histo.io.mpp_choice import mpp_choice_path
     from napari_histo.io.pyramid import open_pyramid
     from napari_histo.io.slide import Slide
 
+    if args.set_mpp is not None or args.clear_mpp:
+        _set_mpp(args)
     with Slide(args.slide) as slide:
         pyramid = open_pyramid(slide)
         levels = []
@@ -55,6 +85,9 @@ def cmd_info(args: argparse.Namespace) -> int:
             "height": slide.dimensions[1],
             "mpp_x": slide.mpp_x,
             "mpp_y": slide.mpp_y,
+            "mpp_source": slide.mpp_source,
+            "file_mpp": slide.file_mpp,
+            "mpp_file": str(mpp_choice_path(slide.path)) if slide.mpp_source == "saved" else None,
             "objective_power": slide.objective_power,
             "associated_images": list(slide.associated_names),
             "levels": levels,
@@ -62,11 +95,13 @@ def cmd_info(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(info))
         return 0
-    mpp = (
-        f"{info['mpp_x']:.4f} x {info['mpp_y']:.4f} µm/px"
-        if info["mpp_x"] is not None
-        else "unknown (no microns-per-pixel metadata; shown in pixels)"
-    )
+    if info["mpp_x"] is None:
+        mpp = "unknown (no microns-per-pixel metadata; shown in pixels; save one with --set-mpp F)"
+    else:
+        source = _MPP_SOURCES[info["mpp_source"]]
+        if info["mpp_file"]:
+            source += f" in {info['mpp_file']}"
+        mpp = f"{info['mpp_x']:.4f} x {info['mpp_y']:.4f} µm/px ({source})"
     print(f"slide:      {info['path']}")
     print(f"vendor:     {info['vendor']}")
     print(f"size:       {info['width']} x {info['height']} px")

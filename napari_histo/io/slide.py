@@ -27,7 +27,9 @@ import openslide
 from openslide import lowlevel
 
 from napari_histo.errors import SlideError
+from napari_histo.frames import MPP_RANGE, plausible_mpp
 from napari_histo.io.dicom_tiles import find_dicom_level_tiles
+from napari_histo.io.mpp_choice import read_mpp_choice
 from napari_histo.io.tiff_tiles import (
     TiffLevelTiles,
     TileCache,
@@ -35,7 +37,7 @@ from napari_histo.io.tiff_tiles import (
     tiff_truncation,
 )
 
-__all__ = ["Slide", "open_slide"]
+__all__ = ["MPP_RANGE", "Slide", "open_slide"]
 
 #: Tile size used for chunking when the file is not tiled (strips, or unknown).
 DEFAULT_TILE_PX = 512
@@ -156,7 +158,21 @@ class Slide:
     path : str or PathLike
         Slide file (anything OpenSlide reads: .svs, .ndpi, .mrxs, tiled .tif, ...).
     mpp : float, optional
-        Microns per pixel at level 0, overriding (or supplying) the file's value.
+        Microns per pixel at level 0, overriding the saved choice and the file's value.
+
+    Notes
+    -----
+    Where the µm/px comes from (:attr:`mpp_source`), first match wins:
+
+    1. ``"argument"``: `mpp` given here (``--mpp`` on the command line);
+    2. ``"saved"``: the choice saved beside the slide, ``<slide>.mpp.json``
+       (:mod:`napari_histo.io.mpp_choice`; ``napari-histo info --set-mpp`` or a
+       dock's µm/px field). It beats the file, so that a person who corrects a
+       wrong but plausible file value wins;
+    3. ``"file"``: the file's own metadata, when inside 0.05–50 µm/px (outside,
+       e.g. a 72-dpi TIFF default, it is treated as missing with one warning,
+       given only when no saved choice fills the gap);
+    4. None: unknown; :meth:`require_mpp` raises.
 
     Raises
     ------
@@ -189,9 +205,22 @@ class Slide:
         self._level_dimensions = tuple(tuple(int(v) for v in d) for d in first.level_dimensions)
         self._level_downsamples = tuple(float(d) for d in first.level_downsamples)
         self._associated_names = tuple(first.associated_images.keys())
-        file_mpp_x, file_mpp_y = _plausible_mpp(self._path, props, warn=mpp is None)
-        self._mpp_x = float(mpp) if mpp is not None else file_mpp_x
-        self._mpp_y = float(mpp) if mpp is not None else (file_mpp_y or file_mpp_x)
+        saved = read_mpp_choice(self._path) if mpp is None else None
+        file_mpp_x, file_mpp_y = _plausible_mpp(
+            self._path, props, warn=mpp is None and saved is None
+        )
+        file_mpp_y = file_mpp_y or file_mpp_x
+        self._file_mpp = None if file_mpp_x is None else (file_mpp_x + file_mpp_y) / 2
+        self._mpp_source: str | None
+        if mpp is not None:
+            self._mpp_x = self._mpp_y = float(mpp)
+            self._mpp_source = "argument"
+        elif saved is not None:
+            self._mpp_x = self._mpp_y = saved.mpp
+            self._mpp_source = "saved"
+        else:
+            self._mpp_x, self._mpp_y = file_mpp_x, file_mpp_y
+            self._mpp_source = None if file_mpp_x is None else "file"
         if self._level_dimensions[0][0] <= 0 or self._level_dimensions[0][1] <= 0:
             self.close()
             raise SlideError(self._path, f"has an empty level 0 {self._level_dimensions[0]}")
@@ -330,6 +359,19 @@ class Slide:
         return (self._mpp_x + self._mpp_y) / 2
 
     @property
+    def mpp_source(self) -> str | None:
+        """Where :attr:`mpp` came from: "argument", "saved", "file", or None when unknown.
+
+        See the class Notes for the order.
+        """
+        return self._mpp_source
+
+    @property
+    def file_mpp(self) -> float | None:
+        """The file's own mean µm/px when plausible (whatever :attr:`mpp` is), else None."""
+        return self._file_mpp
+
+    @property
     def objective_power(self) -> float | None:
         """Scanning objective magnification (e.g. 40.0), or None when unknown."""
         return _parse_positive_float(self._properties.get(openslide.PROPERTY_NAME_OBJECTIVE_POWER))
@@ -347,7 +389,9 @@ class Slide:
         """Return :attr:`mpp`, or raise SlideError when the slide has none."""
         if self.mpp is None:
             raise SlideError(
-                self._path, "has no microns-per-pixel (mpp) metadata; pass mpp= to set it"
+                self._path,
+                "has no microns-per-pixel (mpp) metadata; pass --mpp (mpp=) or save one "
+                "with `napari-histo info SLIDE --set-mpp F`",
             )
         return self.mpp
 
@@ -556,19 +600,14 @@ def _rgba_over_white(rgba: np.ndarray) -> np.ndarray:
     return np.round(rgb * alpha + 255.0 * (1.0 - alpha)).astype(np.uint8)
 
 
-#: µm per level-0 px a microscope slide can have; values outside (TIFF resolution
-#: defaults such as 72 dpi = 352.8 µm/px, garbage tags) are treated as missing.
-MPP_RANGE = (0.05, 50.0)
-
-
 def _plausible_mpp(
     path: Path, props: Mapping[str, str], *, warn: bool
 ) -> tuple[float | None, float | None]:
     """The file's ``(mpp_x, mpp_y)``; both None (one warning) when either is implausible."""
     keys = (openslide.PROPERTY_NAME_MPP_X, openslide.PROPERTY_NAME_MPP_Y)
     values = [_parse_positive_float(props.get(key)) for key in keys]
-    bad = [(k, v) for k, v in zip(keys, values, strict=True) if v is not None and not (
-        MPP_RANGE[0] <= v <= MPP_RANGE[1])]  # fmt: skip
+    bad = [(k, v) for k, v in zip(keys, values, strict=True)
+           if v is not None and not plausible_mpp(v)]  # fmt: skip
     if not bad:
         return values[0], values[1]
     if warn:
@@ -577,7 +616,8 @@ def _plausible_mpp(
         warnings.warn(
             f"{path}: {value:.4g} µm/px ({key}, from the {source}) is outside "
             f"{MPP_RANGE[0]:g}–{MPP_RANGE[1]:g} µm/px, so it is treated as missing; "
-            "give the scale with --mpp (or mpp=)",
+            "give the scale with --mpp (or mpp=), or save it with "
+            "`napari-histo info SLIDE --set-mpp F`",
             UserWarning,
             stacklevel=3,
         )

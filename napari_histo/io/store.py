@@ -197,7 +197,14 @@ class ResultStore:
             raise StoreError(
                 f"{self.path}: store format {meta.get('format')!r}, expected {FORMAT_VERSION}"
             )
-        if dict(meta.get("slide", {})) != dict(identity):
+        stored = dict(meta.get("slide", {}))
+        if stored != dict(identity) and {**stored, "mpp": identity.get("mpp")} == dict(identity):
+            raise StoreError(
+                f"{self.path}: holds results made at {stored.get('mpp')} µm/px and the slide "
+                f"is now at {identity.get('mpp')} µm/px; move it aside or choose another "
+                "output directory"
+            )
+        if stored != dict(identity):
             raise StoreError(
                 f"{self.path}: holds results of another slide "
                 f"({meta.get('slide', {}).get('name')!r}); choose another output directory"

@@ -57,12 +57,16 @@ def napari_get_reader(
 def slide_layer_data(slide: Slide) -> LayerData:
     """Layer data tuple for `slide`: a lazy multiscale RGB image in µm.
 
-    Without mpp metadata the layer is shown in pixels and one warning says so.
+    The scale is :attr:`Slide.mpp <napari_histo.io.slide.Slide.mpp>`: the saved
+    choice beside the slide, else the file's plausible value (see the Slide
+    docstring); ``metadata["mpp_source"]`` says which. Without one the layer is
+    shown in pixels and one warning says so.
     """
     pyramid = open_pyramid(slide)
     if pyramid.mpp is None:
         warnings.warn(
-            f"{slide.path}: no microns-per-pixel metadata; showing the slide in pixels",
+            f"{slide.path}: no microns-per-pixel metadata; showing the slide in pixels "
+            "(set its µm/px in the Tumor inference dock, or `napari-histo info SLIDE --set-mpp F`)",
             UserWarning,
             stacklevel=2,
         )
@@ -71,6 +75,8 @@ def slide_layer_data(slide: Slide) -> LayerData:
         "mpp": slide.mpp,
         "mpp_x": slide.mpp_x,
         "mpp_y": slide.mpp_y,
+        "mpp_source": slide.mpp_source,
+        "file_mpp": slide.file_mpp,
         "vendor": slide.vendor,
         "objective_power": slide.objective_power,
         "level_downsamples": pyramid.downsamples,

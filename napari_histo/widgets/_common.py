@@ -1,8 +1,9 @@
 """Plumbing shared by the dock widgets (Tumor inference, Nuclei, Retrain).
 
 Teardown (:class:`ShutdownMixin`: ``shutdown()`` on close, on the main
-window's close and on application quit), finding the slide layer and a few
-control builders. Background jobs run through :mod:`napari_histo.widgets.jobs`.
+window's close and on application quit), finding the slide layer, the µm/px
+field (:class:`MppField`) and a few control builders. Background jobs run
+through :mod:`napari_histo.widgets.jobs`.
 """
 
 from __future__ import annotations
@@ -11,11 +12,26 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from qtpy.QtCore import QEvent, QObject
-from qtpy.QtWidgets import QApplication, QCheckBox, QGroupBox, QHBoxLayout, QPushButton, QVBoxLayout
+from qtpy.QtWidgets import (
+    QApplication,
+    QCheckBox,
+    QGroupBox,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QPushButton,
+    QVBoxLayout,
+    QWidget,
+)
+
+from napari_histo.frames import check_mpp, rescale_world
+from napari_histo.io.mpp_choice import mpp_choice_path, save_mpp_choice
 
 __all__ = [
     "CloseWatcher",
+    "MppField",
     "ShutdownMixin",
+    "apply_slide_mpp",
     "checked_names",
     "member_checkboxes",
     "run_cancel_buttons",
@@ -85,17 +101,50 @@ class ShutdownMixin:
 
 
 # -- layers ---------------------------------------------------------------------------
-def topmost_slide_layer(layers: Iterable[Any], exclude_tag: str) -> Any:
+def topmost_slide_layer(layers: Iterable[Any], exclude_tag: str, *, need_mpp: bool = True) -> Any:
     """The topmost layer opened by napari-histo's reader (metadata has ``path`` and ``mpp``).
 
     Layers whose metadata has `exclude_tag` (the caller's own layers) are
-    skipped. None when there is no such layer.
+    skipped; with ``need_mpp=False`` a slide shown in px (no ``mpp``) counts
+    too. None when there is no such layer.
     """
     for layer in reversed(layers):
         meta = layer.metadata
-        if meta.get("path") and meta.get("mpp") and not meta.get(exclude_tag):
+        if meta.get("path") and (meta.get("mpp") or not need_mpp) and not meta.get(exclude_tag):
             return layer
     return None
+
+
+def _is_slide_layer(layer: Any) -> bool:
+    """Whether `layer` is a slide opened by napari-histo's reader."""
+    return bool(layer.metadata.get("path")) and "level_downsamples" in layer.metadata
+
+
+def apply_slide_mpp(layers: Iterable[Any], slide_layer: Any, mpp: float, source: str) -> None:
+    """Show `slide_layer` at `mpp` µm/px and keep every layer placed on it aligned.
+
+    The slide layer's metadata (``mpp``, ``mpp_x``, ``mpp_y``, ``mpp_source``),
+    units (µm) and scale change; every other layer in `layers` except other
+    slides follows with :func:`~napari_histo.frames.rescale_world`, so overlays,
+    results and annotations stay where they were on the tissue. The slide's
+    scale is set last: its ``scale`` event tells listeners all is in place.
+    """
+    old = tuple(float(v) for v in slide_layer.scale[-2:])
+    new = (float(mpp), float(mpp))
+    old_units = tuple(str(u) for u in slide_layer.units)
+    slide_layer.metadata = {
+        **slide_layer.metadata, "mpp": new[0], "mpp_y": new[0], "mpp_x": new[1],
+        "mpp_source": source,
+    }  # fmt: skip
+    units = ("micrometer", "micrometer")
+    for layer in list(layers):
+        if layer is slide_layer or _is_slide_layer(layer):
+            continue
+        layer.scale, layer.translate = rescale_world(layer.scale, layer.translate, old, new)
+        if tuple(str(u) for u in layer.units[-2:]) == old_units[-2:]:
+            layer.units = (*layer.units[:-2], *units)
+    slide_layer.units = units
+    slide_layer.scale = new
 
 
 # -- controls -------------------------------------------------------------------------
@@ -142,3 +191,131 @@ def run_cancel_buttons(
     row.addWidget(run_button)
     row.addWidget(cancel_button)
     return row, run_button, cancel_button
+
+
+# -- µm/px ----------------------------------------------------------------------------
+#: How the field names each ``metadata["mpp_source"]`` (:attr:`Slide.mpp_source`).
+_SOURCES = {"saved": "saved beside the slide", "file": "from the file", "argument": "given"}
+
+
+class MppField(QWidget):
+    """The slide's µm/px, where it came from, and a field + Set button to change it.
+
+    One row shared by the docks that run models. :meth:`bind` follows a slide
+    layer: the field shows its ``metadata["mpp"]`` and source. :meth:`set_mpp`
+    (the Set button) checks the entry (0.05–50 µm/px), saves it beside the slide
+    (:func:`~napari_histo.io.mpp_choice.save_mpp_choice`) and applies it to the
+    viewer (:func:`apply_slide_mpp`); a bad entry gives one line and changes
+    nothing. When the bound layer's scale changes (here or from another dock),
+    the field refreshes and calls `on_changed`.
+
+    Parameters
+    ----------
+    viewer : napari.Viewer
+    set_by : str
+        Recorded in the sidecar as who set it ("Tumor inference dock").
+    on_changed : callable () -> Any, optional
+        Called after the bound slide's scale changed.
+    """
+
+    def __init__(
+        self, viewer: Any, set_by: str, on_changed: Callable[[], Any] | None = None
+    ) -> None:
+        super().__init__()
+        self.viewer = viewer
+        self._set_by = set_by
+        self._on_changed = on_changed
+        self._layer: Any = None
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        row = QHBoxLayout()
+        row.addWidget(QLabel("µm/px"))
+        self.edit = QLineEdit()
+        self.edit.setPlaceholderText("e.g. 0.25")
+        self.edit.setToolTip("µm per level-0 pixel (0.05–50); Set saves it beside the slide")
+        self.edit.returnPressed.connect(self.set_mpp)
+        row.addWidget(self.edit, 1)
+        self.set_button = QPushButton("Set")
+        self.set_button.clicked.connect(self.set_mpp)
+        row.addWidget(self.set_button)
+        layout.addLayout(row)
+        self.message = QLabel("")
+        self.message.setWordWrap(True)
+        layout.addWidget(self.message)
+        self._show()
+
+    @property
+    def layer(self) -> Any:
+        """The slide layer shown, or None."""
+        return self._layer
+
+    def bind(self, layer: Any) -> None:
+        """Follow `layer` (a slide layer, or None); idempotent."""
+        if layer is self._layer:
+            return
+        self.unbind()
+        self._layer = layer
+        if layer is not None:
+            layer.events.scale.connect(self._on_scale)
+        self._show()
+
+    def unbind(self) -> None:
+        """Stop following the slide layer (from the dock's ``shutdown``)."""
+        if self._layer is not None:
+            self._layer.events.scale.disconnect(self._on_scale)
+        self._layer = None
+
+    def _show(self) -> None:
+        layer = self._layer
+        enabled = layer is not None
+        self.edit.setEnabled(enabled)
+        self.set_button.setEnabled(enabled)
+        if layer is None:
+            self.edit.clear()
+            self.message.setText("")
+            return
+        meta = layer.metadata
+        mpp = meta.get("mpp")
+        self.edit.setText("" if not mpp else f"{float(mpp):.4g}")
+        if not mpp:
+            self.message.setText("µm/px unknown (slide shown in px): enter it and press Set")
+            return
+        source = _SOURCES.get(meta.get("mpp_source"), "from the file")
+        if meta.get("mpp_source") == "saved":
+            source += f" ({mpp_choice_path(meta['path']).name})"
+        self.message.setText(f"{float(mpp):.4g} µm/px, {source}")
+
+    def _on_scale(self, *_: Any) -> None:
+        self._show()
+        if self._on_changed is not None:
+            self._on_changed()
+
+    def set_mpp(self, text: str | None = None) -> bool:
+        """Check `text` (default: the field), save it beside the slide and apply it.
+
+        Returns True when the scale was set; otherwise the field's message says why.
+        """
+        layer = self._layer
+        if layer is None:
+            self.message.setText("no slide: open one with the napari-histo reader")
+            return False
+        text = self.edit.text() if text is None or isinstance(text, bool) else text
+        try:
+            mpp = check_mpp(text, "µm/px")
+        except ValueError as err:
+            self.message.setText(f"not set: {err}")
+            return False
+        try:
+            saved = save_mpp_choice(
+                layer.metadata["path"], mpp, set_by=self._set_by,
+                file_mpp=layer.metadata.get("file_mpp"),
+            )  # fmt: skip
+        except OSError as err:
+            self.message.setText(f"not set: cannot save beside the slide ({err.strerror or err})")
+            return False
+        if layer.metadata.get("mpp") == mpp:  # same scale: only its source changed
+            layer.metadata = {**layer.metadata, "mpp_source": "saved"}
+        else:
+            apply_slide_mpp(self.viewer.layers, layer, mpp, "saved")
+        self.message.setText(f"{mpp:.4g} µm/px, saved in {saved.name}")
+        return True

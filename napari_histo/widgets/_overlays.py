@@ -124,6 +124,15 @@ class OverlayLayers:
                 return layer
         return None
 
+    def remove(self) -> None:
+        """Remove every overlay layer of this slide from the viewer (e.g. its scale changed)."""
+        for key in _KEYS:
+            layer = self.layer(key)
+            if layer is not None:
+                self.viewer.layers.remove(layer)
+        self.geometry = None
+        self.pyramids = {}
+
     def _specs(self) -> dict[str, dict[str, Any]]:
         tumor, unc = _colormaps()
         hidden = dict(colormap=unc, contrast_limits=(0, 0.05), opacity=0.7, visible=False)

@@ -90,6 +90,7 @@ class AnnotationWidget(QWidget):
         self.autosave_delay_s = autosave_delay_s
         self.classes: list[AnnotationClass] = list(DEFAULT_CLASSES)
         self.slide_path: Path | None = None
+        self._scale_source: Any = None  # the slide layer whose scale changes we follow
         self.mpp: tuple[float, float] | None = None
         self.slide_dims: tuple[int, int] | None = None  # level-0 (width, height)
         self.units: tuple[str, ...] | None = None
@@ -181,8 +182,22 @@ class AnnotationWidget(QWidget):
         if layer is not None:
             self._attach(layer)
 
+    def _on_slide_scale(self, *_: Any) -> None:
+        """The slide's µm/px changed (a dock's µm/px field): rebuild the layers at the new one.
+
+        Everything is saved (in level-0 px) and shown again from the file, so the
+        shapes, the crop and the visible-region arithmetic all use the new scale.
+        """
+        layer = self._scale_source
+        if layer is None or self.mpp is None or layer_mpp(layer.metadata) == self.mpp:
+            return
+        self._detach()
+        self._attach(layer)
+
     def _attach(self, layer) -> None:
         meta = layer.metadata
+        self._scale_source = layer
+        layer.events.scale.connect(self._on_slide_scale)
         self.slide_path = Path(meta["path"])
         self.mpp = layer_mpp(meta)
         self.units = tuple(str(u) for u in layer.units)
@@ -221,6 +236,9 @@ class AnnotationWidget(QWidget):
         if self.crop is not None and self.mpp is not None:
             self.commit_crop()
         self._detach_saver()
+        if self._scale_source is not None:
+            self._scale_source.events.scale.disconnect(self._on_slide_scale)
+            self._scale_source = None
         self.slide_path = self.mpp = self.slide_dims = None
         self.crop, self.crop_ids = None, set()
         if self._crop_layer() is not None:

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import QLabel, QWidget
 
+from napari_histo.frames import layer_mpp
 from napari_histo.live.controller import (
     OVERLAY_ARRAYS,
     Debouncer,
@@ -34,6 +35,7 @@ from napari_histo.live.controller import (
     stage_label,
 )
 from napari_histo.widgets._common import (
+    MppField,
     ShutdownMixin,
     topmost_slide_layer,
 )
@@ -104,6 +106,9 @@ class InferenceWidget(ControlsMixin, ShutdownMixin, QWidget):
         self.ood_label.setWordWrap(True)
         self.layout().insertWidget(1, self.ood_label)
         self.ood_score: float | None = None
+        # The slide's µm/px: shown, and set (saved beside the slide) here.
+        self.mpp_field = MppField(self.viewer, "Tumor inference dock", self._on_mpp_changed)
+        self.layout().insertWidget(1, self.mpp_field)
 
         self._refresh_timer = QTimer(self)
         self._refresh_timer.setInterval(_REFRESH_MS)
@@ -150,19 +155,42 @@ class InferenceWidget(ControlsMixin, ShutdownMixin, QWidget):
         """The topmost layer opened by napari-histo's reader (metadata has ``path``), or None."""
         return topmost_slide_layer(self.viewer.layers, TAG)
 
-    def _on_layers_changed(self, *_: Any) -> None:
+    def _on_mpp_changed(self) -> None:
+        """The slide's µm/px changed (this dock's field or another's): new geometry.
+
+        The overlays made at the old scale are removed (their result grid no
+        longer fits), and those stored for the new scale, if any, are shown.
+        """
+        layer = self.slide_layer()
+        if self._controller is None or layer is None or (
+            layer_mpp(layer.metadata) != self._controller.mpp
+        ):
+            if self._overlays is not None:
+                if self.running:
+                    self.cancel()
+                self._overlays.remove()
+            self._on_layers_changed(force=True)
+
+    def _on_layers_changed(self, *_: Any, force: bool = False) -> None:
         if self._closed:
             return
+        shown = topmost_slide_layer(self.viewer.layers, TAG, need_mpp=False)
+        self.mpp_field.bind(shown)
         layer = self.slide_layer()
         path = Path(layer.metadata["path"]) if layer is not None else None
-        if self._controller is not None and path == self._controller.slide_path:
+        if not force and self._controller is not None and path == self._controller.slide_path:
             return
         if self.running:
             self.cancel()
         self._controller = None
         self._overlays = None
         if path is None:
-            self.slide_label.setText("no slide: open one with the napari-histo reader")
+            self.slide_label.setText(
+                "no slide: open one with the napari-histo reader"
+                if shown is None
+                else f"Slide: {Path(shown.metadata['path']).name}: its µm/px is unknown; "
+                "set it below to run the models"
+            )
             return
         self._controller = LiveController(path, self.settings(), out_dir=self._out_dir)
         units = tuple(str(u) for u in layer.units)
@@ -468,6 +496,7 @@ class InferenceWidget(ControlsMixin, ShutdownMixin, QWidget):
         self._follow_timer.stop()
         self.jobs.shutdown(timeout_s)
         self._ood_jobs.shutdown(timeout_s)
+        self.mpp_field.unbind()
         camera = self.viewer.scene.camera
         camera.events.center.disconnect(self._on_camera)
         camera.events.zoom.disconnect(self._on_camera)

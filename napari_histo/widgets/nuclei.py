@@ -40,6 +40,7 @@ from napari_histo.nuclei.export import (
 from napari_histo.nuclei.features import write_nuclei_csv
 from napari_histo.nuclei.run import NucleiRun, find_nuclei_runs
 from napari_histo.widgets._common import (
+    MppField,
     ShutdownMixin,
     topmost_slide_layer,
 )
@@ -97,6 +98,8 @@ class NucleiWidget(ShutdownMixin, QWidget):
         self.slide_label = QLabel("no slide")
         self.slide_label.setWordWrap(True)
         layout.addWidget(self.slide_label)
+        self.mpp_field = MppField(self.viewer, "Nuclei dock", self._on_layers_changed)
+        layout.addWidget(self.mpp_field)
         row = QHBoxLayout()
         row.addWidget(QLabel("Method:"))
         self.method_combo = QComboBox()
@@ -164,6 +167,8 @@ class NucleiWidget(ShutdownMixin, QWidget):
     def _on_layers_changed(self, *_: Any) -> None:
         if self._closed:
             return
+        shown = topmost_slide_layer(self.viewer.layers, _TAG, need_mpp=False)
+        self.mpp_field.bind(shown)
         found = self._slide_geometry()
         path = None if found is None else found[0]
         if path == self._slide_path:
@@ -172,7 +177,12 @@ class NucleiWidget(ShutdownMixin, QWidget):
         self._slide_path = path
         self.slide_run = None
         if path is None:
-            self.slide_label.setText("no slide: open one with the napari-histo reader")
+            self.slide_label.setText(
+                "no slide: open one with the napari-histo reader"
+                if shown is None
+                else f"Slide: {Path(shown.metadata['path']).name}: its µm/px is unknown; "
+                "set it below to segment nuclei"
+            )
             return
         self.slide_label.setText(f"Slide: {path.name}")
         try:
@@ -388,4 +398,5 @@ class NucleiWidget(ShutdownMixin, QWidget):
             return
         self._closed = True
         self.jobs.shutdown(timeout_s)
+        self.mpp_field.unbind()
         self._disconnect_viewer(self._on_layers_changed)
