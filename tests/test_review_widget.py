@@ -265,8 +265,8 @@ def test_dock_is_a_napari_contribution(make_napari_viewer, fresh):
 
 
 def review_screenshots(viewer, widget, qtbot, out_dir) -> tuple[Path, Path]:
-    """``review.png`` (the dock beside the slide, current region outlined) and
-    ``reliability.png`` (the dock's reliability diagram), for docs/."""
+    """``review.png`` (the dock beside the slide, current region outlined, its
+    member disagreement) and ``reliability.png`` (the reliability diagram), for docs/."""
     from napari._qt.dialogs.qt_notification import NapariQtNotification
 
     def shot(name: str) -> Path:
@@ -279,13 +279,14 @@ def review_screenshots(viewer, widget, qtbot, out_dir) -> tuple[Path, Path]:
         return path
 
     viewer.window.resize(1600, 1000)
+    qtbot.wait(300)
+    widget.jump_to(widget.queue.current)  # the canvas changed size
     widget.tabs.setCurrentIndex(0)
-    widget.go(1)
-    widget.accept()
-    widget.go(1)
     review = shot("review.png")
     widget.tabs.setCurrentIndex(2)
-    reliability = shot("reliability.png")
+    qtbot.wait(300)
+    reliability = Path(out_dir) / "reliability.png"
+    assert widget.grab().save(str(reliability))  # the dock alone
     return review, reliability
 
 
@@ -296,8 +297,11 @@ def test_screenshots(make_napari_viewer, qtbot, fresh, tmp_path):
     write_annotations(autosave_path(slide), annotations(slide))
     viewer, widget = open_dock(make_napari_viewer, slide)
     rank(qtbot, widget, region_um=128)
-    widget.show_members()
     widget.calibrate()
+    widget.go(1)
+    widget.accept()  # region 2 accepted, on to region 3
+    widget.go(1)
+    widget.show_members()  # of region 2
     wait(qtbot, widget, lambda: widget.calibration is not None and widget.disagreement is not None)
     out = Path(os.environ.get("REVIEW_SCREENSHOTS_DIR", tmp_path))
     for path in review_screenshots(viewer, widget, qtbot, out):

@@ -75,6 +75,7 @@ from napari_histo.widgets.review_panels import (
     MembersView,
     ReliabilityCanvas,
     array_pixmap,
+    disagreement_colormap,
     placed,
     read_thumbnails,
     rect_polygons,
@@ -695,8 +696,8 @@ class ReviewWidget(ShutdownMixin, QWidget):
         self.members_view.show_result(result)
         cols = result.agreement.shape[1]
         self._add_image("agreement", result.agreement, result.rect_l0[:2],
-                        result.rect_l0[2] / cols, colormap="viridis", contrast_limits=(0.5, 1),
-                        opacity=0.6)  # fmt: skip
+                        result.rect_l0[2] / cols, colormap=disagreement_colormap(),
+                        contrast_limits=(0.5, 1))  # fmt: skip
         means = ", ".join(f"{n}: {m:.2f}" for n, m in zip(result.names, result.mean_probability,
                                                           strict=True))  # fmt: skip
         self.set_status(f"member mean probabilities {means}; agreement "

@@ -26,6 +26,7 @@ __all__ = [
     "MembersView",
     "ReliabilityCanvas",
     "array_pixmap",
+    "disagreement_colormap",
     "read_thumbnails",
     "rect_polygons",
 ]
@@ -52,6 +53,14 @@ def array_pixmap(image: np.ndarray, side: int | None = None) -> QPixmap:
     qimage = QImage(rgb.data, cols, rows, 3 * cols, QImage.Format_RGB888).copy()
     pixmap = QPixmap.fromImage(qimage)
     return pixmap if side is None else pixmap.scaled(side, side)
+
+
+def disagreement_colormap():
+    """Agreement 0.5 (members split) magenta → 1 (all agree) transparent, for the slide."""
+    from napari.utils.colormaps import Colormap
+
+    return Colormap(colors=[[1, 0, 1, 0.55], [1, 0.3, 1, 0.3], [1, 1, 1, 0]],
+                    controls=[0, 0.5, 1], name="histo member disagreement")  # fmt: skip
 
 
 def _colour(values: np.ndarray, cmap: str, vmin: float, vmax: float) -> np.ndarray:
