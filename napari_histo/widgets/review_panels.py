@@ -15,17 +15,19 @@ from typing import Any
 
 import numpy as np
 from qtpy.QtGui import QImage, QPixmap
-from qtpy.QtWidgets import QGridLayout, QLabel, QSizePolicy, QWidget
+from qtpy.QtWidgets import QGridLayout, QLabel, QPushButton, QSizePolicy, QWidget
 
 from napari_histo.frames import grid_transform, l0_to_world
 from napari_histo.review import ERROR_CLASSES, CalibrationResult, MemberDisagreement, Region
 
 __all__ = [
     "ERROR_COLORS",
+    "LAYER_NAMES",
     "TAG",
     "MembersView",
     "ReliabilityCanvas",
     "array_pixmap",
+    "button",
     "disagreement_colormap",
     "read_thumbnails",
     "rect_polygons",
@@ -41,6 +43,14 @@ ERROR_COLORS = {
     ERROR_CLASSES["FP"]: (1.0, 0.1, 0.6, 0.7),
     ERROR_CLASSES["FN"]: (0.1, 0.5, 1.0, 0.7),
     ERROR_CLASSES["TN"]: (0, 0, 0, 0),
+}
+#: Name of each layer the dock shows, by role (``layer.metadata[TAG]``).
+LAYER_NAMES = {
+    "current": "review region",
+    "suggestions": "annotate next",
+    "errors": "review errors",
+    "agreement": "member agreement",
+    "calibrated": "tumor probability (calibrated)",
 }
 #: Side of a region thumbnail in the list, px.
 THUMB_PX = 64
@@ -187,3 +197,12 @@ def placed(origin_l0: Sequence[float], downsample: float, mpp: Any) -> dict[str,
     """``scale`` and ``translate`` keywords placing a level-0-anchored grid on the slide."""
     scale, translate = grid_transform(origin_l0, downsample, mpp)
     return {"scale": scale, "translate": translate}
+
+
+def button(text: str, slot: Any, tip: str = "") -> QPushButton:
+    """A push button calling ``slot()`` (whatever the clicked signal passes)."""
+    b = QPushButton(text)
+    b.clicked.connect(lambda *_: slot())
+    if tip:
+        b.setToolTip(tip)
+    return b
