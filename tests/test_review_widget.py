@@ -196,7 +196,13 @@ def test_error_map_members_and_csv(make_napari_viewer, qtbot, fresh, tmp_path):
     widget.error_map()
     wait(qtbot, widget)
     assert widget.status_label.text().startswith("no annotations (s.svs.annotations.geojson)")
+    widget.score_combo.setCurrentText("annotations")
+    widget.rank()
+    wait(qtbot, widget)
+    assert widget.queue is None and widget.status_label.text().startswith("no annotations")
     write_annotations(autosave_path(slide), annotations(slide))
+    rank(qtbot, widget)  # by |p - label| on the annotated pixels
+    assert widget.queue.score == "annotations" and len(widget.queue) > 0
     widget.error_button.click()
     wait(qtbot, widget, lambda: widget.error_scores is not None)
     errors, scores, _ = run_error_map(run_, annotations(slide))
@@ -207,7 +213,6 @@ def test_error_map_members_and_csv(make_napari_viewer, qtbot, fresh, tmp_path):
     csv = widget.export_csv(tmp_path / "errors.csv")
     assert csv.read_text(encoding="utf-8").splitlines()[1].startswith("s.svs,")
 
-    rank(qtbot, widget)
     widget.members_button.click()
     wait(qtbot, widget, lambda: widget.disagreement is not None)
     assert widget.disagreement.names == tuple(
