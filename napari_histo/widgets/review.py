@@ -95,14 +95,15 @@ JUMP_FILL = 0.5
 def _rank_job(
     cancel: threading.Event, generation: int, run: ResultRun, slide_path: Path, score: str,
     region_um: float, temperature: float | None,
-) -> Generator[str, None, tuple[int, list[Region]] | None]:  # fmt: skip
-    """Background job: ``(generation, regions)`` of :func:`rank_run` (None when cancelled)."""
+) -> Generator[str, None, tuple[int, str, list[Region]] | None]:  # fmt: skip
+    """Background job: ``(generation, score, regions)`` of :func:`rank_run` (None if cancelled)."""
     yield "ranking"
     annotations = read_slide_annotations(slide_path) if score == "annotations" else None
     if cancel.is_set():
         return None
-    return generation, rank_run(run, score=score, region_um=region_um, top=RANK_TOP,
-                                annotations=annotations, temperature=temperature)  # fmt: skip
+    regions = rank_run(run, score=score, region_um=region_um, top=RANK_TOP,
+                       annotations=annotations, temperature=temperature)  # fmt: skip
+    return generation, score, regions
 
 
 class ReviewWidget(ShutdownMixin, ReviewTabsMixin, QWidget):
@@ -156,7 +157,7 @@ class ReviewWidget(ShutdownMixin, ReviewTabsMixin, QWidget):
         self.score_combo.addItems(SCORES)
         self.score_combo.setToolTip("uncertainty: ensemble entropy; annotations: |p - label|")
         self.region_spin = QDoubleSpinBox()
-        self.region_spin.setRange(16, 8192)
+        self.region_spin.setRange(16, 2048)  # correct / members read the region whole
         self.region_spin.setDecimals(0)
         self.region_spin.setSingleStep(64)
         self.region_spin.setValue(REGION_UM)
@@ -370,17 +371,17 @@ class ReviewWidget(ShutdownMixin, ReviewTabsMixin, QWidget):
         self.set_status(f"ranking by {score}…")
         self._enable()
 
-    def _on_ranked(self, found: tuple[int, list[Region]] | None) -> None:
+    def _on_ranked(self, found: tuple[int, str, list[Region]] | None) -> None:
         if found is None or found[0] != self._generation:  # cancelled, or another slide now
             return
-        regions = found[1]
+        score, regions = found[1:]
         if self.queue is not None:
             self.queue.disconnect(self._on_queue_changed)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", ReviewStateWarning)
             self.queue = ReviewQueue(regions, review_state_path(self.slide_path),
                                      author=self.author_edit.text(),
-                                     score=self.score_combo.currentText())  # fmt: skip
+                                     score=score)  # fmt: skip
         self.queue.connect(self._on_queue_changed)
         self.region_list.blockSignals(True)
         self.region_list.clear()

@@ -52,7 +52,10 @@ from napari_histo.widgets.review_panels import (
     replace_layer,
 )
 
-__all__ = ["ReviewTabsMixin", "read_slide_annotations"]
+__all__ = ["MAP_MAX_PX", "ReviewTabsMixin", "map_level", "read_slide_annotations"]
+
+#: Largest side of the result level an error map or a calibration is computed on, px.
+MAP_MAX_PX = 4096
 
 
 def _members_job(
@@ -71,6 +74,16 @@ def _members_job(
     yield "running members"
     with Slide(slide_path) as slide:
         return generation, region_disagreement(slide, rect_l0, members, tta=1)
+
+
+def map_level(run: ResultRun) -> int:
+    """Finest pyramid level of `run` at most :data:`MAP_MAX_PX` a side (error map, calibration).
+
+    A whole-slide run's level 0 can be 25 000 px a side: its error map and its
+    calibration are computed on a level that fits in memory and on screen.
+    """
+    levels = run.levels("probability")
+    return next((i for i, a in enumerate(levels) if max(a.shape) <= MAP_MAX_PX), len(levels) - 1)
 
 
 def read_slide_annotations(slide_path: Path) -> list:
@@ -205,7 +218,8 @@ class ReviewTabsMixin:
 
         def compute():
             anns = read_slide_annotations(path)
-            return generation, run_error_map(run, anns, temperature=temperature)
+            level = map_level(run)
+            return generation, run_error_map(run, anns, level=level, temperature=temperature)
 
         self.set_status("comparing with the annotations…")
         self.files.call(compute, on_return=self._show_errors, on_error=self._on_failed)
@@ -227,7 +241,8 @@ class ReviewTabsMixin:
         self.scores_label.setText(
             f"Dice {scores.dice:.3f} · precision {scores.precision:.3f} · recall "
             f"{scores.recall:.3f}\nTP {scores.tp_px:,} · FP {scores.fp_px:,} · FN "
-            f"{scores.fn_px:,} · TN {scores.tn_px:,} px (annotated pixels only)"
+            f"{scores.fn_px:,} · TN {scores.tn_px:,} px of {geometry.mpp:g} µm "
+            "(annotated pixels only)"
         )
         self.set_status("error map shown (TN and unannotated pixels transparent)")
         self._enable()
@@ -262,7 +277,8 @@ class ReviewTabsMixin:
         run, path, generation = self.run, self.slide_path, self._generation
 
         def compute():
-            return generation, run_calibration(run, read_slide_annotations(path))
+            anns = read_slide_annotations(path)
+            return generation, run_calibration(run, anns, level=map_level(run))
 
         self.set_status("fitting the temperature…")
         self.files.call(compute, on_return=self._show_calibration, on_error=self._on_failed)
