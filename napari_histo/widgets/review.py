@@ -203,6 +203,8 @@ class ReviewWidget(ShutdownMixin, ReviewTabsMixin, QWidget):
         self.tabs.addTab(self._calibration_tab(), "Calibration")
         self.tabs.addTab(self._suggest_tab(), "Next")
         layout.addWidget(self.tabs, 3)
+        # suggestions at least two regions apart by default
+        self.region_spin.valueChanged.connect(lambda v: self.distance_spin.setValue(2 * v))
         self.status_label = QLabel("")
         self.status_label.setWordWrap(True)
         layout.addWidget(self.status_label)

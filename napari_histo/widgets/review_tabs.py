@@ -361,7 +361,7 @@ class ReviewTabsMixin:
         if self.suggestions:
             zoom = max(float(self.viewer.scene.camera.zoom), 1e-9)
             self._outline("suggestions", self.suggestions, "cyan", 3.0 / zoom, numbered=True)
-        self.set_status(f"{len(self.suggestions)} regions to annotate next (outlined in cyan)")
+        self.set_status(f"{len(self.suggestions)} region(s) to annotate next, outlined in cyan")
         return self.suggestions
 
     def _on_suggestion_row(self, row: int) -> None:
