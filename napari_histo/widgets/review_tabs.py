@@ -105,7 +105,7 @@ class ReviewTabsMixin:
         tab = QWidget()
         box = QVBoxLayout(tab)
         self.members_button = button("Members", self.show_members,
-                                      "run each member alone on the current region")  # fmt: skip
+                                     "run each member alone on the current region")  # fmt: skip
         box.addWidget(self.members_button)
         self.members_view = MembersView()
         box.addWidget(self.members_view)
@@ -117,7 +117,7 @@ class ReviewTabsMixin:
         box = QVBoxLayout(tab)
         row = QHBoxLayout()
         self.error_button = button("Error map", self.error_map,
-                                    "TP / FP / FN against the slide's annotations")  # fmt: skip
+                                   "TP / FP / FN against the slide's annotations")  # fmt: skip
         self.csv_button = button("Export CSV…", lambda: self.export_csv())
         row.addWidget(self.error_button)
         row.addWidget(self.csv_button)
@@ -137,7 +137,7 @@ class ReviewTabsMixin:
         box = QVBoxLayout(tab)
         row = QHBoxLayout()
         self.calibrate_button = button("Calibrate", self.calibrate,
-                                        "fit a temperature on the slide's annotations")  # fmt: skip
+                                       "fit a temperature on the slide's annotations")  # fmt: skip
         tip = "new versions of the run's models with this temperature"
         self.save_button = button("Save calibrated version", lambda: self.save_calibrated(), tip)
         row.addWidget(self.calibrate_button)
