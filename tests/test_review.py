@@ -30,6 +30,7 @@ from napari_histo.review import (
     pixel_scores,
     rank_regions,
     review_state_path,
+    saved_ranking,
     suggest_regions,
     temperature_for_models,
     write_calibration_png,
@@ -210,6 +211,17 @@ def test_queue_state_round_trips_through_the_file(tmp_path):
     reordered = ReviewQueue(regions3()[::-1], path)
     assert reordered.current.rect_l0 == (16, 0, 8, 8)
     assert reordered.decision(reordered.regions[2]).status == "accepted"
+
+
+def test_saved_ranking_gives_score_and_square_side(tmp_path):
+    path = review_state_path(tmp_path / "s.svs")
+    assert saved_ranking(path) is None
+    queue = ReviewQueue(regions3(), path, score="boundary")
+    queue.skip()
+    assert saved_ranking(path) == ("boundary", 8)
+    path.write_text("{not json")
+    with pytest.warns(ReviewStateWarning):
+        assert saved_ranking(path) is None
 
 
 @pytest.mark.parametrize(

@@ -17,9 +17,11 @@ from napari_histo.review import (
     calibrated_levels,
     latest_complete_run,
     rank_run,
+    region_annotations,
     region_disagreement,
     run_calibration,
     run_error_map,
+    run_member_cards,
     run_temperature,
     write_calibrated_versions,
 )
@@ -118,3 +120,23 @@ def test_cli_review_by_annotations_reads_the_autosaved_file(tiny, capsys):
         assert out["score"] == "annotations" and 1 <= len(out["regions"]) <= 2
     finally:
         path.unlink()
+
+
+def test_region_annotations_at_each_granularity_and_member_cards(tiny, tmp_path):
+    from napari_histo.errors import WeightsError
+
+    slide, cards, _ = tiny
+    result = latest_complete_run(slide)
+    whole = (0, 0, 2048, 2048)
+    kinds = {"bbox": "bbox", "ellipse": "ellipse", "polygon": "polygon", "pixel": "polygon"}
+    for granularity, kind in kinds.items():
+        anns = region_annotations(result, whole, granularity, threshold=0.2, author="ana")
+        assert anns and {a.kind for a in anns} == {kind}
+        assert {a.granularity for a in anns} == {granularity}
+        assert {a.label for a in anns} == {"tumor"} and {a.author for a in anns} == {"ana"}
+    assert region_annotations(result, whole, "bbox", threshold=0.99) == []
+    with pytest.raises(ValueError, match="`granularity`"):
+        region_annotations(result, whole, "circle")
+    assert run_member_cards(result, [cards[0].parent]) == list(cards)
+    with pytest.raises(WeightsError, match="no card with its weights"):
+        run_member_cards(result, [tmp_path])

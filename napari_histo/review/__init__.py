@@ -9,6 +9,7 @@ Plain Python over arrays and result stores (no Qt), for the review dock, the
 - ``disagreement``: each member's probability on a region and an agreement map;
 - ``errors``: TP / FP / FN / TN map against annotations, Dice, precision, recall, CSV;
 - ``calibration``: temperature scaling, ECE before / after, calibrated model versions;
+- ``correct``: a region's thresholded probability as annotations (box, ellipse, pixel);
 - ``run``: the same on a stored run (latest complete run, ranking, error map, calibration).
 """
 
@@ -17,6 +18,7 @@ from __future__ import annotations
 from napari_histo.review.calibration import (
     CalibrationResult,
     calibrate,
+    draw_reliability,
     ensemble_temperature,
     fit_calibration,
     fit_temperature,
@@ -25,6 +27,7 @@ from napari_histo.review.calibration import (
     write_calibrated_versions,
     write_calibration_png,
 )
+from napari_histo.review.correct import GRANULARITIES, region_annotations
 from napari_histo.review.disagreement import (
     MemberDisagreement,
     agreement_map,
@@ -57,6 +60,7 @@ from napari_histo.review.run import (
     run_calibration,
     run_error_map,
     run_labels,
+    run_member_cards,
     run_temperature,
 )
 from napari_histo.review.state import (
@@ -65,11 +69,13 @@ from napari_histo.review.state import (
     ReviewQueue,
     ReviewStateWarning,
     review_state_path,
+    saved_ranking,
 )
 from napari_histo.review.suggest import suggest_regions
 
 __all__ = [
     "ERROR_CLASSES",
+    "GRANULARITIES",
     "REGION_UM",
     "SCORES",
     "STATUSES",
@@ -87,6 +93,7 @@ __all__ = [
     "calibrate",
     "calibrated_levels",
     "choose_level",
+    "draw_reliability",
     "ensemble_temperature",
     "error_map",
     "error_scores",
@@ -99,12 +106,15 @@ __all__ = [
     "pixel_scores",
     "rank_regions",
     "rank_run",
+    "region_annotations",
     "region_disagreement",
     "review_state_path",
     "run_calibration",
     "run_error_map",
     "run_labels",
+    "run_member_cards",
     "run_temperature",
+    "saved_ranking",
     "suggest_regions",
     "temperature_for_models",
     "write_calibrated_versions",

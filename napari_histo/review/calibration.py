@@ -41,6 +41,7 @@ from napari_histo.models.versions import next_version, taken_versions
 __all__ = [
     "CalibrationResult",
     "calibrate",
+    "draw_reliability",
     "ensemble_temperature",
     "fit_calibration",
     "fit_temperature",
@@ -292,13 +293,16 @@ def write_calibration_png(
     return atomic_write_bytes(path, _png(result, title))
 
 
-def _png(result: CalibrationResult, title: str) -> bytes:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
+def draw_reliability(figure: Any, result: CalibrationResult, title: str = "") -> Any:
+    """Draw the reliability diagram of `result` (before / after, with ECE) on a matplotlib figure.
 
-    fig = Figure(figsize=(5.0, 5.0), dpi=100)
-    FigureCanvasAgg(fig)
-    ax = fig.subplots()
+    `figure` is any :class:`matplotlib.figure.Figure` (an Agg one for a PNG, a
+    Qt canvas's in the review dock); it is cleared first. Returns the axes.
+    """
+    if not isinstance(result, CalibrationResult):
+        raise TypeError(f"`result` must be a CalibrationResult, got {type(result).__name__}")
+    figure.clear()
+    ax = figure.subplots()
     ax.plot([0, 1], [0, 1], ls="--", color="0.5", lw=1, label="perfect calibration")
     for table, colour, label in (
         (result.reliability_before, "#d62728", f"before (ECE {result.ece_before:.3f})"),
@@ -315,7 +319,17 @@ def _png(result: CalibrationResult, title: str) -> bytes:
     ax.set_ylabel("observed tumor fraction (held-out pixels)")
     ax.legend(loc="upper left", fontsize=8)
     ax.set_title(title or f"{result.held_px} held-out pixels", fontsize=9)
-    fig.tight_layout()
+    figure.tight_layout()
+    return ax
+
+
+def _png(result: CalibrationResult, title: str) -> bytes:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(5.0, 5.0), dpi=100)
+    FigureCanvasAgg(fig)
+    draw_reliability(fig, result, title)
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png")
     return buffer.getvalue()

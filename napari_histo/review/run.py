@@ -42,6 +42,7 @@ __all__ = [
     "run_calibration",
     "run_error_map",
     "run_labels",
+    "run_member_cards",
     "run_temperature",
 ]
 
@@ -219,16 +220,69 @@ def run_temperature(
     (:func:`~napari_histo.review.calibration.temperature_for_models`) among
     every card in `dirs` (default: the shipped and the user's model folders).
     """
-    from napari_histo.models.versions import model_dirs
     from napari_histo.models.weights import iter_cards
 
     cards = []
-    for directory in model_dirs() if dirs is None else [Path(d) for d in dirs]:
-        if Path(directory).is_dir():
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # unreadable cards are someone else's concern
-                cards.extend(card for _, card in iter_cards(directory, None))
+    for directory in _card_dirs(dirs):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # unreadable cards are someone else's concern
+            cards.extend(card for _, card in iter_cards(directory, None))
     return temperature_for_models(run.settings.get("models", []), cards)
+
+
+def _card_dirs(dirs: Sequence[str | os.PathLike[str]] | None) -> list[Path]:
+    from napari_histo.models.versions import model_dirs
+
+    return [Path(d) for d in (model_dirs() if dirs is None else dirs) if Path(d).is_dir()]
+
+
+def run_member_cards(
+    run: ResultRun, dirs: Sequence[str | os.PathLike[str]] | None = None
+) -> list[Path]:
+    """Card files of `run`'s members: same name, version and weights (SHA-256).
+
+    Searches `dirs` (default: the shipped and the user's model folders), in
+    order; the first match of each member wins. For member disagreement and
+    for writing calibrated versions of the run's ensemble.
+
+    Raises
+    ------
+    WeightsError
+        A member of the run has no card there (message names it and the folders).
+    """
+    from napari_histo.errors import WeightsError
+    from napari_histo.models.weights import iter_cards
+
+    if not isinstance(run, ResultRun):
+        raise TypeError(f"`run` must be a ResultRun, got {type(run).__name__}")
+    folders = _card_dirs(dirs)
+    cards = []
+    for directory in folders:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # unreadable cards are someone else's concern
+            cards.extend(iter_cards(directory, None))
+    found = []
+    for model in run.settings.get("models", []):
+        match = next(
+            (
+                path
+                for path, card in cards
+                if card.name == model.get("name")
+                and card.version == model.get("version")
+                and card.sha256 == model.get("sha256")
+            ),
+            None,
+        )
+        if match is None:
+            where = ", ".join(str(d) for d in folders) or "no model folder"
+            raise WeightsError(
+                f"model {model.get('name')} {model.get('version')} of run {run.run_id}: "
+                f"no card with its weights in {where}"
+            )
+        found.append(match)
+    if not found:
+        raise WeightsError(f"run {run.run_id} names no models")
+    return found
 
 
 def calibrated_levels(run: ResultRun, temperature: float | None) -> list[Any]:

@@ -37,6 +37,7 @@ __all__ = [
     "ReviewQueue",
     "ReviewStateWarning",
     "review_state_path",
+    "saved_ranking",
 ]
 
 #: What a reviewer can decide about a region.
@@ -149,6 +150,32 @@ def _read_state(path: Path) -> dict[str, Any] | None:
             stacklevel=3,
         )
         return None
+
+
+def saved_ranking(path: str | os.PathLike[str]) -> tuple[str, int] | None:
+    """``(score, side_l0_px)`` of the ranking a saved state was made on, None without one.
+
+    The side is the largest width or height among the saved region keys (edge
+    regions are clipped), so a dock can rank again with the same squares and
+    find its decisions. A bad file is set aside as :class:`ReviewQueue` does.
+    """
+    saved = _read_state(Path(path))
+    if saved is None:
+        return None
+    keys = [d.key for d in saved["decisions"]]
+    if isinstance(saved.get("current"), str):
+        keys.append(saved["current"])
+    sides = []
+    for key in keys:
+        try:
+            _, _, w, h = (int(v) for v in key.split(","))
+        except ValueError:
+            continue
+        sides.append(max(w, h))
+    score = saved.get("score")
+    if not sides or not isinstance(score, str):
+        return None
+    return score, max(sides)
 
 
 class ReviewQueue:
