@@ -55,3 +55,7 @@ class RegionError(HistoError, ValueError):
 
 class ExportError(HistoError):
     """A result, a lesion file or a report cannot be written (the message names the path)."""
+
+
+class NoRunError(StoreError):
+    """A slide has no complete tumor run in its result store ("run napari-histo infer first")."""

@@ -122,9 +122,28 @@ def test_tissue_restricts_lesions():
     lesions = find_lesions(probability, 1.0, tissue=tissue)
     assert [round(lesion.area_mm2 * 1e6) for lesion in lesions] == [90, 90]
     assert [lesion.bbox_l0[0] for lesion in lesions] == [5, 16]  # ties: raster order
-    measured = measure_arrays("s", probability, tissue, 1.0)
+    measured = measure_arrays("s", probability, tissue, 1.0, min_area_um2=0.0)
     assert measured.tumor_area_mm2 == pytest.approx(180e-6)
     assert measured.tissue_area_mm2 == pytest.approx((30 * 40 - 2 * 30) * 1e-6)
+    # Lesions below the smallest lesion area are noise: not tumor, not lesions.
+    small = measure_arrays("s", probability, tissue, 1.0, min_area_um2=100.0)
+    assert small.tumor_area_mm2 == 0.0 and small.lesions == () and small.size_class == "negative"
+
+
+def test_tumor_bed_is_per_tissue_section_and_ignores_specks():
+    tissue = np.zeros((40, 60), bool)
+    tissue[5:35, 2:25] = True  # section A
+    tissue[5:35, 35:58] = True  # section B, glass between
+    probability = np.zeros(tissue.shape, np.float32)
+    probability[10:14, 5:9] = 1.0  # 16 px in A
+    probability[25:29, 18:22] = 1.0  # 16 px in A: A's bed is the hull of both
+    probability[20:24, 40:44] = 1.0  # 16 px in B: its own bed, the glass not bridged
+    probability[32, 50] = 1.0  # a 1 px speck in B: too small to count
+    measured = measure_arrays("s", probability, tissue, 1.0, min_area_um2=10.0)
+    hull_a = tumor_bed(probability[:, :30] >= 0.5, tissue[:, :30]).sum()
+    assert measured.tumor_bed_area_mm2 == pytest.approx((hull_a + 16) * 1e-6)
+    assert measured.tumor_area_mm2 == pytest.approx(48e-6)
+    assert measured.tumor_burden == pytest.approx(48 / (hull_a + 16))
 
 
 def test_feret_equals_brute_force_over_pixel_corners():

@@ -454,6 +454,37 @@ def find_lesions(
     return _lesions(tumor, probability, epistemic, mpp_um, origin, downsample, min_area_um2)
 
 
+def _large_components(mask: np.ndarray, min_px: float) -> np.ndarray:
+    """`mask` without its 8-connected components of fewer than `min_px` pixels."""
+    if min_px <= 1:
+        return mask
+    labels, count = ndimage.label(mask, structure=np.ones((3, 3), bool))
+    if count == 0:
+        return mask
+    keep = np.bincount(labels.ravel(), minlength=count + 1) >= min_px
+    keep[0] = False
+    return keep[labels]
+
+
+def _sections_bed(viable: np.ndarray, tissue: np.ndarray) -> np.ndarray:
+    """Tumor bed per tissue section: hull of its tumor, within that section only.
+
+    Two sections on one glass (or a section and a far-off fragment) do not share
+    one hull spanning the glass and the tissue between them.
+    """
+    sections, count = ndimage.label(tissue, structure=np.ones((3, 3), bool))
+    bed = np.zeros_like(viable)
+    if count == 0 or not viable.any():
+        return bed
+    with_tumor = np.unique(sections[viable])
+    boxes = ndimage.find_objects(sections)
+    for label in with_tumor[with_tumor > 0]:
+        box = boxes[label - 1]
+        section = sections[box] == label
+        bed[box] |= _bed(viable[box] & section, section)
+    return bed
+
+
 def _lesions(
     tumor: np.ndarray,
     probability: np.ndarray,
@@ -603,6 +634,7 @@ def measure_arrays(
     downsample: float = 1.0,
     nuclei_centroids_l0: np.ndarray | None = None,
     min_area_um2: float = MIN_LESION_UM2,
+    nuclei_region: np.ndarray | None = None,
 ) -> SlideMeasurements:
     """Every measurement of one slide from arrays on one grid.
 
@@ -632,6 +664,9 @@ def measure_arrays(
         Level-0 ``(x, y)`` nucleus centroids; nuclei fields are None without.
     min_area_um2 : float
         Smallest lesion listed, µm² (>= 0); tumor areas count every tumor pixel.
+    nuclei_region : ndarray of bool, shape (H, W), optional
+        Grid pixels where nuclei were segmented (a nuclei run over a region);
+        densities divide by the tumor and non-tumor area inside it. Default: all.
 
     Returns
     -------
@@ -647,14 +682,19 @@ def measure_arrays(
         epistemic = _check_grid("epistemic", epistemic, probability.shape)
     centroids = None if nuclei_centroids_l0 is None else _check_centroids(nuclei_centroids_l0)
 
-    viable = (probability >= threshold) & tissue
-    bed = _bed(viable, tissue)
-    viable_px, bed_px = int(np.count_nonzero(viable)), int(np.count_nonzero(bed))
     min_area = _check_number("min_area_um2", min_area_um2, closed="low")
+    if nuclei_region is not None:
+        nuclei_region = _check_mask("nuclei_region", nuclei_region, probability.shape)
+    # Tumor: components of at least min_area (smaller specks are the map's noise, and
+    # one far-off speck would stretch the tumor bed over unrelated tissue).
+    viable = _large_components((probability >= threshold) & tissue, min_area / mpp_um**2)
+    bed = _sections_bed(viable, tissue)
+    viable_px, bed_px = int(np.count_nonzero(viable)), int(np.count_nonzero(bed))
     lesions = _lesions(viable, probability, epistemic, mpp_um, origin, downsample, min_area)
     nuclei: tuple[Any, ...] = (None, None, None, None)
     if centroids is not None:
-        nuclei = _nuclei(centroids, viable, tissue, mpp_um, origin, downsample)
+        region = np.ones_like(tissue) if nuclei_region is None else nuclei_region
+        nuclei = _nuclei(centroids, viable & region, tissue & region, mpp_um, origin, downsample)
     return SlideMeasurements(
         slide=slide,
         mpp_um=mpp_um,

@@ -31,7 +31,6 @@ from napari_histo.io.store import ResultRun
 
 __all__ = [
     "area_text",
-    "latest_complete_run",
     "lesion_mask",
     "render_report",
     "run_on_thumbnail",
@@ -396,38 +395,6 @@ def write_report(
 
 
 # -- from a run -----------------------------------------------------------------------
-def latest_complete_run(slide_path: PathLike, out_dir: PathLike | None = None) -> ResultRun | None:
-    """The slide's most recently finished complete tumor run, or None when it has none.
-
-    Parameters
-    ----------
-    slide_path : str or PathLike
-        The slide file.
-    out_dir : str or PathLike, optional
-        Folder of its result store (default beside the slide).
-
-    Raises
-    ------
-    StoreError
-        The result store exists but cannot be read (message names it).
-    """
-    from napari_histo.io.slide import Slide
-    from napari_histo.io.store import default_store_path
-    from napari_histo.nuclei.run import open_store_for
-
-    if not default_store_path(slide_path, out_dir).exists():
-        return None
-    with Slide(slide_path) as slide:
-        store = open_store_for(slide, out_dir, mode="r")
-    runs = [r for r in store.runs() if r.complete]
-
-    def finished(run: ResultRun) -> str:
-        attrs = run.group.attrs
-        return str(attrs.get("finished") or attrs.get("updated") or "")
-
-    return max(runs, key=finished, default=None)
-
-
 def run_on_thumbnail(
     run: ResultRun, name: str, shape: tuple[int, int], downsample: float
 ) -> np.ndarray:

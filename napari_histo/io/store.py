@@ -42,7 +42,7 @@ import zarr
 from zarr.codecs import BloscCodec
 
 from napari_histo import __version__
-from napari_histo.errors import StoreError
+from napari_histo.errors import NoRunError, StoreError
 
 __all__ = [
     "RESULT_ARRAYS",
@@ -51,6 +51,7 @@ __all__ = [
     "ResultStore",
     "StoredRun",
     "default_store_path",
+    "latest_complete_run",
     "multiscales_metadata",
     "run_id_for",
     "slide_identity",
@@ -552,3 +553,57 @@ class ResultRun(StoredRun):
                 smaller[y // 2 : y // 2 + rows.shape[0] // 2] = total * np.float32(0.25)
             level, current = level + 1, smaller
         group.attrs["multiscales"] = multiscales_metadata(name, self.geometry, level + 1)
+
+
+def covers_slide(run: StoredRun, dimensions: tuple[int, int]) -> bool:
+    """Whether `run` covers the whole slide of level-0 `dimensions` (not a region of it)."""
+    region = run.settings.get("region_l0")
+    return region is None or [int(v) for v in region] == [0, 0, *map(int, dimensions)]
+
+
+def latest_complete_run(
+    slide_path: str | os.PathLike[str],
+    *,
+    out_dir: str | os.PathLike[str] | None = None,
+    mpp: float | None = None,
+) -> ResultRun:
+    """The slide's most recently finished complete tumor run; whole-slide runs first.
+
+    A run over a region of the slide (``infer --region``, the viewport) is
+    returned only when no complete run covers the whole slide.
+
+    Parameters
+    ----------
+    slide_path : str or PathLike
+        The slide.
+    out_dir : str or PathLike, optional
+        Folder of the result store when it is not beside the slide.
+    mpp : float, optional
+        µm/px given to ``infer --mpp`` (the store is keyed by it).
+
+    Raises
+    ------
+    NoRunError
+        No store, or no complete run in it ("run napari-histo infer first").
+    HistoError
+        The slide or the store cannot be read.
+    """
+    from napari_histo.io.slide import Slide
+
+    slide_path = Path(slide_path)
+    with Slide(slide_path, mpp=mpp) as slide:
+        identity = slide_identity(slide.path, slide.dimensions, slide.mpp)
+        dimensions = slide.dimensions
+    path = default_store_path(slide_path, out_dir)
+    if not path.exists():
+        raise NoRunError(f"{slide_path}: no result store; run napari-histo infer first")
+    runs = [r for r in ResultStore(path, identity, mode="r").runs() if r.complete]
+    if not runs:
+        raise NoRunError(f"{slide_path}: no complete result run; run napari-histo infer first")
+
+    def order(run: ResultRun) -> tuple[bool, str, str]:
+        attrs = run.group.attrs
+        when = str(attrs.get("updated", ""))
+        return covers_slide(run, dimensions), when, run.run_id
+
+    return max(runs, key=order)

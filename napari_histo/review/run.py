@@ -16,8 +16,12 @@ from typing import Any
 import numpy as np
 
 from napari_histo.annotations.model import Annotation
-from napari_histo.errors import HistoError
-from napari_histo.io.store import ResultGeometry, ResultRun, ResultStore, default_store_path
+from napari_histo.errors import NoRunError
+from napari_histo.io.store import (
+    ResultGeometry,
+    ResultRun,
+    latest_complete_run,
+)
 from napari_histo.review.calibration import (
     CalibrationResult,
     calibrate,
@@ -48,49 +52,6 @@ __all__ = [
 
 #: Side of a candidate region by default, µm.
 REGION_UM = 256.0
-
-
-class NoRunError(HistoError):
-    """A slide has no complete result run to review."""
-
-
-def latest_complete_run(
-    slide_path: str | os.PathLike[str],
-    *,
-    out_dir: str | os.PathLike[str] | None = None,
-    mpp: float | None = None,
-) -> ResultRun:
-    """The most recently finished complete run of a slide's result store.
-
-    Parameters
-    ----------
-    slide_path : str or PathLike
-        The slide.
-    out_dir : str or PathLike, optional
-        Folder of the result store when it is not beside the slide.
-    mpp : float, optional
-        µm/px given to ``infer --mpp`` (the store is keyed by it).
-
-    Raises
-    ------
-    NoRunError
-        No store, or no complete run in it ("run napari-histo infer first").
-    HistoError
-        The slide or the store cannot be read.
-    """
-    from napari_histo.io.slide import Slide
-    from napari_histo.io.store import slide_identity
-
-    slide_path = Path(slide_path)
-    with Slide(slide_path, mpp=mpp) as slide:
-        identity = slide_identity(slide.path, slide.dimensions, slide.mpp)
-    path = default_store_path(slide_path, out_dir)
-    if not path.exists():
-        raise NoRunError(f"{slide_path}: no result store; run napari-histo infer first")
-    runs = [r for r in ResultStore(path, identity, mode="r").runs() if r.complete]
-    if not runs:
-        raise NoRunError(f"{slide_path}: no complete result run; run napari-histo infer first")
-    return max(runs, key=lambda r: (str(r.group.attrs.get("updated", "")), r.run_id))
 
 
 def _levels(run: ResultRun, name: str) -> list[Any]:

@@ -34,11 +34,11 @@ from qtpy.QtWidgets import (
 )
 
 from napari_histo.analysis.export import write_lesions_geojson
-from napari_histo.analysis.report import area_text, latest_complete_run, slide_report
+from napari_histo.analysis.report import area_text, slide_report
 from napari_histo.analysis.results import Lesion, SlideMeasurements
-from napari_histo.errors import HistoError
+from napari_histo.errors import HistoError, NoRunError
 from napari_histo.frames import l0_to_world, layer_mpp
-from napari_histo.io.store import ResultRun
+from napari_histo.io.store import ResultRun, latest_complete_run
 from napari_histo.widgets._common import ShutdownMixin, topmost_slide_layer
 from napari_histo.widgets.jobs import JobRunner
 
@@ -118,9 +118,10 @@ def _measure_job(
     nuclei = find_nuclei_runs(slide_path, out_dir)
     if cancel.is_set():
         return None
-    return measure_run(
+    measured = measure_run(
         run, slide_path, threshold=threshold, nuclei_run=nuclei[0] if nuclei else None
     )
+    return None if cancel.is_set() else measured
 
 
 class MeasurementsWidget(ShutdownMixin, QWidget):
@@ -237,7 +238,10 @@ class MeasurementsWidget(ShutdownMixin, QWidget):
             self.slide_label.setText("no slide: open one with the napari-histo reader")
         else:
             try:
-                self.run = latest_complete_run(path, self._out_dir)
+                self.run = latest_complete_run(path, out_dir=self._out_dir)
+            except NoRunError:
+                self.run = None
+                self.slide_label.setText(self._run_text(path, None))
             except (HistoError, OSError) as err:
                 self.slide_label.setText(f"{path.name}: result store not readable: {err}")
             else:
@@ -263,11 +267,18 @@ class MeasurementsWidget(ShutdownMixin, QWidget):
         if self.refresh_run() is None:
             self.set_status("nothing to measure: " + self.slide_label.text())
             return
+        measured_for = (self._slide_path, self.run.run_id)
+
+        def on_return(result: SlideMeasurements | None) -> None:
+            # The slide (or its run) changed while measuring: the result is not this one's.
+            current = (self._slide_path, self.run.run_id if self.run is not None else None)
+            self._on_measured(result if current == measured_for else None)
+
         self.jobs.start(
             lambda cancel: _measure_job(
                 cancel, self.run, self._slide_path, self.threshold_spin.value(), self._out_dir
             ),
-            on_return=self._on_measured,
+            on_return=on_return,
             on_error=self._on_errored,
             on_finish=self._enable,
         )
