@@ -27,6 +27,7 @@ import openslide
 from openslide import lowlevel
 
 from napari_histo.errors import SlideError
+from napari_histo.io.dicom import has_dicom_magic, series_file, wsi_problem
 from napari_histo.io.tiff_tiles import TiffLevelTiles, find_level_tiles, tiff_truncation
 
 __all__ = ["Slide", "open_slide"]
@@ -57,8 +58,6 @@ def _as_path(path: str | os.PathLike[str]) -> Path:
 
 def _check_file(path: Path) -> None:
     """Raise SlideError unless `path` is a non-empty readable regular file."""
-    if not path.exists():
-        raise SlideError(path, "no such file")
     if path.is_dir() and path.suffix.lower() != ".mrxs":
         raise SlideError(path, "is a directory, not a slide file")
     if not path.is_file():
@@ -76,8 +75,31 @@ def _check_file(path: Path) -> None:
             raise SlideError(path, f"is {what}")
 
 
+def _resolve_source(path: Path) -> Path:
+    """The file OpenSlide opens for `path`: itself, or a folder's DICOM WSI series file.
+
+    Raises SlideError (naming `path`) for missing, empty or unreadable files,
+    DICOM files that hold no slide, and folders without one DICOM WSI series.
+    """
+    if not path.exists():
+        raise SlideError(path, "no such file")
+    if path.is_dir() and path.suffix.lower() != ".mrxs":
+        return series_file(path)
+    _check_file(path)
+    if has_dicom_magic(path):
+        reason = wsi_problem(path)
+        if reason is not None:
+            raise SlideError(path, reason)
+    return path
+
+
 def _describe_open_failure(path: Path, err: Exception) -> str:
     """Turn an OpenSlide open error into a short human reason."""
+    if has_dicom_magic(path):
+        if isinstance(err, openslide.OpenSlideUnsupportedFormatError):
+            return "is a corrupt or truncated DICOM file (OpenSlide cannot parse its header)"
+        msg = str(err).strip() or type(err).__name__
+        return f"is a DICOM WSI file that OpenSlide cannot open: {msg}"
     with path.open("rb") as f:
         head = f.read(4)
     if head in _TIFF_MAGIC:
@@ -138,7 +160,9 @@ class Slide:
     Parameters
     ----------
     path : str or PathLike
-        Slide file (anything OpenSlide reads: .svs, .ndpi, .mrxs, tiled .tif, ...).
+        Slide file (anything OpenSlide reads: .svs, .ndpi, .mrxs, tiled .tif,
+        DICOM WSI .dcm, ...), or a folder holding one DICOM WSI series (its
+        largest pyramid level is opened; OpenSlide finds the other files).
     mpp : float, optional
         Microns per pixel at level 0, overriding (or supplying) the file's value.
 
@@ -157,11 +181,11 @@ class Slide:
     """
 
     def __init__(self, path: str | os.PathLike[str], *, mpp: float | None = None) -> None:
-        self._path = _as_path(path)
+        self._source = _as_path(path)
         valid_mpp = isinstance(mpp, int | float) and math.isfinite(mpp) and mpp > 0
         if mpp is not None and not valid_mpp:
             raise ValueError(f"`mpp` must be a finite number > 0, got {mpp!r}")
-        _check_file(self._path)
+        self._path = _resolve_source(self._source)
         self._lock = threading.Lock()
         self._local = threading.local()
         self._handles: list[openslide.OpenSlide] = []
@@ -240,20 +264,25 @@ class Slide:
         try:
             self.read_region(last, 0, 0, 1, 1)
             self.read_region(0, w0 - 1, h0 - 1, 1, 1)
-        except SlideError:
+        except SlideError as err:
             self.close()
-            raise
+            raise SlideError(self._path, f"is corrupt or truncated ({err.reason})") from err
 
     # -- metadata ------------------------------------------------------------
     @property
     def path(self) -> Path:
-        """Path of the slide file."""
+        """Path of the slide file OpenSlide opened (a folder's DICOM level-0 file)."""
         return self._path
 
     @property
+    def source(self) -> Path:
+        """The path given: the slide file, or the folder holding a DICOM WSI series."""
+        return self._source
+
+    @property
     def name(self) -> str:
-        """File name without directory, for layer names and messages."""
-        return self._path.name
+        """Name of what was opened (file or folder), for layer names and messages."""
+        return self._source.name
 
     @property
     def properties(self) -> Mapping[str, str]:
@@ -506,7 +535,7 @@ class Slide:
         self.close()
 
     def __repr__(self) -> str:
-        return f"Slide({str(self._path)!r})"
+        return f"Slide({str(self._source)!r})"
 
     def iter_levels(self) -> Iterator[tuple[int, tuple[int, int], float]]:
         """Yield ``(level, (width, height), downsample)`` for every level."""

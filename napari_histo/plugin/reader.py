@@ -1,4 +1,7 @@
-"""napari reader contribution: any OpenSlide slide as one multiscale RGB layer."""
+"""napari reader contribution: any OpenSlide slide as one multiscale RGB layer.
+
+Also DICOM WSI: a ``.dcm`` file of a series, or a folder holding one series.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from napari_histo.errors import SlideError
+from napari_histo.io.dicom import folder_has_dicom, is_dicom_wsi
 from napari_histo.io.pyramid import open_pyramid
 from napari_histo.io.slide import Slide
 
@@ -17,6 +21,7 @@ __all__ = ["SLIDE_SUFFIXES", "napari_get_reader", "read_slides", "slide_layer_da
 #: File suffixes offered to this reader (OpenSlide formats).
 SLIDE_SUFFIXES = (
     ".svs",
+    ".dcm",
     ".tif",
     ".tiff",
     ".ndpi",
@@ -31,8 +36,20 @@ SLIDE_SUFFIXES = (
 LayerData = tuple[Any, dict[str, Any], str]
 
 
-def _is_slide_name(path: str | os.PathLike[str]) -> bool:
-    return isinstance(path, str | os.PathLike) and Path(path).suffix.lower() in SLIDE_SUFFIXES
+def _is_slide_candidate(path: str | os.PathLike[str]) -> bool:
+    """Cheap check: a slide suffix; for DICOM, a WSI file or a folder holding one.
+
+    DICOM checks read only file headers (the "DICM" magic and the SOP class).
+    """
+    if not isinstance(path, str | os.PathLike):
+        return False
+    p = Path(path)
+    suffix = p.suffix.lower()
+    if p.is_dir():
+        return suffix != ".mrxs" and folder_has_dicom(p)
+    if suffix == ".dcm":
+        return is_dicom_wsi(p)
+    return suffix in SLIDE_SUFFIXES
 
 
 def napari_get_reader(
@@ -40,11 +57,13 @@ def napari_get_reader(
 ) -> Callable[..., list[LayerData]] | None:
     """Return :func:`read_slides` if every path is a slide OpenSlide opens, else None.
 
+    A path may be a folder holding one DICOM WSI series.
+
     Follows napari's convention: a reader that cannot read a file returns None
     (so napari tries the next reader) instead of raising.
     """
     paths = [path] if isinstance(path, str | os.PathLike) else list(path)
-    if not paths or not all(_is_slide_name(p) for p in paths):
+    if not paths or not all(_is_slide_candidate(p) for p in paths):
         return None
     for p in paths:
         try:
