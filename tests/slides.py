@@ -201,3 +201,40 @@ def write_dicom_ct(path: Path, size: int = 64) -> Path:
     ds.PixelData = np.where(disc, 1064, 24).astype("<i2").tobytes()
     ds.save_as(path, enforce_file_format=True)
     return path
+
+
+def write_single_channel_tiff(
+    path: Path,
+    levels: list[np.ndarray],
+    tile: int = 256,
+    mpp: float | None = None,
+    compression: str = "zlib",
+) -> None:
+    """Tiled single-channel (minisblack) pyramidal TIFF of any integer dtype.
+
+    `levels` are the arrays to store, largest first (sizes need not halve).
+    """
+    import tifffile
+
+    width = levels[0].shape[1]
+    with tifffile.TiffWriter(path) as tw:
+        for index, data in enumerate(levels):
+            extra = {}
+            if mpp is not None:
+                per_cm = 1e4 / (mpp * width / data.shape[1])
+                extra = {"resolution": (per_cm, per_cm), "resolutionunit": "CENTIMETER"}
+            tw.write(
+                data, tile=(tile, tile), photometric="minisblack", compression=compression,
+                subfiletype=0 if index == 0 else 1, metadata=None, **extra,
+            )
+
+
+def fluorescence_like(height: int, width: int, peak: float, dtype, seed: int = 0) -> np.ndarray:
+    """Dark background (a few counts of noise) with sparse bright blurred spots up to `peak`."""
+    rng = np.random.default_rng(seed)
+    spots = np.zeros((height, width))
+    count = max(1, height * width // 4000)
+    spots[rng.integers(0, height, count), rng.integers(0, width, count)] = 1
+    spots = ndimage.gaussian_filter(spots, 3)
+    image = spots / spots.max() * peak + rng.normal(0, peak * 0.01, (height, width)) + peak * 0.02
+    return np.clip(image, 0, np.iinfo(dtype).max).astype(dtype)

@@ -13,6 +13,7 @@ from typing import Any
 
 from napari_histo.errors import SlideError
 from napari_histo.io.dicom import folder_has_dicom, is_dicom_wsi
+from napari_histo.io.native_tiff import data_contrast_limits, native_pyramid
 from napari_histo.io.pyramid import open_pyramid
 from napari_histo.io.slide import Slide
 
@@ -74,11 +75,17 @@ def napari_get_reader(
 
 
 def slide_layer_data(slide: Slide) -> LayerData:
-    """Layer data tuple for `slide`: a lazy multiscale RGB image in µm.
+    """Layer data tuple for `slide`: a lazy multiscale image in µm.
 
-    Without mpp metadata the layer is shown in pixels and one warning says so.
+    8-bit RGB slides (brightfield) are OpenSlide's pixels with fixed 0–255
+    contrast limits, so opening reads no pixels. TIFF slides that are not
+    8-bit RGB (greyscale, 16-bit, fluorescence) are read in their own dtype
+    (see :mod:`napari_histo.io.native_tiff`) and get contrast limits from the
+    data. Without mpp metadata the layer is shown in pixels and one warning
+    says so.
     """
-    pyramid = open_pyramid(slide)
+    native = native_pyramid(slide)
+    pyramid = native or open_pyramid(slide)
     if pyramid.mpp is None:
         warnings.warn(
             f"{slide.path}: no microns-per-pixel metadata; showing the slide in pixels",
@@ -99,7 +106,7 @@ def slide_layer_data(slide: Slide) -> LayerData:
     unit = "micrometer" if pyramid.mpp is not None else "pixel"
     kwargs = {
         "name": slide.name,
-        "rgb": True,
+        "rgb": pyramid.levels[0].ndim == 3,
         "multiscale": True,
         "scale": pyramid.scale_um,
         "units": (unit, unit),
@@ -107,6 +114,11 @@ def slide_layer_data(slide: Slide) -> LayerData:
         "contrast_limits": (0, 255),
         "metadata": metadata,
     }
+    if native is not None:
+        metadata["native_dtype"] = str(native.levels[0].dtype)
+        kwargs["contrast_limits"] = data_contrast_limits(native)
+        if not kwargs["rgb"]:
+            kwargs["colormap"] = "gray"
     return list(pyramid.levels), kwargs, "image"
 
 
