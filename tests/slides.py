@@ -61,11 +61,17 @@ def write_aperio_svs(
 
 
 def write_generic_tiff(
-    path: Path, image: np.ndarray, levels: int = 1, tile: int = 256, mpp: float | None = None
+    path: Path,
+    image: np.ndarray,
+    levels: int = 1,
+    tile: int = 256,
+    mpp: float | None = None,
+    compression: str | None = "jpeg",
 ) -> None:
     """Plain tiled TIFF (OpenSlide "generic-tiff"); levels downsampled by 2.
 
     With `mpp`, resolution tags in centimetres give OpenSlide its mpp.
+    `compression` is a tifffile compression name (None: uncompressed).
     """
     import tifffile
 
@@ -78,7 +84,8 @@ def write_generic_tiff(
                 extra = {"resolution": (per_cm, per_cm), "resolutionunit": "CENTIMETER"}
             tw.write(
                 _tiles(data, tile), shape=data.shape, dtype=np.uint8, tile=(tile, tile),
-                photometric="rgb", compression="jpeg", compressionargs={"level": 90},
+                photometric="rgb", compression=compression,
+                compressionargs={"level": 90} if compression == "jpeg" else None,
                 subfiletype=0 if level == 0 else 1, metadata=None, **extra,
             )
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import ctypes
 import math
 import os
+import re
 import threading
 import warnings
 from collections.abc import Iterator, Mapping
@@ -24,6 +25,7 @@ from types import MappingProxyType
 
 import numpy as np
 import openslide
+import tifffile
 from openslide import lowlevel
 
 from napari_histo.errors import SlideError
@@ -111,7 +113,23 @@ def _describe_open_failure(path: Path, err: Exception) -> str:
             return "is a TIFF file that OpenSlide cannot read as a slide (not tiled or pyramidal?)"
         return "is not a slide format OpenSlide recognises (corrupt, or not a slide)"
     msg = str(err).strip() or type(err).__name__
+    compression = _unsupported_compression(msg)
+    if compression is not None:
+        return f"uses {compression} TIFF compression, which OpenSlide cannot decode"
     return f"is corrupt or truncated: {msg}"
+
+
+def _unsupported_compression(msg: str) -> str | None:
+    """``"WEBP (50001)"`` from OpenSlide's "Unsupported TIFF compression: 50001", else None."""
+    match = re.search(r"Unsupported TIFF compression: (\d+)", msg)
+    if match is None:
+        return None
+    code = int(match.group(1))
+    try:
+        name = tifffile.COMPRESSION(code).name
+    except ValueError:
+        name = "unknown"
+    return f"{name} ({code})"
 
 
 def _is_tiff(path: Path) -> bool:
