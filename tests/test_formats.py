@@ -24,6 +24,7 @@ def test_generic_tiff_compressions_open(tmp_path, compression, max_error):
     write_generic_tiff(path, IMAGE, levels=2, compression=compression, mpp=0.5)
     with Slide(path) as slide:
         assert slide.vendor == "generic-tiff" and slide.level_count == 2
+        assert slide.mpp == pytest.approx(0.5, rel=1e-3)
         for level, source in enumerate([IMAGE, _reduce(IMAGE, 2)]):
             height, width = source.shape[:2]
             got = slide.read_level_region(level, 0, 0, width, height).astype(int)

@@ -118,3 +118,27 @@ def test_non_integer_downsample_level_is_read_on_its_own_grid(tmp_path):
         pyramid = native_pyramid(slide)
         assert pyramid is not None
         np.testing.assert_array_equal(pyramid.levels[1].compute(), small)
+
+
+@pytest.mark.parametrize(
+    ("dtype", "photometric", "samples", "native"),
+    [
+        (np.uint8, "minisblack", 1, True),
+        (np.uint16, "minisblack", 1, True),
+        (np.uint16, "rgb", 3, True),
+        (np.uint8, "rgb", 3, False),
+        (np.uint8, "palette", 1, False),
+        (np.uint8, "miniswhite", 1, False),
+    ],
+)
+def test_which_pages_are_read_natively(tmp_path, dtype, photometric, samples, native):
+    import tifffile
+
+    from napari_histo.io.native_tiff import reads_natively
+
+    shape = (64, 64) if samples == 1 else (64, 64, samples)
+    path = tmp_path / "page.tif"
+    extra = {"colormap": np.zeros((3, 256), np.uint16)} if photometric == "palette" else {}
+    tifffile.imwrite(path, np.zeros(shape, dtype), photometric=photometric, tile=(32, 32), **extra)
+    with tifffile.TiffFile(path) as tif:
+        assert reads_natively(tif.pages[0]) is native

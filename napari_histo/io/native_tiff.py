@@ -23,7 +23,7 @@ from napari_histo.io.pyramid import MAX_TOP_PX, Pyramid
 from napari_histo.io.slide import Slide
 from napari_histo.io.tiff_tiles import _TIFF_ERRORS
 
-__all__ = ["data_contrast_limits", "is_native_rgb8", "native_pyramid"]
+__all__ = ["data_contrast_limits", "native_pyramid", "reads_natively"]
 
 #: Percentiles of the coarsest level that become the contrast limits.
 LIMIT_PERCENTILES = (0.5, 99.5)
@@ -31,16 +31,18 @@ LIMIT_PERCENTILES = (0.5, 99.5)
 #: Longer side (px) of the sample of the coarsest level used for the limits.
 LIMIT_SAMPLE_PX = 1024
 
-_RGB_PHOTOMETRICS = (tifffile.PHOTOMETRIC.RGB, tifffile.PHOTOMETRIC.YCBCR)
+def reads_natively(page: tifffile.TiffPage) -> bool:
+    """Whether `page` is shown from its own values rather than OpenSlide's 8-bit RGB.
 
-
-def is_native_rgb8(page: tifffile.TiffPage) -> bool:
-    """Whether `page` holds 8-bit RGB(A) pixels (what OpenSlide renders faithfully)."""
-    return (
-        page.bitspersample == 8
-        and page.samplesperpixel in (3, 4)
-        and page.photometric in _RGB_PHOTOMETRICS
-    )
+    True for single-channel min-is-black pages (8 or 16 bit, greyscale or
+    fluorescence) and for RGB with more than 8 bits per sample. 8-bit RGB,
+    palette, min-is-white and CMYK pages stay with OpenSlide, which renders
+    them as they are meant to look.
+    """
+    photometric = page.photometric
+    if photometric == tifffile.PHOTOMETRIC.MINISBLACK:
+        return page.samplesperpixel == 1
+    return photometric == tifffile.PHOTOMETRIC.RGB and page.bitspersample > 8
 
 
 def _level_pages(tif: tifffile.TiffFile, slide: Slide) -> list[int] | None:
@@ -93,7 +95,8 @@ def native_pyramid(slide: Slide, *, max_top_px: int = MAX_TOP_PX) -> Pyramid | N
     -------
     Pyramid or None
         ``(H, W)`` (single channel) or ``(H, W, 3)`` levels of the file's dtype,
-        largest first; None when the slide is not a TIFF, is 8-bit RGB (use
+        largest first; None when the slide is not a TIFF, its level 0 is not
+        read natively (see :func:`reads_natively`; use
         :func:`~napari_histo.io.pyramid.open_pyramid`), or has a layout this
         module does not read (planar multi-channel, z-stacks).
     """
@@ -104,7 +107,7 @@ def native_pyramid(slide: Slide, *, max_top_px: int = MAX_TOP_PX) -> Pyramid | N
             if not tif.pages or not isinstance(tif.pages[0], tifffile.TiffPage):
                 return None
             pages = _level_pages(tif, slide)
-            if pages is None or is_native_rgb8(tif.pages[pages[0]]):
+            if pages is None or not reads_natively(tif.pages[pages[0]]):
                 return None
     except _TIFF_ERRORS:
         return None
