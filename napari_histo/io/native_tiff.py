@@ -21,7 +21,7 @@ import tifffile
 
 from napari_histo.io.pyramid import MAX_TOP_PX, Pyramid
 from napari_histo.io.slide import Slide
-from napari_histo.io.tiff_tiles import _TIFF_ERRORS
+from napari_histo.io.tiff_tiles import TIFF_ERRORS
 
 __all__ = ["data_contrast_limits", "native_pyramid", "reads_natively"]
 
@@ -109,7 +109,7 @@ def native_pyramid(slide: Slide, *, max_top_px: int = MAX_TOP_PX) -> Pyramid | N
             pages = _level_pages(tif, slide)
             if pages is None or not reads_natively(tif.pages[pages[0]]):
                 return None
-    except _TIFF_ERRORS:
+    except TIFF_ERRORS:
         return None
     levels = []
     for index in pages:

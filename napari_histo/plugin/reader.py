@@ -1,5 +1,6 @@
-"""napari reader contribution: any OpenSlide slide as one multiscale RGB layer.
+"""napari reader contribution: any OpenSlide slide as one multiscale layer.
 
+RGB for brightfield slides; the file's own dtype for greyscale / 16-bit TIFFs.
 Also DICOM WSI: a ``.dcm`` file of a series, or a folder holding one series.
 """
 
