@@ -172,3 +172,16 @@ def test_manifest_offers_dcm_and_folders():
     manifest = npe2.PluginManifest.from_file(files("napari_histo") / "napari.yaml")
     reader = manifest.contributions.readers[0]
     assert "*.dcm" in reader.filename_patterns and reader.accepts_directories
+
+
+def test_cli_info_on_ct_is_one_line_exit_2(ct_file):
+    import subprocess
+    import sys
+
+    proc = subprocess.run(
+        [sys.executable, "-m", "napari_histo.cli", "info", str(ct_file)],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert proc.returncode == 2 and proc.stdout == ""
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and str(ct_file) in lines[0] and "not a whole-slide image" in lines[0]
