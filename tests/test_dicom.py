@@ -85,6 +85,8 @@ def test_reader_file_and_folder_give_multiscale_rgb_in_um(dicom_dir):
         kwargs["metadata"]["slide"].close()
     ((_, kwargs, _),) = napari_get_reader(str(dicom_dir))(str(dicom_dir))
     assert kwargs["name"] == "cmu-dicom"
+    assert kwargs["metadata"]["source"] == str(dicom_dir)
+    assert kwargs["metadata"]["path"] == str(dicom_dir / "level-0.dcm")
     kwargs["metadata"]["slide"].close()
 
 

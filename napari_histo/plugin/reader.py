@@ -86,7 +86,7 @@ def slide_layer_data(slide: Slide) -> LayerData:
     says so.
     """
     native = native_pyramid(slide)
-    pyramid = native or open_pyramid(slide)
+    pyramid = native if native is not None else open_pyramid(slide)
     if pyramid.mpp is None:
         warnings.warn(
             f"{slide.path}: no microns-per-pixel metadata; showing the slide in pixels",
@@ -95,6 +95,7 @@ def slide_layer_data(slide: Slide) -> LayerData:
         )
     metadata = {
         "path": str(slide.path),
+        "source": str(slide.source),
         "mpp": slide.mpp,
         "mpp_x": slide.mpp_x,
         "mpp_y": slide.mpp_y,
