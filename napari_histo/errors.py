@@ -23,12 +23,13 @@ class SlideError(HistoError):
     path : str or PathLike
         The slide file.
     reason : str
-        What is wrong, in a few words.
+        What is wrong, in a few words; line breaks (from library messages)
+        are folded so the message stays one line.
     """
 
     def __init__(self, path: str | PathLike[str], reason: str) -> None:
         self.path = str(path)
-        self.reason = reason
+        self.reason = " ".join(str(reason).split())
         super().__init__(f"{self.path}: {reason}")
 
 

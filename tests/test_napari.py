@@ -109,3 +109,33 @@ def test_sample_size_setting_rejects_bad_values(monkeypatch):
     monkeypatch.setenv("NAPARI_HISTO_SAMPLE_PX", "10")
     with pytest.raises(ValueError, match=r"must be in \[1024, 131072\], got 10"):
         sample_size_px()
+
+
+def test_viewer_opens_dicom_folder_and_16_bit_tiff(make_napari_viewer, qtbot, tmp_path):
+    """npe2 routes a folder (accepts_directories) and a .dcm file to our reader;
+    a 16-bit fluorescence TIFF renders with limits from the data, not black."""
+    from tests.slides import (
+        fluorescence_like,
+        textured_rgb,
+        write_dicom_wsi,
+        write_single_channel_tiff,
+    )
+
+    folder = tmp_path / "series"
+    write_dicom_wsi(folder, textured_rgb(700, 900, seed=4), levels=2, mpp=0.5)
+    viewer = make_napari_viewer(show=True)
+    for path in (folder, folder / "level-1.dcm"):
+        (layer,) = viewer.open(path, plugin="napari-histo")
+        assert layer.multiscale and layer.rgb
+        np.testing.assert_allclose(layer.scale, (0.5, 0.5))
+        viewer.layers.clear()
+
+    image = fluorescence_like(600, 800, peak=4000, dtype=np.uint16, seed=5)
+    path = tmp_path / "fluo16.tif"
+    write_single_channel_tiff(path, [image], mpp=0.5)
+    (layer,) = viewer.open(path, plugin="napari-histo")
+    assert not layer.rgb and layer.dtype == np.uint16
+    assert 1000 < layer.contrast_limits[1] <= 4000
+    viewer.reset_view()
+    shot = _screenshot(viewer, qtbot)
+    assert shot[..., :3].max() > 200, "bright spots should reach near white"

@@ -44,7 +44,9 @@ class Pyramid:
     Attributes
     ----------
     levels : tuple of dask.array.Array
-        ``(H, W, 3)`` uint8 arrays, level 0 first.
+        ``(H, W, 3)`` uint8 arrays, level 0 first (from :func:`open_pyramid`;
+        :func:`napari_histo.io.native_tiff.native_pyramid` gives the file's own
+        dtype, ``(H, W)`` for a single channel).
     downsamples : tuple of float
         Downsample of each level relative to level 0 (file levels as OpenSlide
         reports them; synthetic levels as exact factors of the file's last).

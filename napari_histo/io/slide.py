@@ -16,6 +16,7 @@ from __future__ import annotations
 import ctypes
 import math
 import os
+import re
 import threading
 import warnings
 from collections.abc import Iterator, Mapping
@@ -24,10 +25,12 @@ from types import MappingProxyType
 
 import numpy as np
 import openslide
+import tifffile
 from openslide import lowlevel
 
 from napari_histo.errors import SlideError
 from napari_histo.frames import MPP_RANGE, plausible_mpp
+from napari_histo.io.dicom import has_dicom_magic, series_file, wsi_problem
 from napari_histo.io.dicom_tiles import find_dicom_level_tiles
 from napari_histo.io.mpp_choice import read_mpp_choice
 from napari_histo.io.tiff_tiles import (
@@ -65,8 +68,6 @@ def _as_path(path: str | os.PathLike[str]) -> Path:
 
 def _check_file(path: Path) -> None:
     """Raise SlideError unless `path` is a non-empty readable regular file."""
-    if not path.exists():
-        raise SlideError(path, "no such file")
     if path.is_dir() and path.suffix.lower() != ".mrxs":
         raise SlideError(path, "is a directory, not a slide file")
     if not path.is_file():
@@ -84,8 +85,31 @@ def _check_file(path: Path) -> None:
             raise SlideError(path, f"is {what}")
 
 
+def _resolve_source(path: Path) -> Path:
+    """The file OpenSlide opens for `path`: itself, or a folder's DICOM WSI series file.
+
+    Raises SlideError (naming `path`) for missing, empty or unreadable files,
+    DICOM files that hold no slide, and folders without one DICOM WSI series.
+    """
+    if not path.exists():
+        raise SlideError(path, "no such file")
+    if path.is_dir() and path.suffix.lower() != ".mrxs":
+        return series_file(path)
+    _check_file(path)
+    if has_dicom_magic(path):
+        reason = wsi_problem(path)
+        if reason is not None:
+            raise SlideError(path, reason)
+    return path
+
+
 def _describe_open_failure(path: Path, err: Exception) -> str:
     """Turn an OpenSlide open error into a short human reason."""
+    if has_dicom_magic(path):
+        if isinstance(err, openslide.OpenSlideUnsupportedFormatError):
+            return "is a corrupt or truncated DICOM file (OpenSlide cannot parse its header)"
+        msg = str(err).strip() or type(err).__name__
+        return f"is a DICOM WSI file that OpenSlide cannot open: {msg}"
     with path.open("rb") as f:
         head = f.read(4)
     if head in _TIFF_MAGIC:
@@ -97,17 +121,23 @@ def _describe_open_failure(path: Path, err: Exception) -> str:
             return "is a TIFF file that OpenSlide cannot read as a slide (not tiled or pyramidal?)"
         return "is not a slide format OpenSlide recognises (corrupt, or not a slide)"
     msg = str(err).strip() or type(err).__name__
+    compression = _unsupported_compression(msg)
+    if compression is not None:
+        return f"uses {compression} TIFF compression, which OpenSlide cannot decode"
     return f"is corrupt or truncated: {msg}"
 
 
-def _is_dicom(path: Path) -> bool:
-    """DICM magic at byte 128 (a DICOM file; OpenSlide decides whether it is a slide)."""
+def _unsupported_compression(msg: str) -> str | None:
+    """``"WEBP (50001)"`` from OpenSlide's "Unsupported TIFF compression: 50001", else None."""
+    match = re.search(r"Unsupported TIFF compression: (\d+)", msg)
+    if match is None:
+        return None
+    code = int(match.group(1))
     try:
-        with path.open("rb") as f:
-            f.seek(128)
-            return f.read(4) == b"DICM"
-    except OSError:
-        return False
+        name = tifffile.COMPRESSION(code).name
+    except ValueError:
+        name = "unknown"
+    return f"{name} ({code})"
 
 
 def _is_tiff(path: Path) -> bool:
@@ -156,7 +186,9 @@ class Slide:
     Parameters
     ----------
     path : str or PathLike
-        Slide file (anything OpenSlide reads: .svs, .ndpi, .mrxs, tiled .tif, ...).
+        Slide file (anything OpenSlide reads: .svs, .ndpi, .mrxs, tiled .tif,
+        DICOM WSI .dcm, ...), or a folder holding one DICOM WSI series (its
+        largest pyramid level is opened; OpenSlide finds the other files).
     mpp : float, optional
         Microns per pixel at level 0, overriding the saved choice and the file's value.
 
@@ -189,11 +221,11 @@ class Slide:
     """
 
     def __init__(self, path: str | os.PathLike[str], *, mpp: float | None = None) -> None:
-        self._path = _as_path(path)
+        self._source = _as_path(path)
         valid_mpp = isinstance(mpp, int | float) and math.isfinite(mpp) and mpp > 0
         if mpp is not None and not valid_mpp:
             raise ValueError(f"`mpp` must be a finite number > 0, got {mpp!r}")
-        _check_file(self._path)
+        self._path = _resolve_source(self._source)
         self._lock = threading.Lock()
         self._local = threading.local()
         self._handles: list[openslide.OpenSlide] = []
@@ -239,7 +271,7 @@ class Slide:
                 self._level_dimensions,
                 tuple(self.tile_size(level) for level in range(self.level_count)),
             )
-        elif self._path.is_file() and _is_dicom(self._path):
+        elif self._path.is_file() and has_dicom_magic(self._path):
             self._level_tiles = find_dicom_level_tiles(
                 self._path,
                 self._level_dimensions,
@@ -296,20 +328,25 @@ class Slide:
         try:
             self.read_region(last, 0, 0, 1, 1)
             self.read_region(0, w0 - 1, h0 - 1, 1, 1)
-        except SlideError:
+        except SlideError as err:
             self.close()
-            raise
+            raise SlideError(self._path, f"is corrupt or truncated ({err.reason})") from err
 
     # -- metadata ------------------------------------------------------------
     @property
     def path(self) -> Path:
-        """Path of the slide file."""
+        """Path of the slide file OpenSlide opened (a folder's DICOM level-0 file)."""
         return self._path
 
     @property
+    def source(self) -> Path:
+        """The path given: the slide file, or the folder holding a DICOM WSI series."""
+        return self._source
+
+    @property
     def name(self) -> str:
-        """File name without directory, for layer names and messages."""
-        return self._path.name
+        """Name of what was opened (file or folder), for layer names and messages."""
+        return self._source.name
 
     @property
     def properties(self) -> Mapping[str, str]:
@@ -584,7 +621,7 @@ class Slide:
         self.close()
 
     def __repr__(self) -> str:
-        return f"Slide({str(self._path)!r})"
+        return f"Slide({str(self._source)!r})"
 
     def iter_levels(self) -> Iterator[tuple[int, tuple[int, int], float]]:
         """Yield ``(level, (width, height), downsample)`` for every level."""

@@ -24,12 +24,13 @@ from typing import Any
 import numpy as np
 import tifffile
 
-__all__ = ["TiffLevelTiles", "TileCache", "find_level_tiles", "tiff_truncation"]
+__all__ = ["TIFF_ERRORS", "TiffLevelTiles", "TileCache", "find_level_tiles", "tiff_truncation"]
 
 # Compressions imagecodecs decodes: none, LZW, JPEG, deflate, JPEG 2000 (Aperio), WebP, zstd.
 _DECODABLE = {1, 5, 7, 8, 32946, 33003, 33004, 33005, 34712, 50000, 50001}
 
-_TIFF_ERRORS = (tifffile.TiffFileError, ValueError, OSError, struct.error, IndexError, KeyError)
+#: What tifffile raises on a corrupt or truncated TIFF structure.
+TIFF_ERRORS = (tifffile.TiffFileError, ValueError, OSError, struct.error, IndexError, KeyError)
 
 
 #: Decoded tiles kept per slide, bytes: what OpenSlide keeps by default (its own
@@ -232,7 +233,7 @@ def find_level_tiles(
                     )
                 )
             return tuple(found)
-    except _TIFF_ERRORS:
+    except TIFF_ERRORS:
         return (None,) * len(level_dimensions)
 
 
@@ -250,6 +251,6 @@ def tiff_truncation(path: Path) -> str | None:
                 if offsets.size and int((offsets + counts).max()) > size:
                     end = int((offsets + counts).max())
                     return f"is truncated: page {index} needs {end} bytes, file has {size}"
-    except _TIFF_ERRORS as err:
+    except TIFF_ERRORS as err:
         return f"is a corrupt or truncated TIFF ({err})"
     return None

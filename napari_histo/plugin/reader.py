@@ -1,4 +1,8 @@
-"""napari reader contribution: any OpenSlide slide as one multiscale RGB layer."""
+"""napari reader contribution: any OpenSlide slide as one multiscale layer.
+
+RGB for brightfield slides; the file's own dtype for greyscale / 16-bit TIFFs.
+Also DICOM WSI: a ``.dcm`` file of a series, or a folder holding one series.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from napari_histo.errors import SlideError
+from napari_histo.io.dicom import folder_has_dicom, is_dicom_wsi
+from napari_histo.io.native_tiff import data_contrast_limits, native_pyramid
 from napari_histo.io.pyramid import open_pyramid
 from napari_histo.io.slide import Slide
 
@@ -17,6 +23,7 @@ __all__ = ["SLIDE_SUFFIXES", "napari_get_reader", "read_slides", "slide_layer_da
 #: File suffixes offered to this reader (OpenSlide formats).
 SLIDE_SUFFIXES = (
     ".svs",
+    ".dcm",
     ".tif",
     ".tiff",
     ".ndpi",
@@ -31,8 +38,20 @@ SLIDE_SUFFIXES = (
 LayerData = tuple[Any, dict[str, Any], str]
 
 
-def _is_slide_name(path: str | os.PathLike[str]) -> bool:
-    return isinstance(path, str | os.PathLike) and Path(path).suffix.lower() in SLIDE_SUFFIXES
+def _is_slide_candidate(path: str | os.PathLike[str]) -> bool:
+    """Cheap check: a slide suffix; for DICOM, a WSI file or a folder holding one.
+
+    DICOM checks read only file headers (the "DICM" magic and the SOP class).
+    """
+    if not isinstance(path, str | os.PathLike):
+        return False
+    p = Path(path)
+    suffix = p.suffix.lower()
+    if p.is_dir():
+        return suffix != ".mrxs" and folder_has_dicom(p)
+    if suffix == ".dcm":
+        return is_dicom_wsi(p)
+    return suffix in SLIDE_SUFFIXES
 
 
 def napari_get_reader(
@@ -40,11 +59,13 @@ def napari_get_reader(
 ) -> Callable[..., list[LayerData]] | None:
     """Return :func:`read_slides` if every path is a slide OpenSlide opens, else None.
 
+    A path may be a folder holding one DICOM WSI series.
+
     Follows napari's convention: a reader that cannot read a file returns None
     (so napari tries the next reader) instead of raising.
     """
     paths = [path] if isinstance(path, str | os.PathLike) else list(path)
-    if not paths or not all(_is_slide_name(p) for p in paths):
+    if not paths or not all(_is_slide_candidate(p) for p in paths):
         return None
     for p in paths:
         try:
@@ -55,14 +76,19 @@ def napari_get_reader(
 
 
 def slide_layer_data(slide: Slide) -> LayerData:
-    """Layer data tuple for `slide`: a lazy multiscale RGB image in µm.
+    """Layer data tuple for `slide`: a lazy multiscale image in µm.
 
-    The scale is :attr:`Slide.mpp <napari_histo.io.slide.Slide.mpp>`: the saved
-    choice beside the slide, else the file's plausible value (see the Slide
-    docstring); ``metadata["mpp_source"]`` says which. Without one the layer is
-    shown in pixels and one warning says so.
+    8-bit RGB slides (brightfield) are OpenSlide's pixels with fixed 0–255
+    contrast limits, so opening reads no pixels. TIFF slides that are not
+    8-bit RGB (greyscale, 16-bit, fluorescence) are read in their own dtype
+    (see :mod:`napari_histo.io.native_tiff`) and get contrast limits from the
+    data. The scale is :attr:`Slide.mpp <napari_histo.io.slide.Slide.mpp>`:
+    the saved choice beside the slide, else the file's plausible value (see the
+    Slide docstring); ``metadata["mpp_source"]`` says which. Without one the
+    layer is shown in pixels and one warning says so.
     """
-    pyramid = open_pyramid(slide)
+    native = native_pyramid(slide)
+    pyramid = native if native is not None else open_pyramid(slide)
     if pyramid.mpp is None:
         warnings.warn(
             f"{slide.path}: no microns-per-pixel metadata; showing the slide in pixels "
@@ -72,6 +98,7 @@ def slide_layer_data(slide: Slide) -> LayerData:
         )
     metadata = {
         "path": str(slide.path),
+        "source": str(slide.source),
         "mpp": slide.mpp,
         "mpp_x": slide.mpp_x,
         "mpp_y": slide.mpp_y,
@@ -86,7 +113,7 @@ def slide_layer_data(slide: Slide) -> LayerData:
     unit = "micrometer" if pyramid.mpp is not None else "pixel"
     kwargs = {
         "name": slide.name,
-        "rgb": True,
+        "rgb": pyramid.levels[0].ndim == 3,
         "multiscale": True,
         "scale": pyramid.scale_um,
         "units": (unit, unit),
@@ -94,6 +121,11 @@ def slide_layer_data(slide: Slide) -> LayerData:
         "contrast_limits": (0, 255),
         "metadata": metadata,
     }
+    if native is not None:
+        metadata["native_dtype"] = str(native.levels[0].dtype)
+        kwargs["contrast_limits"] = data_contrast_limits(native)
+        if not kwargs["rgb"]:
+            kwargs["colormap"] = "gray"
     return list(pyramid.levels), kwargs, "image"
 
 

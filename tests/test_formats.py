@@ -1,0 +1,46 @@
+"""Which generic tiled TIFF compressions open (pixels checked against the source),
+and the one-line error for those OpenSlide cannot decode. The README's format
+table lists what these tests verify."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from napari_histo.errors import SlideError
+from napari_histo.io.slide import Slide
+from napari_histo.plugin.reader import napari_get_reader
+from tests.slides import _reduce, textured_rgb, write_generic_tiff
+
+IMAGE = textured_rgb(600, 800, seed=3)
+
+
+@pytest.mark.parametrize(
+    ("compression", "max_error"),
+    [("jpeg", 40), ("zlib", 0), ("lzw", 0), ("zstd", 0), ("packbits", 0), (None, 0)],
+)
+def test_generic_tiff_compressions_open(tmp_path, compression, max_error):
+    path = tmp_path / f"{compression}.tif"
+    write_generic_tiff(path, IMAGE, levels=2, compression=compression, mpp=0.5)
+    with Slide(path) as slide:
+        assert slide.vendor == "generic-tiff" and slide.level_count == 2
+        assert slide.mpp == pytest.approx(0.5, rel=1e-3)
+        for level, source in enumerate([IMAGE, _reduce(IMAGE, 2)]):
+            height, width = source.shape[:2]
+            got = slide.read_level_region(level, 0, 0, width, height).astype(int)
+            error = np.abs(got - source)
+            assert error.max() <= max_error and error.mean() < 3
+    assert napari_get_reader(str(path)) is not None
+
+
+@pytest.mark.parametrize(
+    ("compression", "name"),
+    [("webp", r"WEBP \(50001\)"), ("jpeg2000", r"JPEG2000 \(34712\)"), ("lzma", r"LZMA \(34925\)")],
+)
+def test_undecodable_compression_one_line_error(tmp_path, compression, name):
+    path = tmp_path / f"{compression}.tif"
+    write_generic_tiff(path, IMAGE, levels=1, compression=compression)
+    with pytest.raises(SlideError, match=f"uses {name} TIFF compression, which OpenSlide") as info:
+        Slide(path)
+    assert str(info.value).startswith(f"{path}: ") and "\n" not in str(info.value)
+    assert napari_get_reader(str(path)) is None
