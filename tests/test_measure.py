@@ -410,10 +410,14 @@ def test_measure_run_on_a_real_store(tmp_path):
     tissue = mask[np.ix_(idx, idx)]
     features = nuclei.run.features()
     centroids = np.column_stack([features["centroid_x_um"], features["centroid_y_um"]]) / 0.25
+    # Nuclei densities count only the 512² region the nuclei run covered.
+    centres_l0 = (np.arange(256) + 0.5) * 8.0
+    in_x = (centres_l0 >= x0) & (centres_l0 < x0 + 512)
+    in_y = (centres_l0 >= y0) & (centres_l0 < y0 + 512)
     expected = measure_arrays(
         "s.svs", probability, tissue, 2.0, threshold=threshold,
         epistemic=np.asarray(result_run.levels("epistemic")[1][...]), downsample=8.0,
-        nuclei_centroids_l0=centroids,
+        nuclei_centroids_l0=centroids, nuclei_region=in_y[:, None] & in_x[None, :],
     )  # fmt: skip
     assert measured.row() == pytest.approx(expected.row(), nan_ok=True)
     assert measured.to_dict() == expected.to_dict()

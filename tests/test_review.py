@@ -346,3 +346,16 @@ def test_uncertainty_score_is_bernoulli_entropy_in_bits():
     expected = [0.0, 1.0, 0.0, -(0.25 * np.log2(0.25) + 0.75 * np.log2(0.75))]
     assert counts is None
     np.testing.assert_allclose(values[0], expected, atol=1e-6)
+
+
+def test_a_decision_that_cannot_be_saved_is_not_kept(tmp_path):
+    from napari_histo.review.regions import Region
+    from napari_histo.review.state import ReviewQueue
+
+    regions = [Region((0, 0, 10, 10), 2.0, 100.0, 0.5), Region((10, 0, 10, 10), 1.0, 100.0, 0.4)]
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    queue = ReviewQueue(regions, blocker / "s.review.json", author="ana")  # parent is a file
+    with pytest.raises(OSError):
+        queue.accept()
+    assert queue.index == 0 and queue.decision() is None

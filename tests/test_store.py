@@ -83,8 +83,11 @@ def test_write_all_cells_resume_and_finish(tmp_path, identity):
     ms = run2.group["probability"].attrs["multiscales"][0]
     assert ms["axes"][0]["unit"] == "micrometer"
     assert ms["datasets"][1]["coordinateTransformations"][0]["scale"] == [2.0, 2.0]
-    # Translation: level-0 origin (x=400, y=800) at 0.25 µm/px -> (200 µm, 100 µm) as (y, x).
-    assert ms["datasets"][0]["coordinateTransformations"][1]["translation"] == [200.0, 100.0]
+    # Translation: the centre of pixel (0, 0). Level-0 origin (x=400, y=800) at 0.25 µm/px,
+    # 4 level-0 px per result px: centre at +1.5 px -> (200.375 µm, 100.375 µm) as (y, x);
+    # level 1 (8 px): +3.5 px -> (200.875, 100.875). The same as frames.py puts layers.
+    assert ms["datasets"][0]["coordinateTransformations"][1]["translation"] == [200.375, 100.375]
+    assert ms["datasets"][1]["coordinateTransformations"][1]["translation"] == [200.875, 100.875]
 
 
 def test_other_settings_make_a_new_run(tmp_path, identity):

@@ -350,12 +350,17 @@ def _infer_and_measure(slide, config, folder, progress, cancel):
             progress and (lambda p: progress("nuclei", p.done, p.total)),
         )
         nuclei_run = nuclei.run
+    from napari_histo.review.calibration import ensemble_temperature
+
     measurements = measure_run(
         result.run,
         slide,
         threshold=config.threshold,
         nuclei_run=nuclei_run,
         min_area_um2=config.min_area_um2,
+        # Calibrated members (cards with a temperature) measure calibrated probability;
+        # the cards are in the fingerprint, so a calibration reruns the slide.
+        temperature=ensemble_temperature([m.card for m in members]),
     )
     if config.outputs:
         _write_outputs(result.run, slide, measurements, folder)

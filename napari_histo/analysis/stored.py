@@ -19,7 +19,7 @@ from napari_histo.analysis.results import SlideMeasurements
 from napari_histo.errors import StoreError
 
 if TYPE_CHECKING:
-    from napari_histo.io.store import ResultRun
+    from napari_histo.io.store import ResultGeometry, ResultRun
     from napari_histo.nuclei.run import NucleiRun
 
 __all__ = ["measure_run"]
@@ -68,6 +68,18 @@ def _resample_nearest(
     return mask[np.ix_(rows, cols)] & ok_y[:, None] & ok_x[None, :]
 
 
+def _covered(
+    geometry: ResultGeometry, shape: tuple[int, int], origin: tuple[float, float], downsample: float
+) -> np.ndarray:
+    """Grid pixels whose centre lies in the level-0 area another run's `geometry` covers."""
+    x0, y0 = geometry.origin_l0
+    x1 = x0 + geometry.shape[1] * geometry.downsample
+    y1 = y0 + geometry.shape[0] * geometry.downsample
+    ys = origin[1] + (np.arange(shape[0]) + 0.5) * downsample
+    xs = origin[0] + (np.arange(shape[1]) + 0.5) * downsample
+    return ((ys >= y0) & (ys < y1))[:, None] & ((xs >= x0) & (xs < x1))[None, :]
+
+
 def measure_run(
     run: ResultRun,
     slide_path: str | os.PathLike[str],
@@ -76,6 +88,7 @@ def measure_run(
     nuclei_run: NucleiRun | None = None,
     max_px: int = 16_000_000,
     min_area_um2: float = MIN_LESION_UM2,
+    temperature: float | None = None,
 ) -> SlideMeasurements:
     """Measure a complete tumor run of a result store (:func:`measure_arrays`).
 
@@ -102,6 +115,11 @@ def measure_run(
         Largest measurement grid (px), >= 1.
     min_area_um2 : float
         Smallest lesion listed, µm² (default :data:`MIN_LESION_UM2`).
+    temperature : float, optional
+        The ensemble's calibration temperature (model cards, see
+        :mod:`napari_histo.review.calibration`): probabilities are calibrated
+        before the threshold. On a coarse level this calibrates 2×2 means of the
+        probability, a close approximation where neighbours agree.
 
     Returns
     -------
@@ -144,6 +162,10 @@ def measure_run(
     downsample = geometry.downsample * factor
     origin = (float(geometry.origin_l0[0]), float(geometry.origin_l0[1]))
     probability = _read_level(run, "probability", level)
+    if temperature is not None:
+        from napari_histo.review.calibration import calibrate
+
+        probability = calibrate(probability, temperature)
     epistemic = _read_level(run, "epistemic", level)
 
     with Slide(slide_path, mpp=geometry.mpp / geometry.downsample) as slide:
@@ -155,7 +177,7 @@ def measure_run(
         mask, mask_downsample = slide_tissue_mask(slide)
     tissue = _resample_nearest(mask, mask_downsample, probability.shape, origin, downsample)
 
-    centroids = None
+    centroids = region = None
     if nuclei_run is not None:
         features = nuclei_run.features()
         nuclei_geometry = nuclei_run.geometry
@@ -166,6 +188,7 @@ def measure_run(
         centroids = np.column_stack(
             [features["centroid_x_um"] / mpp_l0, features["centroid_y_um"] / mpp_l0]
         )
+        region = _covered(nuclei_geometry, probability.shape, origin, downsample)
     return measure_arrays(
         Path(slide_path).name,
         probability,
@@ -177,4 +200,5 @@ def measure_run(
         downsample=downsample,
         nuclei_centroids_l0=centroids,
         min_area_um2=min_area_um2,
+        nuclei_region=region,
     )

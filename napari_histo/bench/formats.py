@@ -9,8 +9,8 @@ against raw openslide-python ``read_region`` of the same windows):
 * ``svs``: the synthetic Aperio SVS itself (levels 4× apart, as written);
 * ``tiff_jpeg`` / ``tiff_zstd``: a generic tiled TIFF (OpenSlide
   "generic-tiff") with JPEG / ZSTD tiles;
-* ``dicom``: a DICOM WSI series, when :mod:`napari_histo.io.dicom` can write
-  one (it is skipped otherwise).
+* ``dicom``: a DICOM WSI series (:func:`write_dicom_wsi`: one file per level,
+  JPEG frames, ``TILED_FULL``).
 
 No writer for Hamamatsu NDPI, Philips TIFF or MIRAX exists here, so those
 formats are not measured. ``direct`` says whether the direct tile decoder
@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from napari_histo.io.dicom import WSI_SOP_CLASS
 from napari_histo.io.slide import Slide
 
 TILE_PX = 256
@@ -43,10 +44,25 @@ def _levels(image: np.ndarray) -> list[np.ndarray]:
     return levels
 
 
-def _tiles(image: np.ndarray, tile: int) -> Iterator[np.ndarray]:
+def _reduce(image: np.ndarray, factor: int) -> np.ndarray:
+    """`image` area-averaged by `factor` (trailing rows and columns dropped)."""
+    h, w = image.shape[0] // factor, image.shape[1] // factor
+    view = image[: h * factor, : w * factor].reshape(h, factor, w, factor, 3)
+    return view.mean(axis=(1, 3)).round().astype(np.uint8)
+
+
+def _levels_shapes(image: np.ndarray) -> list[tuple[int, int]]:
+    """Shapes of `image`'s 2× levels down to about :data:`TOP_PX`."""
+    shapes = [image.shape[:2]]
+    while max(shapes[-1]) > TOP_PX:
+        shapes.append((shapes[-1][0] // 2, shapes[-1][1] // 2))
+    return shapes
+
+
+def _tiles(image: np.ndarray, tile: int, fill: int = 0) -> Iterator[np.ndarray]:
     for y in range(0, image.shape[0], tile):
         for x in range(0, image.shape[1], tile):
-            block = np.zeros((tile, tile, 3), np.uint8)
+            block = np.full((tile, tile, 3), fill, np.uint8)
             part = image[y : y + tile, x : x + tile]
             block[: part.shape[0], : part.shape[1]] = part
             yield block
@@ -69,13 +85,100 @@ def write_generic_tiff(path: Path, image: np.ndarray, mpp: float, compression: s
     return path
 
 
-def _dicom_writer():
-    """The DICOM WSI writer of :mod:`napari_histo.io.dicom`, None where there is none."""
-    try:
-        from napari_histo.io import dicom
-    except ImportError:
-        return None
-    return getattr(dicom, "write_dicom_wsi", None)
+
+
+def dicom_base(sop_class: str, transfer_syntax: str, series_uid: str):
+    """A pydicom Dataset with file meta and the patient/study/series modules."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, generate_uid
+
+    sop_uid = generate_uid()
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = sop_class
+    meta.MediaStorageSOPInstanceUID = sop_uid
+    meta.TransferSyntaxUID = transfer_syntax
+    meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID = sop_class
+    ds.SOPInstanceUID = sop_uid
+    ds.StudyInstanceUID = "1.2.826.0.1.3680043.8.498.1"
+    ds.SeriesInstanceUID = series_uid
+    ds.PatientName = "Test^Slide"
+    ds.PatientID = "T1"
+    ds.StudyDate = ds.SeriesDate = ds.ContentDate = "20260101"
+    ds.StudyTime = ds.ContentTime = "120000"
+    ds.AccessionNumber = ""
+    ds.StudyID = ds.ReferringPhysicianName = ""
+    ds.SeriesNumber = ds.InstanceNumber = 1
+    return ds
+
+
+def write_dicom_wsi(
+    folder: Path,
+    image: np.ndarray,
+    levels: int = 2,
+    tile: int = 256,
+    mpp: float = 0.25,
+    quality: int = 95,
+    series_uid: str | None = None,
+) -> list[Path]:
+    """One DICOM WSI series (one file per level, downsampled by 2): JPEG baseline
+    frames (YBR_FULL_422), TILED_FULL, PixelSpacing from `mpp`. Returns the files."""
+    import imagecodecs
+    from pydicom.dataset import Dataset
+    from pydicom.encaps import encapsulate
+    from pydicom.uid import JPEGBaseline8Bit, generate_uid
+
+    folder.mkdir(parents=True, exist_ok=True)
+    series_uid = series_uid or generate_uid()
+    frame_uid = generate_uid()
+    height, width = image.shape[:2]
+    paths = []
+    for level in range(levels):
+        data = image if level == 0 else _reduce(image, 2**level)
+        h, w = data.shape[:2]
+        frames = [
+            imagecodecs.jpeg8_encode(block, level=quality, colorspace="RGB", outcolorspace="YCBCR")
+            for block in _tiles(data, tile, fill=255)
+        ]
+        ds = dicom_base(WSI_SOP_CLASS, JPEGBaseline8Bit, series_uid)
+        ds.Modality = "SM"
+        ds.ImageType = ["ORIGINAL" if level == 0 else "DERIVED", "PRIMARY", "VOLUME",
+                        "NONE" if level == 0 else "RESAMPLED"]
+        ds.FrameOfReferenceUID = frame_uid
+        ds.DimensionOrganizationType = "TILED_FULL"
+        ds.Rows = ds.Columns = tile
+        ds.TotalPixelMatrixRows, ds.TotalPixelMatrixColumns = h, w
+        ds.TotalPixelMatrixFocalPlanes = 1
+        ds.NumberOfFrames = len(frames)
+        ds.SamplesPerPixel = 3
+        ds.PhotometricInterpretation = "YBR_FULL_422"
+        ds.PlanarConfiguration = 0
+        ds.BitsAllocated = ds.BitsStored = 8
+        ds.HighBit = 7
+        ds.PixelRepresentation = 0
+        ds.LossyImageCompression = "01"
+        ds.ImagedVolumeWidth, ds.ImagedVolumeHeight = width * mpp / 1000, height * mpp / 1000
+        ds.ImagedVolumeDepth = 0.001
+        spacing = mpp * 2**level / 1000  # mm
+        measures = Dataset()
+        measures.PixelSpacing = [spacing, spacing]  # row, column spacing
+        measures.SliceThickness = 0.001
+        shared = Dataset()
+        shared.PixelMeasuresSequence = [measures]
+        ds.SharedFunctionalGroupsSequence = [shared]
+        optical = Dataset()
+        optical.OpticalPathIdentifier = "1"
+        optical.ObjectiveLensPower = 10.0 / mpp
+        ds.OpticalPathSequence = [optical]
+        ds.PixelData = encapsulate(frames)
+        ds["PixelData"].VR = "OB"
+        path = folder / f"level-{level}.dcm"
+        ds.save_as(path, enforce_file_format=True)
+        paths.append(path)
+    return paths
+
 
 
 def bench_formats(*, quick: bool = False) -> dict[str, Any]:
@@ -94,9 +197,9 @@ def bench_formats(*, quick: bool = False) -> dict[str, Any]:
         for compression in ("jpeg", "zstd"):
             path = Path(tmp) / f"content_{compression}.tiff"
             files[f"tiff_{compression}"] = write_generic_tiff(path, image, mpp, compression)
-        writer = _dicom_writer()
-        if writer is not None:
-            files["dicom"] = writer(Path(tmp) / "dicom", _levels(image), mpp=mpp)
+        folder = Path(tmp) / "dicom"
+        write_dicom_wsi(folder, image, levels=len(_levels_shapes(image)), mpp=mpp, quality=90)
+        files["dicom"] = folder / "level-0.dcm"
         del image
         for name, path in files.items():
             results[name] = _summary(bench_read(quick=quick, slide=str(path)))

@@ -132,8 +132,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--score", choices=["uncertainty", "epistemic", "boundary", "disagreement", "annotations"],
         default="uncertainty",
-        help="epistemic uncertainty x area (default), probability near 0.5, member "
-        "disagreement, or disagreement with the slide's annotations",
+        help="total predictive uncertainty (default: the ensemble's entropy), epistemic "
+        "uncertainty, probability near 0.5, member disagreement, or disagreement with the "
+        "slide's annotations; each x area",
     )  # fmt: skip
     p.add_argument("--region-um", type=_positive_float, default=256.0, help="region side, µm")
     p.add_argument(

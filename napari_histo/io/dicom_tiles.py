@@ -22,12 +22,11 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
+from napari_histo.io.dicom import WSI_SOP_CLASS
 from napari_histo.io.tiff_tiles import TiffLevelTiles
 
 __all__ = ["find_dicom_level_tiles"]
 
-#: VL Whole Slide Microscopy Image Storage.
-WSI_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.77.1.6"
 JPEG_BASELINE = "1.2.840.10008.1.2.4.50"
 JPEG_2000 = ("1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.4.91")
 UNCOMPRESSED = ("1.2.840.10008.1.2.1",)  # explicit VR little endian

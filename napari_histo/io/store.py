@@ -307,7 +307,8 @@ def multiscales_metadata(name: str, geometry: ResultGeometry, levels: int) -> li
     name : str
         Name of the multiscale image (the array group's name).
     geometry : ResultGeometry
-        Grid of level ``"0"``: its scale and its level-0 origin (the translation).
+        Grid of level ``"0"``: its scale and its level-0 origin; each level's
+        translation is the centre of its pixel (0, 0), as NGFF readers expect.
     levels : int
         Number of levels ``"0"``, ``"1"``, ... each 2× coarser than the one before.
 
@@ -323,6 +324,10 @@ def multiscales_metadata(name: str, geometry: ResultGeometry, levels: int) -> li
     datasets = []
     for level in range(levels):
         factor = 2**level
+        # NGFF places array index i at translation + i * scale: a pixel's centre. Result
+        # pixel (0, 0) of this level spans level-0 px [o, o + d), centre o + (d - 1)/2 in
+        # the slide's own centre-indexed frame (as napari shows it, see frames.py).
+        half = (geometry.downsample * factor - 1) / 2
         datasets.append(
             {
                 "path": str(level),
@@ -330,7 +335,7 @@ def multiscales_metadata(name: str, geometry: ResultGeometry, levels: int) -> li
                     {"type": "scale", "scale": [base * factor, base * factor]},
                     {
                         "type": "translation",
-                        "translation": [origin[1] * l0_size, origin[0] * l0_size],
+                        "translation": [(origin[1] + half) * l0_size, (origin[0] + half) * l0_size],
                     },
                 ],
             }

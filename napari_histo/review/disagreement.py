@@ -69,7 +69,7 @@ def agreement_map(probabilities: np.ndarray, threshold: float = 0.5) -> np.ndarr
     probabilities : ndarray of float, (members, rows, cols)
         Each member's tumor probability.
     threshold : float
-        A member says tumor where its probability is > `threshold`.
+        A member says tumor where its probability is >= `threshold`.
 
     Returns
     -------
@@ -87,7 +87,7 @@ def agreement_map(probabilities: np.ndarray, threshold: float = 0.5) -> np.ndarr
     if not 0 < threshold < 1:
         raise ValueError(f"`threshold` must be in (0, 1), got {threshold!r}")
     members = p.shape[0]
-    k = (p > threshold).sum(axis=0)
+    k = (p >= threshold).sum(axis=0)
     return (np.maximum(k, members - k) / members).astype(np.float32)
 
 

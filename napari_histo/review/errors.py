@@ -54,7 +54,7 @@ def error_map(probability: np.ndarray, labels: np.ndarray, threshold: float = 0.
     labels : ndarray of uint8, (rows, cols)
         1 tumor, 0 non-tumor, 255 unknown (:func:`~napari_histo.evaluate.slide_labels`).
     threshold : float
-        Predicted tumor where ``probability > threshold``.
+        Predicted tumor where ``probability >= threshold`` (as the slide measurements).
 
     Returns
     -------
@@ -73,7 +73,7 @@ def error_map(probability: np.ndarray, labels: np.ndarray, threshold: float = 0.
         raise ValueError(f"`labels` shape {t.shape} must equal `probability` shape {p.shape}")
     if p.ndim != 2:
         raise ValueError(f"`probability` must be 2-D (rows, cols), got shape {p.shape}")
-    pred = p > threshold
+    pred = p >= threshold
     tumor, normal = t == 1, t == 0
     out = np.zeros(p.shape, np.uint8)
     out[pred & tumor] = ERROR_CLASSES["TP"]

@@ -105,8 +105,8 @@ def rank_run(
     annotations : sequence of Annotation, optional
         Needed by ``"annotations"`` (classes ``tumor``, ``non-tumor``, ``ignore``).
     temperature : float, optional
-        Calibrate the probability first (``"boundary"`` and ``"annotations"``;
-        see :func:`run_temperature`).
+        Calibrate the probability first (``"uncertainty"``, ``"boundary"`` and
+        ``"annotations"``; see :func:`run_temperature`).
     min_block_px : int
         Smallest side of a square on the level read, px.
     """
@@ -117,7 +117,7 @@ def rank_run(
     p = _read_level(run, "probability", level)
     v = _read_level(run, "epistemic", level)
     valid = (p != 0) | (v != 0)
-    if temperature is not None and score in ("boundary", "annotations"):
+    if temperature is not None and score in ("uncertainty", "boundary", "annotations"):
         p = calibrate(p, temperature)
     labels = run_labels(run, annotations, level)[0] if score == "annotations" else None
     grid = RegionGrid(level_geometry(run.geometry, level), block)

@@ -329,10 +329,20 @@ class ReviewQueue:
         if not isinstance(who, str) or not isinstance(note, str):
             raise TypeError("`author` and `note` must be str")
         decision = Decision(self.current.key, status, who, _now(), note)
+        before = (self._index, self._decisions.get(decision.key))
         self._decisions[decision.key] = decision
         if advance and self._index + 1 < len(self.regions):
             self._index += 1
-        self._save()
+        try:
+            self._save()
+        except BaseException:
+            # Not on disk, so not decided: the queue stays what the file says.
+            self._index = before[0]
+            if before[1] is None:
+                del self._decisions[decision.key]
+            else:
+                self._decisions[decision.key] = before[1]
+            raise
         self._changed()
         return decision
 

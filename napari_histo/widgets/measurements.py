@@ -118,8 +118,14 @@ def _measure_job(
     nuclei = find_nuclei_runs(slide_path, out_dir)
     if cancel.is_set():
         return None
+    from napari_histo.review.run import run_temperature
+
     measured = measure_run(
-        run, slide_path, threshold=threshold, nuclei_run=nuclei[0] if nuclei else None
+        run,
+        slide_path,
+        threshold=threshold,
+        nuclei_run=nuclei[0] if nuclei else None,
+        temperature=run_temperature(run),
     )
     return None if cancel.is_set() else measured
 
