@@ -42,6 +42,7 @@ __all__ = [
     "NoRunError",
     "calibrated_levels",
     "latest_complete_run",
+    "map_level",
     "rank_run",
     "run_calibration",
     "run_error_map",
@@ -124,15 +125,31 @@ def rank_run(
     return rank_regions(grid, p, v, score=score, labels=labels, valid=valid, top=top)
 
 
+#: Longest side of the level an error map or a calibration reads by default, px.
+MAP_MAX_PX = 4096
+
+
+def map_level(run: ResultRun, max_px: int = MAP_MAX_PX) -> int:
+    """Finest pyramid level of `run` at most `max_px` a side (the coarsest if none is).
+
+    A whole-slide run's level 0 can be 25 000 px a side (2.5 GB as float32):
+    error maps and calibrations read a level that fits in memory and on screen.
+    """
+    levels = _levels(run, "probability")
+    return next((i for i, a in enumerate(levels) if max(a.shape) <= max_px), len(levels) - 1)
+
+
 def run_error_map(
     run: ResultRun,
     annotations: Sequence[Annotation],
     *,
-    level: int = 0,
+    level: int | None = None,
     temperature: float | None = None,
     threshold: float = 0.5,
 ) -> tuple[np.ndarray, ErrorScores, ResultGeometry]:
     """TP / FP / FN / TN map of a run against annotations, its scores and its grid.
+
+    `level` defaults to :func:`map_level` (at most :data:`MAP_MAX_PX` a side).
 
     Returns
     -------
@@ -144,6 +161,7 @@ def run_error_map(
         Where `errors` sits (level-0 origin, downsample, µm/px): a napari Labels
         layer takes ``scale = (mpp, mpp)`` and ``translate`` from it.
     """
+    level = map_level(run) if level is None else level
     p = _read_level(run, "probability", level)
     if temperature is not None:
         p = calibrate(p, temperature)
@@ -156,7 +174,7 @@ def run_calibration(
     run: ResultRun,
     annotations: Sequence[Annotation],
     *,
-    level: int = 0,
+    level: int | None = None,
     held_out_fraction: float = 0.5,
     stripes: int = 4,
 ) -> CalibrationResult:
@@ -164,8 +182,9 @@ def run_calibration(
 
     The held-out part is `stripes` vertical bands of the grid covering
     `held_out_fraction` of it (:func:`~napari_histo.review.calibration.held_out_stripes`);
-    ECE before and after is measured there.
+    ECE before and after is measured there. `level` defaults to :func:`map_level`.
     """
+    level = map_level(run) if level is None else level
     p = _read_level(run, "probability", level)
     labels, _ = run_labels(run, annotations, level)
     held = held_out_stripes(p.shape, held_out_fraction, stripes)

@@ -35,6 +35,7 @@ from napari_histo.review import (
     REGION_UM,
     Region,
     calibrated_levels,
+    map_level,
     run_temperature,
     suggest_regions,
     write_error_csv,
@@ -52,10 +53,7 @@ from napari_histo.widgets.review_panels import (
     replace_layer,
 )
 
-__all__ = ["MAP_MAX_PX", "ReviewTabsMixin", "map_level", "read_slide_annotations"]
-
-#: Largest side of the result level an error map or a calibration is computed on, px.
-MAP_MAX_PX = 4096
+__all__ = ["ReviewTabsMixin", "read_slide_annotations"]
 
 
 def _members_job(
@@ -74,16 +72,6 @@ def _members_job(
     yield "running members"
     with Slide(slide_path) as slide:
         return generation, region_disagreement(slide, rect_l0, members, tta=1)
-
-
-def map_level(run: ResultRun) -> int:
-    """Finest pyramid level of `run` at most :data:`MAP_MAX_PX` a side (error map, calibration).
-
-    A whole-slide run's level 0 can be 25 000 px a side: its error map and its
-    calibration are computed on a level that fits in memory and on screen.
-    """
-    levels = run.levels("probability")
-    return next((i for i, a in enumerate(levels) if max(a.shape) <= MAP_MAX_PX), len(levels) - 1)
 
 
 def read_slide_annotations(slide_path: Path) -> list:
