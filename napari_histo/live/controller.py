@@ -298,6 +298,18 @@ class LiveController:
             raise ValueError(f"unknown model(s) {missing}; available: {sorted(cards)}")
         return names
 
+    def temperature(self, settings: LiveSettings | None = None) -> float | None:
+        """The selected members' calibration temperature (their cards), None if uncalibrated.
+
+        Members calibrated apart (different or missing temperatures) count as
+        uncalibrated: no single temperature applies to their mean.
+        """
+        from napari_histo.models import read_card
+
+        cards = self.available_members()
+        temps = {read_card(cards[n]).temperature for n in self.member_names(settings)}
+        return next(iter(temps)) if len(temps) == 1 else None
+
     def load_members(self, settings: LiveSettings | None = None) -> list[LoadedModel]:
         """Loaded members for `settings` (cached; thread-safe)."""
         from napari_histo.models import load_model

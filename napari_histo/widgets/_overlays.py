@@ -39,6 +39,7 @@ from napari_histo.live.pyramid import (
     display_base,
     threshold_levels,
 )
+from napari_histo.review.calibration import calibrate
 
 if TYPE_CHECKING:
     from napari_histo.io.store import ResultGeometry, ResultRun
@@ -108,6 +109,9 @@ class OverlayLayers:
         self.label = ""
         self.base = 0  # level of the layers' finest data (0 unless capped)
         self.from_store = False  # layers show lazy store levels, no writable buffers
+        #: Calibration temperature of the members (cards): probability is shown
+        #: calibrated when set (the outline at 0.5 is the same either way).
+        self.temperature: float | None = None
         self._dirty: dict[str, Box | None] = {}
         self._stale_thumbnails: set[str] = set()
         #: Qt-thread ms of each :meth:`refresh` that refreshed something.
@@ -196,6 +200,13 @@ class OverlayLayers:
         reset: bool = False,
     ) -> None:
         """Writable layers for `geometry`, filled from level-0 `arrays` (or zeroed with `reset`)."""
+        if arrays is not None and self.temperature is not None:
+            import dask.array as da
+
+            calibrated = da.asarray(arrays["probability"]).map_blocks(
+                calibrate, self.temperature, dtype=np.float32
+            )
+            arrays = {**arrays, "probability": calibrated}
         if self.geometry == geometry and self.pyramids and not self.from_store:
             if arrays is not None:
                 for key in OVERLAY_ARRAYS:
@@ -242,13 +253,20 @@ class OverlayLayers:
         return sum(p.nbytes for p in self.pyramids.values()) + sum(o.nbytes for o in self.outline)
 
     def show_run(self, run_: ResultRun) -> None:
-        """Show a stored run's display pyramid lazily (read-only until :meth:`ensure`)."""
+        """Show a stored run's display pyramid lazily (read-only until :meth:`ensure`).
+
+        With a :attr:`temperature`, the probability (and its outline) is shown calibrated.
+        """
         import dask.array as da
 
         data: dict[str, list] = {key: run_.levels(key) for key in OVERLAY_ARRAYS}
+        if self.temperature is not None:
+            data["probability"] = [
+                da.from_zarr(level).map_blocks(calibrate, self.temperature, dtype=np.float32)
+                for level in data["probability"]
+            ]
         data["outline"] = [
-            (da.from_zarr(level) >= self.threshold).astype(np.uint8)
-            for level in data["probability"]
+            (da.asarray(level) >= self.threshold).astype(np.uint8) for level in data["probability"]
         ]
         self.geometry = run_.geometry
         self.pyramids, self.outline = {}, []
@@ -275,7 +293,7 @@ class OverlayLayers:
                 import dask.array as da
 
                 layer.data = [
-                    (da.from_zarr(level) >= self.threshold).astype(np.uint8) for level in prob.data
+                    (da.asarray(level) >= self.threshold).astype(np.uint8) for level in prob.data
                 ]
             return
         if self.pyramids:
@@ -295,7 +313,10 @@ class OverlayLayers:
         for cell in cells:
             box = None
             for key in keys:
-                box = self.pyramids[key].write(cell.rows, cell.cols, cell.values[key])
+                values = cell.values[key]
+                if key == "probability" and self.temperature is not None:
+                    values = calibrate(values, self.temperature)
+                box = self.pyramids[key].write(cell.rows, cell.cols, values)
                 self._dirty[key] = box_union(self._dirty.get(key), box)
             if "probability" in keys and box is not None:
                 threshold_levels(self.outline, prob, self.threshold, box, self.base)

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import QLabel, QWidget
 
+from napari_histo.errors import HistoError
 from napari_histo.frames import layer_mpp
 from napari_histo.live.controller import (
     OVERLAY_ARRAYS,
@@ -162,8 +163,10 @@ class InferenceWidget(ControlsMixin, ShutdownMixin, QWidget):
         longer fits), and those stored for the new scale, if any, are shown.
         """
         layer = self.slide_layer()
-        if self._controller is None or layer is None or (
-            layer_mpp(layer.metadata) != self._controller.mpp
+        if (
+            self._controller is None
+            or layer is None
+            or (layer_mpp(layer.metadata) != self._controller.mpp)
         ):
             if self._overlays is not None:
                 if self.running:
@@ -245,16 +248,32 @@ class InferenceWidget(ControlsMixin, ShutdownMixin, QWidget):
         return None if self._overlays is None else self._overlays.layer(key)
 
     def _label(self, settings: LiveSettings) -> str:
-        """What the probability layer of a full run shows ("" unless progressive)."""
-        if not settings.preview:
-            return ""
-        names = self._controller.member_names(settings)
-        return stage_label("full", names, settings.tta)
+        """What the probability layer of a full run shows ("" unless progressive or calibrated)."""
+        label = ""
+        if settings.preview:
+            names = self._controller.member_names(settings)
+            label = stage_label("full", names, settings.tta)
+        temperature = self._overlays.temperature if self._overlays is not None else None
+        if temperature is not None:
+            label = (
+                f"{label}, calibrated T = {temperature:.2f}"
+                if label
+                else (f"calibrated T = {temperature:.2f}")
+            )
+        return label
+
+    def _temperature(self) -> float | None:
+        """The selected members' calibration temperature, None when uncalibrated or unknown."""
+        try:
+            return self._controller.temperature()
+        except (HistoError, OSError, ValueError):
+            return None
 
     def _show_existing(self) -> None:
         """Show the stored results for the current settings (zeros when there are none)."""
         controller, overlays = self._controller, self._overlays
         run_ = controller.existing_run()
+        overlays.temperature = self._temperature()
         overlays.set_label(self._label(controller.settings))
         if run_ is None:
             # Empty layers now, so that Run starts computing at once.
