@@ -296,3 +296,23 @@ def test_train_ctrl_c_exits_130_and_writes_nothing(annotated_slide, tmp_path):
     assert proc.returncode == 130, err
     assert "no new model version was written" in err and "Traceback" not in err
     assert not out.exists() or not any(out.iterdir())
+
+
+def test_train_takes_mpp_for_a_slide_without_one(annotated_slide, train_env, tmp_path, capsys):
+    from napari_histo.io.annotations.autosave import autosave_path
+    from napari_histo.io.slide import Slide
+    from tests.slides import write_generic_tiff
+
+    slide, card = annotated_slide
+    with Slide(slide) as opened:
+        image = opened.read_region(0, 0, 0, *opened.dimensions)
+        mpp = opened.mpp
+    bare = tmp_path / "bare.tiff"  # the same pixels, no µm/px in the file
+    write_generic_tiff(bare, image, levels=2)
+    autosave_path(bare).write_bytes(autosave_path(slide).read_bytes())
+    args = ["train", str(bare), "--members", str(card), "--steps", "2", "--out", str(train_env)]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "bare.tiff: has no microns-per-pixel" in err and "--mpp" in err
+    assert main([*args, "--mpp", str(mpp)]) == 0, capsys.readouterr().err
+    assert (train_env / "weak-1.1.json").exists()

@@ -83,6 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
         "train", help="fine-tune the ensemble on a slide's annotations (new model versions)"
     )
     p.add_argument("slide", nargs="?", default=None, help="annotated slide file")
+    p.add_argument("--mpp", type=_positive_float, default=None, help=MPP_HELP)
     p.add_argument(
         "--annotations", default=None, help="GeoJSON/ASAP file (default: SLIDE.annotations.geojson)"
     )

@@ -157,7 +157,7 @@ def _train_from_annotations(args: argparse.Namespace) -> int:
     generator = finetune_ensemble(
         cards, args.slide, annotations, out_dir=out, steps=steps, granularity=args.granularity,
         freeze_encoder_steps=args.freeze_epochs * steps_per_epoch(config), seed=args.seed,
-        cancel=cancel, config=config,
+        cancel=cancel, config=config, slide_mpp=args.mpp,
     )  # fmt: skip
     print(
         f"fine-tuning {len(cards)} member(s) on {len(annotations)} annotations from {source} "

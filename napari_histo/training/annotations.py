@@ -486,6 +486,7 @@ def sample_label_patches(
     seed: int,
     jitter: float = 0.5,
     avoid: SpatialSplit | None = None,
+    slide_mpp: float | None = None,
 ) -> PatchSet:
     """Class-balanced patches centred on labelled pixels, with random perturbation.
 
@@ -509,6 +510,8 @@ def sample_label_patches(
     avoid : SpatialSplit, optional
         Patches meeting this band are moved just outside it (training patches
         never see the held-out region).
+    slide_mpp : float, optional
+        µm per level-0 px of a slide without a plausible one of its own (``--mpp``).
 
     Returns
     -------
@@ -527,7 +530,7 @@ def sample_label_patches(
          pools[1][rng.integers(0, len(pools[1]), count - n_fg)]]
     )  # fmt: skip
     centres_yx = (picks + rng.random((count, 2))) * downsample
-    with Slide(slide_path) as slide:
+    with Slide(slide_path, mpp=slide_mpp) as slide:
         size_l0 = round(patch_px * model_downsample(model_mpp, slide.require_mpp()))
         centres_yx += rng.uniform(-jitter, jitter, (count, 2)) * size_l0
         width, height = slide.dimensions
@@ -564,17 +567,19 @@ def slide_labels(
     model_mpp: float,
     granularity: str | None = None,
     check_tissue: bool = True,
+    slide_mpp: float | None = None,
 ) -> tuple[np.ndarray, float]:
     """Checked targets at `model_mpp` for a slide: ``(labels, downsample)``.
 
     With `check_tissue`, annotations lying mostly off tissue (glass, a pen mark
     drawn around the section) are skipped with one UserWarning each naming
     them. Raises :class:`HistoError` for no annotations, nothing usable left,
-    one class only or annotations outside the slide.
+    one class only or annotations outside the slide. `slide_mpp` is µm per
+    level-0 px for a slide without a plausible one of its own (``--mpp``).
     """
     from napari_histo.tissue import slide_tissue_mask
 
-    with Slide(slide_path) as slide:
+    with Slide(slide_path, mpp=slide_mpp) as slide:
         downsample = model_downsample(model_mpp, slide.require_mpp())
         if check_tissue:
             tissue, tissue_ds = slide_tissue_mask(slide)

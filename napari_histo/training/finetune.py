@@ -227,6 +227,7 @@ def finetune_ensemble(
     seed: int = 0,
     cancel: threading.Event | None = None,
     config: FinetuneConfig | None = None,
+    slide_mpp: float | None = None,
 ) -> Generator[tuple[str, TrainProgress], None, list[Path]]:
     """Fine-tune every member on a slide's annotations; yields ``(member name, progress)``.
 
@@ -252,6 +253,8 @@ def finetune_ensemble(
         Set to stop; nothing is written then.
     config : FinetuneConfig, optional
         Batch size, learning rate, patch counts, held-out fraction.
+    slide_mpp : float, optional
+        µm per level-0 px of a slide without a plausible one of its own (``--mpp``).
 
     Yields
     ------
@@ -280,14 +283,16 @@ def finetune_ensemble(
     if not loaded:
         raise ValueError("`card_paths` must name at least one model card")
     mpp = _common_mpp([m.card for m in loaded])
-    labels, ds = slide_labels(slide_path, annotations, model_mpp=mpp, granularity=granularity)
+    labels, ds = slide_labels(
+        slide_path, annotations, model_mpp=mpp, granularity=granularity, slide_mpp=slide_mpp
+    )
     split = plan_split(
         labels, ds, held_out_fraction=config.held_out_fraction, seed=seed,
         patch_px=config.train_patch_px,
     )  # fmt: skip
     held = _held_labels(labels, ds, split)
     train_labels = _train_labels(labels, ds, split)
-    common = {"patch_px": config.train_patch_px, "model_mpp": mpp}
+    common = {"patch_px": config.train_patch_px, "model_mpp": mpp, "slide_mpp": slide_mpp}
     train = sample_label_patches(
         slide_path, train_labels, ds, count=config.train_patches, seed=seed, jitter=config.jitter,
         avoid=split, **common,
@@ -297,7 +302,7 @@ def finetune_ensemble(
     )
 
     def score(models: Sequence[tuple[nn.Module, ModelCard]]) -> float:
-        return engine_dice(models, slide_path, held, ds)
+        return engine_dice(models, slide_path, held, ds, slide_mpp=slide_mpp)
 
     pairs = [(m.model, m.card) for m in loaded]
     before = {c.name: score([(m, c)]) for m, c in pairs}

@@ -24,6 +24,7 @@ def engine_dice(
     *,
     overlap: float = 0.5,
     device: str = "cpu",
+    slide_mpp: float | None = None,
 ) -> float:
     """Tumor Dice of the ensemble's probability (> 0.5) over the labelled pixels.
 
@@ -43,6 +44,8 @@ def engine_dice(
         Level-0 px per label pixel.
     overlap : float
         Tile overlap of the engine.
+    slide_mpp : float, optional
+        µm per level-0 px of a slide without a plausible one of its own (``--mpp``).
     device : str
         Engine device ("cpu" keeps the models where training left them).
 
@@ -57,7 +60,7 @@ def engine_dice(
     rows, cols = np.nonzero(labels != IGNORE)
     if rows.size == 0:
         raise ValueError("`labels` hold no labelled pixels to score")
-    with Slide(slide_path) as slide:
+    with Slide(slide_path, mpp=slide_mpp) as slide:
         width, height = slide.dimensions
     x0, y0 = int(cols.min() * downsample), int(rows.min() * downsample)
     x1 = min(width, int(np.ceil((cols.max() + 1) * downsample)))
@@ -67,7 +70,7 @@ def engine_dice(
     with tempfile.TemporaryDirectory(prefix="histo-score-") as work:
         result = run(
             infer_slide(slide_path, loaded, region=(x0, y0, x1 - x0, y1 - y0), out_dir=work,
-                        config=config)
+                        config=config, mpp=slide_mpp)
         )  # fmt: skip
         prob = np.asarray(result.run.array("probability")[...], dtype=np.float32)
         geometry = result.geometry
