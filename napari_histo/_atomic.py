@@ -8,14 +8,16 @@ New files get the mode ``open()`` would give them (umask applied), not
 
 from __future__ import annotations
 
+import math
 import os
 import tempfile
 import uuid
 from pathlib import Path
+from typing import Any
 
 PathLike = str | os.PathLike[str]
 
-__all__ = ["atomic_write_bytes", "atomic_write_text", "default_file_mode"]
+__all__ = ["atomic_write_bytes", "atomic_write_text", "default_file_mode", "json_safe"]
 
 
 def default_file_mode() -> int:
@@ -89,3 +91,14 @@ def atomic_write_bytes(path: PathLike, data: bytes, backups: int = 0) -> Path:
 def atomic_write_text(path: PathLike, text: str, backups: int = 3) -> Path:
     """:func:`atomic_write_bytes` of `text` encoded as UTF-8 (default: 3 backups)."""
     return atomic_write_bytes(path, text.encode("utf-8"), backups=backups)
+
+
+def json_safe(value: Any) -> Any:
+    """`value` with NaN and infinities as None, recursively: strict JSON has neither."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(v) for v in value]
+    return value

@@ -27,7 +27,6 @@ import hashlib
 import io
 import json
 import logging
-import math
 import os
 import threading
 import time
@@ -38,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from napari_histo import __version__
-from napari_histo._atomic import atomic_write_text
+from napari_histo._atomic import atomic_write_text, json_safe
 from napari_histo.errors import HistoError
 
 __all__ = [
@@ -231,15 +230,6 @@ def _completed_row(folder: Path, stamp: str, slide: str) -> dict[str, Any] | Non
     return row if isinstance(row, dict) else None
 
 
-def _strict_json(value: Any) -> Any:
-    """`value` with NaN and infinities as None (strict JSON has neither)."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _strict_json(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_strict_json(v) for v in value]
-    return value
 
 
 _MEMBERS: dict[tuple[str, ...], list[Any]] = {}
@@ -302,7 +292,7 @@ def process_slide(
         measurements, tiles_run = _infer_and_measure(slide, config, folder, progress, cancel)
         if cancel is not None and cancel.is_set():
             raise HistoError(f"{slide}: cancelled")
-        row = _strict_json(measurements.row())
+        row = json_safe(measurements.row())
         record = {
             "fingerprint": stamp,
             "slide": slide,
@@ -310,7 +300,7 @@ def process_slide(
             "row": row,
             "measurements": measurements.to_dict(),
         }
-        text = json.dumps(_strict_json(record), indent=1, allow_nan=False)
+        text = json.dumps(json_safe(record), indent=1, allow_nan=False)
         atomic_write_text(folder / MEASUREMENTS_FILE, text, backups=0)
     except Exception as err:  # one slide's failure must not stop the cohort
         text = " ".join((str(err) or type(err).__name__).split())

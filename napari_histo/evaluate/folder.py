@@ -11,10 +11,10 @@ from typing import Any
 
 import numpy as np
 
+from napari_histo._atomic import json_safe
 from napari_histo.evaluate._common import (
     _check_out_dir,
     _check_settings,
-    _json_safe,
     _load_members,
 )
 from napari_histo.evaluate.files import check_pair, find_pairs
@@ -129,7 +129,7 @@ def evaluate_folder(
         "threshold": 0.5,
         "seconds": round(time.monotonic() - start, 2),
     }
-    evaluation = Evaluation(rows, _json_safe(summary))
+    evaluation = Evaluation(rows, json_safe(summary))
     if out is not None:
         return Evaluation(rows, evaluation.summary, write_outputs(evaluation, out))
     return evaluation

@@ -11,10 +11,10 @@ from typing import Any
 
 import numpy as np
 
+from napari_histo._atomic import json_safe
 from napari_histo.evaluate._common import (
     _check_out_dir,
     _check_settings,
-    _json_safe,
     _load_members,
 )
 from napari_histo.evaluate.files import EvaluationError
@@ -221,7 +221,7 @@ def evaluate_slide(
         "threshold": 0.5,
         "seconds": round(time.monotonic() - start, 2),
     }  # fmt: skip
-    evaluation = Evaluation([row], _json_safe(summary))
+    evaluation = Evaluation([row], json_safe(summary))
     if out is not None:
         return Evaluation([row], evaluation.summary, write_outputs(evaluation, out))
     return evaluation

@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from napari_histo._atomic import atomic_write_bytes
+from napari_histo._atomic import atomic_write_bytes, json_safe
 from napari_histo.errors import WeightsError
 from napari_histo.metrics import expected_calibration_error
 from napari_histo.models import ModelCard, read_card, write_card
@@ -215,17 +215,9 @@ class CalibrationResult:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready (NaN → None)."""
-        return _json_safe(dataclasses.asdict(self))
+        return json_safe(dataclasses.asdict(self))
 
 
-def _json_safe(value: Any) -> Any:
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_json_safe(v) for v in value]
-    return value
 
 
 def _table(p: np.ndarray, y: np.ndarray) -> dict[str, list[float]]:
