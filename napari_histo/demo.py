@@ -47,14 +47,17 @@ def start_viewport_run(widget) -> None:
 
 
 def dock_tools(viewer) -> list:
-    """Dock the Nuclei, Annotate and Retrain widgets as tabs beside the inference dock."""
+    """Dock the other tools as tabs beside the inference dock."""
     from napari_histo.widgets.annotation import AnnotationWidget
+    from napari_histo.widgets.measurements import MeasurementsWidget
     from napari_histo.widgets.nuclei import NucleiWidget
+    from napari_histo.widgets.review import ReviewWidget
     from napari_histo.widgets.training import RetrainWidget
 
     widgets = []
     for name, cls in (("Nuclei", NucleiWidget), ("Annotate", AnnotationWidget),
-                      ("Retrain", RetrainWidget)):  # fmt: skip
+                      ("Retrain", RetrainWidget), ("Review", ReviewWidget),
+                      ("Slide measurements", MeasurementsWidget)):  # fmt: skip
         widget = cls(viewer)
         viewer.window.add_dock_widget(widget, name=name, area="right", tabify=True)
         widgets.append(widget)
