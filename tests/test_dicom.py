@@ -215,3 +215,21 @@ def test_frames_decode_directly_and_equal_openslide(dicom_dir):
         broken / "level-0.dcm", ((2220, 2967), (1110, 1483), (555, 741)), ((256, 256),) * 3
     )
     assert [t is not None for t in tables] == [True, True, False]
+
+
+def test_cohort_task_takes_a_dicom_folder(dicom_dir, tmp_path):
+    from napari_histo.analysis.cohort import (
+        CohortConfig,
+        _completed_row,
+        fingerprint,
+        process_slide,
+    )
+    from tests.test_engine import make_member
+
+    cards = (str(make_member(tmp_path / "m", "resunet", 1)),)
+    config = CohortConfig(out_dir=str(tmp_path / "out"), cards=cards, outputs=False)
+    outcome = process_slide(str(dicom_dir), config)
+    assert outcome.status == "done", outcome.error
+    assert outcome.row["tissue_area_mm2"] > 0
+    folder = tmp_path / "out" / dicom_dir.name
+    assert _completed_row(folder, fingerprint(config), str(dicom_dir)) is not None

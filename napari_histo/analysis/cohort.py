@@ -202,12 +202,14 @@ def slide_folders(slides: Sequence[str | os.PathLike[str]]) -> list[str]:
 
 def _slide_identity(slide: str) -> dict[str, Any] | None:
     """Cheap identity of a slide file (size, mtime, head/tail hash), None if unreadable."""
+    from napari_histo.io.dicom import series_file
     from napari_histo.io.store import slide_identity
 
     try:
-        stat = Path(slide).stat()
-        identity = slide_identity(slide, (0, 0), None)
-    except OSError:
+        path = series_file(Path(slide)) if Path(slide).is_dir() else Path(slide)
+        stat = path.stat()
+        identity = slide_identity(path, (0, 0), None)
+    except (OSError, HistoError):
         return None
     return {**identity, "mtime_ns": stat.st_mtime_ns}
 
@@ -286,7 +288,7 @@ def process_slide(
     try:
         if torch.get_num_threads() != config.torch_threads:
             torch.set_num_threads(config.torch_threads)
-        if not Path(slide).is_file():
+        if not Path(slide).exists():  # a file, or a folder holding a DICOM WSI series
             raise HistoError(f"{slide}: no such slide file")
         folder.mkdir(parents=True, exist_ok=True)
         measurements, tiles_run = _infer_and_measure(slide, config, folder, progress, cancel)
