@@ -193,3 +193,18 @@ def test_unwritable_out_dir_is_one_error(tiny_cards, tmp_path):
     blocker.write_text("x")
     with pytest.raises(CohortError, match="must be a directory"):
         run_cohort(["a.svs"], CohortConfig(out_dir=str(blocker), cards=tiny_cards))
+
+
+def test_members_calibrated_apart_are_refused_before_any_work(tiny_cards, tmp_path):
+    import shutil
+
+    (tmp_path / "cal").mkdir()
+    card = json.loads(Path(tiny_cards[0]).read_text())
+    card["temperature"] = 0.5
+    shutil.copy(Path(tiny_cards[0]).parent / card["weights_file"], tmp_path / "cal")
+    calibrated = tmp_path / "cal" / "calibrated.json"
+    calibrated.write_text(json.dumps(card))
+    config = CohortConfig(out_dir=str(tmp_path / "out"), cards=(str(calibrated), tiny_cards[1]))
+    with pytest.raises(CohortError, match="calibrated together"):
+        run_cohort(["a.svs"], config)
+    assert not (tmp_path / "out").exists()

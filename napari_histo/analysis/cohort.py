@@ -232,8 +232,6 @@ def _completed_row(folder: Path, stamp: str, slide: str) -> dict[str, Any] | Non
     return row if isinstance(row, dict) else None
 
 
-
-
 _MEMBERS: dict[tuple[str, ...], list[Any]] = {}
 _MEMBERS_LOCK = threading.Lock()
 
@@ -435,6 +433,17 @@ def cluster_task(slide: str, config: CohortConfig, name: str) -> SlideOutcome:
 
 
 # -- the cohort ------------------------------------------------------------------
+def _check_temperature(cards: Sequence[str]) -> None:
+    """Members calibrated apart (different temperatures) cannot be measured: say so now."""
+    from napari_histo.models import read_card
+    from napari_histo.review.calibration import ensemble_temperature
+
+    try:
+        ensemble_temperature([read_card(Path(card)) for card in cards])
+    except ValueError as err:
+        raise CohortError(f"{err}; pick versions calibrated together") from err
+
+
 def _check_out_dir(out_dir: Path) -> None:
     """Create `out_dir` and prove it writable, or raise one CohortError line."""
     if out_dir.exists() and not out_dir.is_dir():
@@ -559,6 +568,7 @@ def run_cohort(
     if not isinstance(workers, int) or workers < 1:
         raise ValueError(f"`workers` must be an integer >= 1, got {workers!r}")
     start = time.monotonic()
+    _check_temperature(config.cards)
     out_dir = Path(config.out_dir).absolute()
     _check_out_dir(out_dir)
     if str(out_dir) != config.out_dir:  # workers elsewhere do not share our working directory

@@ -135,7 +135,8 @@ def _level_tiles(path: Path, key: int) -> tuple[tuple[int, int, int, int], TiffL
                 if table is None:
                     return None
                 offsets, lengths = table
-    except (InvalidDicomError, OSError, ValueError, AttributeError, KeyError, struct.error):
+    except (InvalidDicomError, OSError, ValueError, AttributeError, KeyError, TypeError,
+            ZeroDivisionError, struct.error):  # fmt: skip
         return None
     if int((offsets + lengths).max(initial=0)) > path.stat().st_size:
         return None  # truncated: OpenSlide reports it
@@ -177,7 +178,8 @@ def find_dicom_level_tiles(
     except Exception:  # any unreadable header: no direct path, OpenSlide decides
         return (None,) * len(level_dimensions)
     candidates = []
-    for other in sorted(path.parent.glob("*.dcm")):
+    # Any file of the folder (series are often written without a .dcm suffix).
+    for other in sorted(p for p in path.parent.iterdir() if p.is_file() and p.name[0] != "."):
         try:
             same = str(pydicom.dcmread(other, stop_before_pixels=True).get("SeriesInstanceUID"))
         except Exception:  # not a readable DICOM file: not part of the series

@@ -277,11 +277,15 @@ class Slide:
                 self._level_dimensions,
                 tuple(self.tile_size(level) for level in range(self.level_count)),
             )
-        for tiles in self._level_tiles:
-            if tiles is not None and tiles.path not in self._fds:
-                self._fds[tiles.path] = os.open(
-                    tiles.path, os.O_RDONLY | getattr(os, "O_BINARY", 0)
-                )
+        try:
+            for tiles in self._level_tiles:
+                if tiles is not None and tiles.path not in self._fds:
+                    self._fds[tiles.path] = os.open(
+                        tiles.path, os.O_RDONLY | getattr(os, "O_BINARY", 0)
+                    )
+        except OSError as err:
+            self.close()
+            raise SlideError(self._path, f"cannot be opened ({err.strerror or err})") from err
         self._check_readable()
 
     # -- handles -------------------------------------------------------------

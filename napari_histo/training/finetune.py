@@ -120,6 +120,7 @@ def annotation_dice(
     held_out_fraction: float = 0.25,
     tile_px: int = 256,
     patch_px: int = 128,
+    slide_mpp: float | None = None,
 ) -> float:
     """The ensemble's tumor Dice against rasterised annotation labels (255 ignored).
 
@@ -137,6 +138,8 @@ def annotation_dice(
         ``config.train_patch_px``); "all" scores every label.
     granularity : str, optional
         Label granularity (see :func:`~napari_histo.training.annotations.labels_from_annotations`).
+    slide_mpp : float, optional
+        µm per level-0 px of a slide without a plausible one of its own (``--mpp``).
 
     Returns
     -------
@@ -148,14 +151,18 @@ def annotation_dice(
     if not loaded:
         raise ValueError("`card_paths` must name at least one model card")
     mpp = _common_mpp([m.card for m in loaded])
-    labels, ds = slide_labels(slide_path, annotations, model_mpp=mpp, granularity=granularity)
+    labels, ds = slide_labels(
+        slide_path, annotations, model_mpp=mpp, granularity=granularity, slide_mpp=slide_mpp
+    )
     if region is None:
         region = plan_split(
             labels, ds, held_out_fraction=held_out_fraction, seed=seed, patch_px=patch_px
         )
     if region != "all":
         labels = _held_labels(labels, ds, region)
-    return engine_dice([(m.model, m.card) for m in loaded], slide_path, labels, ds)
+    return engine_dice(
+        [(m.model, m.card) for m in loaded], slide_path, labels, ds, slide_mpp=slide_mpp
+    )
 
 
 def _drive(

@@ -305,8 +305,17 @@ class OverlayLayers:
                 layer.refresh()
 
     # -- updates --------------------------------------------------------------
-    def apply(self, cells: list[CellUpdate], keys: tuple[str, ...] = OVERLAY_ARRAYS) -> None:
-        """Write finished `cells` of the arrays `keys` (and the outline with the probability)."""
+    def apply(
+        self,
+        cells: list[CellUpdate],
+        keys: tuple[str, ...] = OVERLAY_ARRAYS,
+        *,
+        calibrated: bool = True,
+    ) -> None:
+        """Write finished `cells` of the arrays `keys` (and the outline with the probability).
+
+        With `calibrated` and a :attr:`temperature`, the probability is calibrated first.
+        """
         if not self.pyramids:
             return
         prob = self.pyramids["probability"].levels
@@ -314,7 +323,7 @@ class OverlayLayers:
             box = None
             for key in keys:
                 values = cell.values[key]
-                if key == "probability" and self.temperature is not None:
+                if key == "probability" and calibrated and self.temperature is not None:
                     values = calibrate(values, self.temperature)
                 box = self.pyramids[key].write(cell.rows, cell.cols, values)
                 self._dirty[key] = box_union(self._dirty.get(key), box)

@@ -327,6 +327,9 @@ class InferenceWidget(ControlsMixin, ShutdownMixin, QWidget):
     def _start(self, region: tuple[int, int, int, int] | None) -> None:
         controller = self._controller
         settings = controller.settings
+        if self._temperature() != self._overlays.temperature:
+            # Members changed during the last job: their buffers and calibration go too.
+            self._show_existing()
         self._overlays.ensure(controller.expected_geometry(settings))
         self._full_label = self._label(settings)
         self._preview_cells = set()
@@ -375,7 +378,10 @@ class InferenceWidget(ControlsMixin, ShutdownMixin, QWidget):
             self.first_cell_s = time.monotonic() - self._job_t0
         preview = update.stage == "preview"
         # A preview has no uncertainty to show: it only replaces the probability.
-        self._overlays.apply(update.cells, ("probability",) if preview else OVERLAY_ARRAYS)
+        # The preview stage is one member: the ensemble's temperature is not its own.
+        self._overlays.apply(
+            update.cells, ("probability",) if preview else OVERLAY_ARRAYS, calibrated=not preview
+        )
         keys = {(c.rows.start, c.cols.start) for c in update.cells}
         if preview:
             self._preview_cells |= keys

@@ -280,10 +280,15 @@ class MeasurementsWidget(ShutdownMixin, QWidget):
             current = (self._slide_path, self.run.run_id if self.run is not None else None)
             self._on_measured(result if current == measured_for else None)
 
+        # Read on the Qt thread, now: the job runs on a worker thread.
+        run_, path, threshold, out_dir = (
+            self.run,
+            self._slide_path,
+            self.threshold_spin.value(),
+            self._out_dir,
+        )
         self.jobs.start(
-            lambda cancel: _measure_job(
-                cancel, self.run, self._slide_path, self.threshold_spin.value(), self._out_dir
-            ),
+            lambda cancel: _measure_job(cancel, run_, path, threshold, out_dir),
             on_return=on_return,
             on_error=self._on_errored,
             on_finish=self._enable,
