@@ -24,6 +24,7 @@ __all__ = [
     "folder_has_dicom",
     "has_dicom_magic",
     "is_dicom_wsi",
+    "read_level_file",
     "series_file",
     "wsi_problem",
 ]
@@ -129,7 +130,7 @@ class DicomLevelFile:
         return len(self.image_type) > 2 and self.image_type[2].upper() == "VOLUME"
 
 
-def _read_level_file(path: Path) -> DicomLevelFile | None:
+def read_level_file(path: Path) -> DicomLevelFile | None:
     """Header facts of `path`, or None when it is not a readable DICOM WSI file."""
     from pydicom import dcmread
     from pydicom.errors import InvalidDicomError
@@ -176,7 +177,7 @@ def series_file(folder: Path) -> Path:
         entries = sorted(p for p in folder.iterdir() if not p.name.startswith("."))
     except OSError as err:
         raise SlideError(folder, f"cannot be listed ({err.strerror or err})") from err
-    files = [f for f in map(_read_level_file, entries) if f is not None]
+    files = [f for f in map(read_level_file, entries) if f is not None]
     volumes = [f for f in files if f.is_volume and f.width > 0 and f.height > 0]
     if not volumes:
         what = "DICOM WSI files but no pyramid level (VOLUME)" if files else "no DICOM WSI files"

@@ -22,7 +22,7 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
-from napari_histo.io.dicom import WSI_SOP_CLASS
+from napari_histo.io.dicom import read_level_file
 from napari_histo.io.tiff_tiles import TiffLevelTiles
 
 __all__ = ["find_dicom_level_tiles"]
@@ -92,18 +92,16 @@ def _frame_table(f: BinaryIO, frames: int) -> tuple[np.ndarray, np.ndarray] | No
 
 
 def _level_tiles(path: Path, key: int) -> tuple[tuple[int, int, int, int], TiffLevelTiles] | None:
-    """``((width, height, tile_w, tile_h), tiles)`` of one WSI level file, or None."""
+    """``((width, height, tile_w, tile_h), tiles)`` of one WSI level file, or None.
+
+    `path` is a pyramid level of the series (:func:`~napari_histo.io.dicom.read_level_file`).
+    """
     import pydicom
     from pydicom.errors import InvalidDicomError
 
     try:
         with path.open("rb") as f:
             ds = pydicom.dcmread(f, stop_before_pixels=True)
-            if str(ds.get("SOPClassUID", "")) != WSI_SOP_CLASS:
-                return None
-            image_type = [str(v).upper() for v in ds.get("ImageType", [])]
-            if len(image_type) < 3 or image_type[2] != "VOLUME":
-                return None
             if str(ds.get("DimensionOrganizationType", "")).upper() != "TILED_FULL":
                 return None
             if int(ds.get("TotalPixelMatrixFocalPlanes", 1)) != 1:
@@ -169,23 +167,16 @@ def find_dicom_level_tiles(
         One frame table per level (``page_index`` = level, the tile cache's
         key), or None where no file matches unambiguously.
     """
-    if not hasattr(os, "pread"):
+    opened = read_level_file(path)
+    if not hasattr(os, "pread") or opened is None:
         return (None,) * len(level_dimensions)
     try:
-        import pydicom
-
-        series = str(pydicom.dcmread(path, stop_before_pixels=True).get("SeriesInstanceUID", ""))
-    except Exception:  # any unreadable header: no direct path, OpenSlide decides
+        # Any file of the folder (series are often written without a .dcm suffix).
+        others = sorted(p for p in path.parent.iterdir() if p.name[0] != ".")
+    except OSError:
         return (None,) * len(level_dimensions)
-    candidates = []
-    # Any file of the folder (series are often written without a .dcm suffix).
-    for other in sorted(p for p in path.parent.iterdir() if p.is_file() and p.name[0] != "."):
-        try:
-            same = str(pydicom.dcmread(other, stop_before_pixels=True).get("SeriesInstanceUID"))
-        except Exception:  # not a readable DICOM file: not part of the series
-            continue
-        if same == series:
-            candidates.append(other)
+    levels = [read_level_file(p) for p in others]
+    candidates = [f.path for f in levels if f and f.is_volume and f.series_uid == opened.series_uid]
     described = [d for d in (_level_tiles(c, 0) for c in candidates) if d is not None]
     found: list[TiffLevelTiles | None] = []
     for level, ((width, height), tile) in enumerate(zip(level_dimensions, tile_sizes, strict=True)):
