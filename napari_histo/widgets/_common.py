@@ -9,6 +9,7 @@ through :mod:`napari_histo.widgets.jobs`.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
 from typing import Any
 
 from qtpy.QtCore import QEvent, QObject
@@ -113,6 +114,21 @@ def topmost_slide_layer(layers: Iterable[Any], exclude_tag: str, *, need_mpp: bo
         if meta.get("path") and (meta.get("mpp") or not need_mpp) and not meta.get(exclude_tag):
             return layer
     return None
+
+
+class SlideLayerMixin:
+    """The open slide of a dock whose own layers carry :attr:`layer_tag` in their metadata."""
+
+    layer_tag: str
+    viewer: Any
+
+    def slide_layer(self):
+        """The topmost layer opened by napari-histo's reader, or None."""
+        return topmost_slide_layer(self.viewer.layers, self.layer_tag)
+
+    def _open_slide_path(self) -> Path | None:
+        layer = self.slide_layer()
+        return None if layer is None else Path(layer.metadata["path"])
 
 
 def _is_slide_layer(layer: Any) -> bool:

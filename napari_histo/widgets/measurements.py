@@ -39,7 +39,7 @@ from napari_histo.analysis.results import Lesion, SlideMeasurements
 from napari_histo.errors import HistoError, NoRunError
 from napari_histo.frames import l0_to_world, layer_mpp
 from napari_histo.io.store import ResultRun, latest_complete_run
-from napari_histo.widgets._common import ShutdownMixin, topmost_slide_layer
+from napari_histo.widgets._common import ShutdownMixin, SlideLayerMixin
 from napari_histo.widgets.jobs import JobRunner
 
 if TYPE_CHECKING:
@@ -130,7 +130,7 @@ def _measure_job(
     return None if cancel.is_set() else measured
 
 
-class MeasurementsWidget(ShutdownMixin, QWidget):
+class MeasurementsWidget(ShutdownMixin, SlideLayerMixin, QWidget):
     """Dock widget measuring the open slide's latest complete tumor run.
 
     Parameters
@@ -139,6 +139,8 @@ class MeasurementsWidget(ShutdownMixin, QWidget):
     out_dir : str or Path, optional
         Result store directory (default beside the slide).
     """
+
+    layer_tag = _TAG  # our own layers are never the slide
 
     def __init__(
         self, napari_viewer: napari.viewer.Viewer, *, out_dir: str | Path | None = None
@@ -217,14 +219,6 @@ class MeasurementsWidget(ShutdownMixin, QWidget):
         return self.jobs.busy
 
     # -- slide ----------------------------------------------------------------
-    def slide_layer(self):
-        """The topmost layer opened by napari-histo's reader, or None."""
-        return topmost_slide_layer(self.viewer.layers, _TAG)
-
-    def _open_slide_path(self) -> Path | None:
-        layer = self.slide_layer()
-        return None if layer is None else Path(layer.metadata["path"])
-
     def _on_layers_changed(self, *_: Any) -> None:
         if self._closed:
             return

@@ -60,7 +60,7 @@ from napari_histo.review import (
     run_temperature,
     saved_ranking,
 )
-from napari_histo.widgets._common import ShutdownMixin, topmost_slide_layer
+from napari_histo.widgets._common import ShutdownMixin, SlideLayerMixin
 from napari_histo.widgets.jobs import JobRunner
 from napari_histo.widgets.review_panels import (
     LAYER_NAMES,
@@ -106,7 +106,7 @@ def _rank_job(
     return generation, score, regions
 
 
-class ReviewWidget(ShutdownMixin, ReviewTabsMixin, QWidget):
+class ReviewWidget(ShutdownMixin, SlideLayerMixin, ReviewTabsMixin, QWidget):
     """Dock widget reviewing the open slide's latest complete tumor run (see module docstring).
 
     Parameters
@@ -117,6 +117,8 @@ class ReviewWidget(ShutdownMixin, ReviewTabsMixin, QWidget):
     bind_viewer_keys : bool
         Also bind n / p / a / c / s on the viewer (those not bound already).
     """
+
+    layer_tag = TAG  # our own layers are never the slide
 
     def __init__(
         self, napari_viewer: napari.viewer.Viewer, *, out_dir: str | Path | None = None,
@@ -273,14 +275,6 @@ class ReviewWidget(ShutdownMixin, ReviewTabsMixin, QWidget):
         self.viewer_keys = []
 
     # -- slide and run ----------------------------------------------------------------
-    def slide_layer(self):
-        """The topmost layer opened by napari-histo's reader, or None."""
-        return topmost_slide_layer(self.viewer.layers, TAG)
-
-    def _open_slide_path(self) -> Path | None:
-        layer = self.slide_layer()
-        return None if layer is None else Path(layer.metadata["path"])
-
     def _on_layers_changed(self, *_: Any) -> None:
         if self._closed:
             return
