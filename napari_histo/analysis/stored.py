@@ -25,29 +25,6 @@ if TYPE_CHECKING:
 __all__ = ["measure_run"]
 
 
-def _measure_level(run: ResultRun, max_px: int) -> int:
-    """Index of the finest probability level with at most `max_px` pixels (else the coarsest)."""
-    levels = run.levels("probability")
-    for level, array in enumerate(levels):
-        if array.shape[0] * array.shape[1] <= max_px:
-            return level
-    return len(levels) - 1
-
-
-def _read_level(run: ResultRun, name: str, level: int) -> np.ndarray:
-    """Pyramid `level` of array `name`, checked to be the full result halved `level` times."""
-    array = run.levels(name)[level]
-    full = run.geometry.shape
-    # Floor-halved (the store's pyramid) or ceil-halved: the same 2**level blocks.
-    allowed = [tuple(n // 2**level for n in full), tuple(-(-n // 2**level) for n in full)]
-    if tuple(array.shape) not in allowed:
-        raise StoreError(
-            f"{run.store.path}: run {run.run_id} {name} level {level} has shape "
-            f"{tuple(array.shape)}, expected {allowed[0]} for a {full} result"
-        )
-    return np.asarray(array[...], np.float32)
-
-
 def _resample_nearest(
     mask: np.ndarray,
     mask_downsample: float,
@@ -156,17 +133,17 @@ def measure_run(
             f"{nuclei_run.store.path}: nuclei run {nuclei_run.run_id} is "
             f"{nuclei_run.status}, not complete; finish it first"
         )
-    level = _measure_level(run, int(max_px))
+    level = run.finest_level(max_px=int(max_px))
     factor = 2**level
     mpp_um = geometry.mpp * factor
     downsample = geometry.downsample * factor
     origin = (float(geometry.origin_l0[0]), float(geometry.origin_l0[1]))
-    probability = _read_level(run, "probability", level)
+    probability = run.read_level("probability", level)
     if temperature is not None:
         from napari_histo.review.calibration import calibrate
 
         probability = calibrate(probability, temperature)
-    epistemic = _read_level(run, "epistemic", level)
+    epistemic = run.read_level("epistemic", level)
 
     with Slide(slide_path, mpp=geometry.mpp / geometry.downsample) as slide:
         identity = slide_identity(slide.path, slide.dimensions, slide.mpp)

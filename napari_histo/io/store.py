@@ -414,6 +414,44 @@ class ResultRun(StoredRun):
         count = len(self.group[name].attrs["multiscales"][0]["datasets"])
         return [self.array(name, level) for level in range(count)]
 
+    def finest_level(self, *, max_px: int | None = None, max_side: int | None = None) -> int:
+        """Finest pyramid level with at most `max_px` pixels and `max_side` px a side.
+
+        The coarsest level when none is that small; level 0 without bounds.
+        """
+        levels = self.levels("probability")
+        for level, array in enumerate(levels):
+            height, width = array.shape
+            if (max_px is None or height * width <= max_px) and (
+                max_side is None or max(height, width) <= max_side
+            ):
+                return level
+        return len(levels) - 1
+
+    def read_level(self, name: str, level: int) -> np.ndarray:
+        """Pyramid `level` of array `name` as float32, checked to be the result halved `level`×.
+
+        Raises
+        ------
+        ValueError
+            If `level` is not a level of the pyramid.
+        StoreError
+            If the level's shape is not the full result's halved `level` times.
+        """
+        levels = self.levels(name)
+        if not 0 <= level < len(levels):
+            raise ValueError(f"`level` must be in [0, {len(levels) - 1}], got {level}")
+        array = levels[level]
+        full = self.geometry.shape
+        # Floor-halved (the store's pyramid) or ceil-halved: the same 2**level blocks.
+        allowed = [tuple(n // 2**level for n in full), tuple(-(-n // 2**level) for n in full)]
+        if tuple(array.shape) not in allowed:
+            raise StoreError(
+                f"{self.store.path}: run {self.run_id} {name} level {level} has shape "
+                f"{tuple(array.shape)}, expected {allowed[0]} for a {full} result"
+            )
+        return np.asarray(array[...], np.float32)
+
     # -- writing -------------------------------------------------------------
     def _chunk_of(self, row: int, col: int) -> tuple[int, int]:
         cells_per_chunk = self.geometry.chunk_px // self.geometry.cell_px

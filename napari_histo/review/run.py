@@ -72,13 +72,6 @@ def run_labels(
     return labels, geometry
 
 
-def _read_level(run: ResultRun, name: str, level: int) -> np.ndarray:
-    levels = _levels(run, name)
-    if not 0 <= level < len(levels):
-        raise ValueError(f"`level` must be in [0, {len(levels) - 1}], got {level}")
-    return np.asarray(levels[level][...], dtype=np.float32)
-
-
 def rank_run(
     run: ResultRun,
     *,
@@ -115,8 +108,8 @@ def rank_run(
         raise ValueError("score 'annotations' needs `annotations` (tumor / non-tumor regions)")
     levels = _levels(run, "probability")
     level, block = choose_level(run.geometry, len(levels), region_um, min_block_px)
-    p = _read_level(run, "probability", level)
-    v = _read_level(run, "epistemic", level)
+    p = run.read_level("probability", level)
+    v = run.read_level("epistemic", level)
     valid = (p != 0) | (v != 0)
     if temperature is not None and score in ("uncertainty", "boundary", "annotations"):
         p = calibrate(p, temperature)
@@ -135,8 +128,8 @@ def map_level(run: ResultRun, max_px: int = MAP_MAX_PX) -> int:
     A whole-slide run's level 0 can be 25 000 px a side (2.5 GB as float32):
     error maps and calibrations read a level that fits in memory and on screen.
     """
-    levels = _levels(run, "probability")
-    return next((i for i, a in enumerate(levels) if max(a.shape) <= max_px), len(levels) - 1)
+    _levels(run, "probability")  # checks the type
+    return run.finest_level(max_side=max_px)
 
 
 def run_error_map(
@@ -162,7 +155,7 @@ def run_error_map(
         layer takes ``scale = (mpp, mpp)`` and ``translate`` from it.
     """
     level = map_level(run) if level is None else level
-    p = _read_level(run, "probability", level)
+    p = run.read_level("probability", level)
     if temperature is not None:
         p = calibrate(p, temperature)
     labels, geometry = run_labels(run, annotations, level)
@@ -185,7 +178,7 @@ def run_calibration(
     ECE before and after is measured there. `level` defaults to :func:`map_level`.
     """
     level = map_level(run) if level is None else level
-    p = _read_level(run, "probability", level)
+    p = run.read_level("probability", level)
     labels, _ = run_labels(run, annotations, level)
     held = held_out_stripes(p.shape, held_out_fraction, stripes)
     return fit_calibration(p, labels, held)
