@@ -16,7 +16,9 @@ from napari_histo.paths import default_models_dir
 def run_cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "napari_histo.cli", *args],
-        capture_output=True, text=True, timeout=timeout,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
 
 
@@ -72,12 +74,17 @@ def test_bench_read_reports_ratios(small_svs):
     from napari_histo.bench.read import bench_read
 
     result = bench_read(quick=True, slide=str(small_svs))
-    for key in ("raw_windows_s", "dask_1t_windows_s", "dask_windows_s"):
+    for key in ("raw_windows_s", "viewer_1t_windows_s", "viewer_windows_s", "dask_1t_windows_s"):
         assert result[key] > 0
     assert result["ratio_1t"] == pytest.approx(
+        result["raw_windows_s"] / result["viewer_1t_windows_s"], rel=0.01
+    )
+    assert result["dask_ratio_1t"] == pytest.approx(
         result["raw_windows_s"] / result["dask_1t_windows_s"], rel=0.01
     )
     assert result["windows"] == 40 and result["direct_tile_decoding"] is True
+    through_openslide = bench_read(quick=True, slide=str(small_svs), direct=False)
+    assert through_openslide["direct_tile_decoding"] is False
 
 
 def test_synth_writes_a_slide_with_truth(tmp_path):
@@ -183,8 +190,17 @@ def test_infer_ctrl_c_stops_cleanly_and_resumes(tmp_path):
     from napari_histo.synthetic import write_synthetic_slide
 
     slide = write_synthetic_slide(tmp_path / "big.svs", 6144, seed=2004, workers=1).path
-    cmd = [sys.executable, "-m", "napari_histo.cli", "infer", str(slide), "--out", str(tmp_path),
-           "--batch", "1"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "napari_histo.cli",
+        "infer",
+        str(slide),
+        "--out",
+        str(tmp_path),
+        "--batch",
+        "1",
+    ]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:  # wait until about half the tiles are done

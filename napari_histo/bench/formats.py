@@ -13,8 +13,11 @@ against raw openslide-python ``read_region`` of the same windows):
   JPEG frames, ``TILED_FULL``).
 
 No writer for Hamamatsu NDPI, Philips TIFF or MIRAX exists here, so those
-formats are not measured. ``direct`` says whether the direct tile decoder
-(:mod:`napari_histo.io.tiff_tiles`) served the reads.
+formats are not measured; ``openslide_only`` stands in for them: the JPEG TIFF
+read with direct decoding switched off (``Slide(..., direct=False)``), every
+window through OpenSlide, as formats without a direct decoder are. ``direct``
+says whether the direct tile decoder (:mod:`napari_histo.io.tiff_tiles`) served
+the reads.
 """
 
 from __future__ import annotations
@@ -85,8 +88,6 @@ def write_generic_tiff(path: Path, image: np.ndarray, mpp: float, compression: s
     return path
 
 
-
-
 def dicom_base(sop_class: str, transfer_syntax: str, series_uid: str):
     """A pydicom Dataset with file meta and the patient/study/series modules."""
     from pydicom.dataset import Dataset, FileMetaDataset
@@ -144,8 +145,12 @@ def write_dicom_wsi(
         ]
         ds = dicom_base(WSI_SOP_CLASS, JPEGBaseline8Bit, series_uid)
         ds.Modality = "SM"
-        ds.ImageType = ["ORIGINAL" if level == 0 else "DERIVED", "PRIMARY", "VOLUME",
-                        "NONE" if level == 0 else "RESAMPLED"]
+        ds.ImageType = [
+            "ORIGINAL" if level == 0 else "DERIVED",
+            "PRIMARY",
+            "VOLUME",
+            "NONE" if level == 0 else "RESAMPLED",
+        ]
         ds.FrameOfReferenceUID = frame_uid
         ds.DimensionOrganizationType = "TILED_FULL"
         ds.Rows = ds.Columns = tile
@@ -180,7 +185,6 @@ def write_dicom_wsi(
     return paths
 
 
-
 def bench_formats(*, quick: bool = False) -> dict[str, Any]:
     """Measure every format; ``{"formats": {name: {...}}, "cmu": {...}}``."""
     from napari_histo.bench import bench_slide
@@ -203,6 +207,9 @@ def bench_formats(*, quick: bool = False) -> dict[str, Any]:
         del image
         for name, path in files.items():
             results[name] = _summary(bench_read(quick=quick, slide=str(path)))
+        results["openslide_only"] = _summary(
+            bench_read(quick=quick, slide=str(files["tiff_jpeg"]), direct=False)
+        )
     cmu = Path(__file__).resolve().parents[2] / "tests" / "data" / "cmu_small_region.svs"
     out: dict[str, Any] = {"formats": results}
     if cmu.exists():

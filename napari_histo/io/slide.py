@@ -191,6 +191,10 @@ class Slide:
         largest pyramid level is opened; OpenSlide finds the other files).
     mpp : float, optional
         Microns per pixel at level 0, overriding the saved choice and the file's value.
+    direct : bool
+        Decode tiles directly where that is verified to give OpenSlide's pixels
+        (default). False reads every level through OpenSlide: to rule the fast path
+        out, or to measure the path formats without a direct decoder take.
 
     Notes
     -----
@@ -220,7 +224,9 @@ class Slide:
     ((256, 256, 3), dtype('uint8'))
     """
 
-    def __init__(self, path: str | os.PathLike[str], *, mpp: float | None = None) -> None:
+    def __init__(
+        self, path: str | os.PathLike[str], *, mpp: float | None = None, direct: bool = True
+    ) -> None:
         self._source = _as_path(path)
         valid_mpp = isinstance(mpp, int | float) and math.isfinite(mpp) and mpp > 0
         if mpp is not None and not valid_mpp:
@@ -257,7 +263,7 @@ class Slide:
             self.close()
             raise SlideError(self._path, f"has an empty level 0 {self._level_dimensions[0]}")
         self._level_tiles: tuple[TiffLevelTiles | None, ...] = (None,) * self.level_count
-        self._fast_ok: list[bool | None] = [None] * self.level_count
+        self._fast_ok: list[bool | None] = [None if direct else False] * self.level_count
         # One descriptor per file holding directly decoded tiles (DICOM: one per level).
         self._fds: dict[Path, int] = {}
         self._tile_cache = TileCache()

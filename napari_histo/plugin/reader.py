@@ -17,6 +17,7 @@ from napari_histo.io.dicom import folder_has_dicom, is_dicom_wsi
 from napari_histo.io.native_tiff import data_contrast_limits, native_pyramid
 from napari_histo.io.pyramid import open_pyramid
 from napari_histo.io.slide import Slide
+from napari_histo.io.windows import viewer_levels
 
 __all__ = ["SLIDE_SUFFIXES", "napari_get_reader", "read_slides", "slide_layer_data"]
 
@@ -126,7 +127,10 @@ def slide_layer_data(slide: Slide) -> LayerData:
         kwargs["contrast_limits"] = data_contrast_limits(native)
         if not kwargs["rgb"]:
             kwargs["colormap"] = "gray"
-    return list(pyramid.levels), kwargs, "image"
+    # The viewer reads each window of a file level at once (io.windows); native
+    # (non-RGB) pyramids keep their dask levels.
+    levels = list(pyramid.levels) if native is not None else viewer_levels(slide, pyramid)
+    return levels, kwargs, "image"
 
 
 def read_slides(path: str | os.PathLike[str] | Sequence[str | os.PathLike[str]]) -> list[LayerData]:

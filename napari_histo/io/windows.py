@@ -1,0 +1,185 @@
+"""What the viewer reads: each slide level as an array whose slices are exact window reads.
+
+napari reads a multiscale image one visible window at a time (``level[y0:y1, x0:x1]``).
+Through a dask array that window becomes one task per chunk, each a separate
+decode call, plus assembling the pieces: on levels that only OpenSlide can read
+this cost as much again as the decoding (``napari-histo bench read``). A
+:class:`LevelWindows` answers the same slice with one read of exactly the window
+(:meth:`Slide.read_level_region <napari_histo.io.slide.Slide.read_level_region>`:
+direct tile decoding where verified, else one OpenSlide call), split into bands
+on the level's tile rows that a small thread pool reads in parallel, so no tile
+is decoded by two bands.
+
+The dask pyramid (:func:`~napari_histo.io.pyramid.open_pyramid`) stays what
+computations use; :func:`viewer_levels` gives the viewer's list.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import numpy as np
+
+from napari_histo.io.pyramid import Pyramid
+from napari_histo.io.slide import DEFAULT_TILE_PX, Slide
+
+__all__ = ["LevelWindows", "viewer_levels", "window_threads"]
+
+#: Windows smaller than this (px) are read on the calling thread in one piece:
+#: below it a second thread costs more than it saves.
+MIN_PARALLEL_PX = 1 << 18
+
+_POOL: ThreadPoolExecutor | None = None
+_POOL_LOCK = threading.Lock()
+
+
+def window_threads() -> int:
+    """Threads that read the bands of one window: the cores, at most 4."""
+    return max(1, min(4, os.cpu_count() or 1))
+
+
+def _pool() -> ThreadPoolExecutor:
+    global _POOL
+    with _POOL_LOCK:
+        if _POOL is None:
+            _POOL = ThreadPoolExecutor(window_threads(), thread_name_prefix="napari-histo-window")
+        return _POOL
+
+
+def _axis(index: Any, length: int, name: str) -> tuple[int, int, Any]:
+    """``(start, stop, rest)``: the span of `index` on an axis of `length`, and the
+    index that still applies to the span read (numpy semantics: clipped slices,
+    negative integers)."""
+    if isinstance(index, slice):
+        start, stop, step = index.indices(length)
+        if step == 1:
+            return start, max(start, stop), slice(None)
+        span = range(start, stop, step)
+        if not span:
+            return 0, 0, slice(None)
+        lo = min(span)
+        return lo, max(span) + 1, np.asarray(span) - lo
+    if isinstance(index, int | np.integer) and not isinstance(index, bool):
+        i = int(index) + length if index < 0 else int(index)
+        if not 0 <= i < length:
+            raise IndexError(f"index {int(index)} is out of bounds for {name} of size {length}")
+        return i, i + 1, 0
+    raise TypeError(f"LevelWindows takes int or slice indices, got {type(index).__name__}")
+
+
+class LevelWindows:
+    """One file level of a slide as an ``(H, W, 3)`` uint8 array read window by window.
+
+    Slicing returns a NumPy array read from the file at once (no pixels are kept);
+    integer and slice indices with any step are taken (numpy semantics), as
+    napari's multiscale slicing needs. The slide must stay open while it is used.
+
+    Parameters
+    ----------
+    slide : Slide
+        The open slide.
+    level : int
+        File level.
+    threads : int, optional
+        Bands a large window is read in, in parallel (default :func:`window_threads`).
+    """
+
+    def __init__(self, slide: Slide, level: int, threads: int | None = None) -> None:
+        width, height = slide.level_dimensions[level]
+        self.slide = slide
+        self.level = level
+        self.threads = window_threads() if threads is None else max(1, int(threads))
+        self.shape = (height, width, 3)
+        tile = slide.tile_size(level)
+        self.band_px = tile[1] if tile is not None else DEFAULT_TILE_PX
+
+    dtype = np.dtype(np.uint8)
+    ndim = 3
+
+    @property
+    def size(self) -> int:
+        """Number of elements, as numpy's ``size``."""
+        return int(np.prod(self.shape))
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __repr__(self) -> str:
+        return f"LevelWindows({self.slide!r}, level={self.level}, shape={self.shape})"
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        whole = self[:, :]
+        return whole if dtype is None else whole.astype(dtype, copy=False)
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        if not isinstance(key, tuple):
+            key = (key,)
+        if any(k is Ellipsis for k in key):
+            at = next(i for i, k in enumerate(key) if k is Ellipsis)
+            fill = (slice(None),) * (3 - len(key) + 1)
+            key = key[:at] + fill + key[at + 1 :]
+        if len(key) > 3:
+            raise IndexError(f"too many indices for a 3-D level: {len(key)}")
+        key = key + (slice(None),) * (3 - len(key))
+        y0, y1, rest_y = _axis(key[0], self.shape[0], "rows")
+        x0, x1, rest_x = _axis(key[1], self.shape[1], "columns")
+        window = self.read(y0, y1, x0, x1)[:, rest_x]  # one axis at a time: no
+        return window[rest_y][..., key[2]]  # broadcasting of two index arrays
+
+    def read(self, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
+        """Pixels ``[y0:y1, x0:x1]`` of the level (inside it), RGB uint8."""
+        h, w = y1 - y0, x1 - x0
+        if h <= 0 or w <= 0:
+            return np.empty((max(h, 0), max(w, 0), 3), np.uint8)
+        cuts = self._bands(y0, y1) if h * w >= MIN_PARALLEL_PX else [y0, y1]
+        if len(cuts) == 2:
+            return self.slide.read_level_region(self.level, x0, y0, w, h)
+        out = np.empty((h, w, 3), np.uint8)
+
+        def band(i: int) -> None:
+            top, bottom = cuts[i], cuts[i + 1]
+            out[top - y0 : bottom - y0] = self.slide.read_level_region(
+                self.level, x0, top, w, bottom - top
+            )
+
+        # list() re-raises the first band's error here, on the caller's thread.
+        list(_pool().map(band, range(len(cuts) - 1)))
+        return out
+
+    def _bands(self, y0: int, y1: int) -> list[int]:
+        """Cut rows of ``[y0, y1)`` into at most `threads` bands on tile-row boundaries."""
+        first, last = y0 // self.band_px + 1, -(-y1 // self.band_px) - 1
+        inner = [r * self.band_px for r in range(first, last + 1)]  # boundaries inside
+        bands = min(self.threads, len(inner) + 1)
+        if bands < 2:
+            return [y0, y1]
+        # Pick the boundaries nearest to equal shares of the rows.
+        picks = []
+        for k in range(1, bands):
+            target = y0 + (y1 - y0) * k / bands
+            best = min(inner, key=lambda r: abs(r - target))
+            if best not in picks:
+                picks.append(best)
+        return [y0, *sorted(picks), y1]
+
+
+def viewer_levels(slide: Slide, pyramid: Pyramid) -> list[Any]:
+    """The list napari shows: file levels as :class:`LevelWindows`, synthetic ones as dask.
+
+    Parameters
+    ----------
+    slide : Slide
+        The open slide `pyramid` was built from (8-bit RGB levels).
+    pyramid : Pyramid
+        From :func:`~napari_histo.io.pyramid.open_pyramid`.
+
+    Returns
+    -------
+    list
+        One array-like per pyramid level, largest first.
+    """
+    files = pyramid.file_level_count
+    return [LevelWindows(slide, level) for level in range(files)] + list(pyramid.levels[files:])

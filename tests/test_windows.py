@@ -1,0 +1,76 @@
+"""The viewer's levels: exact window reads, in parallel bands, equal to the dask pyramid."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from napari_histo.io.pyramid import open_pyramid
+from napari_histo.io.slide import Slide
+from napari_histo.io.windows import MIN_PARALLEL_PX, LevelWindows, viewer_levels
+
+KEYS = [
+    (slice(10, 700), slice(5, 900)),
+    (slice(None, None, 3), slice(1000, 50, -7)),
+    (5,),
+    (-1, slice(2, 9), 1),
+    (Ellipsis, 0),
+    (slice(-50, None),),
+    (slice(0, 0),),
+    (3, 4),
+    (slice(100, 2000), slice(None), slice(0, 2)),
+]
+
+
+@pytest.mark.parametrize("direct", [True, False])
+def test_windows_equal_the_slide_for_every_index(cmu_svs, direct):
+    with Slide(cmu_svs, direct=direct) as slide:
+        width, height = slide.level_dimensions[0]
+        full = slide.read_level_region(0, 0, 0, width, height)
+        level = LevelWindows(slide, 0, threads=2)
+        assert level.shape == full.shape and level.dtype == np.uint8 and level.ndim == 3
+        assert level.size == full.size and len(level) == height
+        for key in KEYS:
+            got, want = level[key], full[key]
+            assert got.shape == want.shape and np.array_equal(got, want), key
+        np.testing.assert_array_equal(np.asarray(level), full)
+        assert slide.fast_levels[0] is direct
+
+
+def test_large_windows_are_read_in_bands_on_tile_rows(cmu_svs):
+    with Slide(cmu_svs) as slide:
+        level = LevelWindows(slide, 0, threads=3)
+        tile_h = slide.tile_size(0)[1]
+        cuts = level._bands(17, 2900)
+        assert cuts[0] == 17 and cuts[-1] == 2900 and len(cuts) == 4
+        assert all(c % tile_h == 0 for c in cuts[1:-1])
+        assert level._bands(17, 200) == [17, 200]  # one tile row: one band
+        # the banded read (large window) equals one read of the same window
+        h, w = 2000, MIN_PARALLEL_PX // 2000 + 100
+        np.testing.assert_array_equal(
+            level[100 : 100 + h, 50 : 50 + w], slide.read_level_region(0, 50, 100, w, h)
+        )
+
+
+def test_viewer_levels_match_the_dask_pyramid(small_svs):
+    with Slide(small_svs) as slide:
+        pyramid = open_pyramid(slide, max_top_px=256)
+        levels = viewer_levels(slide, pyramid)
+        assert len(levels) == len(pyramid.levels) > pyramid.file_level_count
+        for shown, lazy in zip(levels, pyramid.levels, strict=True):
+            assert shown.shape == lazy.shape and shown.dtype == lazy.dtype
+            h, w = shown.shape[:2]
+            window = (slice(h // 3, h // 3 + 300), slice(w // 5, w // 5 + 500))
+            np.testing.assert_array_equal(np.asarray(shown[window]), np.asarray(lazy[window]))
+        assert all(isinstance(lv, LevelWindows) for lv in levels[: pyramid.file_level_count])
+
+
+def test_bad_indices_say_what_is_wrong(cmu_svs):
+    with Slide(cmu_svs) as slide:
+        level = LevelWindows(slide, 0)
+        with pytest.raises(IndexError, match="out of bounds"):
+            level[5000]
+        with pytest.raises(TypeError, match="int or slice"):
+            level[[1, 2]]
+        with pytest.raises(IndexError, match="too many"):
+            level[1, 2, 0, 0]
