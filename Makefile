@@ -1,9 +1,16 @@
 # napari-histo: `make demo` and `make test` are the only set-up steps.
 # Both create .venv, install torch (CPU pin) first, then the package with its
 # dev extras, and install Xvfb + Mesa with apt when missing and running as root.
+# QT=pyqt6 (`make test QT=pyqt6`, `make demo QT=pyqt6`) adds PyQt6 to the same
+# .venv and runs napari on it (QT_API); PyQt5 stays the default binding.
 
 SHELL := /bin/bash
 PYTHON ?= python3
+QT ?= pyqt5
+ifeq ($(filter $(QT),pyqt5 pyqt6),)
+  $(error QT must be pyqt5 or pyqt6, got "$(QT)")
+endif
+export QT_API := $(QT)
 VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
@@ -40,13 +47,21 @@ bench: install
 lint: install
 	$(VENV)/bin/ruff check napari_histo tests
 
-install: system-deps $(VENV)/.installed
+install: system-deps $(VENV)/.installed $(VENV)/.installed-$(QT)
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip
 	$(PIP) install --quiet $(TORCH_PIN)
 	$(PIP) install --quiet -e ".[dev]"
+	touch $@
+
+# PyQt5 comes with the dev extras; PyQt6 is added on request.
+$(VENV)/.installed-pyqt5: $(VENV)/.installed
+	touch $@
+
+$(VENV)/.installed-pyqt6: $(VENV)/.installed
+	$(PIP) install --quiet -e ".[pyqt6]"
 	touch $@
 
 system-deps:

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from napari_histo.models import ModelCard, build_model, save_model
+from napari_histo.models import ModelCard, build_model, default_models_dir, save_model
 from napari_histo.models.receptive import with_measured_margin
 from napari_histo.training.augment import augment_batch, hed_jitter, jpeg_artefacts
 from napari_histo.training.default_ensemble import heldout_dice, synthetic_slides
@@ -90,6 +90,12 @@ class RealRecipe:
     restart_lr: float = 6e-4
     version: str = "2.0"
     members: tuple[tuple[str, dict], ...] = field(default=REAL_MEMBERS)
+    #: Start each member from the bundled ``<architecture>-<init_version>`` weights
+    #: (and their input normalisation) instead of random ones (None: from scratch).
+    init_version: str | None = None
+    #: Forward passes under bfloat16 autocast (weights, loss and optimiser stay
+    #: float32): about 1.7x faster on CPUs with AVX512-BF16 or AMX.
+    bf16: bool = False
 
 
 def real_training_data(recipe: RealRecipe) -> str:
@@ -298,7 +304,9 @@ def _train_member(
             x, y, labels = pending.result()
             if step < steps:
                 pending = prefetch.submit(batches, normalisation)
-            logits = model(x)
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=recipe.bf16):
+                logits = model(x)
+            logits = logits.float()
             loss = segmentation_loss(logits, y) + recipe.mil_weight * _mil_loss(logits, labels)
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
@@ -366,6 +374,8 @@ def train_real_ensemble(
     tiles = load_tumor_tiles(data_dir, recipe.model_mpp, split="train")
     pools = _pools(tiles, recipe, work)
     normalisation = _normalisation(pools)
+    if recipe.init_version is not None:
+        normalisation = _init_member(recipe, 0).card.normalisation
     log(
         "training tiles: "
         + ", ".join(f"{p.name} {len(p.images)}" for p in pools)
@@ -377,12 +387,16 @@ def train_real_ensemble(
         architecture, config = recipe.members[index]
         seed, strength = _member_seed_strength(recipe, index)
         torch.manual_seed(seed)
-        model = build_model(architecture, {**config, "num_classes": 2})
+        if recipe.init_version is None:
+            model = build_model(architecture, {**config, "num_classes": 2})
+        else:
+            model = _init_member(recipe, index).model
         batches = _Batches(pools, recipe, seed, strength)
         started = time.monotonic()
         card = ModelCard(
             name=architecture,
             version=recipe.version,
+            parent_version=recipe.init_version,
             architecture=architecture,
             config={**config, "num_classes": 2},
             input_mpp=recipe.model_mpp,
@@ -427,6 +441,20 @@ def train_real_ensemble(
     if members is None:
         finalize_real_ensemble(data_dir, cards, work, log=log)
     return cards
+
+
+def _init_member(recipe: RealRecipe, index: int):
+    """The bundled member `index` of ``recipe.init_version``, checked against the recipe."""
+    from napari_histo.models import load_model
+
+    architecture, config = recipe.members[index]
+    path = default_models_dir() / f"{architecture}-{recipe.init_version}.json"
+    loaded = load_model(path)
+    if loaded.card.config != {**config, "num_classes": 2}:
+        raise ValueError(f"{path.name}: config {loaded.card.config} != the recipe's {config}")
+    if loaded.card.input_mpp != recipe.model_mpp:
+        raise ValueError(f"{path.name}: {loaded.card.input_mpp} µm/px != the recipe's")
+    return loaded
 
 
 def synthetic_heldout_dice(card_paths: Sequence[Path], work_dir: str | os.PathLike[str]) -> float:
