@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +11,11 @@ import pytest
 from tests.slides import textured_rgb, write_aperio_svs, write_generic_tiff
 
 DATA = Path(__file__).parent / "data"
+
+# pytest-qt picks its own binding (PyQt6 before PyQt5 when both are installed) unless
+# told; napari goes through qtpy, which follows QT_API (`make test QT=pyqt6`). One
+# binding for both, set before pytest-qt configures itself.
+os.environ.setdefault("PYTEST_QT_API", os.environ.get("QT_API", "pyqt5"))
 
 
 @pytest.fixture(scope="session")

@@ -345,3 +345,41 @@ def test_opening_a_slide_compares_its_staining_with_the_training_data(make_napar
     text = widget.ood_label.text()
     assert text.startswith(("Slide vs training data", "Warning")), text
     assert "not compared" not in text, text
+
+
+def test_jobs_run_in_a_worker_whose_crash_the_viewer_survives(
+    make_napari_viewer, qtbot, slide_copy
+):
+    import os
+    import signal
+
+    from napari_histo.io.store import DONE_FLUSH_S
+
+    settings = LiveSettings(members=("deeplabv3plus",), tta=8, mode="whole slide")
+    viewer, widget = open_with_widget(make_napari_viewer, slide_copy, settings)
+    widget.run()
+    qtbot.waitUntil(lambda: widget.job_process.pid is not None, timeout=60_000)
+    pid = widget.job_process.pid
+    assert pid != os.getpid()
+    # Half the tiles, then past the store's done-mask flush: whole chunks are on disk.
+    bar = widget.progress_bar
+    half_done = lambda: bar.maximum() > 1 and bar.value() >= bar.maximum() // 2  # noqa: E731
+    qtbot.waitUntil(half_done, timeout=120_000)
+    qtbot.wait(int((DONE_FLUSH_S + 0.5) * 1000))
+    assert widget.busy
+    layers_before = [layer.name for layer in viewer.layers]
+    os.kill(pid, signal.SIGKILL)
+    wait_done(qtbot, widget)
+    status = widget.status.text()
+    assert "killed by signal 9" in status and "\n" not in status
+    assert [layer.name for layer in viewer.layers] == layers_before  # nothing lost
+    widget.run()  # a fresh worker resumes from the store
+    wait_done(qtbot, widget, timeout=120_000)
+    result = widget.last_result
+    assert not result.cancelled and result.run.complete
+    assert 0 < result.tiles_run < result.tiles_total
+    second = widget.job_process.pid
+    assert second not in (None, pid)
+    widget.shutdown()
+    with pytest.raises(ProcessLookupError):
+        os.kill(second, 0)

@@ -27,11 +27,11 @@ def test_windows_equal_the_slide_for_every_index(cmu_svs, direct):
     with Slide(cmu_svs, direct=direct) as slide:
         width, height = slide.level_dimensions[0]
         full = slide.read_level_region(0, 0, 0, width, height)
-        level = LevelWindows(slide, 0, threads=2)
+        level = LevelWindows(slide, 0, open_pyramid(slide).levels[0], threads=2)
         assert level.shape == full.shape and level.dtype == np.uint8 and level.ndim == 3
         assert level.size == full.size and len(level) == height
         for key in KEYS:
-            got, want = level[key], full[key]
+            got, want = np.asarray(level[key]), full[key]
             assert got.shape == want.shape and np.array_equal(got, want), key
         np.testing.assert_array_equal(np.asarray(level), full)
         assert slide.fast_levels[0] is direct
@@ -39,7 +39,7 @@ def test_windows_equal_the_slide_for_every_index(cmu_svs, direct):
 
 def test_large_windows_are_read_in_bands_on_tile_rows(cmu_svs):
     with Slide(cmu_svs) as slide:
-        level = LevelWindows(slide, 0, threads=3)
+        level = LevelWindows(slide, 0, open_pyramid(slide).levels[0], threads=3)
         tile_h = slide.tile_size(0)[1]
         cuts = level._bands(17, 2900)
         assert cuts[0] == 17 and cuts[-1] == 2900 and len(cuts) == 4
@@ -65,9 +65,28 @@ def test_viewer_levels_match_the_dask_pyramid(small_svs):
         assert all(isinstance(lv, LevelWindows) for lv in levels[: pyramid.file_level_count])
 
 
+def test_huge_or_strided_slices_stay_lazy_and_copies_are_views(cmu_svs, monkeypatch):
+    import copy
+
+    import dask.array as da
+
+    from napari_histo.io import windows
+
+    with Slide(cmu_svs) as slide:
+        level = LevelWindows(slide, 0, open_pyramid(slide).levels[0])
+        assert level.chunks == (*open_pyramid(slide).chunk_px[0], 3)
+        assert isinstance(level[::4, ::4], da.Array)  # strided: dask's lazy slice
+        assert isinstance(level[:100, :100], np.ndarray)
+        monkeypatch.setattr(windows, "MAX_DIRECT_PX", 10_000)
+        assert isinstance(level[..., 1], da.Array)  # napari's Split RGB on a huge level
+        assert copy.deepcopy(level) is level and copy.copy(level) is level
+        with pytest.raises(ValueError, match="without reading"):
+            level.__array__(copy=False)
+
+
 def test_bad_indices_say_what_is_wrong(cmu_svs):
     with Slide(cmu_svs) as slide:
-        level = LevelWindows(slide, 0)
+        level = LevelWindows(slide, 0, open_pyramid(slide).levels[0])
         with pytest.raises(IndexError, match="out of bounds"):
             level[5000]
         with pytest.raises(TypeError, match="int or slice"):

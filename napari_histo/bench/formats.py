@@ -223,4 +223,6 @@ def _summary(result: dict[str, Any]) -> dict[str, Any]:
         "ratio_parallel": result["ratio_parallel"],
         "direct": result["direct_tile_decoding"],
         "raw_windows_s": result["raw_windows_s"],
+        "dask_ratio_1t": result["dask_ratio_1t"],
+        "dask_ratio_parallel": result["dask_ratio_parallel"],
     }

@@ -31,6 +31,9 @@ __all__ = ["LevelWindows", "viewer_levels", "window_threads"]
 #: Windows smaller than this (px) are read on the calling thread in one piece:
 #: below it a second thread costs more than it saves.
 MIN_PARALLEL_PX = 1 << 18
+#: Larger windows, and strided ones, are answered lazily by the dask level instead
+#: (napari's "Split RGB" takes ``level[..., i]`` of a whole gigapixel level).
+MAX_DIRECT_PX = 1 << 26
 
 _POOL: ThreadPoolExecutor | None = None
 _POOL_LOCK = threading.Lock()
@@ -74,8 +77,11 @@ class LevelWindows:
     """One file level of a slide as an ``(H, W, 3)`` uint8 array read window by window.
 
     Slicing returns a NumPy array read from the file at once (no pixels are kept);
-    integer and slice indices with any step are taken (numpy semantics), as
-    napari's multiscale slicing needs. The slide must stay open while it is used.
+    integer and slice indices are taken with numpy semantics. Strided slices and
+    windows over :data:`MAX_DIRECT_PX` return the lazy dask level's slice instead.
+    ``chunks`` (zarr-style, the dask level's chunk shape) lets napari widen each
+    view to chunk boundaries and re-read only when a pan leaves them. The slide
+    must stay open while it is used.
 
     Parameters
     ----------
@@ -83,21 +89,33 @@ class LevelWindows:
         The open slide.
     level : int
         File level.
+    lazy : dask.array.Array
+        The same level as a dask array (:func:`~napari_histo.io.pyramid.open_pyramid`).
     threads : int, optional
         Bands a large window is read in, in parallel (default :func:`window_threads`).
     """
 
-    def __init__(self, slide: Slide, level: int, threads: int | None = None) -> None:
+    def __init__(self, slide: Slide, level: int, lazy, threads: int | None = None) -> None:
         width, height = slide.level_dimensions[level]
+        if tuple(lazy.shape) != (height, width, 3):
+            raise ValueError(f"`lazy` has shape {lazy.shape}, level {level} is {height}×{width}")
         self.slide = slide
         self.level = level
+        self.lazy = lazy
         self.threads = window_threads() if threads is None else max(1, int(threads))
         self.shape = (height, width, 3)
+        self.chunks = (lazy.chunks[0][0], lazy.chunks[1][0], 3)
         tile = slide.tile_size(level)
         self.band_px = tile[1] if tile is not None else DEFAULT_TILE_PX
 
     dtype = np.dtype(np.uint8)
     ndim = 3
+
+    def __copy__(self) -> LevelWindows:
+        return self  # a view of the file: nothing to copy (napari's Duplicate Layer)
+
+    def __deepcopy__(self, memo) -> LevelWindows:
+        return self
 
     @property
     def size(self) -> int:
@@ -111,7 +129,9 @@ class LevelWindows:
         return f"LevelWindows({self.slide!r}, level={self.level}, shape={self.shape})"
 
     def __array__(self, dtype=None, copy=None) -> np.ndarray:
-        whole = self[:, :]
+        if copy is False:
+            raise ValueError("a slide level cannot be viewed as an array without reading it")
+        whole = np.asarray(self[:, :])
         return whole if dtype is None else whole.astype(dtype, copy=False)
 
     def __getitem__(self, key: Any) -> np.ndarray:
@@ -126,8 +146,11 @@ class LevelWindows:
         key = key + (slice(None),) * (3 - len(key))
         y0, y1, rest_y = _axis(key[0], self.shape[0], "rows")
         x0, x1, rest_x = _axis(key[1], self.shape[1], "columns")
-        window = self.read(y0, y1, x0, x1)[:, rest_x]  # one axis at a time: no
-        return window[rest_y][..., key[2]]  # broadcasting of two index arrays
+        strided = not all(isinstance(r, slice | int) for r in (rest_y, rest_x))
+        if strided or (y1 - y0) * (x1 - x0) > MAX_DIRECT_PX:
+            return self.lazy[key]
+        window = self.read(y0, y1, x0, x1)[:, rest_x]  # columns first: an int row
+        return window[rest_y][..., key[2]]  # index would shift the column axis
 
     def read(self, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
         """Pixels ``[y0:y1, x0:x1]`` of the level (inside it), RGB uint8."""
@@ -182,4 +205,5 @@ def viewer_levels(slide: Slide, pyramid: Pyramid) -> list[Any]:
         One array-like per pyramid level, largest first.
     """
     files = pyramid.file_level_count
-    return [LevelWindows(slide, level) for level in range(files)] + list(pyramid.levels[files:])
+    windows = [LevelWindows(slide, level, pyramid.levels[level]) for level in range(files)]
+    return windows + list(pyramid.levels[files:])

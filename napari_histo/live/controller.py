@@ -45,6 +45,7 @@ from napari_histo.live.threads import in_own_thread
 if TYPE_CHECKING:
     from napari_histo.inference.engine import InferenceResult
     from napari_histo.io.store import ResultGeometry, ResultRun
+    from napari_histo.live.worker import JobProcess
     from napari_histo.models import LoadedModel
 
 __all__ = [
@@ -428,6 +429,7 @@ class LiveController:
         cancel: threading.Event | None = None,
         settings: LiveSettings | None = None,
         nice: int = 0,
+        worker: JobProcess | None = None,
     ) -> Generator[LiveUpdate, None, InferenceResult]:
         """Run inference (viewport with `within`, else whole slide); yields :class:`LiveUpdate`.
 
@@ -441,9 +443,26 @@ class LiveController:
         lower priority (Linux; its reader and writer threads inherit it), so
         background work yields the CPU to the Qt thread; the generator relays its
         updates and, when closed, cancels and joins it.
+        With a `worker` (:class:`~napari_histo.live.worker.JobProcess`) the same job
+        runs in that process instead (which writes the store); this generator relays
+        its updates, and raises :class:`~napari_histo.live.worker.WorkerDied` when
+        the process ends mid-job.
         """
         settings = settings or self.settings
         cancel = cancel or threading.Event()
+        if worker is not None:
+            from napari_histo.live.worker import JobRequest
+
+            request = JobRequest(
+                slide_path=str(self.slide_path),
+                out_dir=None if self.out_dir is None else str(self.out_dir),
+                models_dir=None if self.models_dir is None else str(self.models_dir),
+                settings=settings,
+                within=None if within is None else tuple(int(v) for v in within),
+                centre=centre,
+                nice=nice,
+            )
+            return (yield from worker.run(request, cancel))
         stages = [("full", settings)]
         fast = self.preview_settings(settings)
         if fast is not None:

@@ -51,6 +51,10 @@ class LiveSettings:
     stain : {"card", "none", "macenko", "reinhard"}
         Stain normalisation (:data:`napari_histo.stain.SETTINGS`); "card"
         follows the model cards.
+    worker_process : bool
+        Run jobs in a worker process (:mod:`napari_histo.live.worker`): the
+        viewer stays smooth and survives a crash of the job. False runs them on a
+        thread of the viewer's process (to debug a job).
     """
 
     members: tuple[str, ...] = ()
@@ -62,6 +66,7 @@ class LiveSettings:
     threshold: float = 0.5
     preview: bool = False
     stain: str = "card"
+    worker_process: bool = True
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "members", tuple(str(m) for m in self.members))
@@ -81,6 +86,8 @@ class LiveSettings:
             raise ValueError(f"`threshold` must be in (0, 1), got {self.threshold!r}")
         if not isinstance(self.preview, bool):
             raise ValueError(f"`preview` must be a bool, got {self.preview!r}")
+        if not isinstance(self.worker_process, bool):
+            raise ValueError(f"`worker_process` must be a bool, got {self.worker_process!r}")
         if self.stain not in STAIN_SETTINGS:
             raise ValueError(f"`stain` must be one of {STAIN_SETTINGS}, got {self.stain!r}")
 

@@ -155,10 +155,13 @@ class ControlsMixin:
             threshold=round(float(self.threshold_spin.value()), 4),
             preview=self.preview_box.isChecked(),
             stain=_STAIN_BY_LABEL[self.stain_combo.currentText()],
+            # No control: kept as saved (live.json), for debugging jobs in-process.
+            worker_process=getattr(self, "_worker_process", True),
         )
 
     def set_settings(self, settings: LiveSettings) -> None:
         """Show `settings` in the controls (and persist them)."""
+        self._worker_process = settings.worker_process
         for name, box in self.member_boxes.items():
             box.setChecked(not settings.members or name in settings.members)
         self.tta_combo.setCurrentText(str(settings.tta))

@@ -35,6 +35,7 @@ from napari_histo.live.controller import (
     save_settings,
     stage_label,
 )
+from napari_histo.live.worker import JobProcess
 from napari_histo.widgets._common import (
     MppField,
     ShutdownMixin,
@@ -88,6 +89,7 @@ class InferenceWidget(ControlsMixin, ShutdownMixin, QWidget):
         self._out_dir = out_dir
         self._controller: LiveController | None = None
         self.jobs = JobRunner()
+        self._job_process: JobProcess | None = None  # spawned at the first job
         self._ood_jobs = JobRunner()  # the staining check of each opened slide
         self._job_region: tuple[int, int, int, int] | None = None
         self._overlays: OverlayLayers | None = None
@@ -354,6 +356,7 @@ class InferenceWidget(ControlsMixin, ShutdownMixin, QWidget):
                 # Whole-slide runs are background work: at a lower priority they leave
                 # the CPU to the Qt thread (and to viewport runs) when both want it.
                 nice=BACKGROUND_NICE if region is None else 0,
+                worker=self.job_process if settings.worker_process else None,
             ),
             on_yield=self._on_update,
             on_return=self._on_returned,
@@ -511,6 +514,13 @@ class InferenceWidget(ControlsMixin, ShutdownMixin, QWidget):
             return
         self.readout.setText(self._overlays.readout(event.position))
 
+    @property
+    def job_process(self) -> JobProcess:
+        """The worker process this dock's jobs run in (started at the first job)."""
+        if self._job_process is None:
+            self._job_process = JobProcess()
+        return self._job_process
+
     # -- teardown -------------------------------------------------------------
     def shutdown(self, timeout_s: float = 60.0) -> None:
         """Cancel the job, wait for its threads, and unbind from the viewer (idempotent)."""
@@ -519,6 +529,8 @@ class InferenceWidget(ControlsMixin, ShutdownMixin, QWidget):
         self._closed = True
         self._refresh_timer.stop()
         self._follow_timer.stop()
+        if self._job_process is not None:
+            self._job_process.close()  # its job stops after the batch; the process ends
         self.jobs.shutdown(timeout_s)
         self._ood_jobs.shutdown(timeout_s)
         self.mpp_field.unbind()

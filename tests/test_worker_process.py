@@ -1,0 +1,131 @@
+"""Live jobs in a real worker process: same results, crash isolation, resume, clean close."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+
+import numpy as np
+import pytest
+
+from napari_histo.io.store import DONE_FLUSH_S
+from napari_histo.live.controller import LiveController, LiveSettings
+from napari_histo.live.worker import JobProcess, WorkerDied, WorkerError
+from napari_histo.synthetic import write_synthetic_slide
+
+SETTINGS = LiveSettings(members=("deeplabv3plus",))
+
+
+@pytest.fixture(scope="module")
+def slide(tmp_path_factory):
+    root = tmp_path_factory.mktemp("worker")
+    return write_synthetic_slide(root / "w.svs", 4096, seed=2004, workers=1).path
+
+
+@pytest.fixture
+def worker():
+    process = JobProcess(threads=1)
+    yield process
+    process.close()
+
+
+def drain(job):
+    updates = []
+    while True:
+        try:
+            updates.append(next(job))
+        except StopIteration as stop:
+            return updates, stop.value
+
+
+def probability(controller):
+    _, arrays, complete = controller.load_existing()
+    return arrays["probability"], complete
+
+
+def out(tmp_path, name):
+    (tmp_path / name).mkdir()
+    return tmp_path / name
+
+
+def test_worker_job_equals_the_in_process_job(slide, tmp_path, worker):
+    here = LiveController(slide, SETTINGS, out_dir=out(tmp_path, "here"))
+    there = LiveController(slide, SETTINGS, out_dir=out(tmp_path, "there"))
+    view = (0, 0, 1024, 1024)
+    _, local = drain(here.job(within=view))
+    updates, remote = drain(there.job(within=view, worker=worker))
+    assert worker.pid is not None and worker.pid != os.getpid()
+    assert updates and sum(len(u.cells) for u in updates) > 0
+    assert remote.tiles_run == local.tiles_run > 0 and not remote.cancelled
+    assert remote.run is not None and remote.run.run_id == local.run.run_id
+    np.testing.assert_allclose(probability(there)[0], probability(here)[0], atol=1e-6)
+    # models stay loaded: the same process serves the next job, which finds it all done
+    pid = worker.pid
+    _, again = drain(there.job(within=view, worker=worker))
+    assert worker.pid == pid and again.tiles_run == 0
+
+
+def test_a_killed_worker_is_one_error_and_the_next_run_resumes(slide, tmp_path, worker):
+    settings = LiveSettings(members=("deeplabv3plus",), tta=8)  # slower: time to kill
+    clean = LiveController(slide, settings, out_dir=out(tmp_path, "clean"))
+    drain(clean.job())
+    controller = LiveController(slide, settings, out_dir=out(tmp_path, "killed"))
+    job = controller.job(worker=worker)
+    # Half the tiles, then past the store's done-mask flush: whole chunks are on disk.
+    update = next(job)
+    while update.done < update.total // 2:
+        update = next(job)
+    half = update.elapsed_s
+    while update.elapsed_s < half + DONE_FLUSH_S + 0.5:
+        update = next(job)
+    assert update.done < update.total
+    os.kill(worker.pid, signal.SIGKILL)
+    with pytest.raises(WorkerDied, match=r"killed by signal 9.*resumes from the cells"):
+        drain(job)
+    assert worker.pid is None
+    _, result = drain(controller.job(worker=worker))  # a fresh worker
+    assert worker.pid is not None
+    assert 0 < result.tiles_run < result.tiles_total and result.run.complete
+    resumed, complete = probability(controller)
+    assert complete
+    np.testing.assert_allclose(resumed, probability(clean)[0], atol=1e-6)
+
+
+def test_an_error_in_the_worker_is_one_line_and_the_worker_lives_on(slide, tmp_path, worker):
+    controller = LiveController(slide, SETTINGS, out_dir=tmp_path)
+    with pytest.raises(WorkerError, match="RegionError") as caught:
+        drain(controller.job(within=(99_000, 99_000, 512, 512), worker=worker))
+    assert "\n" not in str(caught.value)
+    pid = worker.pid
+    _, result = drain(controller.job(within=(0, 0, 512, 512), worker=worker))
+    assert worker.pid == pid and result.tiles_run > 0
+
+
+def test_cancel_stops_the_worker_job_after_a_batch(slide, tmp_path, worker):
+    controller = LiveController(slide, SETTINGS, out_dir=tmp_path)
+    cancel = threading.Event()
+    job = controller.job(cancel=cancel, worker=worker)
+    next(job)
+    cancel.set()
+    _, result = drain(job)
+    assert result.cancelled and result.tiles_run < result.tiles_total
+
+
+def test_closing_ends_the_process_and_leaves_no_thread(slide, tmp_path):
+    threads_before = set(threading.enumerate())
+    process = JobProcess(threads=1)
+    controller = LiveController(slide, SETTINGS, out_dir=tmp_path)
+    job = controller.job(worker=process)
+    next(job)  # a whole-slide job in flight
+    pid = process.pid
+    process.close(timeout_s=10)
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)
+    try:  # the job in flight stopped after its batch, or its process ended first
+        assert drain(job)[1].cancelled
+    except WorkerDied:
+        pass
+    assert set(threading.enumerate()) <= threads_before
+    with pytest.raises(WorkerDied, match="closed"):
+        drain(controller.job(worker=process))
