@@ -23,7 +23,7 @@ from typing import Any
 
 from napari_histo.errors import HistoError
 
-__all__ = ["JobProcess", "JobRequest", "WorkerDied", "WorkerError"]
+__all__ = ["JobProcess", "JobRequest", "WorkerDied", "WorkerError", "live_job"]
 
 #: Seconds a superseded job may take to stop after its batch before the worker is killed.
 STOP_TIMEOUT_S = 30.0
@@ -55,7 +55,6 @@ def _serve(conn, cancel, threads: int) -> None:
     import torch
 
     torch.set_num_threads(max(1, threads))
-    controllers: dict = {}
     while True:
         try:
             message = conn.recv()
@@ -63,38 +62,47 @@ def _serve(conn, cancel, threads: int) -> None:
             return  # the viewer is gone
         if message[0] == "stop":
             return
+        _, function, kwargs = message
         try:
-            _run_job(conn, controllers, message[1], cancel)
+            gen = function(cancel=cancel, **kwargs)
+            while True:
+                try:
+                    update = next(gen)
+                except StopIteration as stop:
+                    conn.send(("return", stop.value))
+                    break
+                conn.send(("yield", update))
         except (BrokenPipeError, EOFError, OSError):
             return
         except Exception as err:  # every error goes back as one line
             conn.send(("raise", f"{type(err).__name__}: {err}"))
 
 
-def _run_job(conn, controllers: dict, request: JobRequest, cancel) -> None:
-    """Run one job with the same code as in-process; send its updates and result."""
+#: The worker's live controllers (one slide's, with its loaded models).
+_CONTROLLERS: dict = {}
+
+
+def live_job(request: JobRequest, cancel) -> Generator[Any, None, Any]:
+    """In the worker: run one live inference job with the same code as in-process.
+
+    Returns the InferenceResult without its open store run (see :func:`_portable`).
+    """
     from napari_histo.live.controller import LiveController
 
     key = (request.slide_path, request.out_dir, request.models_dir)
-    controller = controllers.get(key)
+    controller = _CONTROLLERS.get(key)
     if controller is None:
-        controllers.clear()  # one slide's models at a time
+        _CONTROLLERS.clear()  # one slide's models at a time
         controller = LiveController(
             request.slide_path, request.settings, out_dir=request.out_dir,
             models_dir=request.models_dir,
         )  # fmt: skip
-        controllers[key] = controller
-    gen = controller.job(
+        _CONTROLLERS[key] = controller
+    result = yield from controller.job(
         within=request.within, centre=request.centre, cancel=cancel,
         settings=request.settings, nice=request.nice,
     )  # fmt: skip
-    while True:
-        try:
-            update = next(gen)
-        except StopIteration as stop:
-            conn.send(("return", _portable(stop.value)))
-            return
-        conn.send(("yield", update))
+    return _portable(result)
 
 
 def _portable(result):
@@ -160,10 +168,18 @@ class JobProcess:
             self._process.join(timeout=1)
         self._process = self._conn = None
 
-    def run(
-        self, request: JobRequest, cancel: threading.Event
+    def run(self, request: JobRequest, cancel: threading.Event) -> Generator[Any, None, Any]:
+        """Run live inference `request` in the worker; yield its updates, return its
+        InferenceResult (store run re-opened here, read-only). See :meth:`call`."""
+        return _reopen((yield from self.call(live_job, {"request": request}, cancel)))
+
+    def call(
+        self, function, kwargs: dict[str, Any], cancel: threading.Event
     ) -> Generator[Any, None, Any]:
-        """Run `request` in the worker; yield its updates, return its InferenceResult.
+        """Run generator function ``function(cancel=..., **kwargs)`` in the worker.
+
+        Yields what it yields and returns what it returns (both pickled over the
+        pipe); `function` must be importable by name (a module-level function).
 
         Raises
         ------
@@ -177,7 +193,7 @@ class JobProcess:
                 raise WorkerDied("the worker process was closed with the viewer")
             self._ensure_started()
             self._cancel.clear()
-            self._conn.send(("job", request))
+            self._conn.send(("job", function, kwargs))
             ended = False
             try:
                 while True:
@@ -188,7 +204,7 @@ class JobProcess:
                     ended = True
                     if kind == "raise":
                         raise WorkerError(value)
-                    return _reopen(value)
+                    return value
             finally:
                 if not ended:
                     self._finish_early()
@@ -210,8 +226,8 @@ class JobProcess:
             self._drop()
             how = f"was killed by signal {-code}" if code and code < 0 else f"exited ({code})"
             raise WorkerDied(
-                f"the inference worker process {how}; the next run resumes from the "
-                "cells it saved"
+                f"the worker process {how}; the next run starts a new one (inference "
+                "resumes from the cells it saved)"
             )
 
     def _finish_early(self) -> None:
