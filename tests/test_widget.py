@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 import shutil
 import threading
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -358,8 +359,8 @@ def test_jobs_run_in_a_worker_whose_crash_the_viewer_survives(
     settings = LiveSettings(members=("deeplabv3plus",), tta=8, mode="whole slide")
     viewer, widget = open_with_widget(make_napari_viewer, slide_copy, settings)
     widget.run()
-    qtbot.waitUntil(lambda: widget.job_process.pid is not None, timeout=60_000)
-    pid = widget.job_process.pid
+    qtbot.waitUntil(lambda: widget.worker_pid is not None, timeout=60_000)
+    pid = widget.worker_pid
     assert pid != os.getpid()
     # Half the tiles, then past the store's done-mask flush: whole chunks are on disk.
     bar = widget.progress_bar
@@ -378,8 +379,23 @@ def test_jobs_run_in_a_worker_whose_crash_the_viewer_survives(
     result = widget.last_result
     assert not result.cancelled and result.run.complete
     assert 0 < result.tiles_run < result.tiles_total
-    second = widget.job_process.pid
+    second = widget.worker_pid
     assert second not in (None, pid)
     widget.shutdown()
     with pytest.raises(ProcessLookupError):
         os.kill(second, 0)
+
+
+def test_worker_process_off_in_the_settings_file_runs_jobs_in_the_viewer(
+    make_napari_viewer, qtbot, slide_copy
+):
+    from napari_histo.live.controller import load_settings, save_settings
+
+    save_settings(replace(FAST, worker_process=False))
+    viewer, widget = open_with_widget(make_napari_viewer, slide_copy, load_settings())
+    viewer.reset_view()
+    widget.run()
+    wait_done(qtbot, widget)
+    assert widget.last_result is not None and widget.last_result.tiles_run > 0
+    assert widget.worker_pid is None  # no worker was started
+    assert load_settings().worker_process is False  # and the choice was kept

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import threading
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -100,6 +101,32 @@ def test_an_error_in_the_worker_is_one_line_and_the_worker_lives_on(slide, tmp_p
     pid = worker.pid
     _, result = drain(controller.job(within=(0, 0, 512, 512), worker=worker))
     assert worker.pid == pid and result.tiles_run > 0
+
+
+def raising_job(cancel, error):
+    """A job for the worker that fails at once (importable by name)."""
+    raise error
+    yield
+
+
+def test_job_errors_even_oserror_leave_the_worker_running(worker):
+    with pytest.raises(WorkerError, match=r"^OSError: \[Errno 28\] disk full$"):
+        drain(worker.call(raising_job, {"error": OSError(28, "disk full")}, threading.Event()))
+    pid = worker.pid
+    with pytest.raises(WorkerError, match="ValueError: bad"):
+        drain(worker.call(raising_job, {"error": ValueError("bad")}, threading.Event()))
+    assert worker.pid == pid is not None
+
+
+def test_the_worker_rebuilds_its_controller_when_the_mpp_changes(slide, tmp_path):
+    from napari_histo.live import worker as worker_module
+
+    controller = LiveController(slide, SETTINGS, out_dir=tmp_path)
+    request = controller.job_request()
+    first = worker_module._controller(request)
+    assert worker_module._controller(request) is first  # kept, models and all
+    moved = replace(request, slide_mpp=request.slide_mpp * 2)
+    assert worker_module._controller(moved) is not first
 
 
 def test_cancel_stops_the_worker_job_after_a_batch(slide, tmp_path, worker):

@@ -45,7 +45,7 @@ from napari_histo.live.threads import in_own_thread
 if TYPE_CHECKING:
     from napari_histo.inference.engine import InferenceResult
     from napari_histo.io.store import ResultGeometry, ResultRun
-    from napari_histo.live.worker import JobProcess
+    from napari_histo.live.worker import JobProcess, JobRequest
     from napari_histo.models import LoadedModel
 
 __all__ = [
@@ -421,6 +421,29 @@ class LiveController:
             return None
         return fast
 
+    def job_request(
+        self,
+        settings: LiveSettings | None = None,
+        *,
+        within: Sequence[int] | None = None,
+        centre: tuple[float, float] | None = None,
+        nice: int = 0,
+    ) -> JobRequest:
+        """What a worker process needs to run :meth:`job` (or prepare for it) on this slide."""
+        from napari_histo.live.worker import JobRequest
+
+        return JobRequest(
+            slide_path=str(self.slide_path),
+            out_dir=None if self.out_dir is None else str(self.out_dir),
+            models_dir=None if self.models_dir is None else str(self.models_dir),
+            settings=settings or self.settings,
+            within=None if within is None else tuple(int(v) for v in within),
+            centre=centre,
+            slide_mpp=self.slide_mpp,
+            slide_dims=self.slide_dims,
+            nice=nice,
+        )
+
     def job(
         self,
         *,
@@ -451,17 +474,7 @@ class LiveController:
         settings = settings or self.settings
         cancel = cancel or threading.Event()
         if worker is not None:
-            from napari_histo.live.worker import JobRequest
-
-            request = JobRequest(
-                slide_path=str(self.slide_path),
-                out_dir=None if self.out_dir is None else str(self.out_dir),
-                models_dir=None if self.models_dir is None else str(self.models_dir),
-                settings=settings,
-                within=None if within is None else tuple(int(v) for v in within),
-                centre=centre,
-                nice=nice,
-            )
+            request = self.job_request(settings, within=within, centre=centre, nice=nice)
             return (yield from worker.run(request, cancel))
         stages = [("full", settings)]
         fast = self.preview_settings(settings)

@@ -1,32 +1,41 @@
 """Live jobs in a worker process: the viewer keeps its GIL and survives a crash.
 
 Plain Python (no Qt, no napari). A :class:`JobProcess` is one worker process per
-viewer, spawned at its first job and kept (with its models loaded) between jobs.
-A job is a :class:`JobRequest`: the worker runs the same job code as in-process
-(:meth:`LiveController.job <napari_histo.live.controller.LiveController.job>`,
-which writes the result store) and sends every :class:`LiveUpdate` back over a
-pipe; :meth:`JobProcess.run` relays them as a generator, so the dock cannot tell
-the difference. Cancelling sets an event the worker's engine checks between
-batches. When the worker dies (SIGKILL, the OOM killer, a crash in native code),
-the generator raises :class:`WorkerDied` with one line; finished cells are in
-the store, and the next job, on a fresh worker, resumes from it.
+dock, spawned at its first job (or when a slide opens, to load the models early)
+and kept, with its models loaded, between jobs. :meth:`JobProcess.call` runs a
+module-level generator function there and relays what it yields and returns, so
+the caller cannot tell the difference; live inference (:func:`live_job`) runs the
+same :meth:`LiveController.job <napari_histo.live.controller.LiveController.job>`
+as in-process, which writes the result store. Cancelling sets an event the
+worker's engine checks between batches. When the worker dies (SIGKILL, the OOM
+killer, a crash in native code), the generator raises :class:`WorkerDied` with
+one line; finished cells are in the store, and the next job, on a fresh worker,
+resumes from them.
 """
 
 from __future__ import annotations
 
 import multiprocessing as mp
 import os
+import signal
+import sys
 import threading
+import time
+import traceback
 from collections.abc import Generator
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from typing import Any
 
 from napari_histo.errors import HistoError
 
-__all__ = ["JobProcess", "JobRequest", "WorkerDied", "WorkerError", "live_job"]
+__all__ = ["JobProcess", "JobRequest", "WorkerDied", "WorkerError", "live_job", "prepare_live"]
 
-#: Seconds a superseded job may take to stop after its batch before the worker is killed.
+#: Seconds a cancelled job may take to stop (one batch) before its worker is killed.
 STOP_TIMEOUT_S = 30.0
+#: Seconds a new worker may take to start (import torch) before it counts as failed.
+START_TIMEOUT_S = 120.0
+_POLL_S = 0.05
 
 
 class WorkerDied(HistoError):
@@ -39,7 +48,11 @@ class WorkerError(HistoError):
 
 @dataclass(frozen=True)
 class JobRequest:
-    """One live job for the worker: what :meth:`LiveController.job` would run in-process."""
+    """One live job for the worker: what :meth:`LiveController.job` would run in-process.
+
+    `slide_mpp` and `slide_dims` are the viewer's view of the slide: a worker whose
+    controller saw another µm/px (the user set one since) builds a new one.
+    """
 
     slide_path: str
     out_dir: str | None
@@ -47,50 +60,69 @@ class JobRequest:
     settings: Any  # LiveSettings (picklable)
     within: tuple[int, int, int, int] | None
     centre: tuple[float, float] | None
+    slide_mpp: float
+    slide_dims: tuple[int, int]
     nice: int = 0
+
+
+# -- in the worker ---------------------------------------------------------------
 
 
 def _serve(conn, cancel, threads: int) -> None:
     """The worker's loop: one job at a time until "stop" or the viewer's end of the pipe closes."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl+C in the terminal is the viewer's
     import torch
 
     torch.set_num_threads(max(1, threads))
-    while True:
-        try:
+    try:
+        conn.send(("ready", os.getpid()))
+        while True:
             message = conn.recv()
-        except (EOFError, OSError):
-            return  # the viewer is gone
-        if message[0] == "stop":
-            return
-        _, function, kwargs = message
-        try:
-            gen = function(cancel=cancel, **kwargs)
-            while True:
-                try:
-                    update = next(gen)
-                except StopIteration as stop:
-                    conn.send(("return", stop.value))
-                    break
-                conn.send(("yield", update))
-        except (BrokenPipeError, EOFError, OSError):
-            return
-        except Exception as err:  # every error goes back as one line
-            conn.send(("raise", f"{type(err).__name__}: {err}"))
+            if message[0] == "stop":
+                return
+            _, function, kwargs = message
+            for reply in _replies(function, kwargs, cancel):
+                conn.send(reply)
+    except (EOFError, OSError):
+        return  # the viewer is gone: nobody to work for
 
 
-#: The worker's live controllers (one slide's, with its loaded models).
+def _replies(function, kwargs, cancel) -> Generator[tuple[str, Any], None, None]:
+    """``("yield", item)`` for each item of the job, then ``("return", value)`` or
+    ``("raise", "Type: message")``; errors of the job itself (also OSError) never end
+    the worker."""
+    gen = None
+    try:
+        gen = function(cancel=cancel, **kwargs)
+        while True:
+            try:
+                item = next(gen)
+            except StopIteration as stop:
+                yield "return", stop.value
+                return
+            yield "yield", item
+    except Exception as err:
+        traceback.print_exc(file=sys.stderr)  # the worker's stderr is the viewer's terminal
+        yield "raise", " ".join(f"{type(err).__name__}: {err}".split())
+    finally:
+        if gen is not None:
+            gen.close()  # a send that failed: stop the job (and its threads) now
+
+
+#: The worker's live controller: one slide's, with its loaded models.
 _CONTROLLERS: dict = {}
 
 
-def live_job(request: JobRequest, cancel) -> Generator[Any, None, Any]:
-    """In the worker: run one live inference job with the same code as in-process.
-
-    Returns the InferenceResult without its open store run (see :func:`_portable`).
-    """
+def _controller(request: JobRequest):
+    """The worker's controller for `request`'s slide, rebuilt when the slide's µm/px changed."""
     from napari_histo.live.controller import LiveController
 
     key = (request.slide_path, request.out_dir, request.models_dir)
     controller = _CONTROLLERS.get(key)
+    if controller is not None and (
+        controller.slide_mpp != request.slide_mpp or controller.slide_dims != request.slide_dims
+    ):
+        controller = None
     if controller is None:
         _CONTROLLERS.clear()  # one slide's models at a time
         controller = LiveController(
@@ -98,6 +130,22 @@ def live_job(request: JobRequest, cancel) -> Generator[Any, None, Any]:
             models_dir=request.models_dir,
         )  # fmt: skip
         _CONTROLLERS[key] = controller
+    return controller
+
+
+def prepare_live(request: JobRequest, cancel) -> Generator[Any, None, None]:
+    """In the worker: load `request`'s members for its slide, so the first Run starts at once."""
+    _controller(request).load_members(request.settings)
+    return
+    yield  # a generator, like every job
+
+
+def live_job(request: JobRequest, cancel) -> Generator[Any, None, Any]:
+    """In the worker: run one live inference job with the same code as in-process.
+
+    Returns the InferenceResult without its open store run (see :func:`_portable`).
+    """
+    controller = _controller(request)
     result = yield from controller.job(
         within=request.within, centre=request.centre, cancel=cancel,
         settings=request.settings, nice=request.nice,
@@ -122,8 +170,27 @@ def _reopen(value):
     return replace(result, run=ResultStore(store_path, identity, mode="r").open_run(run_id))
 
 
+@contextmanager
+def _main_not_rerun():
+    """Spawn re-runs the viewer's main script in the child unless it is guarded by
+    ``if __name__ == "__main__"``; napari's own examples are not. Hide it while the
+    worker starts: the worker needs nothing from it."""
+    main = sys.modules.get("__main__")
+    saved = {k: main.__dict__[k] for k in ("__file__", "__spec__") if k in main.__dict__}
+    try:
+        main.__dict__.pop("__file__", None)
+        main.__spec__ = None
+        yield
+    finally:
+        main.__dict__.pop("__spec__", None)
+        main.__dict__.update(saved)
+
+
+# -- in the viewer ---------------------------------------------------------------
+
+
 class JobProcess:
-    """One worker process for a viewer's live jobs (spawned at the first job).
+    """One worker process for a dock's jobs (spawned at the first call).
 
     Parameters
     ----------
@@ -137,7 +204,8 @@ class JobProcess:
         self._process = None
         self._conn = None
         self._cancel = None
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # one job at a time, held while it streams
+        self._state = threading.Lock()  # start / close, never held across a yield
         self._closed = False
 
     @property
@@ -147,31 +215,58 @@ class JobProcess:
         return process.pid if process is not None and process.is_alive() else None
 
     def _ensure_started(self) -> None:
-        if self._process is not None and self._process.is_alive():
-            return
-        self._drop()
-        parent, child = self._context.Pipe()
-        self._cancel = self._context.Event()
-        self._process = self._context.Process(
-            target=_serve, args=(child, self._cancel, self.threads), daemon=True,
-            name="napari-histo-worker",
-        )  # fmt: skip
-        self._process.start()
-        child.close()
-        self._conn = parent
+        with self._state:
+            if self._closed:
+                raise WorkerDied("the worker process was closed with the viewer")
+            if self._process is not None and self._process.is_alive():
+                return
+            self._drop()
+            parent, child = self._context.Pipe()
+            cancel = self._context.Event()
+            process = self._context.Process(
+                target=_serve, args=(child, cancel, self.threads), daemon=True,
+                name="napari-histo-worker",
+            )  # fmt: skip
+            with _main_not_rerun():
+                process.start()
+            child.close()
+            self._conn, self._cancel, self._process = parent, cancel, process
+        # Wait for its "ready" (it imports torch): a worker that cannot start is one error.
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while not self._poll():
+            if not process.is_alive() or time.monotonic() > deadline:
+                self._kill()
+                raise WorkerDied("the worker process did not start (see the terminal)")
+        self._conn.recv()
+
+    def _poll(self) -> bool:
+        try:
+            return self._conn.poll(_POLL_S)
+        except (EOFError, OSError):
+            return False
 
     def _drop(self) -> None:
-        """Forget a dead worker (its pipe closed)."""
-        if self._conn is not None:
-            self._conn.close()
-        if self._process is not None:
-            self._process.join(timeout=1)
+        """Forget the worker (killed first if it still runs) and close its pipe."""
+        process, conn = self._process, self._conn
         self._process = self._conn = None
+        if process is not None:
+            process.join(timeout=1)
+            if process.is_alive():
+                process.kill()
+                process.join(timeout=5)
+        if conn is not None:
+            conn.close()
+
+    def _kill(self) -> None:
+        if self._process is not None and self._process.is_alive():
+            self._process.kill()
+        self._drop()
 
     def run(self, request: JobRequest, cancel: threading.Event) -> Generator[Any, None, Any]:
         """Run live inference `request` in the worker; yield its updates, return its
         InferenceResult (store run re-opened here, read-only). See :meth:`call`."""
-        return _reopen((yield from self.call(live_job, {"request": request}, cancel)))
+        value = yield from self.call(live_job, {"request": request}, cancel)
+        return None if value is None else _reopen(value)
 
     def call(
         self, function, kwargs: dict[str, Any], cancel: threading.Event
@@ -180,20 +275,26 @@ class JobProcess:
 
         Yields what it yields and returns what it returns (both pickled over the
         pipe); `function` must be importable by name (a module-level function).
+        Returns None at once when `cancel` is set while an earlier job still runs.
 
         Raises
         ------
         WorkerDied
-            The worker ended mid-job (the next job starts a new one).
+            The worker ended mid-job, or did not start (the next job starts a new one).
         WorkerError
             The job raised in the worker (its type and message).
         """
-        with self._lock:
-            if self._closed:
-                raise WorkerDied("the worker process was closed with the viewer")
+        while not self._lock.acquire(timeout=_POLL_S):
+            if cancel.is_set():
+                return None  # superseded before it began
+        try:
             self._ensure_started()
             self._cancel.clear()
-            self._conn.send(("job", function, kwargs))
+            try:
+                self._conn.send(("job", function, kwargs))
+            except (OSError, ValueError) as err:
+                self._drop()
+                raise WorkerDied(f"the worker process is gone ({err})") from None
             ended = False
             try:
                 while True:
@@ -208,19 +309,31 @@ class JobProcess:
             finally:
                 if not ended:
                     self._finish_early()
+        finally:
+            if self._closed:
+                self._kill()  # closed meanwhile: the worker must not outlive the viewer
+            self._lock.release()
 
     def _receive(self, cancel: threading.Event) -> tuple[str, Any]:
+        """The worker's next message; kills a worker that ignores a cancel for too long."""
+        cancelled_at = None
         while True:
-            if cancel.is_set():
+            if cancel.is_set() and cancelled_at is None:
                 self._cancel.set()
-            try:
-                if self._conn.poll(0.05):
+                cancelled_at = time.monotonic()
+            if self._poll():
+                try:
                     return self._conn.recv()
-            except (EOFError, OSError):
-                pass
-            else:
-                if self._process.is_alive():
-                    continue
+                except (EOFError, OSError):
+                    pass
+            elif self._process.is_alive():
+                if cancelled_at is not None and time.monotonic() - cancelled_at > STOP_TIMEOUT_S:
+                    self._kill()
+                    raise WorkerDied(
+                        f"the worker process did not stop within {STOP_TIMEOUT_S:.0f} s of "
+                        "cancel and was ended; the next run starts a new one"
+                    )
+                continue
             self._process.join(timeout=2)  # reap it: its exit code tells how it ended
             code = self._process.exitcode
             self._drop()
@@ -235,43 +348,39 @@ class JobProcess:
         if self._process is None:
             return
         self._cancel.set()
+        deadline = time.monotonic() + STOP_TIMEOUT_S
         try:
-            for _ in range(int(STOP_TIMEOUT_S / 0.05)):
-                if self._conn.poll(0.05):
+            while time.monotonic() < deadline:
+                if self._poll():
                     kind, _ = self._conn.recv()
                     if kind in ("return", "raise"):
                         return
                 elif not self._process.is_alive():
                     break
-        except (EOFError, OSError):
+        except Exception:  # anything odd on the pipe: start afresh next time
             pass
-        self._kill()  # stuck or dead: the next job starts a new worker
+        self._kill()  # stuck, dead or confused: the next job starts a new worker
 
-    def _kill(self) -> None:
-        if self._process is not None and self._process.is_alive():
-            self._process.kill()
-        self._drop()
-
-    def close(self, timeout_s: float = 5.0) -> None:
+    def close(self, timeout_s: float = 10.0) -> None:
         """End the worker: a job in flight stops after its batch, then the process exits.
 
         Killed after `timeout_s`. Idempotent. Does not wait for the job's consumer
-        (whose generator then ends with :class:`WorkerDied`).
+        (whose generator then returns a cancelled result or raises :class:`WorkerDied`).
         """
-        self._closed = True
-        process, conn = self._process, self._conn
+        with self._state:
+            self._closed = True
+            process, conn, cancel = self._process, self._conn, self._cancel
         if process is None:
             return
-        self._cancel.set()
+        cancel.set()
         try:
             conn.send(("stop",))
-        except (BrokenPipeError, OSError):
+        except (OSError, ValueError):
             pass
         process.join(timeout_s)
         if process.is_alive():
             process.kill()
-            process.join(1)
+        process.join(5)
 
     def __repr__(self) -> str:
         return f"JobProcess(pid={self.pid}, threads={self.threads})"
-

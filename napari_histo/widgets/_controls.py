@@ -50,6 +50,7 @@ class ControlsMixin:
         from napari_histo.models import read_card
         from napari_histo.models.versions import active_cards
 
+        self._worker_process = settings.worker_process  # no control; kept as saved
         layout = QVBoxLayout(self)
         self.slide_label = QLabel("no slide")
         self.slide_label.setWordWrap(True)
@@ -156,7 +157,7 @@ class ControlsMixin:
             preview=self.preview_box.isChecked(),
             stain=_STAIN_BY_LABEL[self.stain_combo.currentText()],
             # No control: kept as saved (live.json), for debugging jobs in-process.
-            worker_process=getattr(self, "_worker_process", True),
+            worker_process=self._worker_process,
         )
 
     def set_settings(self, settings: LiveSettings) -> None:

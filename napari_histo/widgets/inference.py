@@ -35,7 +35,7 @@ from napari_histo.live.controller import (
     save_settings,
     stage_label,
 )
-from napari_histo.live.worker import JobProcess
+from napari_histo.live.worker import JobProcess, prepare_live
 from napari_histo.widgets._common import (
     MppField,
     ShutdownMixin,
@@ -64,6 +64,14 @@ FOLLOW_MAX_FRACTION = 0.25
 BACKGROUND_NICE = 10
 
 
+def _prepare(process: JobProcess, request) -> None:
+    """Start `process` and load `request`'s members in it (a Run then starts at once)."""
+    import threading
+
+    for _ in process.call(prepare_live, {"request": request}, threading.Event()):
+        pass
+
+
 class InferenceWidget(ControlsMixin, ShutdownMixin, QWidget):
     """Dock widget running the tumor ensemble on the visible region or the whole slide.
 
@@ -90,6 +98,7 @@ class InferenceWidget(ControlsMixin, ShutdownMixin, QWidget):
         self._controller: LiveController | None = None
         self.jobs = JobRunner()
         self._job_process: JobProcess | None = None  # spawned at the first job
+        self._prepare_jobs = JobRunner()  # warms the worker when a slide opens
         self._ood_jobs = JobRunner()  # the staining check of each opened slide
         self._job_region: tuple[int, int, int, int] | None = None
         self._overlays: OverlayLayers | None = None
@@ -204,6 +213,16 @@ class InferenceWidget(ControlsMixin, ShutdownMixin, QWidget):
         self.slide_label.setText(f"Slide: {path.name}")
         self._check_ood(path)
         self._show_existing()
+        self._prepare_worker()
+
+    def _prepare_worker(self) -> None:
+        """Start the worker and load the chosen members now, not at the first Run."""
+        settings = self.settings()
+        if not settings.worker_process:
+            return
+        self._prepare_jobs.call(
+            partial(_prepare, self.job_process, self._controller.job_request(settings))
+        )  # errors: a Run reports what is wrong
 
     def _check_ood(self, path: Path) -> None:
         """Compare the slide's staining with the models' training data, off the Qt thread."""
@@ -515,6 +534,16 @@ class InferenceWidget(ControlsMixin, ShutdownMixin, QWidget):
         self.readout.setText(self._overlays.readout(event.position))
 
     @property
+    def worker_pid(self) -> int | None:
+        """Process id of the dock's worker process; None when none runs."""
+        return None if self._job_process is None else self._job_process.pid
+
+    @property
+    def preparing(self) -> bool:
+        """True while the worker starts and loads the models for the opened slide."""
+        return self._prepare_jobs.busy
+
+    @property
     def job_process(self) -> JobProcess:
         """The worker process this dock's jobs run in (started at the first job)."""
         if self._job_process is None:
@@ -530,8 +559,9 @@ class InferenceWidget(ControlsMixin, ShutdownMixin, QWidget):
         self._refresh_timer.stop()
         self._follow_timer.stop()
         if self._job_process is not None:
-            self._job_process.close()  # its job stops after the batch; the process ends
+            self._job_process.close(timeout_s)  # its job stops after the batch; it ends
         self.jobs.shutdown(timeout_s)
+        self._prepare_jobs.shutdown(timeout_s)
         self._ood_jobs.shutdown(timeout_s)
         self.mpp_field.unbind()
         camera = self.viewer.scene.camera
