@@ -1,8 +1,8 @@
 # napari-histo: `make demo` and `make test` are the only set-up steps.
 # Both create .venv, install torch (CPU pin) first, then the package with its
 # dev extras, and install Xvfb + Mesa with apt when missing and running as root.
-# QT=pyqt6 (`make test QT=pyqt6`, `make demo QT=pyqt6`) adds PyQt6 to the same
-# .venv and runs napari on it (QT_API); PyQt5 stays the default binding.
+# The dev extras install PyQt5 and PyQt6; QT=pyqt6 (`make test QT=pyqt6`, `make demo
+# QT=pyqt6`) runs napari on PyQt6 (QT_API); PyQt5 stays the default binding.
 
 SHELL := /bin/bash
 PYTHON ?= python3
@@ -47,21 +47,13 @@ bench: install
 lint: install
 	$(VENV)/bin/ruff check napari_histo tests
 
-install: system-deps $(VENV)/.installed $(VENV)/.installed-$(QT)
+install: system-deps $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip
 	$(PIP) install --quiet $(TORCH_PIN)
 	$(PIP) install --quiet -e ".[dev]"
-	touch $@
-
-# PyQt5 comes with the dev extras; PyQt6 is added on request.
-$(VENV)/.installed-pyqt5: $(VENV)/.installed
-	touch $@
-
-$(VENV)/.installed-pyqt6: $(VENV)/.installed
-	$(PIP) install --quiet -e ".[pyqt6]"
 	touch $@
 
 system-deps:
