@@ -8,6 +8,7 @@ import warnings
 
 import numpy as np
 import pytest
+from qtpy.QtCore import Qt
 
 from napari_histo.frames import overlay_transform
 from napari_histo.io.mpp_choice import mpp_choice_path
@@ -65,7 +66,7 @@ def test_dock_field_sets_saves_and_realigns(make_napari_viewer, qtbot, dpi72):
     shapes = viewer.add_shapes([[[100, 200], [300, 400]]], shape_type="rectangle",
                                units=slide_layer.units)  # fmt: skip
     field.edit.setText("0.5")
-    qtbot.mouseClick(field.set_button, 1)  # Qt.LeftButton
+    qtbot.mouseClick(field.set_button, Qt.MouseButton.LeftButton)
     saved = json.loads(mpp_choice_path(dpi72).read_text())
     assert saved["mpp"] == 0.5 and saved["set_by"] == "Tumor inference dock"
     assert tuple(slide_layer.scale) == (0.5, 0.5)
