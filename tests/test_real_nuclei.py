@@ -68,11 +68,12 @@ def test_training_steps_run_on_real_crops():
 
 def test_default_nuclei_model_is_real_trained_with_licence():
     card = read_card(default_models_dir() / DEFAULT_CARD)
-    assert card.version == "2.0" and card.task == "nuclei"
+    assert card.version == "2.1" and card.task == "nuclei"
     assert "MoNuSeg" in card.training_data and "CC BY-NC-SA 4.0" in card.training_data
     assert "non-commercial" in card.training_data
     assert {"heldout_real_aji", "heldout_real_pq", "heldout_synthetic_aji"} <= set(card.metrics)
     assert (default_models_dir() / "hovernet-1.0.json").is_file()  # v1 stays
+    assert card.metrics["heldout_real_aji"] >= 0.5 and card.metrics["heldout_real_pq"] >= 0.48
 
 
 def test_default_nuclei_model_on_heldout_real_crops():

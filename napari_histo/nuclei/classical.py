@@ -72,9 +72,9 @@ _H_MAX = 1.0
 #: tile is downsampled inside the network as the same pixels are in one call.
 _LEARNED_GRID_UM = 4.0
 
-#: Context (µm) the learned model's output depends on (hovernet-2.0, measured; see
-#: :data:`napari_histo.nuclei_learned._MARGIN_PX`): the learned tiling overlap is at
-#: least twice it.
+#: Context (µm) the learned model's output depends on (measured on hovernet-2.0; 2.1 has
+#: the same architecture; see :data:`napari_histo.nuclei_learned._MARGIN_PX`): the learned
+#: tiling overlap is at least twice it.
 _LEARNED_CONTEXT_UM = 64.0
 
 #: GeoJSON colour of nucleus detections (QuPath "Nucleus"-like).

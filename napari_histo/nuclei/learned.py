@@ -56,9 +56,9 @@ __all__ = [
     "segment_learned",
 ]
 
-#: Card of the default nuclei model (v2: real MoNuSeg + synthetic; v1, synthetic only, stays
-#: in resources/models and loads by its card path).
-DEFAULT_CARD = "hovernet-2.0.json"
+#: Card of the default nuclei model (v2.1: real MoNuSeg + synthetic, the v2 recipe run to
+#: its end; v2.0 and v1 (synthetic only) stay in resources/models and load by card path).
+DEFAULT_CARD = "hovernet-2.1.json"
 
 #: Input resolutions accepted, as a factor of the model's own µm/px (it rescales).
 MPP_FACTOR_RANGE = (0.25, 4.0)

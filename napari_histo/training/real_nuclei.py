@@ -113,7 +113,7 @@ class RealNucleiRecipe:
     """
 
     seed: int = 0
-    steps: int = 2000
+    steps: int = 5000
     batch_size: int = 8
     synthetic_per_batch: int = 1
     patch_px: int = 128
@@ -127,7 +127,7 @@ class RealNucleiRecipe:
     jpeg_p: float = 0.3
     bf16: bool = True
     init_card: str | None = "hovernet-1.0.json"
-    version: str = "2.0"
+    version: str = "2.1"
 
     def __post_init__(self) -> None:
         from napari_histo.training.nuclei import HELDOUT_SEEDS
