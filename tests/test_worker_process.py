@@ -10,6 +10,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
+from napari_histo.generators import drive
 from napari_histo.io.store import DONE_FLUSH_S
 from napari_histo.live.controller import LiveController, LiveSettings
 from napari_histo.live.worker import JobProcess, WorkerDied, WorkerError
@@ -33,11 +34,7 @@ def worker():
 
 def drain(job):
     updates = []
-    while True:
-        try:
-            updates.append(next(job))
-        except StopIteration as stop:
-            return updates, stop.value
+    return updates, drive(job, updates.append)
 
 
 def probability(controller):
