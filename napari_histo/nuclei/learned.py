@@ -327,7 +327,9 @@ def predict_maps(rgb: np.ndarray, mpp: float, loaded: LoadedModel) -> tuple[np.n
     card = loaded.card
     check_learned_mpp(mpp, card.input_mpp)
     h, w = rgb.shape[:2]
-    x = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1)[None].float().div_(255.0)
+    # A writable C-contiguous array (a copy only when needed): torch warns on read-only ones.
+    pixels = np.require(rgb, requirements=["C", "W"])
+    x = torch.from_numpy(pixels).permute(2, 0, 1)[None].float().div_(255.0)
     scale = mpp / card.input_mpp
     if abs(scale - 1) > 1e-3:
         size = (max(1, round(h * scale)), max(1, round(w * scale)))
