@@ -192,7 +192,7 @@ def test_slide_report_from_a_real_run(slide_run, measured, tmp_path):
             f'<td class="num">{lesion.longest_diameter_mm:.3f}</td><td>{lesion.size_class}</td>'
         )
         assert row in text
-    assert "deeplabv3plus 2.0" in text and "resunet 2.0" in text and run_.run_id in text
+    assert "deeplabv3plus 2.1" in text and "resunet 2.1" in text and run_.run_id in text
     assert f"<td>Slide size class</td><td>{measured.size_class}</td>" in text
 
 

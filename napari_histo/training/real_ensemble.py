@@ -66,10 +66,10 @@ class RealRecipe:
     """Everything that determines the trained weights (besides code and data)."""
 
     seed: int = 0
-    steps: int = 2000
+    steps: int = 1500
     batch_size: int = 12
-    lr: float = 2e-3
-    train_patch_px: int = 128
+    lr: float = 6e-4
+    train_patch_px: int = 192
     infer_patch_px: int = 256
     model_mpp: float = 1.0
     synthetic_slide_px: int = 8192
@@ -86,16 +86,24 @@ class RealRecipe:
     mil_weight: float = 0.5
     #: A warm restart after `steps`: this many more steps from `restart_lr`, with a
     #: fresh optimiser and a new draw of batches (0: none).
-    restart_steps: int = 800
+    restart_steps: int = 0
     restart_lr: float = 6e-4
-    version: str = "2.0"
+    version: str = "2.1"
     members: tuple[tuple[str, dict], ...] = field(default=REAL_MEMBERS)
     #: Start each member from the bundled ``<architecture>-<init_version>`` weights
     #: (and their input normalisation) instead of random ones (None: from scratch).
-    init_version: str | None = None
+    init_version: str | None = "2.0"
     #: Forward passes under bfloat16 autocast (weights, loss and optimiser stay
     #: float32): about 1.7x faster on CPUs with AVX512-BF16 or AMX.
-    bf16: bool = False
+    bf16: bool = True
+
+
+#: The recipe of ensemble v2.0 (from scratch; v2.1, the default recipe above, starts
+#: from its weights).
+RECIPE_V2_0 = RealRecipe(
+    steps=2000, lr=2e-3, train_patch_px=128, restart_steps=800, restart_lr=6e-4,
+    version="2.0", init_version=None, bf16=False,
+)  # fmt: skip
 
 
 def real_training_data(recipe: RealRecipe) -> str:
