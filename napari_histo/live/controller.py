@@ -33,6 +33,7 @@ import numpy as np
 
 from napari_histo.frames import visible_region_l0
 from napari_histo.generators import mapped
+from napari_histo.live.requests import JobRequest, RunsJobs
 from napari_histo.live.settings import (
     MODES,
     LiveSettings,
@@ -45,7 +46,6 @@ from napari_histo.live.threads import in_own_thread
 if TYPE_CHECKING:
     from napari_histo.inference.engine import InferenceResult
     from napari_histo.io.store import ResultGeometry, ResultRun
-    from napari_histo.live.worker import JobProcess, JobRequest
     from napari_histo.models import LoadedModel
 
 __all__ = [
@@ -430,8 +430,6 @@ class LiveController:
         nice: int = 0,
     ) -> JobRequest:
         """What a worker process needs to run :meth:`job` (or prepare for it) on this slide."""
-        from napari_histo.live.worker import JobRequest
-
         return JobRequest(
             slide_path=str(self.slide_path),
             out_dir=None if self.out_dir is None else str(self.out_dir),
@@ -452,7 +450,7 @@ class LiveController:
         cancel: threading.Event | None = None,
         settings: LiveSettings | None = None,
         nice: int = 0,
-        worker: JobProcess | None = None,
+        worker: RunsJobs | None = None,
     ) -> Generator[LiveUpdate, None, InferenceResult]:
         """Run inference (viewport with `within`, else whole slide); yields :class:`LiveUpdate`.
 

@@ -24,10 +24,11 @@ import time
 import traceback
 from collections.abc import Generator
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Any
 
 from napari_histo.errors import HistoError
+from napari_histo.live.requests import JobRequest
 
 __all__ = ["JobProcess", "JobRequest", "WorkerDied", "WorkerError", "live_job", "prepare_live"]
 
@@ -44,25 +45,6 @@ class WorkerDied(HistoError):
 
 class WorkerError(HistoError):
     """A job raised in the worker process; the message is ``Type: message`` from there."""
-
-
-@dataclass(frozen=True)
-class JobRequest:
-    """One live job for the worker: what :meth:`LiveController.job` would run in-process.
-
-    `slide_mpp` and `slide_dims` are the viewer's view of the slide: a worker whose
-    controller saw another µm/px (the user set one since) builds a new one.
-    """
-
-    slide_path: str
-    out_dir: str | None
-    models_dir: str | None
-    settings: Any  # LiveSettings (picklable)
-    within: tuple[int, int, int, int] | None
-    centre: tuple[float, float] | None
-    slide_mpp: float
-    slide_dims: tuple[int, int]
-    nice: int = 0
 
 
 # -- in the worker ---------------------------------------------------------------
