@@ -3,7 +3,8 @@
 Long operations (inference, nuclei, training) are generators that yield
 progress and *return* their result (``StopIteration.value``). The CLI, the
 tests and ``run_*`` wrappers drive them with :func:`drive`; a generator that
-re-yields another one's progress in another shape uses :func:`mapped`.
+re-yields another one's progress in another shape uses :func:`mapped`; one run
+elsewhere (another thread, another process) is relayed as :func:`messages`.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable, Generator
 from typing import Any, TypeVar
 
-__all__ = ["drive", "mapped"]
+__all__ = ["drive", "mapped", "messages"]
 
 Y = TypeVar("Y")
 Z = TypeVar("Z")
@@ -51,3 +52,39 @@ def mapped(generator: Generator[Y, Any, R], fn: Callable[[Y], Z]) -> Generator[Z
         except StopIteration as stop:
             return stop.value
         yield fn(item)
+
+
+def messages(
+    make: Callable[[], Generator[Any, Any, Any]],
+) -> Generator[tuple[str, Any], None, None]:
+    """Run generator ``make()`` to its end as messages for a relay.
+
+    ``("yield", item)`` per item, then ``("return", value)`` or, when ``make()`` or
+    the generator raised, ``("raise", error)`` (any exception but GeneratorExit).
+    Closing this generator closes the inner one.
+
+    Examples
+    --------
+    >>> def job():
+    ...     yield 1
+    ...     return "done"
+    >>> list(messages(job))
+    [('yield', 1), ('return', 'done')]
+    """
+    gen = None
+    try:
+        gen = make()
+        while True:
+            try:
+                item = next(gen)
+            except StopIteration as stop:
+                yield "return", stop.value
+                return
+            yield "yield", item
+    except GeneratorExit:
+        raise
+    except BaseException as err:  # relayed to the consumer, which re-raises or reports it
+        yield "raise", err
+    finally:
+        if gen is not None:
+            gen.close()

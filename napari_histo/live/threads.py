@@ -12,6 +12,8 @@ import threading
 from collections.abc import Generator
 from typing import Any
 
+from napari_histo.generators import messages
+
 __all__ = ["in_own_thread", "lower_priority"]
 
 
@@ -32,16 +34,8 @@ def in_own_thread(make_gen, cancel: threading.Event, nice: int) -> Generator[Any
 
     def target() -> None:
         lower_priority(nice)
-        try:
-            gen = make_gen()
-            while True:
-                try:
-                    items.put(("yield", next(gen)))
-                except StopIteration as stop:
-                    items.put(("return", stop.value))
-                    return
-        except BaseException as err:  # re-raised on the consumer's thread
-            items.put(("raise", err))
+        for message in messages(make_gen):
+            items.put(message)
 
     thread = threading.Thread(target=target, name="histo-job", daemon=True)
     thread.start()

@@ -28,6 +28,7 @@ from dataclasses import replace
 from typing import Any
 
 from napari_histo.errors import HistoError
+from napari_histo.generators import messages
 from napari_histo.live.requests import JobRequest
 
 __all__ = ["JobProcess", "JobRequest", "WorkerDied", "WorkerError", "live_job", "prepare_live"]
@@ -55,7 +56,7 @@ def _serve(conn, cancel, threads: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl+C in the terminal is the viewer's
     import torch
 
-    torch.set_num_threads(max(1, threads))
+    torch.set_num_threads(threads)
     try:
         conn.send(("ready", os.getpid()))
         while True:
@@ -70,25 +71,16 @@ def _serve(conn, cancel, threads: int) -> None:
 
 
 def _replies(function, kwargs, cancel) -> Generator[tuple[str, Any], None, None]:
-    """``("yield", item)`` for each item of the job, then ``("return", value)`` or
-    ``("raise", "Type: message")``; errors of the job itself (also OSError) never end
-    the worker."""
-    gen = None
-    try:
-        gen = function(cancel=cancel, **kwargs)
-        while True:
-            try:
-                item = next(gen)
-            except StopIteration as stop:
-                yield "return", stop.value
-                return
-            yield "yield", item
-    except Exception as err:
-        traceback.print_exc(file=sys.stderr)  # the worker's stderr is the viewer's terminal
-        yield "raise", " ".join(f"{type(err).__name__}: {err}".split())
-    finally:
-        if gen is not None:
-            gen.close()  # a send that failed: stop the job (and its threads) now
+    """The job's messages (:func:`~napari_histo.generators.messages`), its error as
+    ``("raise", "Type: message")``: errors of the job itself (also OSError) never
+    end the worker."""
+    for kind, value in messages(lambda: function(cancel=cancel, **kwargs)):
+        if kind == "raise":
+            if not isinstance(value, Exception):
+                raise value  # SystemExit and the like end the worker
+            traceback.print_exception(value, file=sys.stderr)  # the viewer's terminal
+            value = " ".join(f"{type(value).__name__}: {value}".split())
+        yield kind, value
 
 
 #: The worker's live controller: one slide's, with its loaded models.
@@ -176,12 +168,15 @@ class JobProcess:
 
     Parameters
     ----------
-    threads : int, optional
-        torch threads in the worker (default: all cores but one).
+    threads : int
+        torch threads in the worker (the dock gives
+        :func:`~napari_histo.widgets.jobs.gui_threads`, as for jobs in the viewer).
     """
 
-    def __init__(self, threads: int | None = None) -> None:
-        self.threads = threads or max(1, (os.cpu_count() or 2) - 1)
+    def __init__(self, threads: int) -> None:
+        if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+            raise ValueError(f"`threads` must be an int >= 1, got {threads!r}")
+        self.threads = threads
         self._context = mp.get_context("spawn")  # no fork of a process with Qt and threads
         self._process = None
         self._conn = None
