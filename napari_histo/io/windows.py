@@ -55,16 +55,12 @@ def _pool() -> ThreadPoolExecutor:
 def _axis(index: Any, length: int, name: str) -> tuple[int, int, Any]:
     """``(start, stop, rest)``: the span of `index` on an axis of `length`, and the
     index that still applies to the span read (numpy semantics: clipped slices,
-    negative integers)."""
+    negative integers); `rest` is None for a strided slice (answered lazily)."""
     if isinstance(index, slice):
         start, stop, step = index.indices(length)
-        if step == 1:
-            return start, max(start, stop), slice(None)
-        span = range(start, stop, step)
-        if not span:
-            return 0, 0, slice(None)
-        lo = min(span)
-        return lo, max(span) + 1, np.asarray(span) - lo
+        if step != 1:
+            return start, stop, None
+        return start, max(start, stop), slice(None)
     if isinstance(index, int | np.integer) and not isinstance(index, bool):
         i = int(index) + length if index < 0 else int(index)
         if not 0 <= i < length:
@@ -146,8 +142,7 @@ class LevelWindows:
         key = key + (slice(None),) * (3 - len(key))
         y0, y1, rest_y = _axis(key[0], self.shape[0], "rows")
         x0, x1, rest_x = _axis(key[1], self.shape[1], "columns")
-        strided = not all(isinstance(r, slice | int) for r in (rest_y, rest_x))
-        if strided or (y1 - y0) * (x1 - x0) > MAX_DIRECT_PX:
+        if rest_y is None or rest_x is None or (y1 - y0) * (x1 - x0) > MAX_DIRECT_PX:
             return self.lazy[key]
         window = self.read(y0, y1, x0, x1)[:, rest_x]  # columns first: an int row
         return window[rest_y][..., key[2]]  # index would shift the column axis

@@ -23,6 +23,7 @@ from qtpy.QtWidgets import QLabel, QWidget
 
 from napari_histo.errors import HistoError
 from napari_histo.frames import layer_mpp
+from napari_histo.generators import drive
 from napari_histo.live.controller import (
     OVERLAY_ARRAYS,
     Debouncer,
@@ -43,7 +44,7 @@ from napari_histo.widgets._common import (
 )
 from napari_histo.widgets._controls import ControlsMixin, fmt_s
 from napari_histo.widgets._overlays import LAYER_NAMES, TAG, OverlayLayers
-from napari_histo.widgets.jobs import JobRunner
+from napari_histo.widgets.jobs import JobRunner, gui_threads
 
 if TYPE_CHECKING:
     import napari
@@ -68,8 +69,7 @@ def _prepare(process: JobProcess, request) -> None:
     """Start `process` and load `request`'s members in it (a Run then starts at once)."""
     import threading
 
-    for _ in process.call(prepare_live, {"request": request}, threading.Event()):
-        pass
+    drive(process.call(prepare_live, {"request": request}, threading.Event()))
 
 
 class InferenceWidget(ControlsMixin, ShutdownMixin, QWidget):
@@ -547,7 +547,7 @@ class InferenceWidget(ControlsMixin, ShutdownMixin, QWidget):
     def job_process(self) -> JobProcess:
         """The worker process this dock's jobs run in (started at the first job)."""
         if self._job_process is None:
-            self._job_process = JobProcess()
+            self._job_process = JobProcess(threads=gui_threads())
         return self._job_process
 
     # -- teardown -------------------------------------------------------------
