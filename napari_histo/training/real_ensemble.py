@@ -28,7 +28,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from napari_histo.models import ModelCard, build_model, default_models_dir, save_model
+from napari_histo.models import (
+    ModelCard,
+    build_model,
+    default_models_dir,
+    read_card,
+    save_model,
+)
 from napari_histo.models.receptive import with_measured_margin
 from napari_histo.training.augment import augment_batch, hed_jitter, jpeg_artefacts
 from napari_histo.training.default_ensemble import heldout_dice, synthetic_slides
@@ -39,7 +45,7 @@ from napari_histo.training.realdata import (
     load_tumor_tiles,
     resample_labels,
 )
-from napari_histo.training.trainer import TrainProgress
+from napari_histo.training.trainer import TrainProgress, bundled_start
 
 __all__ = [
     "REAL_MEMBERS",
@@ -381,9 +387,10 @@ def train_real_ensemble(
     work.mkdir(parents=True, exist_ok=True)
     tiles = load_tumor_tiles(data_dir, recipe.model_mpp, split="train")
     pools = _pools(tiles, recipe, work)
-    normalisation = _normalisation(pools)
-    if recipe.init_version is not None:
-        normalisation = _init_member(recipe, 0).card.normalisation
+    if recipe.init_version is None:
+        normalisation = _normalisation(pools)
+    else:  # the started members' own (every v2 member has the same)
+        normalisation = read_card(default_models_dir() / _init_card(recipe, 0)).normalisation
     log(
         "training tiles: "
         + ", ".join(f"{p.name} {len(p.images)}" for p in pools)
@@ -451,17 +458,17 @@ def train_real_ensemble(
     return cards
 
 
+def _init_card(recipe: RealRecipe, index: int) -> str:
+    """Card file of the bundled member `index` of ``recipe.init_version``."""
+    return f"{recipe.members[index][0]}-{recipe.init_version}.json"
+
+
 def _init_member(recipe: RealRecipe, index: int):
     """The bundled member `index` of ``recipe.init_version``, checked against the recipe."""
-    from napari_histo.models import load_model
-
-    architecture, config = recipe.members[index]
-    path = default_models_dir() / f"{architecture}-{recipe.init_version}.json"
-    loaded = load_model(path)
-    if loaded.card.config != {**config, "num_classes": 2}:
-        raise ValueError(f"{path.name}: config {loaded.card.config} != the recipe's {config}")
+    card_file = _init_card(recipe, index)
+    loaded = bundled_start(card_file, {**recipe.members[index][1], "num_classes": 2})
     if loaded.card.input_mpp != recipe.model_mpp:
-        raise ValueError(f"{path.name}: {loaded.card.input_mpp} µm/px != the recipe's")
+        raise ValueError(f"{card_file}: {loaded.card.input_mpp} µm/px != the recipe's")
     return loaded
 
 

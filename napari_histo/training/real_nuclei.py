@@ -28,8 +28,6 @@ from napari_histo.models import (
     LoadedModel,
     ModelCard,
     build_model,
-    default_models_dir,
-    load_model,
     save_model,
 )
 from napari_histo.training.real_nuclei_data import (
@@ -49,6 +47,7 @@ from napari_histo.training.real_nuclei_data import (
     real_nuclei_quality,
     score_tiles,
 )
+from napari_histo.training.trainer import bundled_start
 
 __all__ = [
     "HELDOUT_TILES",
@@ -390,11 +389,12 @@ def train_real_nuclei(
                 recipe.synthetic_seeds, recipe.slide_px, 0.25, work
             )
         ]
-        normalisation, init = _normalisation(real + synthetic), None
-        if recipe.init_card is not None:
-            start = load_model(default_models_dir() / recipe.init_card)
-            if start.card.config != {"width": recipe.width, "depth": recipe.depth, "norm": "batch"}:
-                raise ValueError(f"{recipe.init_card}: config {start.card.config} != the recipe's")
+        if recipe.init_card is None:
+            normalisation, init = _normalisation(real + synthetic), None
+        else:
+            start = bundled_start(
+                recipe.init_card, {"width": recipe.width, "depth": recipe.depth, "norm": "batch"}
+            )
             normalisation, init = start.card.normalisation, start.model.state_dict()
         model, steps, seconds, losses = _train(
             recipe, real, synthetic, normalisation, minutes=minutes, stop_after=stop_after,

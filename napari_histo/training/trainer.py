@@ -21,7 +21,7 @@ from napari_histo.training.losses import IGNORE, segmentation_loss
 #: default ensemble in napari_histo/resources/models was trained without blur (blur_px=0).
 BLUR_SIGMA_PX = 1.0
 
-__all__ = ["TrainProgress", "TrainResult", "evaluate_dice", "train_model"]
+__all__ = ["TrainProgress", "TrainResult", "bundled_start", "evaluate_dice", "train_model"]
 
 
 @dataclass(frozen=True)
@@ -46,6 +46,24 @@ class TrainResult:
     cancelled: bool
     history: list[TrainProgress] = field(repr=False)
     val_dice: float | None
+
+
+def bundled_start(card_file: str, config: Mapping[str, object]):
+    """The bundled model `card_file` to start training from (a recipe's warm start).
+
+    Raises
+    ------
+    ValueError
+        If its architecture config is not `config` (weights of another shape).
+    WeightsError
+        If the card or its weights are missing or corrupt.
+    """
+    from napari_histo.models import default_models_dir, load_model
+
+    loaded = load_model(default_models_dir() / card_file)
+    if loaded.card.config != dict(config):
+        raise ValueError(f"{card_file}: config {loaded.card.config} != the recipe's {dict(config)}")
+    return loaded
 
 
 def _normalise(x: torch.Tensor, normalisation: Mapping[str, Sequence[float]]) -> torch.Tensor:
