@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +17,11 @@ DATA = Path(__file__).parent / "data"
 # told; napari goes through qtpy, which follows QT_API (`make test QT=pyqt6`). One
 # binding for both, set before pytest-qt configures itself.
 os.environ.setdefault("PYTEST_QT_API", os.environ.get("QT_API", "pyqt5"))
+
+# A shell starts background jobs with SIGINT ignored, and an ignored signal stays
+# ignored in every child: the Ctrl-C tests' CLI processes would never see theirs.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture(scope="session")
