@@ -66,6 +66,42 @@ def test_read_region_equals_openslide(request, fixture, rng):
         assert any(slide.fast_levels)
 
 
+@pytest.mark.parametrize("fixture", ["cmu_svs", "small_svs", "generic_tiff"])
+def test_openslide_reads_come_from_whole_cached_tiles(request, fixture, rng, monkeypatch):
+    """Without direct decoding, windows are whole tiles of the level's grid read by
+    OpenSlide once and then served from the tile cache: OpenSlide's pixels either way."""
+    path = request.getfixturevalue(fixture)
+    with Slide(path, direct=False) as slide:
+        calls = []
+        read_argb = slide.read_region_argb
+        monkeypatch.setattr(slide, "read_region_argb", lambda *a: calls.append(a) or read_argb(*a))
+        read = 0
+        for level in range(slide.level_count):
+            width, height = slide.level_dimensions[level]
+            ds = slide.level_downsamples[level]
+            tile_w, tile_h = slide.tile_size(level)
+            for _ in range(4):
+                w, h = int(rng.integers(1, 700)), int(rng.integers(1, 500))
+                lx, ly = int(rng.integers(0, width - w + 1)), int(rng.integers(0, height - h + 1))
+                x, y = round(lx * ds), round(ly * ds)
+                calls.clear()
+                got = slide.read_level_region(level, lx, ly, w, h)
+                np.testing.assert_array_equal(got, openslide_rgb(path, level, x, y, w, h))
+                # At most one OpenSlide call (none when earlier windows left every
+                # tile in the cache), on the tile grid.
+                assert len(calls) <= 1
+                for call in calls:
+                    assert call[0] == level and call[1] / ds % tile_w == call[2] / ds % tile_h == 0
+                read += len(calls)
+                calls.clear()
+                got[...] = 0  # the caller's array, not the cached tiles
+                again = slide.read_level_region(level, lx, ly, w, h)
+                np.testing.assert_array_equal(again, openslide_rgb(path, level, x, y, w, h))
+                assert not calls  # every tile from the cache
+        assert read > slide.level_count and slide.fast_levels == (False,) * slide.level_count
+        assert 0 < slide.tile_cache.bytes <= slide.tile_cache.max_bytes
+
+
 def test_outside_scan_is_white(small_svs):
     with Slide(small_svs) as slide:
         width, height = slide.dimensions

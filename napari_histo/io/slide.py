@@ -519,8 +519,11 @@ class Slide:
         """
         self._check_level(level)
         ds = self._level_downsamples[level]
-        if self._level_tiles[level] is not None and x % ds == 0 and y % ds == 0:
-            fast = self._read_tiles(level, int(x // ds), int(y // ds), w, h)
+        if x % ds == 0 and y % ds == 0:
+            lvl_x, lvl_y = int(x // ds), int(y // ds)
+            fast = self._read_tiles(level, lvl_x, lvl_y, w, h)
+            if fast is None:
+                fast = self._read_openslide_tiles(level, lvl_x, lvl_y, w, h)
             if fast is not None:
                 return fast
         return argb_to_rgb(self.read_region_argb(level, x, y, w, h))
@@ -534,10 +537,70 @@ class Slide:
         """
         self._check_level(level)
         fast = self._read_tiles(level, lvl_x, lvl_y, w, h)
+        if fast is None:
+            fast = self._read_openslide_tiles(level, lvl_x, lvl_y, w, h)
         if fast is not None:
             return fast
         ds = self._level_downsamples[level]
-        return self.read_region(level, round(lvl_x * ds), round(lvl_y * ds), w, h)
+        return argb_to_rgb(self.read_region_argb(level, round(lvl_x * ds), round(lvl_y * ds), w, h))
+
+    def _read_openslide_tiles(
+        self, level: int, lvl_x: int, lvl_y: int, w: int, h: int
+    ) -> np.ndarray | None:
+        """OpenSlide's pixels of a region, as whole tiles of the level's grid kept in
+        the tile cache; None when that does not apply.
+
+        Most of an OpenSlide read is compositing, not decoding (its own cache keeps
+        decoded tiles, yet reading the same window again costs ~80 % as much), so a
+        tile already composited and converted is served from the cache by a copy.
+        Missing tiles are read in one call: the bounding box of the missing ones.
+        """
+        ds = self._level_downsamples[level]
+        width, height = self._level_dimensions[level]
+        cache = self._tile_cache
+        if not ds.is_integer() or w <= 0 or h <= 0 or cache.max_bytes == 0:
+            return None  # a fractional downsample reads at sub-pixel level-0 corners
+        if lvl_x < 0 or lvl_y < 0 or lvl_x + w > width or lvl_y + h > height:
+            return None  # outside the level: OpenSlide knows what to paint there
+        tile_w, tile_h = self.tile_size(level) or (DEFAULT_TILE_PX, DEFAULT_TILE_PX)
+        rows = range(lvl_y // tile_h, (lvl_y + h - 1) // tile_h + 1)
+        cols = range(lvl_x // tile_w, (lvl_x + w - 1) // tile_w + 1)
+        if len(rows) * len(cols) * tile_w * tile_h * 3 > cache.max_bytes // 2:
+            return None  # more than the cache keeps: a plain read
+        tiles: dict[tuple[int, int], np.ndarray] = {}
+        missing = []
+        for row in rows:
+            for col in cols:
+                found, tile = cache.get(("openslide", level, row, col))
+                if found and tile is not None:
+                    tiles[row, col] = tile
+                else:
+                    missing.append((row, col))
+        if missing:
+            r0, r1 = min(r for r, _ in missing), max(r for r, _ in missing)
+            c0, c1 = min(c for _, c in missing), max(c for _, c in missing)
+            bx, by = c0 * tile_w, r0 * tile_h
+            bw, bh = min(width, (c1 + 1) * tile_w) - bx, min(height, (r1 + 1) * tile_h) - by
+            block = argb_to_rgb(self.read_region_argb(level, int(bx * ds), int(by * ds), bw, bh))
+            for row in range(r0, r1 + 1):
+                for col in range(c0, c1 + 1):
+                    y0, x0 = row * tile_h - by, col * tile_w - bx
+                    tile = np.ascontiguousarray(block[y0 : y0 + tile_h, x0 : x0 + tile_w])
+                    tile.flags.writeable = False
+                    cache.put(("openslide", level, row, col), tile)
+                    tiles[row, col] = tile
+            if (bx, by, bw, bh) == (lvl_x, lvl_y, w, h):
+                return block  # the window is the block: no assembly
+        out = np.empty((h, w, 3), dtype=np.uint8)
+        for (row, col), tile in tiles.items():
+            tile_x, tile_y = col * tile_w, row * tile_h
+            x0, x1 = max(lvl_x, tile_x), min(lvl_x + w, tile_x + tile_w)
+            y0, y1 = max(lvl_y, tile_y), min(lvl_y + h, tile_y + tile_h)
+            if x0 < x1 and y0 < y1:
+                out[y0 - lvl_y : y1 - lvl_y, x0 - lvl_x : x1 - lvl_x] = tile[
+                    y0 - tile_y : y1 - tile_y, x0 - tile_x : x1 - tile_x
+                ]
+        return out
 
     def _read_tiles(self, level: int, lvl_x: int, lvl_y: int, w: int, h: int) -> np.ndarray | None:
         """Decode tiles directly; None when the fast path does not apply."""
@@ -582,7 +645,8 @@ class Slide:
 
     @property
     def tile_cache(self) -> TileCache:
-        """Tiles decoded by the direct path, kept for later reads (64 MiB at most)."""
+        """Tiles kept for later reads (64 MiB at most): decoded by the direct path, or
+        read whole from OpenSlide (composited RGB) on levels it alone reads."""
         return self._tile_cache
 
     @property

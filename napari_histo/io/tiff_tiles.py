@@ -41,6 +41,9 @@ TILE_CACHE_BYTES = 64 << 20
 class TileCache:
     """Thread-safe LRU of decoded tiles, bounded in bytes.
 
+    Keys are tuples: ``(page, row, col)`` for directly decoded tiles,
+    ``("openslide", level, row, col)`` for tiles OpenSlide read.
+
     Parameters
     ----------
     max_bytes : int
@@ -52,10 +55,10 @@ class TileCache:
             raise ValueError(f"`max_bytes` must be >= 0, got {max_bytes}")
         self.max_bytes = int(max_bytes)
         self.bytes = 0
-        self._tiles: OrderedDict[tuple[int, int, int], np.ndarray | None] = OrderedDict()
+        self._tiles: OrderedDict[tuple, np.ndarray | None] = OrderedDict()
         self._lock = threading.Lock()
 
-    def get(self, key: tuple[int, int, int]) -> tuple[bool, np.ndarray | None]:
+    def get(self, key: tuple) -> tuple[bool, np.ndarray | None]:
         """``(found, tile)``; a found tile may be None (absent from the file)."""
         with self._lock:
             if key not in self._tiles:
@@ -63,7 +66,7 @@ class TileCache:
             self._tiles.move_to_end(key)
             return True, self._tiles[key]
 
-    def put(self, key: tuple[int, int, int], tile: np.ndarray | None) -> None:
+    def put(self, key: tuple, tile: np.ndarray | None) -> None:
         size = 0 if tile is None else tile.nbytes
         if size > self.max_bytes:
             return

@@ -6,7 +6,8 @@ decode call, plus assembling the pieces: on levels that only OpenSlide can read
 this cost as much again as the decoding (``napari-histo bench read``). A
 :class:`LevelWindows` answers the same slice with one read of exactly the window
 (:meth:`Slide.read_level_region <napari_histo.io.slide.Slide.read_level_region>`:
-direct tile decoding where verified, else one OpenSlide call), split into bands
+direct tile decoding where verified, else whole tiles of the level's grid read by
+OpenSlide once and then kept in the slide's tile cache), split into bands
 on the level's tile rows that a small thread pool reads in parallel, so no tile
 is decoded by two bands.
 
