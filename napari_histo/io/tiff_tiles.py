@@ -38,11 +38,19 @@ TIFF_ERRORS = (tifffile.TiffFileError, ValueError, OSError, struct.error, IndexE
 TILE_CACHE_BYTES = 64 << 20
 
 
-class TileCache:
-    """Thread-safe LRU of decoded tiles, bounded in bytes.
+def _entry_bytes(tile: np.ndarray | None) -> int:
+    """Bytes a cache entry counts for; an absent tile (None) counts its key's ~64."""
+    return 64 if tile is None else tile.nbytes
 
-    Keys are tuples: ``(page, row, col)`` for directly decoded tiles,
-    ``("openslide", level, row, col)`` for tiles OpenSlide read.
+
+class TileCache:
+    """Thread-safe cache of decoded tiles, bounded in bytes, fair between levels.
+
+    Keys are tuples whose last two items are the tile's row and column and whose
+    first ones name its level: ``(page, row, col)`` for directly decoded tiles,
+    ``("openslide", level, row, col)`` for tiles OpenSlide read. When full, the
+    least recently used tile *of the level holding the most bytes* goes: pans over
+    level 0 do not push out the coarse levels a viewer keeps returning to.
 
     Parameters
     ----------
@@ -55,33 +63,43 @@ class TileCache:
             raise ValueError(f"`max_bytes` must be >= 0, got {max_bytes}")
         self.max_bytes = int(max_bytes)
         self.bytes = 0
-        self._tiles: OrderedDict[tuple, np.ndarray | None] = OrderedDict()
+        self._levels: dict[tuple, OrderedDict[tuple, np.ndarray | None]] = {}
+        self._level_bytes: dict[tuple, int] = {}
         self._lock = threading.Lock()
 
     def get(self, key: tuple) -> tuple[bool, np.ndarray | None]:
         """``(found, tile)``; a found tile may be None (absent from the file)."""
         with self._lock:
-            if key not in self._tiles:
+            tiles = self._levels.get(key[:-2])
+            if tiles is None or key not in tiles:
                 return False, None
-            self._tiles.move_to_end(key)
-            return True, self._tiles[key]
+            tiles.move_to_end(key)
+            return True, tiles[key]
 
     def put(self, key: tuple, tile: np.ndarray | None) -> None:
-        size = 0 if tile is None else tile.nbytes
+        size = _entry_bytes(tile)
         if size > self.max_bytes:
             return
+        level = key[:-2]
         with self._lock:
-            old = self._tiles.pop(key, None)
-            self.bytes -= 0 if old is None else old.nbytes
-            self._tiles[key] = tile
-            self.bytes += size
+            tiles = self._levels.setdefault(level, OrderedDict())
+            if key in tiles:
+                self._add(level, -_entry_bytes(tiles.pop(key)))
+            tiles[key] = tile
+            self._add(level, size)
             while self.bytes > self.max_bytes:
-                _, dropped = self._tiles.popitem(last=False)
-                self.bytes -= 0 if dropped is None else dropped.nbytes
+                largest = max(self._level_bytes, key=self._level_bytes.__getitem__)
+                _, dropped = self._levels[largest].popitem(last=False)
+                self._add(largest, -_entry_bytes(dropped))
+
+    def _add(self, level: tuple, size: int) -> None:
+        self.bytes += size
+        self._level_bytes[level] = self._level_bytes.get(level, 0) + size
 
     def clear(self) -> None:
         with self._lock:
-            self._tiles.clear()
+            self._levels.clear()
+            self._level_bytes.clear()
             self.bytes = 0
 
 
