@@ -44,3 +44,29 @@ def test_undecodable_compression_one_line_error(tmp_path, compression, name):
         Slide(path)
     assert str(info.value).startswith(f"{path}: ") and "\n" not in str(info.value)
     assert napari_get_reader(str(path)) is None
+
+
+def test_philips_tiff_levels_decode_directly_and_equal_openslide(tmp_path, rng):
+    """Philips pads every level to whole tiles and OpenSlide crops the levels after
+    the first: the direct decoder still finds each level's page and gives OpenSlide's
+    pixels (checked on random windows, level edges included)."""
+    import openslide
+
+    from napari_histo.bench.formats import write_philips_tiff
+
+    path = write_philips_tiff(tmp_path / "philips.tiff", textured_rgb(700, 1100, seed=4), 0.25)
+    reference = openslide.OpenSlide(path)
+    with Slide(path) as slide:
+        assert slide.vendor == "philips" and slide.level_count == 2
+        assert slide.mpp == pytest.approx(0.25)
+        for level in range(slide.level_count):
+            width, height = slide.level_dimensions[level]
+            ds = slide.level_downsamples[level]
+            for w, h in [(width, height)] + [(int(rng.integers(1, 400)),) * 2 for _ in range(4)]:
+                w, h = min(w, width), min(h, height)
+                x, y = width - w, int(rng.integers(0, height - h + 1))
+                got = slide.read_level_region(level, x, y, w, h)
+                want = reference.read_region((round(x * ds), round(y * ds)), level, (w, h))
+                np.testing.assert_array_equal(got, np.asarray(want.convert("RGB")))
+        assert slide.fast_levels == (True, True)
+    assert napari_get_reader(str(path)) is not None

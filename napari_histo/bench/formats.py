@@ -9,10 +9,12 @@ against raw openslide-python ``read_region`` of the same windows):
 * ``svs``: the synthetic Aperio SVS itself (levels 4× apart, as written);
 * ``tiff_jpeg`` / ``tiff_zstd``: a generic tiled TIFF (OpenSlide
   "generic-tiff") with JPEG / ZSTD tiles;
+* ``philips``: a Philips TIFF (:func:`write_philips_tiff`: JPEG tiles, levels padded
+  to whole tiles, sizes from the XML's pixel spacings, as Philips writes them);
 * ``dicom``: a DICOM WSI series (:func:`write_dicom_wsi`: one file per level,
   JPEG frames, ``TILED_FULL``).
 
-No writer for Hamamatsu NDPI, Philips TIFF or MIRAX exists here, so those
+No writer for Hamamatsu NDPI or MIRAX exists here, so those
 formats are not measured; ``openslide_only`` stands in for them: the JPEG TIFF
 read with direct decoding switched off (``Slide(..., direct=False)``), every
 window through OpenSlide, as formats without a direct decoder are. ``direct``
@@ -84,6 +86,57 @@ def write_generic_tiff(path: Path, image: np.ndarray, mpp: float, compression: s
                 tile=(TILE_PX, TILE_PX), photometric="rgb", compression=compression,
                 compressionargs=args, subfiletype=0 if level == 0 else 1, metadata=None,
                 resolution=(per_cm, per_cm), resolutionunit="CENTIMETER",
+            )  # fmt: skip
+    return path
+
+
+def _philips_xml(spacings_mm: list[float]) -> str:
+    """The ImageDescription of a Philips TIFF: a DPUfsImport holding one WSI image
+    whose pixel data representations give each level's pixel spacing (mm)."""
+
+    def spacing(mm: float) -> str:
+        return (
+            f'<Attribute Name="DICOM_PIXEL_SPACING" Group="0x0028" Element="0x0030" '
+            f'PMSVR="IDoubleArray">&quot;{mm:.9g}&quot; &quot;{mm:.9g}&quot;</Attribute>'
+        )
+
+    levels = "".join(
+        f'<DataObject ObjectType="PixelDataRepresentation">{spacing(mm)}'
+        f'<Attribute Name="PIIM_PIXEL_DATA_REPRESENTATION_NUMBER" PMSVR="IUInt16">{i}'
+        "</Attribute></DataObject>"
+        for i, mm in enumerate(spacings_mm)
+    )
+    return (
+        '<?xml version="1.0" encoding="UTF-8" ?><DataObject ObjectType="DPUfsImport">'
+        '<Attribute Name="PIM_DP_SCANNED_IMAGES" PMSVR="IDataObjectArray"><Array>'
+        '<DataObject ObjectType="DPScannedImage">'
+        f"{spacing(spacings_mm[0])}"
+        '<Attribute Name="PIM_DP_IMAGE_TYPE" PMSVR="IString">WSI</Attribute>'
+        '<Attribute Name="PIIM_PIXEL_DATA_REPRESENTATION_SEQUENCE" PMSVR="IDataObjectArray">'
+        f"<Array>{levels}</Array></Attribute>"
+        "</DataObject></Array></Attribute></DataObject>"
+    )
+
+
+def write_philips_tiff(
+    path: Path, image: np.ndarray, mpp: float, levels: int | None = None
+) -> Path:
+    """A Philips TIFF (OpenSlide "philips") of `image`: JPEG tiles, 2× levels, and,
+    as Philips writes them, every level padded to whole tiles (white) and the
+    levels' true sizes known only from their pixel spacings in the XML."""
+    import tifffile
+
+    data = _levels(image)[: levels or None]
+    spacings = [mpp * 2**level / 1000 for level in range(len(data))]
+    with tifffile.TiffWriter(path, bigtiff=False) as tw:
+        for level, pixels in enumerate(data):
+            h, w = (-(-n // TILE_PX) * TILE_PX for n in pixels.shape[:2])
+            tw.write(
+                _tiles(pixels, TILE_PX, fill=255), shape=(h, w, 3), dtype=np.uint8,
+                tile=(TILE_PX, TILE_PX), photometric="rgb", compression="jpeg",
+                compressionargs={"level": 90}, subfiletype=0 if level == 0 else 1,
+                description=_philips_xml(spacings) if level == 0 else None,
+                software="Philips DP v1.0" if level == 0 else None, metadata=None,
             )  # fmt: skip
     return path
 
@@ -201,6 +254,7 @@ def bench_formats(*, quick: bool = False) -> dict[str, Any]:
         for compression in ("jpeg", "zstd"):
             path = Path(tmp) / f"content_{compression}.tiff"
             files[f"tiff_{compression}"] = write_generic_tiff(path, image, mpp, compression)
+        files["philips"] = write_philips_tiff(Path(tmp) / "content.tiff", image, mpp)
         folder = Path(tmp) / "dicom"
         write_dicom_wsi(folder, image, levels=len(_levels_shapes(image)), mpp=mpp, quality=90)
         files["dicom"] = folder / "level-0.dcm"

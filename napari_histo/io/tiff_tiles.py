@@ -127,11 +127,13 @@ class TiffLevelTiles:
     bytecounts: np.ndarray
     jpegtables: bytes | None
     decode: Any
+    across: int = 0
 
     @property
     def tiles_across(self) -> int:
-        """Number of tile columns."""
-        return -(-self.width // self.tile_w)
+        """Number of tile columns of the page's grid (``across``; by default the
+        level's width in tiles)."""
+        return self.across or -(-self.width // self.tile_w)
 
     def decode_tile(self, fd: int, row: int, col: int) -> np.ndarray | None:
         """Decode tile (`row`, `col`) to ``(tile_h, tile_w, 3)`` uint8; None if absent."""
@@ -187,11 +189,25 @@ class TiffLevelTiles:
         return out
 
 
-def _page_fits(page: tifffile.TiffPage, width: int, height: int, tile: tuple[int, int]) -> bool:
+def _page_fits(
+    page: tifffile.TiffPage, width: int, height: int, tile: tuple[int, int], padded: bool = False
+) -> bool:
+    """Whether `page` can back a level of `width` × `height` px tiled `tile`: same
+    size, or with `padded` a size in whole tiles within one tile of it (Philips TIFF
+    pads every level to whole tiles; OpenSlide crops levels after the first)."""
+    if padded:
+        size_ok = all(
+            n % t == 0 and abs(n - want) < t
+            for n, want, t in (
+                (page.imagewidth, width, tile[0]),
+                (page.imagelength, height, tile[1]),
+            )
+        )
+    else:
+        size_ok = page.imagewidth == width and page.imagelength == height
     return (
         page.is_tiled
-        and page.imagewidth == width
-        and page.imagelength == height
+        and size_ok
         and (page.tilewidth, page.tilelength) == tile
         and page.imagedepth == 1
         and page.bitspersample == 8
@@ -230,11 +246,13 @@ def find_level_tiles(
             pages = list(tif.pages)
             found: list[TiffLevelTiles | None] = []
             for (width, height), tile in zip(level_dimensions, tile_sizes, strict=True):
-                matches = [
-                    (i, p)
-                    for i, p in enumerate(pages)
-                    if tile is not None and _page_fits(p, width, height, tile)
-                ]
+                matches = []
+                for padded in (False, True):  # a page of the same size first
+                    matches = matches or [
+                        (i, p)
+                        for i, p in enumerate(pages)
+                        if tile is not None and _page_fits(p, width, height, tile, padded)
+                    ]
                 if len(matches) != 1:
                     found.append(None)
                     continue
@@ -243,14 +261,16 @@ def find_level_tiles(
                     TiffLevelTiles(
                         path=path,
                         page_index=index,
-                        width=width,
-                        height=height,
+                        # Reads stay inside both the level and the page.
+                        width=min(width, page.imagewidth),
+                        height=min(height, page.imagelength),
                         tile_w=page.tilewidth,
                         tile_h=page.tilelength,
                         offsets=np.asarray(page.dataoffsets, dtype=np.int64),
                         bytecounts=np.asarray(page.databytecounts, dtype=np.int64),
                         jpegtables=page.jpegtables,
                         decode=page.decode,
+                        across=-(-page.imagewidth // page.tilewidth),
                     )
                 )
             return tuple(found)
