@@ -174,3 +174,42 @@ def test_100k_nuclei_layer_stays_responsive(make_napari_viewer, qtbot):
     # Generous bounds for a shared 2-core machine; typical: ~1 s and < 1 ms.
     assert build_s < 15, build_s
     assert hover_ms < 50, hover_ms
+
+
+def test_nuclei_run_in_a_worker_whose_crash_the_viewer_survives(
+    make_napari_viewer, qtbot, synth, tmp_path
+):
+    """The job runs in the dock's worker process: a SIGKILL there is one line in the
+    dock, the viewer and its layers stay; the next run starts a new worker and gives
+    what the same job gives in-process; closing the viewer ends the worker."""
+    import os
+    import signal
+
+    from napari_histo.generators import drive
+    from napari_histo.nuclei.export import iter_region_nuclei
+    from napari_histo.widgets.nuclei import LAYER_NAME
+
+    viewer, widget = open_with_widget(make_napari_viewer, synth, tmp_path)
+    slide_layers = len(viewer.layers)
+    widget.start((0, 0, 2048, 2048))
+    with qtbot.waitSignal(widget.jobs.worker.yielded, timeout=60_000):
+        pass
+    first = widget.worker_pid
+    assert first is not None and first != os.getpid()
+    os.kill(first, signal.SIGKILL)
+    wait_done(qtbot, widget)
+    assert "nuclei failed" in widget.status_label.text()
+    assert "killed" in widget.status_label.text()
+    assert "\n" not in widget.status_label.text()
+    assert len(viewer.layers) == slide_layers  # the viewer and its layers stay
+
+    region = (256, 512, 768, 640)
+    widget.start(region)
+    wait_done(qtbot, widget)
+    assert widget.worker_pid not in (None, first)
+    in_process = drive(iter_region_nuclei(synth.path, region, out_dir=tmp_path))
+    np.testing.assert_array_equal(widget.last_result.labels, in_process.labels)
+    assert LAYER_NAME in viewer.layers
+    process = widget.job_process
+    viewer.close()
+    assert widget._closed and process.pid is None

@@ -79,7 +79,7 @@ def test_a_killed_worker_is_one_error_and_the_next_run_resumes(slide, tmp_path, 
         update = next(job)
     assert update.done < update.total
     os.kill(worker.pid, signal.SIGKILL)
-    with pytest.raises(WorkerDied, match=r"killed by signal 9.*resumes from the cells"):
+    with pytest.raises(WorkerDied, match=r"killed by signal 9.*resumes from the cells it saved"):
         drain(job)
     assert worker.pid is None
     _, result = drain(controller.job(worker=worker))  # a fresh worker

@@ -316,8 +316,8 @@ class JobProcess:
             self._drop()
             how = f"was killed by signal {-code}" if code and code < 0 else f"exited ({code})"
             raise WorkerDied(
-                f"the worker process {how}; the next run starts a new one (inference "
-                "resumes from the cells it saved)"
+                f"the worker process {how}; the next run starts a new one (a run that "
+                "writes a result store resumes from the cells it saved)"
             )
 
     def _finish_early(self) -> None:

@@ -2,8 +2,10 @@
 
 A thin Qt shell over :mod:`napari_histo.nuclei.store`: it turns the view (or a
 rectangle of a Shapes layer) into a level-0 region, runs
-:func:`~napari_histo.nuclei.export.iter_region_nuclei` through a :class:`JobRunner`
-and shows the result as a Labels layer in µm, aligned with the slide, whose
+:func:`~napari_histo.nuclei.export.iter_region_nuclei` in the dock's worker process
+(:class:`~napari_histo.live.worker.JobProcess`: the viewer keeps its GIL, and a
+crash there is one line here), driven from a :class:`JobRunner` thread, and shows
+the result as a Labels layer in µm, aligned with the slide, whose
 ``features`` (one row per nucleus, ``index`` = label) napari shows on hover.
 Whole-slide nuclei written to the store by ``napari-histo nuclei`` are shown as
 a multiscale Labels layer.
@@ -29,6 +31,7 @@ from qtpy.QtWidgets import (
 
 from napari_histo.errors import HistoError
 from napari_histo.frames import drawn_region_l0, grid_transform, layer_mpp, visible_region_l0
+from napari_histo.live.worker import JobProcess
 from napari_histo.nuclei.classical import METHODS
 from napari_histo.nuclei.export import (
     RegionNuclei,
@@ -44,7 +47,7 @@ from napari_histo.widgets._common import (
     ShutdownMixin,
     topmost_slide_layer,
 )
-from napari_histo.widgets.jobs import JobRunner
+from napari_histo.widgets.jobs import JobRunner, gui_threads
 
 if TYPE_CHECKING:
     import napari
@@ -83,6 +86,7 @@ class NucleiWidget(ShutdownMixin, QWidget):
         self.viewer = napari_viewer
         self._out_dir = out_dir
         self.jobs = JobRunner()
+        self._job_process: JobProcess | None = None  # spawned at the first job
         self._closed = False
         self._slide_path: Path | None = None
         self.last_result: RegionNuclei | None = None
@@ -246,15 +250,16 @@ class NucleiWidget(ShutdownMixin, QWidget):
 
     def start(self, region: tuple[int, int, int, int]) -> None:
         """Start a background job on level-0 `region` (cancelling the one in flight)."""
+        kwargs = {
+            "slide_path": str(self._slide_path),
+            "region_l0": tuple(int(v) for v in region),
+            "method": self.method,
+            "out_dir": None if self._out_dir is None else str(self._out_dir),
+        }
+        process = self.job_process
         try:
             self.jobs.start(
-                lambda cancel: iter_region_nuclei(
-                    self._slide_path,
-                    region,
-                    method=self.method,
-                    out_dir=self._out_dir,
-                    cancel=cancel,
-                ),
+                lambda cancel: process.call(iter_region_nuclei, kwargs, cancel),
                 on_yield=self._on_progress,
                 on_return=self._on_returned,
                 on_error=self._on_errored,
@@ -391,12 +396,27 @@ class NucleiWidget(ShutdownMixin, QWidget):
         self.set_status(f"wrote {written}")
         return written
 
+    @property
+    def job_process(self) -> JobProcess:
+        """The worker process this dock's jobs run in (started at the first job)."""
+        if self._job_process is None:
+            self._job_process = JobProcess(threads=gui_threads())
+        return self._job_process
+
+    @property
+    def worker_pid(self) -> int | None:
+        """Process id of the dock's worker process; None when none runs."""
+        return None if self._job_process is None else self._job_process.pid
+
     # -- teardown ---------------------------------------------------------------------
     def shutdown(self, timeout_s: float = 60.0) -> None:
-        """Cancel every job, wait for their threads, and unbind from the viewer (idempotent)."""
+        """Cancel every job, end the worker process, wait for the threads, and unbind
+        from the viewer (idempotent)."""
         if self._closed:
             return
         self._closed = True
+        if self._job_process is not None:
+            self._job_process.close(timeout_s)  # its job stops at the next tile; it ends
         self.jobs.shutdown(timeout_s)
         self.mpp_field.unbind()
         self._disconnect_viewer(self._on_layers_changed)
