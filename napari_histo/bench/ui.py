@@ -22,6 +22,11 @@ computed, in the same batches and with the same torch thread count as the
 widget's jobs (:func:`~napari_histo.widgets.jobs.gui_threads`);
 ``viewport_model_only_default_threads_s`` is the same forward with torch's
 default thread count, for reference.
+
+Memory: after the latency run, :data:`RSS_RUNS` more viewport runs, each on
+another part of the slide, record the viewer's and the worker's resident memory
+after each run (``viewer_rss_runs_mb``, ``worker_rss_runs_mb``) and their growth
+from the first of those runs to the last (``*_rss_growth_mb``; target ≤ 50 MB).
 """
 
 from __future__ import annotations
@@ -53,6 +58,10 @@ def _gap_stats(beats: list[float], prefix: str = "") -> dict[str, float]:
         f"{prefix}gap_p95_ms": round(float(np.percentile(gaps, 95)), 1),
         f"{prefix}gap_max_ms": round(float(gaps.max()), 1),
     }
+
+
+#: Viewport runs after the latency run whose RSS (viewer and worker) is recorded.
+RSS_RUNS = 5
 
 
 def _rss_mb(pid: int | None) -> float | None:
@@ -139,6 +148,19 @@ def bench_ui(*, quick: bool = False) -> dict[str, Any]:
             viewport_refreshes = len(widget.refresh_costs_ms)
             model_only = _model_only(members, tiles, threads)
             model_only_default = _model_only(members, tiles, None)
+            # -- memory over consecutive runs: five more viewport runs elsewhere --
+            rss_viewer, rss_worker = [], []
+            for _ in range(RSS_RUNS):
+                camera.center = (
+                    float(rng.uniform(0.2, 0.8) * height * mpp),
+                    float(rng.uniform(0.2, 0.8) * width * mpp),
+                )
+                _wait(app, lambda: layer.loaded, 30)
+                widget.run()
+                _wait(app, lambda: widget.busy, 5)
+                _wait(app, lambda: not widget.busy, 300)
+                rss_viewer.append(_rss_mb(os.getpid()))
+                rss_worker.append(_rss_mb(widget.worker_pid))
             widget.shutdown()
             viewer.layers.clear()
 
@@ -205,4 +227,15 @@ def bench_ui(*, quick: bool = False) -> dict[str, Any]:
         "latency_ratio": round(viewport_full / model_only, 3) if model_only > 0 else None,
         "viewer_rss_mb": viewer_rss,
         "worker_rss_mb": worker_rss,
+        "viewer_rss_runs_mb": rss_viewer,
+        "worker_rss_runs_mb": rss_worker,
+        "viewer_rss_growth_mb": _growth(rss_viewer),
+        "worker_rss_growth_mb": _growth(rss_worker),
     }
+
+
+def _growth(values: list[float | None]) -> float | None:
+    """Last minus first of a series of RSS figures (MB), None when any is unknown."""
+    if not values or any(v is None for v in values):
+        return None
+    return round(values[-1] - values[0], 1)
