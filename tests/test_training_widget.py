@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import threading
 
 import pytest
@@ -141,9 +142,12 @@ def test_closing_viewer_mid_run_joins_threads(make_napari_viewer, qtbot, annotat
     with qtbot.waitSignal(widget.jobs.worker.yielded, timeout=60_000):
         pass
     assert widget.running
+    pid = widget.worker_pid  # fine-tuning runs in the dock's worker process
+    assert pid is not None and pid != os.getpid()
     threads = set(threading.enumerate())
     viewer.close()
     assert not widget.running  # shutdown joined the training thread on close
+    assert widget.worker_pid is None and not os.path.exists(f"/proc/{pid}/status")
     qtbot.waitUntil(lambda: widget.jobs.worker is None, timeout=5000)
     assert _files(models) == before
     assert all(not t.is_alive() for t in threads - set(threading.enumerate()))

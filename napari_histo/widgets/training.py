@@ -2,8 +2,9 @@
 
 A thin shell over :func:`napari_histo.training.finetune.finetune_ensemble`: it
 collects the slide, the annotations (autosave file, a chosen file or a Shapes
-layer), granularity, members and epochs, runs the generator through the
-dock's :class:`~napari_histo.widgets.jobs.JobRunner` with napari progress, a
+layer), granularity, members and epochs, runs the generator in the dock's worker
+process (:class:`~napari_histo.live.worker.JobProcess`), driven from the dock's
+:class:`~napari_histo.widgets.jobs.JobRunner`, with napari progress, a
 live loss / held-out Dice plot and Cancel, then lists each member's versions
 (the choice persists, see :mod:`napari_histo.models.versions`, and the Tumor
 inference widget runs it)
@@ -33,6 +34,7 @@ from qtpy.QtWidgets import (
 from napari_histo.annotations.model import Annotation
 from napari_histo.errors import HistoError
 from napari_histo.frames import layer_mpp, overlay_transform, visible_region_l0
+from napari_histo.live.worker import JobProcess
 from napari_histo.training.retrain import GRANULARITIES
 from napari_histo.widgets._common import (
     ShutdownMixin,
@@ -41,7 +43,7 @@ from napari_histo.widgets._common import (
     run_cancel_buttons,
 )
 from napari_histo.widgets._overlays import tumor_colormap
-from napari_histo.widgets.jobs import JobRunner
+from napari_histo.widgets.jobs import JobRunner, gui_threads
 
 if TYPE_CHECKING:
     import napari
@@ -148,6 +150,7 @@ class RetrainWidget(ShutdownMixin, QWidget):
         self.viewer = napari_viewer
         self._out_dir = out_dir
         self.jobs = JobRunner(progress_desc="Retraining")
+        self._job_process: JobProcess | None = None  # spawned at the first fine-tuning
         self._closed = False
         self.last_cards: list[Path] | None = None
         self._build_ui()
@@ -321,18 +324,20 @@ class RetrainWidget(ShutdownMixin, QWidget):
             f"annotations ({source})…"
         )
         self._set_buttons(running=True)
+        kwargs = {
+            "card_paths": [str(card) for card in cards],
+            "slide_path": str(slide_path),
+            "annotations": list(annotations),
+            "out_dir": str(out),
+            "steps": steps,
+            "granularity": granularity,
+            "freeze_encoder_steps": frozen,
+            "config": config,
+        }
+        process = self.job_process
         self._start_job(
-            lambda cancel: finetune_ensemble(
-                cards,
-                slide_path,
-                annotations,
-                out_dir=out,
-                steps=steps,
-                granularity=granularity,
-                freeze_encoder_steps=frozen,
-                cancel=cancel,
-                config=config,
-            ),
+            # In the dock's worker process: the viewer keeps its GIL, a crash is one line.
+            lambda cancel: process.call(finetune_ensemble, kwargs, cancel),
             on_yield=self._on_step,
             on_return=self._on_returned,
             on_error=self._on_errored,
@@ -490,8 +495,23 @@ class RetrainWidget(ShutdownMixin, QWidget):
         )
 
     # -- teardown -------------------------------------------------------------
+    @property
+    def job_process(self) -> JobProcess:
+        """The worker process fine-tuning runs in (started at the first run)."""
+        if self._job_process is None:
+            self._job_process = JobProcess(threads=gui_threads())
+        return self._job_process
+
+    @property
+    def worker_pid(self) -> int | None:
+        """Process id of the dock's worker process; None when none runs."""
+        return None if self._job_process is None else self._job_process.pid
+
     def shutdown(self, timeout_s: float = 60.0) -> bool:
-        """Cancel any run and wait for its thread; unbind from the viewer (idempotent)."""
+        """Cancel any run, end the worker process and wait for the job's thread; unbind
+        from the viewer (idempotent)."""
+        if self._job_process is not None:
+            self._job_process.close(timeout_s)  # the run stops after its step; it ends
         joined = self.jobs.shutdown(timeout_s)
         if self._closed:
             return joined
