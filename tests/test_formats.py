@@ -70,3 +70,31 @@ def test_philips_tiff_levels_decode_directly_and_equal_openslide(tmp_path, rng):
                 np.testing.assert_array_equal(got, np.asarray(want.convert("RGB")))
         assert slide.fast_levels == (True, True)
     assert napari_get_reader(str(path)) is not None
+
+
+def test_ndpi_levels_decode_directly_and_equal_openslide(tmp_path, rng):
+    """An NDPI (one JPEG per level, a restart marker every 256 columns, McuStarts):
+    its file levels are decoded directly, tile by tile as OpenSlide decodes them, and
+    equal OpenSlide's pixels; the levels OpenSlide adds by JPEG scaling are read
+    through OpenSlide."""
+    import openslide
+
+    from napari_histo.bench.formats import write_ndpi
+
+    path = write_ndpi(tmp_path / "slide.ndpi", textured_rgb(700, 1100, seed=5), 0.25)
+    reference = openslide.OpenSlide(path)
+    with Slide(path) as slide:
+        assert slide.vendor == "hamamatsu" and slide.mpp == pytest.approx(0.25)
+        assert slide.tile_size(0) == (256, 8)
+        for level in range(slide.level_count):
+            width, height = slide.level_dimensions[level]
+            ds = slide.level_downsamples[level]
+            for _ in range(3):
+                w, h = int(rng.integers(1, min(width, 600))), int(rng.integers(1, min(height, 400)))
+                x, y = int(rng.integers(0, width - w + 1)), int(rng.integers(0, height - h + 1))
+                got = slide.read_level_region(level, x, y, w, h)
+                want = reference.read_region((round(x * ds), round(y * ds)), level, (w, h))
+                np.testing.assert_array_equal(got, np.asarray(want.convert("RGB")))
+        assert slide.fast_levels[:2] == (True, True)  # the two JPEGs in the file
+        assert not any(slide.fast_levels[2:])  # OpenSlide's scaled levels
+    assert napari_get_reader(str(path)) is not None

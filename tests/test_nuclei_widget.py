@@ -191,6 +191,9 @@ def test_nuclei_run_in_a_worker_whose_crash_the_viewer_survives(
 
     viewer, widget = open_with_widget(make_napari_viewer, synth, tmp_path)
     slide_layers = len(viewer.layers)
+    widget.start((0, 0, 9000, 9000))  # too large: said at once, no worker started
+    assert "cannot run" in widget.status_label.text() and widget.worker_pid is None
+    assert not widget.busy
     widget.start((0, 0, 2048, 2048))
     with qtbot.waitSignal(widget.jobs.worker.yielded, timeout=60_000):
         pass

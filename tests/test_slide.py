@@ -236,12 +236,13 @@ def test_direct_tiles_are_cached_read_only_and_bounded(small_svs):
     assert found and tile[0] == 4
     cache.put((0, 0, 9), np.zeros(100, np.uint8))  # larger than the whole cache: not kept
     assert cache.get((0, 0, 9))[0] is False
-    # Full: the level holding the most bytes gives up its least recently used tile.
-    fair = TileCache(max_bytes=4 * 16)
+    # Full: the least recently used tile goes, but a level holding under an eighth of
+    # the cache (the overview) keeps its tiles.
+    fair = TileCache(max_bytes=10 * 16)
     fair.put(("overview", 0, 0), np.zeros(16, np.uint8))
-    for i in range(6):
+    for i in range(12):
         fair.put(("level 0", 0, i), np.zeros(16, np.uint8))
-    assert fair.get(("overview", 0, 0))[0] and fair.bytes == 64
-    assert [fair.get(("level 0", 0, i))[0] for i in range(6)] == [False] * 3 + [True] * 3
+    assert fair.get(("overview", 0, 0))[0] and fair.bytes == 160
+    assert [fair.get(("level 0", 0, i))[0] for i in range(12)] == [False] * 3 + [True] * 9
     with pytest.raises(ValueError, match="max_bytes"):
         TileCache(-1)

@@ -11,11 +11,13 @@ against raw openslide-python ``read_region`` of the same windows):
   "generic-tiff") with JPEG / ZSTD tiles;
 * ``philips``: a Philips TIFF (:func:`write_philips_tiff`: JPEG tiles, levels padded
   to whole tiles, sizes from the XML's pixel spacings, as Philips writes them);
+* ``ndpi``: a Hamamatsu NDPI (:func:`write_ndpi`: one JPEG per level with restart
+  markers every 256 columns, McuStarts);
 * ``dicom``: a DICOM WSI series (:func:`write_dicom_wsi`: one file per level,
   JPEG frames, ``TILED_FULL``).
 
-No writer for Hamamatsu NDPI or MIRAX exists here, so those
-formats are not measured; ``openslide_only`` stands in for them: the JPEG TIFF
+No writer for MIRAX exists here, so it and other formats without raw tiles in a
+TIFF are not measured; ``openslide_only`` stands in for them: the JPEG TIFF
 read with direct decoding switched off (``Slide(..., direct=False)``), every
 window through OpenSlide, as formats without a direct decoder are. ``direct``
 says whether the direct tile decoder (:mod:`napari_histo.io.tiff_tiles`) served
@@ -141,6 +143,79 @@ def write_philips_tiff(
     return path
 
 
+def _jpeg_with_restarts(pixels: np.ndarray, tile_px: int) -> tuple[bytes, list[int]]:
+    """A JPEG (quality 90, 4:2:2) with a restart marker every `tile_px` columns, and
+    the byte offset where each restart interval's data starts."""
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    # 4:2:2: MCUs of 16 × 8 px. OpenSlide reads restart intervals of 4:2:0 JPEGs
+    # (16 × 16 MCUs) wrongly ("found marker 0xd9 instead of RST0"): not what NDPI holds.
+    Image.fromarray(pixels).save(
+        buffer, "JPEG", quality=90, subsampling=1, restart_marker_blocks=tile_px // 16
+    )
+    data = buffer.getvalue()
+    sos = data.index(b"\xff\xda")
+    start = sos + 2 + int.from_bytes(data[sos + 2 : sos + 4], "big")
+    raw = np.frombuffer(data, np.uint8)
+    ff = np.flatnonzero(raw[:-1] == 0xFF)
+    restarts = ff[(raw[ff + 1] >= 0xD0) & (raw[ff + 1] <= 0xD7) & (ff > start)]
+    return data, [start] + [int(r) + 2 for r in restarts]
+
+
+def write_ndpi(path: Path, image: np.ndarray, mpp: float, levels: int | None = None) -> Path:
+    """A Hamamatsu NDPI of `image`: one JPEG per 2× level with a restart marker every
+    :data:`TILE_PX` columns (OpenSlide's and tifffile's tiles: 256 × 8 px), their
+    offsets in McuStarts (65426), NDPI's 64-bit IFD layout, white padding so every
+    level is whole tiles, mpp in the resolution tags, source lens 20×."""
+    import struct
+
+    out = bytearray(b"II" + struct.pack("<HQ", 42, 0))
+    pointer = 4  # where the next IFD's offset goes (8 bytes in NDPI)
+
+    def blob(data: bytes) -> int:
+        at = len(out)
+        out.extend(data + b"\0" * (len(data) % 2))
+        return at
+
+    # Level 0 padded (white) so that every level is whole tiles and exactly 2× the next.
+    count = len(_levels(image)[: levels or None])
+    unit = TILE_PX << (count - 1)
+    h0, w0 = (-(-n // unit) * unit for n in image.shape[:2])
+    base = np.full((h0, w0, 3), 255, np.uint8)
+    base[: image.shape[0], : image.shape[1]] = image
+    for level in range(count):
+        padded = base if level == 0 else _reduce(base, 2**level)
+        jpeg, starts = _jpeg_with_restarts(padded, TILE_PX)
+        h, w = padded.shape[:2]
+        strip = blob(jpeg)
+        per_cm = 1e4 / (mpp * 2**level)
+        lens = struct.unpack("<I", struct.pack("<f", 20.0))[0]
+        # (tag, type, count, value or offset): 2 ASCII, 3 SHORT, 4 LONG, 5 RATIONAL,
+        # 9 SLONG, 11 FLOAT; sorted by tag.
+        entries = [
+            (256, 4, 1, w), (257, 4, 1, h), (258, 3, 3, blob(struct.pack("<3H", 8, 8, 8))),
+            (259, 3, 1, 7), (262, 3, 1, 6), (271, 2, 10, blob(b"Hamamatsu\0")),
+            (273, 4, 1, strip), (277, 3, 1, 3), (278, 4, 1, h), (279, 4, 1, len(jpeg)),
+            (282, 5, 1, blob(struct.pack("<II", round(per_cm * 1000), 1000))),
+            (283, 5, 1, blob(struct.pack("<II", round(per_cm * 1000), 1000))),
+            (296, 3, 1, 3), (65420, 4, 1, 1), (65421, 11, 1, lens), (65422, 9, 1, 0),
+            (65423, 9, 1, 0), (65424, 9, 1, 0),
+            (65426, 4, len(starts), blob(struct.pack(f"<{len(starts)}I", *starts))),
+        ]  # fmt: skip
+        ifd = len(out)
+        struct.pack_into("<Q", out, pointer, ifd)
+        out.extend(struct.pack("<H", len(entries)))
+        for tag, kind, count, value in entries:
+            out.extend(struct.pack("<HHII", tag, kind, count, value))
+        pointer = len(out)
+        out.extend(struct.pack("<Q", 0) + b"\0" * (4 * len(entries)))  # next IFD, high bits
+    Path(path).write_bytes(bytes(out))
+    return Path(path)
+
+
 def dicom_base(sop_class: str, transfer_syntax: str, series_uid: str):
     """A pydicom Dataset with file meta and the patient/study/series modules."""
     from pydicom.dataset import Dataset, FileMetaDataset
@@ -255,6 +330,7 @@ def bench_formats(*, quick: bool = False) -> dict[str, Any]:
             path = Path(tmp) / f"content_{compression}.tiff"
             files[f"tiff_{compression}"] = write_generic_tiff(path, image, mpp, compression)
         files["philips"] = write_philips_tiff(Path(tmp) / "content.tiff", image, mpp)
+        files["ndpi"] = write_ndpi(Path(tmp) / "content.ndpi", image, mpp)
         folder = Path(tmp) / "dicom"
         write_dicom_wsi(folder, image, levels=len(_levels_shapes(image)), mpp=mpp, quality=90)
         files["dicom"] = folder / "level-0.dcm"

@@ -155,6 +155,7 @@ def bench_ui(*, quick: bool = False) -> dict[str, Any]:
                     float(rng.uniform(0.2, 0.8) * height * mpp),
                     float(rng.uniform(0.2, 0.8) * width * mpp),
                 )
+                _wait(app, lambda: False, 0.3)  # `loaded` is still the last view's
                 _wait(app, lambda: layer.loaded, 30)
                 widget.run()
                 _wait(app, lambda: widget.busy, 5)

@@ -45,6 +45,10 @@ __all__ = ["MPP_RANGE", "Slide", "open_slide"]
 #: Tile size used for chunking when the file is not tiled (strips, or unknown).
 DEFAULT_TILE_PX = 512
 
+#: Smallest side (px) of the cells OpenSlide-read levels are cached in: tiles as
+#: thin as NDPI's (256 × 8) are grouped, so a window is not thousands of cells.
+MIN_CELL_PX = 256
+
 #: Per-slide OpenSlide tile cache shared by all of its handles (bytes). Same as
 #: OpenSlide's own default, so a shared cache does not flatter benchmarks.
 CACHE_BYTES = 32 * 1024 * 1024
@@ -555,6 +559,8 @@ class Slide:
         tile already composited and converted is served from the cache by a copy.
         Missing tiles are read in one call: the bounding box of the missing ones.
         """
+        if self._closed:
+            raise SlideError(self._path, "slide is closed")
         ds = self._level_downsamples[level]
         width, height = self._level_dimensions[level]
         cache = self._tile_cache
@@ -562,7 +568,10 @@ class Slide:
             return None  # a fractional downsample reads at sub-pixel level-0 corners
         if lvl_x < 0 or lvl_y < 0 or lvl_x + w > width or lvl_y + h > height:
             return None  # outside the level: OpenSlide knows what to paint there
-        tile_w, tile_h = self.tile_size(level) or (DEFAULT_TILE_PX, DEFAULT_TILE_PX)
+        # Cells of whole native tiles, at least 256 px a side (NDPI's are 256 × 8 px).
+        native_w, native_h = self.tile_size(level) or (DEFAULT_TILE_PX, DEFAULT_TILE_PX)
+        tile_w = native_w * -(-MIN_CELL_PX // native_w)
+        tile_h = native_h * -(-MIN_CELL_PX // native_h)
         rows = range(lvl_y // tile_h, (lvl_y + h - 1) // tile_h + 1)
         cols = range(lvl_x // tile_w, (lvl_x + w - 1) // tile_w + 1)
         if len(rows) * len(cols) * tile_w * tile_h * 3 > cache.max_bytes // 2:
@@ -585,7 +594,9 @@ class Slide:
             for row in range(r0, r1 + 1):
                 for col in range(c0, c1 + 1):
                     y0, x0 = row * tile_h - by, col * tile_w - bx
-                    tile = np.ascontiguousarray(block[y0 : y0 + tile_h, x0 : x0 + tile_w])
+                    # A copy, always: a 1 × 1 block is contiguous, and the block may
+                    # be returned to the caller below.
+                    tile = np.array(block[y0 : y0 + tile_h, x0 : x0 + tile_w], copy=True)
                     tile.flags.writeable = False
                     cache.put(("openslide", level, row, col), tile)
                     tiles[row, col] = tile

@@ -44,13 +44,14 @@ def _entry_bytes(tile: np.ndarray | None) -> int:
 
 
 class TileCache:
-    """Thread-safe cache of decoded tiles, bounded in bytes, fair between levels.
+    """Thread-safe LRU cache of decoded tiles, bounded in bytes, that keeps small levels.
 
     Keys are tuples whose last two items are the tile's row and column and whose
     first ones name its level: ``(page, row, col)`` for directly decoded tiles,
-    ``("openslide", level, row, col)`` for tiles OpenSlide read. When full, the
-    least recently used tile *of the level holding the most bytes* goes: pans over
-    level 0 do not push out the coarse levels a viewer keeps returning to.
+    ``("openslide", level, row, col)`` for tiles OpenSlide read. When full, the least
+    recently used tile goes — except tiles of a level holding less than an eighth of
+    the cache: pans over level 0 do not push out the coarse overview levels a viewer
+    keeps returning to.
 
     Parameters
     ----------
@@ -63,42 +64,46 @@ class TileCache:
             raise ValueError(f"`max_bytes` must be >= 0, got {max_bytes}")
         self.max_bytes = int(max_bytes)
         self.bytes = 0
-        self._levels: dict[tuple, OrderedDict[tuple, np.ndarray | None]] = {}
+        self._tiles: OrderedDict[tuple, np.ndarray | None] = OrderedDict()
         self._level_bytes: dict[tuple, int] = {}
         self._lock = threading.Lock()
 
     def get(self, key: tuple) -> tuple[bool, np.ndarray | None]:
         """``(found, tile)``; a found tile may be None (absent from the file)."""
         with self._lock:
-            tiles = self._levels.get(key[:-2])
-            if tiles is None or key not in tiles:
+            if key not in self._tiles:
                 return False, None
-            tiles.move_to_end(key)
-            return True, tiles[key]
+            self._tiles.move_to_end(key)
+            return True, self._tiles[key]
 
     def put(self, key: tuple, tile: np.ndarray | None) -> None:
         size = _entry_bytes(tile)
         if size > self.max_bytes:
             return
-        level = key[:-2]
         with self._lock:
-            tiles = self._levels.setdefault(level, OrderedDict())
-            if key in tiles:
-                self._add(level, -_entry_bytes(tiles.pop(key)))
-            tiles[key] = tile
-            self._add(level, size)
+            if key in self._tiles:
+                self._add(key, -_entry_bytes(self._tiles.pop(key)))
+            self._tiles[key] = tile
+            self._add(key, size)
             while self.bytes > self.max_bytes:
-                largest = max(self._level_bytes, key=self._level_bytes.__getitem__)
-                _, dropped = self._levels[largest].popitem(last=False)
-                self._add(largest, -_entry_bytes(dropped))
+                self._evict_one()
 
-    def _add(self, level: tuple, size: int) -> None:
+    def _evict_one(self) -> None:
+        small = self.max_bytes // 8
+        victim = next(
+            (k for k in self._tiles if self._level_bytes[k[:-2]] >= small),
+            next(iter(self._tiles)),  # only small levels left: plain LRU
+        )
+        self._add(victim, -_entry_bytes(self._tiles.pop(victim)))
+
+    def _add(self, key: tuple, size: int) -> None:
         self.bytes += size
+        level = key[:-2]
         self._level_bytes[level] = self._level_bytes.get(level, 0) + size
 
     def clear(self) -> None:
         with self._lock:
-            self._levels.clear()
+            self._tiles.clear()
             self._level_bytes.clear()
             self.bytes = 0
 
@@ -115,6 +120,10 @@ class TiffLevelTiles:
         Tile size in px.
     offsets, bytecounts : ndarray of int64
         Byte offset and length of each tile, row-major.
+    across : int
+        Tile columns of the page's grid (0: the level's width in tiles).
+    jpegheader : bytes or None
+        NDPI: the JPEG header each tile (a restart interval) is decoded behind.
     """
 
     path: Path
@@ -128,6 +137,7 @@ class TiffLevelTiles:
     jpegtables: bytes | None
     decode: Any
     across: int = 0
+    jpegheader: bytes | None = None
 
     @property
     def tiles_across(self) -> int:
@@ -144,7 +154,10 @@ class TiffLevelTiles:
         data = os.pread(fd, count, int(self.offsets[index]))
         if len(data) != count:
             raise OSError(f"tile {index} of page {self.page_index} is truncated")
-        tile, _, _ = self.decode(data, index, jpegtables=self.jpegtables)
+        # NDPI: tiles are restart intervals of one JPEG, each decoded behind the
+        # header tifffile rewrote for the tile's size (as OpenSlide decodes them).
+        header = {} if self.jpegheader is None else {"jpegheader": self.jpegheader}
+        tile, _, _ = self.decode(data, index, jpegtables=self.jpegtables, **header)
         return tile.reshape(self.tile_h, self.tile_w, -1)[..., :3]
 
     def cached_tile(
@@ -193,11 +206,11 @@ def _page_fits(
     page: tifffile.TiffPage, width: int, height: int, tile: tuple[int, int], padded: bool = False
 ) -> bool:
     """Whether `page` can back a level of `width` × `height` px tiled `tile`: same
-    size, or with `padded` a size in whole tiles within one tile of it (Philips TIFF
-    pads every level to whole tiles; OpenSlide crops levels after the first)."""
+    size, or with `padded` a size in whole tiles less than one tile larger (Philips
+    TIFF pads every level to whole tiles; OpenSlide crops levels after the first)."""
     if padded:
         size_ok = all(
-            n % t == 0 and abs(n - want) < t
+            n % t == 0 and 0 <= n - want < t
             for n, want, t in (
                 (page.imagewidth, width, tile[0]),
                 (page.imagelength, height, tile[1]),
@@ -271,6 +284,7 @@ def find_level_tiles(
                         jpegtables=page.jpegtables,
                         decode=page.decode,
                         across=-(-page.imagewidth // page.tilewidth),
+                        jpegheader=getattr(page, "jpegheader", None),
                     )
                 )
             return tuple(found)

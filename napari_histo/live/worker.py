@@ -266,12 +266,17 @@ class JobProcess:
                 return None  # superseded before it began
         try:
             self._ensure_started()
-            self._cancel.clear()
-            try:
-                self._conn.send(("job", function, kwargs))
-            except (OSError, ValueError) as err:
-                self._drop()
-                raise WorkerDied(f"the worker process is gone ({err})") from None
+            # Under the state lock: a close() between start and send must not see its
+            # cancel cleared, nor its "stop" interleaved with a large job message.
+            with self._state:
+                if self._closed:
+                    raise WorkerDied("the worker process was closed with the viewer")
+                self._cancel.clear()
+                try:
+                    self._conn.send(("job", function, kwargs))
+                except (OSError, ValueError) as err:
+                    self._drop()
+                    raise WorkerDied(f"the worker process is gone ({err})") from None
             ended = False
             try:
                 while True:

@@ -50,6 +50,7 @@ if TYPE_CHECKING:
 __all__ = [
     "MAX_REGION_PX",
     "RegionNuclei",
+    "check_region_size",
     "export_csv",
     "export_geojson",
     "iter_region_nuclei",
@@ -187,6 +188,18 @@ class RegionNuclei:
 MAX_REGION_PX = 64 * 1024 * 1024
 
 
+def check_region_size(region_l0: tuple[int, int, int, int]) -> tuple[int, int, int, int]:
+    """`region_l0` ``(x, y, w, h)`` unchanged; ValueError when it is over
+    :data:`MAX_REGION_PX` (for callers that want to say so before starting a job)."""
+    area = int(region_l0[2]) * int(region_l0[3])
+    if area > MAX_REGION_PX:
+        raise ValueError(
+            f"`region_l0` {tuple(region_l0)} has {area} px, more than "
+            f"{MAX_REGION_PX}; zoom in, draw a smaller region or run the whole slide"
+        )
+    return region_l0
+
+
 def iter_region_nuclei(
     slide_path: str | os.PathLike[str],
     region_l0: tuple[int, int, int, int],
@@ -212,12 +225,7 @@ def iter_region_nuclei(
     slide = Slide(slide_path)
     try:
         slide.require_mpp()
-        region = _check_region(region_l0, slide.dimensions)
-        if region[2] * region[3] > MAX_REGION_PX:
-            raise ValueError(
-                f"`region_l0` {region} has {region[2] * region[3]} px, more than "
-                f"{MAX_REGION_PX}; zoom in, draw a smaller region or run the whole slide"
-            )
+        region = check_region_size(_check_region(region_l0, slide.dimensions))
         steps = iter_segment_region(slide, region, method=method, tile_px=tile_px)
     except BaseException:
         slide.close()

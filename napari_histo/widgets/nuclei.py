@@ -35,6 +35,7 @@ from napari_histo.live.worker import JobProcess
 from napari_histo.nuclei.classical import METHODS
 from napari_histo.nuclei.export import (
     RegionNuclei,
+    check_region_size,
     export_csv,
     export_geojson,
     iter_region_nuclei,
@@ -250,6 +251,11 @@ class NucleiWidget(ShutdownMixin, QWidget):
 
     def start(self, region: tuple[int, int, int, int]) -> None:
         """Start a background job on level-0 `region` (cancelling the one in flight)."""
+        try:
+            check_region_size(region)  # at once, not after the worker has started
+        except ValueError as err:
+            self.set_status(f"cannot run: {err}")
+            return
         kwargs = {
             "slide_path": str(self._slide_path),
             "region_l0": tuple(int(v) for v in region),
