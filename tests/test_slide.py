@@ -236,7 +236,7 @@ def test_direct_tiles_are_cached_read_only_and_bounded(small_svs):
     assert found and tile[0] == 4
     cache.put((0, 0, 9), np.zeros(100, np.uint8))  # larger than the whole cache: not kept
     assert cache.get((0, 0, 9))[0] is False
-    # Full: the least recently used tile goes, but a level holding under an eighth of
+    # Full: the least recently used tile goes, but a level holding under a quarter of
     # the cache (the overview) keeps its tiles.
     fair = TileCache(max_bytes=10 * 16)
     fair.put(("overview", 0, 0), np.zeros(16, np.uint8))

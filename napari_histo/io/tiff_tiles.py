@@ -49,9 +49,9 @@ class TileCache:
     Keys are tuples whose last two items are the tile's row and column and whose
     first ones name its level: ``(page, row, col)`` for directly decoded tiles,
     ``("openslide", level, row, col)`` for tiles OpenSlide read. When full, the least
-    recently used tile goes — except tiles of a level holding less than an eighth of
+    recently used tile goes — except tiles of a level holding less than a quarter of
     the cache: pans over level 0 do not push out the coarse overview levels a viewer
-    keeps returning to.
+    keeps returning to (levels shrink 4× each, so those kept stay under a third).
 
     Parameters
     ----------
@@ -89,7 +89,7 @@ class TileCache:
                 self._evict_one()
 
     def _evict_one(self) -> None:
-        small = self.max_bytes // 8
+        small = self.max_bytes // 4
         victim = next(
             (k for k in self._tiles if self._level_bytes[k[:-2]] >= small),
             next(iter(self._tiles)),  # only small levels left: plain LRU
@@ -160,16 +160,63 @@ class TiffLevelTiles:
         tile, _, _ = self.decode(data, index, jpegtables=self.jpegtables, **header)
         return tile.reshape(self.tile_h, self.tile_w, -1)[..., :3]
 
+    @property
+    def stack(self) -> int:
+        """Tile rows decoded as one image: 1, or for NDPI's thin tiles (restart
+        intervals of one MCU row) enough for cells about 256 px high."""
+        if self.jpegheader is None or b"\xff\xc0" not in self.jpegheader:
+            return 1
+        return max(1, -(-256 // self.tile_h))
+
+    def decode_stack(self, fd: int, cell_row: int, col: int) -> np.ndarray:
+        """Decode tile rows ``cell_row * stack ...`` of column `col` as one JPEG.
+
+        The restart intervals, each decodable on its own, are joined with renumbered
+        restart markers behind the tile header whose frame height is patched to the
+        rows joined: one decode instead of one per 8-px tile, and the same pixels
+        (each interval restarts its predictions).
+        """
+        import imagecodecs
+
+        down = len(self.offsets) // self.tiles_across
+        rows = range(cell_row * self.stack, min((cell_row + 1) * self.stack, down))
+        if any(self.bytecounts[row * self.tiles_across + col] == 0 for row in rows):
+            # A sparse cell: tile by tile, absent ones white (as OpenSlide shows them).
+            cell = np.full((len(rows) * self.tile_h, self.tile_w, 3), 255, np.uint8)
+            for k, row in enumerate(rows):
+                tile = self.decode_tile(fd, row, col)
+                if tile is not None:
+                    cell[k * self.tile_h : (k + 1) * self.tile_h] = tile
+            return cell
+        parts = []
+        for k, row in enumerate(rows):
+            index = row * self.tiles_across + col
+            count = int(self.bytecounts[index])
+            data = os.pread(fd, count, int(self.offsets[index]))
+            if len(data) != count:
+                raise OSError(f"tile {index} of page {self.page_index} is truncated")
+            if len(data) >= 2 and data[-2] == 0xFF and 0xD0 <= data[-1] <= 0xD9:
+                data = data[:-2]  # its own restart marker (or the image's end)
+            parts.append(data)
+            parts.append(bytes((0xFF, 0xD0 + k % 8)) if k < len(rows) - 1 else b"\xff\xd9")
+        header = bytearray(self.jpegheader)
+        sof = header.index(b"\xff\xc0")
+        header[sof + 5 : sof + 7] = (len(rows) * self.tile_h).to_bytes(2, "big")
+        pixels = imagecodecs.jpeg_decode(b"".join(parts), header=bytes(header))
+        return pixels.reshape(len(rows) * self.tile_h, self.tile_w, -1)[..., :3]
+
     def cached_tile(
         self, fd: int, row: int, col: int, cache: TileCache | None
     ) -> np.ndarray | None:
-        """:meth:`decode_tile` through `cache` (read-only tiles: never write into them)."""
+        """:meth:`decode_tile` (of a cell row of :attr:`stack` tile rows: :meth:`decode_stack`)
+        through `cache` (read-only tiles: never write into them)."""
+        stacked = self.stack > 1
         if cache is None:
-            return self.decode_tile(fd, row, col)
-        key = (self.page_index, row, col)
+            return self.decode_stack(fd, row, col) if stacked else self.decode_tile(fd, row, col)
+        key = (self.page_index, "stack", row, col) if stacked else (self.page_index, row, col)
         found, tile = cache.get(key)
         if not found:
-            tile = self.decode_tile(fd, row, col)
+            tile = self.decode_stack(fd, row, col) if stacked else self.decode_tile(fd, row, col)
             if tile is not None:
                 tile = np.ascontiguousarray(tile)
                 tile.flags.writeable = False
@@ -185,11 +232,12 @@ class TiffLevelTiles:
         Decoded tiles are looked up in and added to `cache` when given.
         """
         out = np.empty((h, w, 3), dtype=np.uint8)
-        row0, row1 = lvl_y // self.tile_h, (lvl_y + h - 1) // self.tile_h
+        cell_h = self.tile_h * self.stack
+        row0, row1 = lvl_y // cell_h, (lvl_y + h - 1) // cell_h
         col0, col1 = lvl_x // self.tile_w, (lvl_x + w - 1) // self.tile_w
         for row in range(row0, row1 + 1):
-            tile_y = row * self.tile_h
-            y0, y1 = max(lvl_y, tile_y), min(lvl_y + h, tile_y + self.tile_h)
+            tile_y = row * cell_h
+            y0, y1 = max(lvl_y, tile_y), min(lvl_y + h, tile_y + cell_h)
             for col in range(col0, col1 + 1):
                 tile_x = col * self.tile_w
                 x0, x1 = max(lvl_x, tile_x), min(lvl_x + w, tile_x + self.tile_w)
