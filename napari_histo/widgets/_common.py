@@ -27,6 +27,8 @@ from qtpy.QtWidgets import (
 
 from napari_histo.frames import check_mpp, rescale_world
 from napari_histo.io.mpp_choice import mpp_choice_path, save_mpp_choice
+from napari_histo.live.worker import JobProcess
+from napari_histo.widgets.jobs import gui_threads
 
 __all__ = [
     "CloseWatcher",
@@ -51,6 +53,31 @@ class CloseWatcher(QObject):
         if event.type() == QEvent.Close:
             self._callback()
         return False
+
+
+class WorkerProcessMixin:
+    """A dock's own worker process (:class:`~napari_histo.live.worker.JobProcess`):
+    started at its first job, with the dock's torch thread count, ended by
+    :meth:`_close_worker` from the dock's ``shutdown``."""
+
+    _job_process: JobProcess | None = None
+
+    @property
+    def job_process(self) -> JobProcess:
+        """The worker process this dock's jobs run in (started at the first job)."""
+        if self._job_process is None:
+            self._job_process = JobProcess(threads=gui_threads())
+        return self._job_process
+
+    @property
+    def worker_pid(self) -> int | None:
+        """Process id of the dock's worker process; None when none runs."""
+        return None if self._job_process is None else self._job_process.pid
+
+    def _close_worker(self, timeout_s: float) -> None:
+        """End the worker: its job stops after the current batch or step."""
+        if self._job_process is not None:
+            self._job_process.close(timeout_s)
 
 
 class ShutdownMixin:

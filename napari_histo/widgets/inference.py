@@ -40,11 +40,12 @@ from napari_histo.live.worker import JobProcess, prepare_live
 from napari_histo.widgets._common import (
     MppField,
     ShutdownMixin,
+    WorkerProcessMixin,
     topmost_slide_layer,
 )
 from napari_histo.widgets._controls import ControlsMixin, fmt_s
 from napari_histo.widgets._overlays import LAYER_NAMES, TAG, OverlayLayers
-from napari_histo.widgets.jobs import JobRunner, gui_threads
+from napari_histo.widgets.jobs import JobRunner
 
 if TYPE_CHECKING:
     import napari
@@ -72,7 +73,7 @@ def _prepare(process: JobProcess, request) -> None:
     drive(process.call(prepare_live, {"request": request}, threading.Event()))
 
 
-class InferenceWidget(ControlsMixin, ShutdownMixin, QWidget):
+class InferenceWidget(ControlsMixin, WorkerProcessMixin, ShutdownMixin, QWidget):
     """Dock widget running the tumor ensemble on the visible region or the whole slide.
 
     Parameters
@@ -534,21 +535,9 @@ class InferenceWidget(ControlsMixin, ShutdownMixin, QWidget):
         self.readout.setText(self._overlays.readout(event.position))
 
     @property
-    def worker_pid(self) -> int | None:
-        """Process id of the dock's worker process; None when none runs."""
-        return None if self._job_process is None else self._job_process.pid
-
-    @property
     def preparing(self) -> bool:
         """True while the worker starts and loads the models for the opened slide."""
         return self._prepare_jobs.busy
-
-    @property
-    def job_process(self) -> JobProcess:
-        """The worker process this dock's jobs run in (started at the first job)."""
-        if self._job_process is None:
-            self._job_process = JobProcess(threads=gui_threads())
-        return self._job_process
 
     # -- teardown -------------------------------------------------------------
     def shutdown(self, timeout_s: float = 60.0) -> None:
@@ -558,8 +547,7 @@ class InferenceWidget(ControlsMixin, ShutdownMixin, QWidget):
         self._closed = True
         self._refresh_timer.stop()
         self._follow_timer.stop()
-        if self._job_process is not None:
-            self._job_process.close(timeout_s)  # its job stops after the batch; it ends
+        self._close_worker(timeout_s)
         self.jobs.shutdown(timeout_s)
         self._prepare_jobs.shutdown(timeout_s)
         self._ood_jobs.shutdown(timeout_s)

@@ -46,9 +46,10 @@ from napari_histo.nuclei.run import NucleiRun, find_nuclei_runs
 from napari_histo.widgets._common import (
     MppField,
     ShutdownMixin,
+    WorkerProcessMixin,
     topmost_slide_layer,
 )
-from napari_histo.widgets.jobs import JobRunner, gui_threads
+from napari_histo.widgets.jobs import JobRunner
 
 if TYPE_CHECKING:
     import napari
@@ -69,7 +70,7 @@ def _features(table: dict[str, np.ndarray]):
     return pd.DataFrame(columns)
 
 
-class NucleiWidget(ShutdownMixin, QWidget):
+class NucleiWidget(WorkerProcessMixin, ShutdownMixin, QWidget):
     """Dock widget segmenting nuclei in the view or a drawn rectangle.
 
     Parameters
@@ -402,18 +403,6 @@ class NucleiWidget(ShutdownMixin, QWidget):
         self.set_status(f"wrote {written}")
         return written
 
-    @property
-    def job_process(self) -> JobProcess:
-        """The worker process this dock's jobs run in (started at the first job)."""
-        if self._job_process is None:
-            self._job_process = JobProcess(threads=gui_threads())
-        return self._job_process
-
-    @property
-    def worker_pid(self) -> int | None:
-        """Process id of the dock's worker process; None when none runs."""
-        return None if self._job_process is None else self._job_process.pid
-
     # -- teardown ---------------------------------------------------------------------
     def shutdown(self, timeout_s: float = 60.0) -> None:
         """Cancel every job, end the worker process, wait for the threads, and unbind
@@ -421,8 +410,7 @@ class NucleiWidget(ShutdownMixin, QWidget):
         if self._closed:
             return
         self._closed = True
-        if self._job_process is not None:
-            self._job_process.close(timeout_s)  # its job stops at the next tile; it ends
+        self._close_worker(timeout_s)
         self.jobs.shutdown(timeout_s)
         self.mpp_field.unbind()
         self._disconnect_viewer(self._on_layers_changed)

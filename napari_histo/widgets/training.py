@@ -38,12 +38,13 @@ from napari_histo.live.worker import JobProcess
 from napari_histo.training.retrain import GRANULARITIES
 from napari_histo.widgets._common import (
     ShutdownMixin,
+    WorkerProcessMixin,
     checked_names,
     member_checkboxes,
     run_cancel_buttons,
 )
 from napari_histo.widgets._overlays import tumor_colormap
-from napari_histo.widgets.jobs import JobRunner, gui_threads
+from napari_histo.widgets.jobs import JobRunner
 
 if TYPE_CHECKING:
     import napari
@@ -132,7 +133,7 @@ class LossPlot(QWidget):
         painter.end()
 
 
-class RetrainWidget(ShutdownMixin, QWidget):
+class RetrainWidget(WorkerProcessMixin, ShutdownMixin, QWidget):
     """Dock widget: fine-tune the ensemble on annotations; switch and compare versions.
 
     Parameters
@@ -495,23 +496,10 @@ class RetrainWidget(ShutdownMixin, QWidget):
         )
 
     # -- teardown -------------------------------------------------------------
-    @property
-    def job_process(self) -> JobProcess:
-        """The worker process fine-tuning runs in (started at the first run)."""
-        if self._job_process is None:
-            self._job_process = JobProcess(threads=gui_threads())
-        return self._job_process
-
-    @property
-    def worker_pid(self) -> int | None:
-        """Process id of the dock's worker process; None when none runs."""
-        return None if self._job_process is None else self._job_process.pid
-
     def shutdown(self, timeout_s: float = 60.0) -> bool:
         """Cancel any run, end the worker process and wait for the job's thread; unbind
         from the viewer (idempotent)."""
-        if self._job_process is not None:
-            self._job_process.close(timeout_s)  # the run stops after its step; it ends
+        self._close_worker(timeout_s)
         joined = self.jobs.shutdown(timeout_s)
         if self._closed:
             return joined
