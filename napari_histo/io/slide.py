@@ -37,6 +37,7 @@ from napari_histo.io.tiff_tiles import (
     TiffLevelTiles,
     TileCache,
     find_level_tiles,
+    paste,
     tiff_truncation,
 )
 
@@ -604,13 +605,7 @@ class Slide:
                 return block  # the window is the block: no assembly
         out = np.empty((h, w, 3), dtype=np.uint8)
         for (row, col), tile in tiles.items():
-            tile_x, tile_y = col * tile_w, row * tile_h
-            x0, x1 = max(lvl_x, tile_x), min(lvl_x + w, tile_x + tile_w)
-            y0, y1 = max(lvl_y, tile_y), min(lvl_y + h, tile_y + tile_h)
-            if x0 < x1 and y0 < y1:
-                out[y0 - lvl_y : y1 - lvl_y, x0 - lvl_x : x1 - lvl_x] = tile[
-                    y0 - tile_y : y1 - tile_y, x0 - tile_x : x1 - tile_x
-                ]
+            paste(out, lvl_x, lvl_y, tile, col * tile_w, row * tile_h, (tile_h, tile_w))
         return out
 
     def _read_tiles(self, level: int, lvl_x: int, lvl_y: int, w: int, h: int) -> np.ndarray | None:

@@ -18,13 +18,21 @@ import struct
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import tifffile
 
-__all__ = ["TIFF_ERRORS", "TiffLevelTiles", "TileCache", "find_level_tiles", "tiff_truncation"]
+__all__ = [
+    "TIFF_ERRORS",
+    "TiffLevelTiles",
+    "TileCache",
+    "find_level_tiles",
+    "paste",
+    "tiff_truncation",
+]
 
 # Compressions imagecodecs decodes: none, LZW, JPEG, deflate, JPEG 2000 (Aperio), WebP, zstd.
 _DECODABLE = {1, 5, 7, 8, 32946, 33003, 33004, 33005, 34712, 50000, 50001}
@@ -145,22 +153,29 @@ class TiffLevelTiles:
         level's width in tiles)."""
         return self.across or -(-self.width // self.tile_w)
 
-    def decode_tile(self, fd: int, row: int, col: int) -> np.ndarray | None:
-        """Decode tile (`row`, `col`) to ``(tile_h, tile_w, 3)`` uint8; None if absent."""
-        index = row * self.tiles_across + col
+    def _tile_bytes(self, fd: int, index: int) -> bytes | None:
+        """The stored bytes of tile `index` (row-major); None if absent from the file."""
         count = int(self.bytecounts[index])
         if count == 0:
             return None
         data = os.pread(fd, count, int(self.offsets[index]))
         if len(data) != count:
             raise OSError(f"tile {index} of page {self.page_index} is truncated")
+        return data
+
+    def decode_tile(self, fd: int, row: int, col: int) -> np.ndarray | None:
+        """Decode tile (`row`, `col`) to ``(tile_h, tile_w, 3)`` uint8; None if absent."""
+        index = row * self.tiles_across + col
+        data = self._tile_bytes(fd, index)
+        if data is None:
+            return None
         # NDPI: tiles are restart intervals of one JPEG, each decoded behind the
         # header tifffile rewrote for the tile's size (as OpenSlide decodes them).
         header = {} if self.jpegheader is None else {"jpegheader": self.jpegheader}
         tile, _, _ = self.decode(data, index, jpegtables=self.jpegtables, **header)
         return tile.reshape(self.tile_h, self.tile_w, -1)[..., :3]
 
-    @property
+    @cached_property
     def stack(self) -> int:
         """Tile rows decoded as one image: 1, or for NDPI's thin tiles (restart
         intervals of one MCU row) enough for cells about 256 px high."""
@@ -190,11 +205,7 @@ class TiffLevelTiles:
             return cell
         parts = []
         for k, row in enumerate(rows):
-            index = row * self.tiles_across + col
-            count = int(self.bytecounts[index])
-            data = os.pread(fd, count, int(self.offsets[index]))
-            if len(data) != count:
-                raise OSError(f"tile {index} of page {self.page_index} is truncated")
+            data = self._tile_bytes(fd, row * self.tiles_across + col)
             if len(data) >= 2 and data[-2] == 0xFF and 0xD0 <= data[-1] <= 0xD9:
                 data = data[:-2]  # its own restart marker (or the image's end)
             parts.append(data)
@@ -211,12 +222,13 @@ class TiffLevelTiles:
         """:meth:`decode_tile` (of a cell row of :attr:`stack` tile rows: :meth:`decode_stack`)
         through `cache` (read-only tiles: never write into them)."""
         stacked = self.stack > 1
+        decode = self.decode_stack if stacked else self.decode_tile
         if cache is None:
-            return self.decode_stack(fd, row, col) if stacked else self.decode_tile(fd, row, col)
+            return decode(fd, row, col)
         key = (self.page_index, "stack", row, col) if stacked else (self.page_index, row, col)
         found, tile = cache.get(key)
         if not found:
-            tile = self.decode_stack(fd, row, col) if stacked else self.decode_tile(fd, row, col)
+            tile = decode(fd, row, col)
             if tile is not None:
                 tile = np.ascontiguousarray(tile)
                 tile.flags.writeable = False
@@ -233,21 +245,37 @@ class TiffLevelTiles:
         """
         out = np.empty((h, w, 3), dtype=np.uint8)
         cell_h = self.tile_h * self.stack
-        row0, row1 = lvl_y // cell_h, (lvl_y + h - 1) // cell_h
-        col0, col1 = lvl_x // self.tile_w, (lvl_x + w - 1) // self.tile_w
-        for row in range(row0, row1 + 1):
-            tile_y = row * cell_h
-            y0, y1 = max(lvl_y, tile_y), min(lvl_y + h, tile_y + cell_h)
-            for col in range(col0, col1 + 1):
-                tile_x = col * self.tile_w
-                x0, x1 = max(lvl_x, tile_x), min(lvl_x + w, tile_x + self.tile_w)
+        for row in range(lvl_y // cell_h, (lvl_y + h - 1) // cell_h + 1):
+            for col in range(lvl_x // self.tile_w, (lvl_x + w - 1) // self.tile_w + 1):
                 tile = self.cached_tile(fd, row, col, cache)
-                dst = out[y0 - lvl_y : y1 - lvl_y, x0 - lvl_x : x1 - lvl_x]
-                if tile is None:
-                    dst[...] = 255
-                else:
-                    dst[...] = tile[y0 - tile_y : y1 - tile_y, x0 - tile_x : x1 - tile_x]
+                paste(
+                    out, lvl_x, lvl_y, tile, col * self.tile_w, row * cell_h, (cell_h, self.tile_w)
+                )
         return out
+
+
+def paste(
+    out: np.ndarray,
+    x: int,
+    y: int,
+    tile: np.ndarray | None,
+    tile_x: int,
+    tile_y: int,
+    tile_shape: tuple[int, int],
+) -> None:
+    """Copy into window `out` (corner `x`, `y`) the part of `tile` (corner `tile_x`,
+    `tile_y`, ``(h, w)`` `tile_shape`) that lies inside it; an absent tile (None)
+    is white, as OpenSlide shows it."""
+    h, w = out.shape[:2]
+    x0, x1 = max(x, tile_x), min(x + w, tile_x + tile_shape[1])
+    y0, y1 = max(y, tile_y), min(y + h, tile_y + tile_shape[0])
+    if x0 >= x1 or y0 >= y1:
+        return
+    dst = out[y0 - y : y1 - y, x0 - x : x1 - x]
+    if tile is None:
+        dst[...] = 255
+    else:
+        dst[...] = tile[y0 - tile_y : y1 - tile_y, x0 - tile_x : x1 - tile_x]
 
 
 def _page_fits(
