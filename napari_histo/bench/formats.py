@@ -181,18 +181,17 @@ def write_ndpi(path: Path, image: np.ndarray, mpp: float, levels: int | None = N
         return at
 
     # Level 0 padded (white) so that every level is whole tiles and exactly 2× the next.
-    count = len(_levels(image)[: levels or None])
+    count = len(_levels_shapes(image)[: levels or None])
     unit = TILE_PX << (count - 1)
     h0, w0 = (-(-n // unit) * unit for n in image.shape[:2])
     base = np.full((h0, w0, 3), 255, np.uint8)
     base[: image.shape[0], : image.shape[1]] = image
-    for level in range(count):
-        padded = base if level == 0 else _reduce(base, 2**level)
+    lens = struct.unpack("<I", struct.pack("<f", 20.0))[0]
+    for level, padded in enumerate(_levels(base)[:count]):
         jpeg, starts = _jpeg_with_restarts(padded, TILE_PX)
         h, w = padded.shape[:2]
         strip = blob(jpeg)
         per_cm = 1e4 / (mpp * 2**level)
-        lens = struct.unpack("<I", struct.pack("<f", 20.0))[0]
         # (tag, type, count, value or offset): 2 ASCII, 3 SHORT, 4 LONG, 5 RATIONAL,
         # 9 SLONG, 11 FLOAT; sorted by tag.
         entries = [
