@@ -98,7 +98,6 @@ class InferenceWidget(ControlsMixin, WorkerProcessMixin, ShutdownMixin, QWidget)
         self._out_dir = out_dir
         self._controller: LiveController | None = None
         self.jobs = JobRunner()
-        self._job_process: JobProcess | None = None  # spawned at the first job
         self._prepare_jobs = JobRunner()  # warms the worker when a slide opens
         self._ood_jobs = JobRunner()  # the staining check of each opened slide
         self._job_region: tuple[int, int, int, int] | None = None

@@ -31,7 +31,6 @@ from qtpy.QtWidgets import (
 
 from napari_histo.errors import HistoError
 from napari_histo.frames import drawn_region_l0, grid_transform, layer_mpp, visible_region_l0
-from napari_histo.live.worker import JobProcess
 from napari_histo.nuclei.classical import METHODS
 from napari_histo.nuclei.export import (
     RegionNuclei,
@@ -88,7 +87,6 @@ class NucleiWidget(WorkerProcessMixin, ShutdownMixin, QWidget):
         self.viewer = napari_viewer
         self._out_dir = out_dir
         self.jobs = JobRunner()
-        self._job_process: JobProcess | None = None  # spawned at the first job
         self._closed = False
         self._slide_path: Path | None = None
         self.last_result: RegionNuclei | None = None

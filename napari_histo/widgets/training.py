@@ -34,7 +34,6 @@ from qtpy.QtWidgets import (
 from napari_histo.annotations.model import Annotation
 from napari_histo.errors import HistoError
 from napari_histo.frames import layer_mpp, overlay_transform, visible_region_l0
-from napari_histo.live.worker import JobProcess
 from napari_histo.training.retrain import GRANULARITIES
 from napari_histo.widgets._common import (
     ShutdownMixin,
@@ -151,7 +150,6 @@ class RetrainWidget(WorkerProcessMixin, ShutdownMixin, QWidget):
         self.viewer = napari_viewer
         self._out_dir = out_dir
         self.jobs = JobRunner(progress_desc="Retraining")
-        self._job_process: JobProcess | None = None  # spawned at the first fine-tuning
         self._closed = False
         self.last_cards: list[Path] | None = None
         self._build_ui()
