@@ -113,6 +113,7 @@ def main() -> None:
     best = results[0]
     best_plain = next(r for r in results if not r[3])
     held = load_monuseg(args.data, "heldout")
+    held_maps = {tta: maps_for(held, loaded, tta) for tta in (False, True)}
     report = {}
     for name, (params, tta) in {
         "defaults": (base, False),
@@ -120,8 +121,7 @@ def main() -> None:
         "defaults_tta": (base, True),
         "best": (best[4], best[3]),
     }.items():
-        maps = maps_for(held, loaded, tta)
-        aji, pq = score(held, maps, params, classical.min_area_um2, classical)
+        aji, pq = score(held, held_maps[tta], params, classical.min_area_um2, classical)
         report[name] = {"heldout_aji": round(aji, 4), "heldout_pq": round(pq, 4), "tta": tta,
                         "params": params.__dict__}  # fmt: skip
     print(json.dumps(report))
