@@ -381,7 +381,8 @@ class Stitcher:
     channels : int
         Channels of each tile output.
     dtype : numpy float dtype
-        Output dtype. Sums are accumulated in float64 (for live cells only).
+        Output dtype. Sums are accumulated in it, at least float32 (for live cells
+        only): a cell sums a few weighted tiles, well within float32's precision.
     fill : float
         Value of output pixels no tile covers (only possible with a tissue grid).
     tiles : array of int, optional
@@ -418,7 +419,8 @@ class Stitcher:
         self.grid = grid
         self.channels = int(channels)
         self.fill = float(fill)
-        self._weights = blend_weights(grid.tile_px, grid.overlap).astype(np.float64)
+        self._accumulate = np.promote_types(self.dtype, np.float32)
+        self._weights = blend_weights(grid.tile_px, grid.overlap).astype(self._accumulate)
         self._remaining = grid.tile_counts.copy()
         self._expected = np.ones(len(grid), bool)
         if tiles is not None:
@@ -480,7 +482,7 @@ class Stitcher:
         s = grid.stride_px
         rx, ry, rw, rh = grid.region
         ox, oy = int(grid.origins[index, 0]) - rx, int(grid.origins[index, 1]) - ry
-        weighted = tile_out * self._weights  # (C, t, t) float64
+        weighted = tile_out * self._weights  # (C, t, t), accumulation dtype
         for r, c in grid.cells_for_tile(index):
             if self._remaining[r, c] < 0:
                 continue  # ignored cell (see `tiles`)
@@ -491,7 +493,10 @@ class Stitcher:
             x0, x1 = max(xs, ox), min(xe, ox + t)
             acc = self._live.get((r, c))
             if acc is None:
-                acc = (np.zeros((self.channels, ye - ys, xe - xs)), np.zeros((ye - ys, xe - xs)))
+                acc = (
+                    np.zeros((self.channels, ye - ys, xe - xs), self._accumulate),
+                    np.zeros((ye - ys, xe - xs), self._accumulate),
+                )
                 self._live[(r, c)] = acc
             cell = (slice(y0 - ys, y1 - ys), slice(x0 - xs, x1 - xs))
             tile = (slice(y0 - oy, y1 - oy), slice(x0 - ox, x1 - ox))
@@ -502,7 +507,7 @@ class Stitcher:
                 self._final[(r, c)] = self._divide(*self._live.pop((r, c)))
 
     def _divide(self, total: np.ndarray, weight: np.ndarray) -> np.ndarray:
-        out = np.full(total.shape, self.fill)
+        out = np.full(total.shape, self.fill, self._accumulate)
         np.divide(total, weight, out=out, where=(weight > 0)[None])
         return out.astype(self.dtype, copy=False)
 

@@ -196,7 +196,8 @@ def test_constant_model_stitches_to_constant(case, overlap):
     out = _run(grid, lambda g, i: np.broadcast_to(values, (2, tile_px, tile_px)), channels=2)
     _, _, w, h = grid.region
     assert out.shape == (2, h, w) and out.dtype == np.float32
-    assert np.abs(out - values).max() <= 1e-6
+    # Accumulated in float32: a few units in the last place of each value.
+    assert (np.abs(out - values) <= 1e-6 * np.abs(values)).all()
 
 
 @pytest.mark.parametrize("overlap", OVERLAPS)
@@ -274,7 +275,7 @@ def test_tissue_mask_drops_glass_tiles_and_covers_tissue():
     coverage = _coverage(grid)
     assert (coverage[tissue_model] >= 1).all()
     out = _run(grid, lambda g, i: np.full((1, 64, 64), 2.5, np.float32), fill=-1.0)
-    assert (out[0][tissue_model] == 2.5).all()
+    np.testing.assert_allclose(out[0][tissue_model], 2.5, rtol=1e-6)  # float32 sums
     assert (out[0][coverage == 0] == -1.0).all()
 
 

@@ -155,19 +155,25 @@ class _Welford:
         self.mean: torch.Tensor | None = None
         self.m2: torch.Tensor | None = None
 
-    def add(self, value: torch.Tensor) -> None:
+    def add(self, value: torch.Tensor, *, owned: bool = False) -> None:
+        """Add `value`; with `owned`, the caller hands it over (kept without a copy)."""
         self.count += 1
-        if self.mean is None or self.m2 is None:
-            self.mean = value.clone()
-            self.m2 = torch.zeros_like(value)
+        if self.mean is None:
+            self.mean = value if owned else value.clone()
             return
         delta = value - self.mean
-        self.mean += delta / self.count
-        self.m2 += delta * (value - self.mean)
+        self.mean.add_(delta, alpha=1.0 / self.count)
+        update = delta.mul_(value - self.mean)  # delta's buffer, reused
+        if self.m2 is None:
+            self.m2 = update
+        else:
+            self.m2 += update
 
     def variance(self) -> torch.Tensor:
         """Population variance (ddof=0), clamped at 0 against rounding."""
-        assert self.m2 is not None
+        assert self.mean is not None
+        if self.m2 is None:
+            return torch.zeros_like(self.mean)
         return (self.m2 / self.count).clamp_(min=0.0)
 
 
@@ -212,7 +218,10 @@ def _member_probabilities(
     batch = x.shape[0]
     out: dict[int, torch.Tensor] = {}
     for group in groups:
-        stacked = torch.cat([apply_dihedral(x, t) for t in group], dim=0)
+        if group == [0]:
+            stacked = x  # the identity: no copy
+        else:
+            stacked = torch.cat([apply_dihedral(x, t) for t in group], dim=0)
         logits = member(stacked)
         expected = (len(group) * batch, stacked.shape[-2], stacked.shape[-1])
         if logits.ndim != 4 or (logits.shape[0], *logits.shape[-2:]) != expected:
@@ -273,18 +282,21 @@ def ensemble_predict(
     for member in members:
         within = _Welford()
         for p in _member_probabilities(member, x, ids, batch_members):
-            within.add(p)
+            within.add(p, owned=True)  # fresh tensors, used nowhere else
         assert within.mean is not None
         if across_members.mean is not None and within.mean.shape != across_members.mean.shape:
             raise ValueError(
                 f"ensemble members disagree on output shape: {tuple(within.mean.shape)} vs "
                 f"{tuple(across_members.mean.shape)}"
             )
-        across_members.add(within.mean)
-        variance = within.variance()
-        aleatoric_sum = variance if aleatoric_sum is None else aleatoric_sum.add_(variance)
-    assert across_members.mean is not None and aleatoric_sum is not None
+        if within.m2 is not None:  # one transform: no variance to add
+            variance = within.variance()
+            aleatoric_sum = variance if aleatoric_sum is None else aleatoric_sum.add_(variance)
+        across_members.add(within.mean, owned=True)  # `within` is dropped
+    assert across_members.mean is not None
     probability = across_members.mean
+    if aleatoric_sum is None:
+        aleatoric_sum = torch.zeros_like(probability)
     num_classes = probability.shape[1]
     # xlogy gives 0 * log 0 = 0; the clamp only removes rounding outside [0, log C].
     entropy = -torch.special.xlogy(probability, probability).sum(dim=1)
