@@ -318,7 +318,15 @@ def _box_sums(mask: np.ndarray, r0, r1, c0, c1) -> np.ndarray:
 
 
 def order_centre_out(grid: TileGrid, centre_xy: tuple[float, float]) -> np.ndarray:
-    """Tile indices ordered by distance of the tile centre to `centre_xy`.
+    """Tile indices in the order that finishes the output cells nearest `centre_xy` first.
+
+    Cells are ranked by the distance of their centre to `centre_xy`; a tile comes
+    at the rank of the first cell it is needed for, nearer tile centres first
+    within a rank. So the first few tiles complete the cell under the point
+    (four tiles at 50 % overlap, one batch), and each later one or two tiles
+    complete a neighbour: a viewport run shows its first result after one batch.
+    (Ordering tiles by their own distance does not: near a row of tile centres
+    the four nearest tiles are not the four around any cell.)
 
     Parameters
     ----------
@@ -329,14 +337,34 @@ def order_centre_out(grid: TileGrid, centre_xy: tuple[float, float]) -> np.ndarr
     Returns
     -------
     ndarray of int64, shape (N,)
-        Nearest tile first; ties broken by ascending index.
+        Every tile index once; ties broken by ascending index.
     """
     cx = _check_number("centre_xy", centre_xy[0], positive=False) / grid.scale
     cy = _check_number("centre_xy", centre_xy[1], positive=False) / grid.scale
-    # Doubled model px keep tile centres integral, so symmetric ties are exact.
+    if len(grid) == 0:
+        return np.zeros(0, np.int64)
+    x0, y0, _, _ = grid.region
+    rows, cols = grid.cell_shape
+    s = grid.stride_px
+    # Doubled model px keep centres integral, so symmetric ties are exact.
+    cell_dy = 2 * (y0 + np.arange(rows) * s) + s - 2 * cy
+    cell_dx = 2 * (x0 + np.arange(cols) * s) + s - 2 * cx
+    cell_rank = np.empty(rows * cols, np.int64)
+    cell_rank[
+        np.argsort((cell_dy[:, None] ** 2 + cell_dx[None, :] ** 2).ravel(), kind="stable")
+    ] = np.arange(rows * cols)
+    cell_rank = cell_rank.reshape(rows, cols)
+    r0, r1, c0, c1 = grid._tile_cells.T
+    first = np.full(len(grid), rows * cols, np.int64)  # rank of each tile's first cell
+    for dr in range(int((r1 - r0).max())):
+        for dc in range(int((c1 - c0).max())):
+            r, c = r0 + dr, c0 + dc
+            inside = (r < r1) & (c < c1)
+            rank = cell_rank[np.minimum(r, rows - 1), np.minimum(c, cols - 1)]
+            first = np.where(inside, np.minimum(first, rank), first)
     dx = 2 * grid.origins[:, 0] + grid.tile_px - 2 * cx
     dy = 2 * grid.origins[:, 1] + grid.tile_px - 2 * cy
-    return np.argsort(dx * dx + dy * dy, kind="stable").astype(np.int64)
+    return np.lexsort((np.arange(len(grid)), dx * dx + dy * dy, first)).astype(np.int64)
 
 
 def blend_weights(tile_px: int, overlap: float) -> np.ndarray:

@@ -188,9 +188,26 @@ def test_viewport_job_then_existing_results(slide, tmp_path):
     assert result.geometry == geometry and not result.cancelled
     assert updates and all(u.stage == "full" for u in updates)
     assert canvas[:128, :128].max() > 0  # the viewport's cells arrived
+    # The first batch finishes the cell under the view's centre: a result after one batch.
+    scale = geometry.shape[0] / controller.slide_dims[1]  # result px per level-0 px
+    centre = (int(512 * scale), int(512 * scale))
+    assert any(
+        c.rows.start <= centre[0] < c.rows.stop and c.cols.start <= centre[1] < c.cols.stop
+        for c in updates[0].cells
+    )
     loaded_geometry, arrays, complete = controller.load_existing()
     assert loaded_geometry == geometry and not complete
     np.testing.assert_array_equal(arrays["probability"][:128, :128], canvas[:128, :128])
+
+
+def test_warm_up_writes_nothing_and_keeps_the_members(slide, tmp_path):
+    controller = LiveController(slide, LiveSettings(members=("resunet",)), out_dir=tmp_path)
+    controller.warm_up()
+    assert list(tmp_path.iterdir()) == []  # no store, no run: only the models ran
+    (member,) = controller.load_members()
+    assert not member.model.training
+    controller.warm_up()  # again: the same loaded model
+    assert controller.load_members()[0] is member
 
 
 def test_preview_stage_runs_first_and_cancel_stops(slide, tmp_path):

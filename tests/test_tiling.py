@@ -162,6 +162,32 @@ def test_order_centre_out():
     assert order_centre_out(grid, (0, 0))[0] == 0
 
 
+@pytest.mark.parametrize("seed", range(6))
+def test_order_centre_out_finishes_the_cell_under_the_point_first(seed):
+    # A viewport run shows its first result after one batch of four tiles,
+    # wherever the point lies (also next to a row of tile centres).
+    rng = np.random.default_rng(seed)
+    grid = make_grid((0, 0, 1600, 1200), slide_mpp=0.5, model_mpp=1.0, tile_px=64, overlap=0.5)
+    point = (float(rng.uniform(200, 1400)), float(rng.uniform(200, 1000)))
+    if seed == 0:
+        point = (2 * (5 * 32 + 32) + 0.5, 2 * (7 * 32 + 32) + 9.0)  # a tile centre's row
+    order = order_centre_out(grid, point)
+    assert sorted(order.tolist()) == list(range(len(grid)))
+    stitcher = Stitcher(grid, 1)
+    for index in order[:4].tolist():
+        stitcher.add(index, np.zeros((1, 64, 64), np.float32))
+    cells = [(r, c) for r, c, _ in stitcher.pop_final_cells()]
+    s = grid.stride_px * grid.scale  # cell side, level-0 px
+    assert cells == [(int(point[1] // s), int(point[0] // s))]
+    # Later tiles keep finishing cells near the point: a batch of four always does.
+    gaps, since = [], 0
+    for index in order[4:].tolist():
+        stitcher.add(index, np.zeros((1, 64, 64), np.float32))
+        since = 0 if stitcher.pop_final_cells() else since + 1
+        gaps.append(since)
+    assert max(gaps) < 4
+
+
 # -- blend weights ----------------------------------------------------------------
 @pytest.mark.parametrize("overlap", [*OVERLAPS, 0.9])
 @pytest.mark.parametrize("tile_px", [16, 64, 101])

@@ -325,6 +325,32 @@ class LiveController:
                 out.append(self._models[card])
         return out
 
+    def warm_up(self, settings: LiveSettings | None = None) -> None:
+        """Make the first Run as fast as the next: load the members, import the engine and
+        the result store, and run the ensemble once on a blank batch of the engine's shape
+        (the first forward of a process sets up its kernels)."""
+        import torch
+
+        from napari_histo.inference.engine import (
+            default_batch_size,
+            predict_batch,
+            select_device,
+        )
+
+        settings = settings or self.settings
+        members = self.load_members(settings)
+        config = settings.engine_config()
+        if select_device(config.device).type != "cpu" or members[0].card.patch_px > 1024:
+            return  # a GPU warms up on its first batch (the engine moves the models there)
+        patch = members[0].card.patch_px
+        batch = config.batch_size or default_batch_size(torch.device("cpu"))
+        for member in members:
+            member.model.eval()
+        predict_batch(
+            members, np.zeros((batch, patch, patch, 3), np.uint8), tile_px=patch, tta=(0,),
+            device=torch.device("cpu"), amp=False, class_index=0,
+        )  # fmt: skip
+
     # -- geometry ------------------------------------------------------------
     def expected_geometry(self, settings: LiveSettings | None = None) -> ResultGeometry:
         """The whole-slide result geometry the engine will use for `settings`."""

@@ -108,8 +108,10 @@ def _controller(request: JobRequest):
 
 
 def prepare_live(request: JobRequest, cancel) -> Generator[Any, None, None]:
-    """In the worker: load `request`'s members for its slide, so the first Run starts at once."""
-    _controller(request).load_members(request.settings)
+    """In the worker: load `request`'s members for its slide and warm them up
+    (:meth:`~napari_histo.live.controller.LiveController.warm_up`), so the first Run
+    is as fast as the next."""
+    _controller(request).warm_up(request.settings)
     return
     yield  # a generator, like every job
 
