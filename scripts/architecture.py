@@ -124,11 +124,14 @@ def draw(edges: dict[str, set[str]], out: Path) -> None:
     for r, row in enumerate(LAYOUT):
         for label, _ in row:
             x, y = pos[label]
-            d.rounded_rectangle([x - box_w // 2, y - box_h // 2, x + box_w // 2, y + box_h // 2],
-                                radius=8, fill=colours[r], outline=(60, 60, 60), width=2)  # fmt: skip
+            box = [x - box_w // 2, y - box_h // 2, x + box_w // 2, y + box_h // 2]
+            d.rounded_rectangle(box, radius=8, fill=colours[r], outline=(60, 60, 60), width=2)
             d.multiline_text((x, y), label, fill="black", font=font, anchor="mm", align="center")
-    d.text((10, 8), "napari_histo: packages (boxes) and imports (arrow: importer -> imported); "
-           "layers top to bottom, imports only point down or sideways", fill="black", font=font)  # fmt: skip
+    title = (
+        "napari_histo: packages (boxes) and imports (arrow: importer -> imported); "
+        "layers top to bottom, imports only point down or sideways"
+    )
+    d.text((10, 8), title, fill="black", font=font)
     img.save(out)
 
 

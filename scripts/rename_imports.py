@@ -5,6 +5,7 @@ Usage: python scripts/rename_imports.py FILE_OR_DIR...   (edits .py/.yaml/.md fi
 
 Run it on code written against the old layout (e.g. a branch merged after #12).
 """
+
 import re
 import sys
 from pathlib import Path
@@ -60,7 +61,8 @@ def rewrite(text: str) -> str:
 def main() -> int:
     for arg in sys.argv[1:]:
         p = Path(arg)
-        files = [p] if p.is_file() else [f for ext in ("py", "yaml", "md") for f in p.rglob(f"*.{ext}")]
+        found = (f for ext in ("py", "yaml", "md") for f in p.rglob(f"*.{ext}"))
+        files = [p] if p.is_file() else list(found)
         for f in files:
             old = f.read_text(encoding="utf-8")
             new = rewrite(old)

@@ -175,7 +175,8 @@ def test_bundled_card_is_a_nuclei_model_and_not_an_ensemble_member():
     assert set(latest_cards(task=None)) >= {"hovernet", "resunet"}
     assert "hovernet" not in available_architectures()
     assert available_architectures("nuclei") == ("hovernet",)
-    assert CARD.with_suffix(".safetensors").stat().st_size < 2_000_000
+    # Small enough to ship in the wheel (the tumour members may be up to 25 MB each).
+    assert CARD.with_suffix(".safetensors").stat().st_size < 8_000_000
 
 
 def test_bundled_model_loads_and_outputs_four_maps():

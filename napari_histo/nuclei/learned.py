@@ -58,7 +58,7 @@ __all__ = [
 
 #: Card of the default nuclei model (v2.1: real MoNuSeg + synthetic, the v2 recipe run to
 #: its end; v2.0 and v1 (synthetic only) stay in resources/models and load by card path).
-DEFAULT_CARD = "hovernet-2.1.json"
+DEFAULT_CARD = "hovernet-2.2.json"
 
 #: Input resolutions accepted, as a factor of the model's own µm/px (it rescales).
 MPP_FACTOR_RANGE = (0.25, 4.0)
