@@ -14,9 +14,10 @@ repository travels there, so the training tiles go as a lossless cache:
 
 Batches are prepared by DataLoader workers; batch ``k`` depends only on the seed
 and ``k`` (its own numpy and torch generators), so the data a step sees does not
-depend on the worker count. The learning rate follows the schedule of
-:func:`napari_histo.training.real_nuclei.train_real_nuclei` (warm-up, cosine to 5 %)
-over the share of `steps` or of `minutes` done, whichever is further.
+depend on the worker count. Batches and learning rate are those of
+:func:`napari_histo.training.real_nuclei.train_real_nuclei` (``training_batch``,
+``lr_factor``), the rate over the share of `steps` or of `minutes` done,
+whichever is further.
 """
 
 from __future__ import annotations
@@ -25,9 +26,9 @@ import argparse
 import dataclasses
 import io
 import json
-import math
 import os
 import sys
+import tempfile
 import time
 import types
 from pathlib import Path
@@ -71,9 +72,8 @@ def pack(data_dir: str, cache: str) -> None:
     out = Path(cache)
     out.mkdir(parents=True, exist_ok=True)
     tiles = [(t.name, t.rgb, t.labels, t.mpp) for t in load_monuseg(data_dir, "train")]
-    work = out / "_synthetic"
-    work.mkdir(exist_ok=True)
-    synthetic = load_synthetic_nuclei(recipe.synthetic_seeds, recipe.slide_px, 0.25, work)
+    with tempfile.TemporaryDirectory(prefix="histo-pack-") as work:  # the slides stay here
+        synthetic = load_synthetic_nuclei(recipe.synthetic_seeds, recipe.slide_px, 0.25, work)
     tiles += [
         (f"synthetic-{seed}", rgb, labels, 0.25)
         for seed, (rgb, labels) in zip(recipe.synthetic_seeds, synthetic, strict=True)
@@ -90,14 +90,6 @@ def pack(data_dir: str, cache: str) -> None:
         index.append({"name": name, "mpp": mpp, "synthetic": name.startswith("synthetic-")})
     np.savez_compressed(out / "labels.npz", **labels)
     (out / "tiles.json").write_text(json.dumps(index, indent=1))
-    for path in work.iterdir():  # the slides themselves stay here
-        if path.is_dir():
-            import shutil
-
-            shutil.rmtree(path)
-        else:
-            path.unlink()
-    work.rmdir()
     size = sum(p.stat().st_size for p in out.iterdir())
     print(f"packed {len(index)} tiles into {out} ({size / 1e6:.1f} MB)")
 
@@ -141,23 +133,13 @@ class _Batches:
     def __getitem__(self, k: int):
         import torch
 
-        from napari_histo.training.nuclei import training_targets
-        from napari_histo.training.real_nuclei import _augment
+        from napari_histo.training.real_nuclei import training_batch
 
         r = self.recipe
         rng = np.random.default_rng([r.seed, k])
         generator = torch.Generator().manual_seed(r.seed * 1_000_003 + k)
         self.real.rng = self.synthetic.rng = rng
-        pairs = [
-            self.synthetic.one() if i < self.n_synthetic else self.real.one()
-            for i in range(r.batch_size)
-        ]
-        images = np.stack([p[0] for p in pairs])
-        labels = torch.from_numpy(np.stack([p[1] for p in pairs]).astype(np.int64))
-        x = torch.from_numpy(images).permute(0, 3, 1, 2).float().div_(255.0)
-        x, labels = _augment(x, labels, generator, rng, r)
-        foreground, hv = training_targets(labels)
-        return x, foreground, hv
+        return training_batch(r, self.real, self.synthetic, self.n_synthetic, generator, rng)
 
 
 def _worker_init(_: int) -> None:
@@ -166,24 +148,19 @@ def _worker_init(_: int) -> None:
     torch.set_num_threads(1)
 
 
-def lr_factor(done: float) -> float:
-    """The schedule of ``train_real_nuclei``: 3 % warm-up, cosine to 5 %."""
-    if done < 0.03:
-        return (done + 1e-3) / 0.03
-    return 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(1.0, (done - 0.03) / 0.97)))
-
-
 def train(args) -> Path:
     _stub_io_modules()
     import torch
 
-    from napari_histo.models import build_model, default_models_dir, load_model, save_model
+    from napari_histo.models import build_model, save_model
     from napari_histo.training.nuclei import hovernet_loss
     from napari_histo.training.real_nuclei import (
         RealNucleiRecipe,
         _normalisation,
+        lr_factor,
         real_nuclei_card,
     )
+    from napari_histo.training.trainer import bundled_start
 
     recipe = RealNucleiRecipe(
         seed=args.seed, steps=args.steps, batch_size=args.batch, lr=args.lr,
@@ -195,7 +172,8 @@ def train(args) -> Path:
     torch.manual_seed(recipe.seed)
     model = build_model("hovernet", {"width": recipe.width, "depth": recipe.depth})
     if recipe.init_card is not None:
-        start = load_model(default_models_dir() / recipe.init_card)
+        config = {"width": recipe.width, "depth": recipe.depth, "norm": "batch"}
+        start = bundled_start(recipe.init_card, config)
         model.load_state_dict(start.model.state_dict())
         normalisation = start.card.normalisation
     else:

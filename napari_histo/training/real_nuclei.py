@@ -256,8 +256,41 @@ def _normalisation(images) -> dict[str, tuple[float, float, float]]:
     }
 
 
+def lr_factor(done: float) -> float:
+    """Learning-rate factor at the share `done` of a run: 3 % warm-up, cosine to 5 %.
+
+    The share is of the steps, or of the wall time when a run is capped by it (so the
+    learning rate decays fully however busy the machine is).
+    """
+    if done < 0.03:
+        return (done + 1e-3) / 0.03
+    return 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(1.0, (done - 0.03) / 0.97)))
+
+
+def training_batch(recipe, real_sampler, synth_sampler, n_synth, generator, rng):
+    """One augmented batch: `n_synth` synthetic patches, then real ones, with targets.
+
+    Returns
+    -------
+    x : Tensor of float (B, 3, H, W)
+        RGB in [0, 1], not yet normalised.
+    foreground : Tensor of int (B, H, W)
+    hv : Tensor of float (B, 2, H, W)
+    """
+    from napari_histo.training.nuclei import training_targets
+
+    pairs = [synth_sampler.one() if i < n_synth else real_sampler.one()
+             for i in range(recipe.batch_size)]  # fmt: skip
+    images = np.stack([p[0] for p in pairs])
+    labels = torch.from_numpy(np.stack([p[1] for p in pairs]).astype(np.int64))
+    x = torch.from_numpy(images).permute(0, 3, 1, 2).float().div_(255.0)
+    x, labels = _augment(x, labels, generator, rng, recipe)
+    foreground, hv = training_targets(labels)
+    return x, foreground, hv
+
+
 def _train(recipe, real, synthetic, normalisation, *, minutes, stop_after, progress, init):
-    from napari_histo.training.nuclei import hovernet_loss, training_targets
+    from napari_histo.training.nuclei import hovernet_loss
 
     torch.manual_seed(recipe.seed)
     generator = torch.Generator().manual_seed(recipe.seed)
@@ -272,13 +305,6 @@ def _train(recipe, real, synthetic, normalisation, *, minutes, stop_after, progr
     model.train()
     optimiser = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=1e-4)
 
-    # The schedule runs on the share of the run done: steps, or wall time when `minutes`
-    # caps it (so the learning rate decays fully however busy the machine is).
-    def lr_factor(done: float) -> float:
-        if done < 0.03:
-            return (done + 1e-3) / 0.03
-        return 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(1.0, (done - 0.03) / 0.97)))
-
     mean = torch.tensor(normalisation["mean"]).view(1, 3, 1, 1)
     std = torch.tensor(normalisation["std"]).view(1, 3, 1, 1)
     n_synth = recipe.synthetic_per_batch if synthetic else 0
@@ -292,13 +318,9 @@ def _train(recipe, real, synthetic, normalisation, *, minutes, stop_after, progr
                 break
         for group in optimiser.param_groups:
             group["lr"] = recipe.lr * lr_factor(done)
-        pairs = [synth_sampler.one() if i < n_synth else real_sampler.one()
-                 for i in range(recipe.batch_size)]  # fmt: skip
-        images = np.stack([p[0] for p in pairs])
-        labels = torch.from_numpy(np.stack([p[1] for p in pairs]).astype(np.int64))
-        x = torch.from_numpy(images).permute(0, 3, 1, 2).float().div_(255.0)
-        x, labels = _augment(x, labels, generator, rng, recipe)
-        foreground, hv = training_targets(labels)
+        x, foreground, hv = training_batch(
+            recipe, real_sampler, synth_sampler, n_synth, generator, rng
+        )
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=recipe.bf16):
             output = model(((x - mean) / std).contiguous())
         loss = hovernet_loss(output.float(), foreground, hv)
