@@ -196,6 +196,33 @@ def test_registry_lists_and_builds():
     }
 
 
+def test_builtin_tasks_known_before_torch_match_the_registered_ones():
+    # Listing cards reads each card's task without importing the architectures.
+    from napari_histo.models.registry import BUILTIN_TASKS
+
+    for name, task in BUILTIN_TASKS.items():
+        assert name in available_architectures(task)
+    assert set(BUILTIN_TASKS) >= set(ARCHITECTURES) | {"hovernet"}
+
+
+def test_reading_and_listing_cards_does_not_import_torch():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from napari_histo.models import latest_cards, read_card\n"
+        "cards = latest_cards(task=None)\n"
+        "tasks = sorted({read_card(p).task for p in cards.values()})\n"
+        "print(len(cards), tasks, 'torch' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    count, rest = out.stdout.split(" ", 1)
+    assert int(count) >= 4
+    assert rest.strip() == "['nuclei', 'segmentation'] False"
+
+
 def test_unknown_architecture_lists_the_choices():
     with pytest.raises(ValueError, match=r"'unet'.*deeplabv3plus, denseunet, resunet"):
         build_model("unet", {})

@@ -63,6 +63,19 @@ def synthetic(tmp_path_factory):
     return write_synthetic_slide(root / "t.svs", 4096, seed=1000, workers=1)
 
 
+@pytest.mark.parametrize(("side", "size"), [(300, 256), (700, 128), (129, 128), (512, 300)])
+def test_area_resize_matches_torch_area_interpolation(side, size):
+    # read_patch resizes non-integer ratios in numpy, so the viewer needs no torch.
+    from napari_histo.io.patch import area_resize
+
+    image = np.random.default_rng(side).integers(0, 256, (side, side, 3), dtype=np.uint8)
+    tensor = torch.from_numpy(image).permute(2, 0, 1)[None].float()
+    want = torch.nn.functional.interpolate(tensor, size=(size, size), mode="area")
+    got = area_resize(image, size)
+    assert got.shape == (size, size, 3)
+    np.testing.assert_allclose(got, want[0].permute(1, 2, 0).numpy(), atol=1e-4)
+
+
 def test_sample_patches_balanced(synthetic):
     truth = read_truth(synthetic.truth_path)
     patches = sample_patches(

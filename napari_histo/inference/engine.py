@@ -24,7 +24,6 @@ import warnings
 from collections import deque
 from collections.abc import Callable, Generator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -43,12 +42,9 @@ from napari_histo.inference.plan import (
     plan_inference,
     select_device,
 )
+from napari_histo.inference.result import InferenceResult, Progress
 from napari_histo.io.slide import Slide
-from napari_histo.io.store import (
-    RESULT_ARRAYS,
-    ResultGeometry,
-    ResultRun,
-)
+from napari_histo.io.store import RESULT_ARRAYS
 from napari_histo.models import LoadedModel
 from napari_histo.resample import area_average
 from napari_histo.tiling import Stitcher, TileGrid
@@ -67,31 +63,6 @@ __all__ = [
     "select_device",
     "tile_reader",
 ]
-
-
-@dataclass(frozen=True)
-class Progress:
-    """One progress report: tiles done of total, with timing."""
-
-    done: int
-    total: int
-    elapsed_s: float
-    eta_s: float | None
-    batch_size: int
-    cells: list[tuple[int, int, dict[str, np.ndarray]]] = field(default_factory=list, repr=False)
-
-
-@dataclass(frozen=True)
-class InferenceResult:
-    """What a run produced."""
-
-    run: ResultRun | None
-    tiles_total: int
-    tiles_run: int
-    seconds: float
-    cancelled: bool
-    device: str
-    geometry: ResultGeometry
 
 
 def default_batch_size(device: torch.device) -> int:

@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
 from napari_histo.io.slide import Slide
 
-__all__ = ["read_patch"]
+__all__ = ["area_resize", "read_patch"]
 
 
 def read_patch(slide: Slide, l0_x: int, l0_y: int, size_l0: int, patch_px: int) -> np.ndarray:
@@ -27,6 +25,28 @@ def read_patch(slide: Slide, l0_x: int, l0_y: int, size_l0: int, patch_px: int) 
         return (
             region.reshape(patch_px, f, patch_px, f, 3).mean(axis=(1, 3)).round().astype(np.uint8)
         )
-    tensor = torch.from_numpy(region).permute(2, 0, 1)[None].float()
-    small = F.interpolate(tensor, size=(patch_px, patch_px), mode="area")
-    return small[0].permute(1, 2, 0).round().clamp(0, 255).to(torch.uint8).numpy()
+    return np.clip(np.round(area_resize(region, patch_px)), 0, 255).astype(np.uint8)
+
+
+def _area_bounds(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray]:
+    """Input index ranges ``[start, end)`` averaged into each output index."""
+    i = np.arange(n_out)
+    return (i * n_in) // n_out, -((-(i + 1) * n_in) // n_out)
+
+
+def area_resize(image: np.ndarray, size: int) -> np.ndarray:
+    """Area average of an ``(h, w, ...)`` image to ``size``² (float64).
+
+    Same windows as torch's ``interpolate(mode="area")`` (adaptive average
+    pooling), in numpy: reading a patch must not import torch into the viewer.
+    """
+    out = np.asarray(image, dtype=np.float64)
+    for axis in (0, 1):
+        start, end = _area_bounds(out.shape[axis], size)
+        sums = np.cumsum(out, axis=axis)
+        sums = np.concatenate([np.zeros_like(sums.take([0], axis=axis)), sums], axis=axis)
+        shape = [1] * out.ndim
+        shape[axis] = size
+        counts = (end - start).reshape(shape)
+        out = (sums.take(end, axis=axis) - sums.take(start, axis=axis)) / counts
+    return out

@@ -16,12 +16,14 @@ Examples
 
 from __future__ import annotations
 
+import importlib
 import inspect
 import re
 from collections.abc import Callable, Mapping
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from torch import nn
+if TYPE_CHECKING:
+    from torch import nn
 
 __all__ = [
     "architecture_defaults",
@@ -41,7 +43,25 @@ _TASKS: dict[str, str] = {}
 #: Task of the semantic-segmentation (tumour ensemble) architectures and of TorchScript.
 SEGMENTATION = "segmentation"
 
-F = TypeVar("F", bound=Callable[..., nn.Module])
+#: Modules whose import registers the bundled architectures. They import torch,
+#: so they load on the first call that needs a class, not with this module: listing
+#: and reading model cards (the viewer's docks) stays torch-free.
+_BUILTIN_MODULES = ("napari_histo.models.architectures", "napari_histo.models.hovernet")
+#: Task of each bundled architecture, known before the modules above load
+#: (a test checks it against what they register).
+BUILTIN_TASKS = {
+    "resunet": SEGMENTATION,
+    "denseunet": SEGMENTATION,
+    "deeplabv3plus": SEGMENTATION,
+    "hovernet": "nuclei",
+}
+
+F = TypeVar("F", bound="Callable[..., nn.Module]")
+
+
+def _load_builtins() -> None:
+    for module in _BUILTIN_MODULES:
+        importlib.import_module(module)
 
 
 def register_architecture(name: str, *, task: str = SEGMENTATION) -> Callable[[F], F]:
@@ -89,6 +109,7 @@ def available_architectures(task: str | None = SEGMENTATION) -> tuple[str, ...]:
     The default lists the segmentation networks that can be tumour-ensemble
     members; ``available_architectures("nuclei")`` gives ``('hovernet',)``.
     """
+    _load_builtins()
     return tuple(sorted(k for k in _REGISTRY if task is None or _TASKS[k] == task))
 
 
@@ -100,10 +121,13 @@ def architecture_task(architecture: str) -> str:
     >>> architecture_task("resunet")
     'segmentation'
     """
-    return _TASKS.get(architecture, SEGMENTATION)
+    if architecture in _TASKS:
+        return _TASKS[architecture]
+    return BUILTIN_TASKS.get(architecture, SEGMENTATION)
 
 
 def _factory(architecture: str) -> Callable[..., nn.Module]:
+    _load_builtins()
     try:
         return _REGISTRY[architecture]
     except (KeyError, TypeError):

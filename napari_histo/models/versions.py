@@ -19,8 +19,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from napari_histo.models.catalog import iter_cards
 from napari_histo.models.registry import SEGMENTATION
-from napari_histo.models.weights import iter_cards
 from napari_histo.paths import MODELS_ENV, config_dir, default_models_dir, user_models_dir
 
 __all__ = [

@@ -15,12 +15,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from napari_histo.inference.tiles import predict_tile
 from napari_histo.io.slide import Slide
-from napari_histo.models import LoadedModel
+
+if TYPE_CHECKING:
+    from napari_histo.models import LoadedModel
 
 __all__ = [
     "MemberDisagreement",
@@ -106,6 +108,8 @@ def member_probabilities(
     """
     if not members:
         raise ValueError("`members` must hold at least one model")
+    from napari_histo.inference.tiles import predict_tile  # torch: only when members run
+
     maps = [predict_tile(rgb, mpp, [m], tta=tta, stain=stain).probability for m in members]
     return np.stack(maps).astype(np.float32)
 

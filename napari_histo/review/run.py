@@ -193,7 +193,7 @@ def run_temperature(
     (:func:`~napari_histo.review.calibration.temperature_for_models`) among
     every card in `dirs` (default: the shipped and the user's model folders).
     """
-    from napari_histo.models.weights import iter_cards
+    from napari_histo.models.catalog import iter_cards
 
     cards = []
     for directory in _card_dirs(dirs):
@@ -224,7 +224,7 @@ def run_member_cards(
         A member of the run has no card there (message names it and the folders).
     """
     from napari_histo.errors import WeightsError
-    from napari_histo.models.weights import iter_cards
+    from napari_histo.models.catalog import iter_cards
 
     if not isinstance(run, ResultRun):
         raise TypeError(f"`run` must be a ResultRun, got {type(run).__name__}")

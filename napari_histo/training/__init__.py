@@ -1,15 +1,17 @@
-"""Training: patch sampling, augmentation, losses and the training loop (no Qt)."""
+"""Training: patch sampling, augmentation, losses and the training loop (no Qt).
 
-from napari_histo.training.augment import augment_batch
-from napari_histo.training.data import PatchSet, sample_patches
-from napari_histo.training.losses import segmentation_loss
-from napari_histo.training.trainer import TrainProgress, train_model
+Names load lazily (``lazy_loader``): the Retrain dock reads label granularities
+and annotations from here without importing torch into the viewer process.
+"""
 
-__all__ = [
-    "PatchSet",
-    "TrainProgress",
-    "augment_batch",
-    "sample_patches",
-    "segmentation_loss",
-    "train_model",
-]
+import lazy_loader
+
+__getattr__, __dir__, __all__ = lazy_loader.attach(
+    __name__,
+    submod_attrs={
+        "augment": ["augment_batch"],
+        "data": ["PatchSet", "sample_patches"],
+        "losses": ["segmentation_loss"],
+        "trainer": ["TrainProgress", "train_model"],
+    },
+)

@@ -10,7 +10,7 @@ bbox       each connected component of each class → its bounding box
 ========== ==============================================================
 
 Targets: ``tumor`` → 1, ``non-tumor`` → 0, ``ignore`` and unlabelled → 255
-(:data:`~napari_histo.training.losses.IGNORE`, excluded from the loss).
+(:data:`~napari_histo.annotations.model.IGNORE_INDEX`, excluded from the loss).
 Classes are drawn in priority order non-tumor, tumor, ignore, so a tumor
 outline inside a large non-tumor region wins, and ``ignore`` always wins.
 
@@ -31,12 +31,17 @@ from pathlib import Path
 
 import numpy as np
 
-from napari_histo.annotations.model import Annotation, mask_to_bbox, mask_to_ellipse, rasterize
+from napari_histo.annotations.model import (
+    IGNORE_INDEX,
+    Annotation,
+    mask_to_bbox,
+    mask_to_ellipse,
+    rasterize,
+)
 from napari_histo.errors import HistoError
 from napari_histo.frames import model_downsample
 from napari_histo.io.slide import Slide
 from napari_histo.training.data import PatchSet, mask_patch, read_patch
-from napari_histo.training.losses import IGNORE
 
 __all__ = [
     "CLASS_TARGETS",
@@ -55,8 +60,8 @@ __all__ = [
     "spatial_split",
 ]
 
-#: Annotation class → training target (unlabelled pixels are IGNORE too).
-CLASS_TARGETS: dict[str, int] = {"non-tumor": 0, "tumor": 1, "ignore": IGNORE}
+#: Annotation class → training target (unlabelled pixels are IGNORE_INDEX too).
+CLASS_TARGETS: dict[str, int] = {"non-tumor": 0, "tumor": 1, "ignore": IGNORE_INDEX}
 #: Granularities :func:`labels_from_annotations` accepts (None = as drawn).
 TRAIN_GRANULARITIES = ("pixel", "polygon", "ellipse", "bbox")
 _PRIORITY = ("non-tumor", "tumor", "ignore")  # drawing order: later wins
@@ -149,7 +154,7 @@ def labels_from_annotations(
     anns = _drawable(annotations)
     _check_inside(anns, width, height)
     shape = (int(np.ceil(height / downsample)), int(np.ceil(width / downsample)))
-    out = np.full(shape, IGNORE, dtype=np.uint8)
+    out = np.full(shape, IGNORE_INDEX, dtype=np.uint8)
     for name in _PRIORITY:
         group = [a for a in anns if a.label == name]
         if not group:
@@ -400,7 +405,7 @@ def plan_split(
     if not 0 < held_out_fraction <= 0.5:
         raise ValueError(f"`held_out_fraction` must be in (0, 0.5], got {held_out_fraction}")
     check_both_classes(labels)
-    rr, cc = np.nonzero(labels != IGNORE)
+    rr, cc = np.nonzero(labels != IGNORE_INDEX)
     coords = np.column_stack([(cc + 0.5) * downsample, (rr + 0.5) * downsample])
     values = labels[rr, cc]
     # Balance the classes so the band holds both, whatever their areas.
@@ -555,9 +560,9 @@ def sample_label_patches(
 def _mask_patch_ignore(
     labels: np.ndarray, downsample: float, l0_x: int, l0_y: int, size_l0: int, patch_px: int
 ) -> np.ndarray:
-    """:func:`mask_patch`, but pixels outside `labels` are IGNORE, not 0."""
+    """:func:`mask_patch`, but pixels outside `labels` are IGNORE_INDEX, not 0."""
     shifted = mask_patch(labels.astype(np.int16) + 1, downsample, l0_x, l0_y, size_l0, patch_px)
-    return np.where(shifted == 0, IGNORE, shifted - 1).astype(np.uint8)
+    return np.where(shifted == 0, IGNORE_INDEX, shifted - 1).astype(np.uint8)
 
 
 def slide_labels(
@@ -621,7 +626,7 @@ def sample_annotation_patches(
         slide_path, annotations, model_mpp=model_mpp, granularity=granularity
     )
     if avoid is not None:
-        labels = np.where(avoid.band_mask(labels.shape, downsample), IGNORE, labels)
+        labels = np.where(avoid.band_mask(labels.shape, downsample), IGNORE_INDEX, labels)
     return sample_label_patches(
         slide_path, labels, downsample, patch_px=patch_px, model_mpp=model_mpp, count=count,
         seed=seed, jitter=jitter, avoid=avoid,

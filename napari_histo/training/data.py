@@ -7,10 +7,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from napari_histo.annotations.model import IGNORE_INDEX
 from napari_histo.frames import model_downsample
 from napari_histo.io.patch import read_patch
 from napari_histo.io.slide import Slide
-from napari_histo.training.losses import IGNORE
 
 __all__ = ["PatchSet", "mask_patch", "read_patch", "sample_patches"]
 
@@ -138,5 +138,5 @@ def sample_patches(
         for i, (x, y) in enumerate(zip(xs, ys, strict=True)):
             images[i] = read_patch(slide, int(x), int(y), size_l0, patch_px)
             masks[i] = mask_patch(labels, mask_downsample, int(x), int(y), size_l0, patch_px)
-    assert IGNORE == 255
+    assert IGNORE_INDEX == 255
     return PatchSet(images, masks, np.stack([xs, ys], axis=1), float(model_mpp))

@@ -5,10 +5,12 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from napari_histo.annotations.model import IGNORE_INDEX
+
 __all__ = ["IGNORE", "segmentation_loss"]
 
 #: Target value excluded from the loss (unlabelled or "ignore" pixels).
-IGNORE = 255
+IGNORE = IGNORE_INDEX
 
 
 def segmentation_loss(

@@ -19,6 +19,7 @@ import torch
 
 from napari_histo.annotations.model import Annotation
 from napari_histo.errors import HistoError
+from napari_histo.training.annotations import TRAIN_GRANULARITIES
 from napari_histo.training.finetune import FinetuneConfig
 
 if TYPE_CHECKING:
@@ -35,7 +36,7 @@ __all__ = [
 ]
 
 #: Label granularities offered by the CLI and the widget.
-GRANULARITIES = ("pixel", "polygon", "ellipse", "bbox")
+GRANULARITIES = TRAIN_GRANULARITIES
 
 
 def read_slide_annotations(

@@ -381,6 +381,7 @@ class InferenceWidget(ControlsMixin, WorkerProcessMixin, ShutdownMixin, QWidget)
             on_return=self._on_returned,
             on_error=self._on_errored,
             on_finish=self._on_finished,
+            torch=not settings.worker_process,
         )
         what = "whole slide" if region is None else f"{region[2]}×{region[3]} px view"
         self.set_status(f"running on the {what}…")

@@ -174,6 +174,7 @@ class ReviewTabsMixin:
             on_return=self._on_members,
             on_error=self._on_failed,
             on_finish=self._enable,
+            torch=True,
         )
         self.set_status("running each member on the region…")
         self._enable()

@@ -34,7 +34,7 @@ from qtpy.QtWidgets import (
 from napari_histo.annotations.model import Annotation
 from napari_histo.errors import HistoError
 from napari_histo.frames import layer_mpp, overlay_transform, visible_region_l0
-from napari_histo.training.retrain import GRANULARITIES
+from napari_histo.training.annotations import TRAIN_GRANULARITIES
 from napari_histo.widgets._common import (
     ShutdownMixin,
     WorkerProcessMixin,
@@ -167,7 +167,7 @@ class RetrainWidget(WorkerProcessMixin, ShutdownMixin, QWidget):
         self.file_edit = QLineEdit()
         self.file_edit.setPlaceholderText("annotation file (empty: <slide>.annotations.geojson)")
         self.granularity_combo = QComboBox()
-        self.granularity_combo.addItems(GRANULARITIES)
+        self.granularity_combo.addItems(TRAIN_GRANULARITIES)
         self.epochs_spin = QSpinBox()
         self.epochs_spin.setRange(1, 1000)
         self.epochs_spin.setValue(5)
@@ -445,6 +445,7 @@ class RetrainWidget(WorkerProcessMixin, ShutdownMixin, QWidget):
             on_return=self._show_compare,
             on_error=self._on_errored,
             on_finish=self._on_finished,
+            torch=True,  # both versions run here, in the viewer process
         )
 
     def _show_compare(self, result: tuple[Any, list, list, list]) -> None:
