@@ -19,9 +19,11 @@ a fresh copy of a synthetic slide:
 The model-only baseline runs the bare ensemble forward (no reading, tissue
 masking, stitching, store or display) over as many tiles as the viewport run
 computed, in the same batches and with the same torch thread count as the
-widget's jobs (:func:`~napari_histo.widgets.jobs.gui_threads`);
+dock's worker process (:func:`~napari_histo.widgets.jobs.gui_threads`), in a
+fresh process of its own, as the worker is;
 ``viewport_model_only_default_threads_s`` is the same forward with torch's
-default thread count, for reference.
+default thread count, for reference. ``viewer_imports_torch`` says whether the
+viewer process imported torch (it should not: models run in the worker).
 
 Memory: after the latency run, :data:`RSS_RUNS` more viewport runs, each on
 another part of the slide, record the viewer's and the worker's resident memory
@@ -33,6 +35,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -74,15 +77,32 @@ def _rss_mb(pid: int | None) -> float | None:
         return None
 
 
-def _model_only(members, tiles: int, threads: int | None) -> float:
-    """Seconds of the bare ensemble forward over `tiles` tiles (TTA 1, engine batches)."""
+def _model_only(cards: list[str], tiles: int, threads: int | None) -> float:
+    """Seconds of the bare ensemble forward over `tiles` tiles (TTA 1, engine batches).
+
+    Runs in a fresh process, as the dock's worker does: torch's thread count set
+    first (`threads`; None keeps torch's default), then the members loaded and run
+    on that same thread. In the viewer process the count would not be the
+    worker's: a count set on one thread does not reach a thread that already ran
+    torch (measured here: 2 threads while the jobs' 1 was recorded), and the
+    viewer itself would import torch.
+    """
+    import multiprocessing as mp
+
+    with mp.get_context("spawn").Pool(1) as pool:
+        return pool.apply(_model_only_here, (cards, tiles, threads))
+
+
+def _model_only_here(cards: list[str], tiles: int, threads: int | None) -> float:
     import torch
 
     from napari_histo.inference.engine import default_batch_size
     from napari_histo.inference.ensemble import ensemble_predict
-    from napari_histo.widgets.jobs import configure_torch_threads
+    from napari_histo.models import load_model
 
-    configure_torch_threads(threads)  # the count the widget's jobs run with
+    if threads is not None:
+        torch.set_num_threads(threads)
+    members = [load_model(card) for card in cards]
     batch = default_batch_size(torch.device("cpu"))
     models = [m.model for m in members]
     x = torch.randn(batch, 3, members[0].card.patch_px, members[0].card.patch_px)
@@ -124,7 +144,9 @@ def bench_ui(*, quick: bool = False) -> dict[str, Any]:
             widget = InferenceWidget(viewer)
             viewer.window.add_dock_widget(widget, name="Tumor inference")
             widget.set_settings(LiveSettings(mode="viewport"))
-            members = widget.controller.load_members()  # for the model-only baseline
+            controller = widget.controller
+            available = controller.available_members()  # for the model-only baseline
+            cards = [str(available[name]) for name in controller.member_names()]
             # The dock starts its worker and loads the models when the slide opens
             # (not latency): Run once that is done, as a user who looks first.
             _wait(app, lambda: not widget.preparing, 120)
@@ -146,8 +168,8 @@ def bench_ui(*, quick: bool = False) -> dict[str, Any]:
             first = widget.first_cell_s
             tiles = widget.last_result.tiles_run if widget.last_result else 0
             viewport_refreshes = len(widget.refresh_costs_ms)
-            model_only = _model_only(members, tiles, threads)
-            model_only_default = _model_only(members, tiles, None)
+            model_only = _model_only(cards, tiles, threads)
+            model_only_default = _model_only(cards, tiles, None)
             # -- memory over consecutive runs: five more viewport runs elsewhere --
             rss_viewer, rss_worker = [], []
             for _ in range(RSS_RUNS):
@@ -226,6 +248,7 @@ def bench_ui(*, quick: bool = False) -> dict[str, Any]:
         "viewport_model_only_s": round(model_only, 3),
         "viewport_model_only_default_threads_s": round(model_only_default, 3),
         "latency_ratio": round(viewport_full / model_only, 3) if model_only > 0 else None,
+        "viewer_imports_torch": "torch" in sys.modules,
         "viewer_rss_mb": viewer_rss,
         "worker_rss_mb": worker_rss,
         "viewer_rss_runs_mb": rss_viewer,
