@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from napari_histo.live.pyramid import outline_mask
 from napari_histo.review.calibration import calibrate
 from tests.test_report import make_run
 
@@ -31,7 +32,7 @@ def test_overlays_show_a_stored_run_calibrated(make_napari_viewer, tmp_path):
     np.testing.assert_allclose(shown, calibrate(stored, 0.5), atol=1e-6)
     # The outline at 0.5 is the same with or without calibration (T keeps logit 0 at 0).
     outline = np.asarray(calibrated.layer("outline").data[1])
-    np.testing.assert_array_equal(outline, (stored >= 0.5).astype(np.uint8))
+    np.testing.assert_array_equal(outline, outline_mask(stored >= 0.5).astype(np.uint8))
     # Writable buffers made from an unfinished run's arrays are calibrated too.
     calibrated.ensure(run_.geometry, arrays={k: run_.array(k) for k in ("probability",
                       "aleatoric", "epistemic")})  # fmt: skip

@@ -270,17 +270,59 @@ def test_pyramid_write_rewrites_only_the_changed_region():
     assert pyramid.levels[1][50:70, 101:112].min() == pytest.approx(0.5)
 
 
-def test_threshold_levels_within_a_box():
-    from napari_histo.live.pyramid import OverlayPyramid, threshold_levels
+def test_outline_levels_within_a_box_match_napari_contours():
+    from napari.layers.labels._labels_utils import get_contours
+
+    from napari_histo.live.pyramid import OverlayPyramid, outline_levels
 
     prob = OverlayPyramid((64, 64), min_px=16)
     prob.write(slice(0, 32), slice(0, 32), np.full((32, 32), 0.9, np.float32))
     out = [np.full(lv.shape, 7, np.uint8) for lv in prob.levels]
-    threshold_levels(out, prob.levels, 0.5, (0, 32, 0, 32))
-    assert (out[0][:32, :32] == 1).all() and (out[0][32:] == 7).all()
-    assert (out[2][:8, :8] == 1).all() and (out[2][8:] == 7).all()
-    threshold_levels(out, prob.levels, 0.95, None)
+    outline_levels(out, prob.levels, 0.5, (0, 32, 0, 32))
+    # Level 0: a 2-px band inside the square's edges; the array's border is no edge.
+    assert (out[0][:30, :30] == 0).all() and (out[0][30:32, :32] == 1).all()
+    assert (out[0][:32, 30:32] == 1).all() and (out[0][34:] == 7).all()
+    assert (out[2][:6, :6] == 0).all() and (out[2][6:8, :8] == 1).all()
+    # Drawn as napari drew contour=2 on each level's thresholded probability.
+    prob.write(slice(40, 60), slice(10, 50), np.full((20, 40), 0.7, np.float32))
+    outline_levels(out, prob.levels, 0.5, None)
+    for got, level in zip(out, prob.levels, strict=True):
+        want = get_contours((level >= 0.5).astype(np.uint8), 2, 0)
+        np.testing.assert_array_equal(got != 0, want != 0)
+    outline_levels(out, prob.levels, 0.95, None)
     assert all(lv.max() == 0 for lv in out)
+
+
+def test_stored_runs_outline_lazily_as_the_live_buffers_do():
+    import dask.array as da
+    from scipy import ndimage as ndi
+
+    from napari_histo.live.pyramid import outline_mask
+    from napari_histo.widgets._overlays import _lazy_outline
+
+    noise = ndi.gaussian_filter(np.random.default_rng(0).random((300, 500)), 5)
+    prob = ((noise - noise.min()) / np.ptp(noise)).astype(np.float32)
+    lazy = _lazy_outline(da.from_array(prob, chunks=64), 0.5)  # chunk seams inside
+    want = outline_mask(prob >= 0.5).astype(np.uint8)
+    assert want.sum() > 1000
+    np.testing.assert_array_equal(lazy.compute(), want)
+
+
+def test_outline_updates_of_boxes_equal_one_whole_redraw():
+    from napari_histo.live.pyramid import OverlayPyramid, outline_levels
+
+    rng = np.random.default_rng(3)
+    prob = OverlayPyramid((256, 256), min_px=32)
+    boxed = [np.zeros(lv.shape, np.uint8) for lv in prob.levels]
+    for y in range(0, 256, 64):  # cells finishing one by one, as in a run
+        for x in range(0, 256, 64):
+            values = rng.random((64, 64)).astype(np.float32)
+            box = prob.write(slice(y, y + 64), slice(x, x + 64), values)
+            outline_levels(boxed, prob.levels, 0.5, box)
+    whole = [np.zeros(lv.shape, np.uint8) for lv in prob.levels]
+    outline_levels(whole, prob.levels, 0.5, None)
+    for a, b in zip(boxed, whole, strict=True):
+        np.testing.assert_array_equal(a, b)
 
 
 # -- progressive refinement and job threads -----------------------------------------
@@ -375,7 +417,7 @@ def test_live_buffers_are_bounded_for_a_whole_slide_result():
         DISPLAY_DTYPE,
         OverlayPyramid,
         display_base,
-        threshold_levels,
+        outline_levels,
     )
 
     shape = (12500, 12500)
@@ -383,7 +425,7 @@ def test_live_buffers_are_bounded_for_a_whole_slide_result():
     assert base == 2 and max(OverlayPyramid((4096, 4096)).shape) <= DISPLAY_CAP_PX
     pyramids = [OverlayPyramid(shape, DISPLAY_DTYPE, base=base) for _ in range(3)]
     outline = [np.zeros(lv.shape, np.uint8) for lv in pyramids[0].levels]
-    threshold_levels(outline, pyramids[0].levels, 0.5, (0, 300, 0, 300), base)
+    outline_levels(outline, pyramids[0].levels, 0.5, (0, 300, 0, 300), base)
     total = sum(p.nbytes for p in pyramids) + sum(o.nbytes for o in outline)
     assert total <= 100 * 2**20, total / 2**20  # full-size float32 would be ~3 GB
     # The same bound holds for any result size: at most the cap on a side, float16.

@@ -31,13 +31,16 @@ __all__ = [
     "DISPLAY_CAP_PX",
     "DISPLAY_DTYPE",
     "MIN_LEVEL_PX",
+    "OUTLINE_PX",
     "OverlayPyramid",
     "box_intersects",
     "box_union",
     "display_base",
     "level_box",
     "level_shapes",
-    "threshold_levels",
+    "outline_levels",
+    "outline_margin",
+    "outline_mask",
 ]
 
 #: The coarsest level is the first whose longer side is at most this many px.
@@ -266,23 +269,69 @@ def level_box(box: Box, level: int, shape: Sequence[int]) -> Box:
     return y0 // f, min(int(shape[0]), -(-y1 // f)), x0 // f, min(int(shape[1]), -(-x1 // f))
 
 
-def threshold_levels(
+#: Width of the drawn tumor outline, px of the level shown (napari's ``contour=2``
+#: drew the same, but recomputed it on the Qt thread at every slice: ~30 ms a screen).
+OUTLINE_PX = 2
+
+
+def outline_mask(mask: np.ndarray, width: int = OUTLINE_PX) -> np.ndarray:
+    """Pixels of boolean `mask` within `width` 4-connected steps of its edge.
+
+    The array's own border is not an edge (as napari's contour of a slice).
+
+    Examples
+    --------
+    >>> square = np.zeros((7, 7), bool)
+    >>> square[1:6, 1:6] = True
+    >>> outline_mask(square, 1).astype(int)[3]
+    array([0, 1, 0, 0, 0, 1, 0])
+    """
+    from scipy import ndimage as ndi
+
+    cross = ndi.iterate_structure(ndi.generate_binary_structure(2, 1), width)
+    return mask & ~ndi.binary_erosion(mask, cross, border_value=1)
+
+
+def outline_levels(
     out: Sequence[np.ndarray],
     probability: Sequence[np.ndarray],
     threshold: float,
     box: Box | None,
     base: int = 0,
+    width: int = OUTLINE_PX,
 ) -> None:
-    """``out[k] = probability[k] >= threshold`` on every level, within level-0 `box` (None: all).
+    """``out[k]`` = outline of ``probability[k] >= threshold`` on every level, where
+    level-0 `box` changed (None: everywhere).
 
-    ``probability[k]`` is level ``base + k`` (:attr:`OverlayPyramid.base`).
-
-    The outline of each level is drawn from that level's probability, so the
-    outline napari shows when zoomed out is the coarse probability's contour.
+    ``probability[k]`` is level ``base + k`` (:attr:`OverlayPyramid.base`). The
+    outline of each level is drawn from that level's probability (so zoomed out it
+    is the coarse probability's contour), `width` px of that level wide, and is
+    stored ready to show: napari draws it as plain labels.
     """
     for k, (dst, src) in enumerate(zip(out, probability, strict=True)):
         if box is None:
-            np.greater_equal(src, threshold, out=dst, casting="unsafe")
+            dst[...] = outline_mask(src >= threshold, width)
             continue
+        h, w = src.shape
         y0, y1, x0, x1 = level_box(box, base + k, src.shape)
-        dst[y0:y1, x0:x1] = src[y0:y1, x0:x1] >= threshold
+        # A changed pixel moves the outline up to `width` px away, which needs
+        # `width` px more of context to decide.
+        oy0, oy1, ox0, ox1 = (
+            max(0, y0 - width),
+            min(h, y1 + width),
+            max(0, x0 - width),
+            min(w, x1 + width),
+        )
+        cy0, cy1, cx0, cx1 = (
+            max(0, oy0 - width),
+            min(h, oy1 + width),
+            max(0, ox0 - width),
+            min(w, ox1 + width),
+        )
+        ring = outline_mask(src[cy0:cy1, cx0:cx1] >= threshold, width)
+        dst[oy0:oy1, ox0:ox1] = ring[oy0 - cy0 : oy1 - cy0, ox0 - cx0 : ox1 - cx0]
+
+
+def outline_margin(levels: int, base: int = 0, width: int = OUTLINE_PX) -> int:
+    """Level-0 px around a changed box within which the outline of any level may change."""
+    return 2 * width * 2 ** (base + max(0, levels - 1))

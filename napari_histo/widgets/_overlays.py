@@ -32,12 +32,15 @@ from napari_histo.frames import overlay_transform
 from napari_histo.live.controller import OVERLAY_ARRAYS, CellUpdate
 from napari_histo.live.pyramid import (
     DISPLAY_DTYPE,
+    OUTLINE_PX,
     Box,
     OverlayPyramid,
     box_intersects,
     box_union,
     display_base,
-    threshold_levels,
+    outline_levels,
+    outline_margin,
+    outline_mask,
 )
 from napari_histo.review.calibration import calibrate
 
@@ -84,6 +87,30 @@ def _colormaps():
         name="histo uncertainty",
     )
     return tumor, uncertainty
+
+
+def _outline_block(block: np.ndarray, threshold: float) -> np.ndarray:
+    return outline_mask(block >= threshold).astype(np.uint8)
+
+
+def _lazy_outline(level, threshold: float):
+    """The drawn outline of a stored probability level, computed as napari reads it."""
+    import dask.array as da
+
+    return da.asarray(level).map_overlap(
+        _outline_block, depth=OUTLINE_PX, boundary="none", threshold=threshold, dtype=np.uint8
+    )
+
+
+def _grow(box: Box, margin: int, shape: tuple[int, ...]) -> Box:
+    """`box` grown by `margin` level-0 px on every side, within `shape`."""
+    y0, y1, x0, x1 = box
+    return (
+        max(0, y0 - margin),
+        min(int(shape[0]), y1 + margin),
+        max(0, x0 - margin),
+        min(int(shape[1]), x1 + margin),
+    )
 
 
 class OverlayLayers:
@@ -184,8 +211,9 @@ class OverlayLayers:
                 metadata=meta,
             )
             if key == "outline":
-                outline = self.viewer.add_labels(data[key], opacity=1.0, **common)
-                outline.contour = 2
+                # Outlines come drawn (live.pyramid.outline_levels): no contour to
+                # recompute on the Qt thread at every slice.
+                self.viewer.add_labels(data[key], opacity=1.0, **common)
             else:
                 self.viewer.add_image(data[key], blending="translucent", **common, **specs[key])
         if active is not None and active in self.viewer.layers:
@@ -215,7 +243,7 @@ class OverlayLayers:
                 for pyramid in self.pyramids.values():
                     pyramid.fill(0)
             if arrays is not None or reset:
-                threshold_levels(
+                outline_levels(
                     self.outline,
                     self.pyramids["probability"].levels,
                     self.threshold,
@@ -240,7 +268,7 @@ class OverlayLayers:
                 self.pyramids[key].fill(arrays[key])
         prob = self.pyramids["probability"].levels
         self.outline = [np.zeros(level.shape, np.uint8) for level in prob]
-        threshold_levels(self.outline, prob, self.threshold, None, base)
+        outline_levels(self.outline, prob, self.threshold, None, base)
         data = {key: self.pyramids[key].levels for key in OVERLAY_ARRAYS}
         data["outline"] = self.outline
         self.from_store = False
@@ -265,9 +293,7 @@ class OverlayLayers:
                 da.from_zarr(level).map_blocks(calibrate, self.temperature, dtype=np.float32)
                 for level in data["probability"]
             ]
-        data["outline"] = [
-            (da.asarray(level) >= self.threshold).astype(np.uint8) for level in data["probability"]
-        ]
+        data["outline"] = [_lazy_outline(level, self.threshold) for level in data["probability"]]
         self.geometry = run_.geometry
         self.pyramids, self.outline = {}, []
         self.from_store = True
@@ -290,14 +316,11 @@ class OverlayLayers:
             layer = self.layer("outline")
             prob = self.layer("probability")
             if layer is not None and prob is not None:
-                import dask.array as da
 
-                layer.data = [
-                    (da.asarray(level) >= self.threshold).astype(np.uint8) for level in prob.data
-                ]
+                layer.data = [_lazy_outline(level, self.threshold) for level in prob.data]
             return
         if self.pyramids:
-            threshold_levels(
+            outline_levels(
                 self.outline, self.pyramids["probability"].levels, self.threshold, None, self.base
             )
             layer = self.layer("outline")
@@ -328,8 +351,9 @@ class OverlayLayers:
                 box = self.pyramids[key].write(cell.rows, cell.cols, values)
                 self._dirty[key] = box_union(self._dirty.get(key), box)
             if "probability" in keys and box is not None:
-                threshold_levels(self.outline, prob, self.threshold, box, self.base)
-                self._dirty["outline"] = box_union(self._dirty.get("outline"), box)
+                outline_levels(self.outline, prob, self.threshold, box, self.base)
+                grown = _grow(box, outline_margin(len(prob), self.base), self.geometry.shape)
+                self._dirty["outline"] = box_union(self._dirty.get("outline"), grown)
 
     def _mark_all_dirty(self) -> None:
         if self.geometry is not None:
