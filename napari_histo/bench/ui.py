@@ -32,7 +32,10 @@ viewer process imported torch (it should not: models run in the worker).
 Memory: after the latency run, :data:`RSS_RUNS` more viewport runs, each on
 another part of the slide, record the viewer's and the worker's resident memory
 after each run (``viewer_rss_runs_mb``, ``worker_rss_runs_mb``) and their growth
-from the first of those runs to the last (``*_rss_growth_mb``; target ≤ 50 MB).
+from the first of those runs to the last (``*_rss_growth_mb``; target ≤ 50 MB),
+and the viewer's decoded-tile cache of the slide after each run
+(``viewer_tile_cache_runs_mb``, capped at 64 MB), which fills as the runs visit
+new parts of the slide.
 """
 
 from __future__ import annotations
@@ -177,7 +180,7 @@ def bench_ui(*, quick: bool = False) -> dict[str, Any]:
             model_only = _model_only(cards, tiles, threads)
             model_only_default = _model_only(cards, tiles, None)
             # -- memory over consecutive runs: five more viewport runs elsewhere --
-            rss_viewer, rss_worker = [], []
+            rss_viewer, rss_worker, cache_viewer = [], [], []
             for _ in range(RSS_RUNS):
                 camera.center = (
                     float(rng.uniform(0.2, 0.8) * height * mpp),
@@ -190,6 +193,7 @@ def bench_ui(*, quick: bool = False) -> dict[str, Any]:
                 _wait(app, lambda: not widget.busy, 300)
                 rss_viewer.append(_rss_mb(os.getpid()))
                 rss_worker.append(_rss_mb(widget.worker_pid))
+                cache_viewer.append(round(layer.metadata["slide"].tile_cache.bytes / 2**20, 1))
             widget.shutdown()
             viewer.layers.clear()
 
@@ -277,6 +281,9 @@ def bench_ui(*, quick: bool = False) -> dict[str, Any]:
         "viewer_rss_runs_mb": rss_viewer,
         "worker_rss_runs_mb": rss_worker,
         "viewer_rss_growth_mb": _growth(rss_viewer),
+        # The slide's decoded-tile cache (capped, io.tiff_tiles.TILE_CACHE_BYTES) in
+        # that growth: it fills as runs visit new parts of the slide.
+        "viewer_tile_cache_runs_mb": cache_viewer,
         "worker_rss_growth_mb": _growth(rss_worker),
     }
 
