@@ -5,7 +5,13 @@ The network's maps are predicted once per tile (with and without flip TTA); the
 grid then only re-runs the post-processing. Scores on the held-out tiles are
 printed once, for the chosen parameters only (never used to choose).
 
-    python scripts/tune_nuclei_postprocess.py ../shared/data/real [--card hovernet-2.1.json]
+    python scripts/tune_nuclei_postprocess.py ../shared/data/real \
+        [--card hovernet-2.1.json] [--write]
+
+Scoring starts from the card's own ``postprocess`` where it has one. With
+``--write`` the card keeps the validation optimum without TTA (what the dock and
+``segment_nuclei`` run) as its ``postprocess`` and its metrics are re-scored with it
+(weights unchanged).
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ from napari_histo.nuclei.classical import ClassicalParams
 from napari_histo.nuclei.learned import (
     HVParams,
     _optical_density,
+    card_params,
     hv_postprocess,
     learned_model,
     predict_maps,
@@ -75,6 +82,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("data")
     parser.add_argument("--card", default=None)
+    parser.add_argument("--write", action="store_true", help="keep the optimum in the card")
     args = parser.parse_args()
     loaded = learned_model(args.card)
     classical = ClassicalParams()
@@ -82,7 +90,7 @@ def main() -> None:
     start = time.perf_counter()
     val_maps = {tta: maps_for(val, loaded, tta) for tta in (False, True)}
     print(f"maps in {time.perf_counter() - start:.0f} s", flush=True)
-    base = HVParams()
+    base = card_params(loaded.card)
     grid = {
         "fg_threshold": [0.4, 0.5, 0.6],
         "sigma_um": [0.35, 0.5, 0.75],
@@ -125,6 +133,21 @@ def main() -> None:
         report[name] = {"heldout_aji": round(aji, 4), "heldout_pq": round(pq, 4), "tta": tta,
                         "params": params.__dict__}  # fmt: skip
     print(json.dumps(report))
+    if args.write:
+        write_postprocess(loaded, best_plain[4], args.data)
+
+
+def write_postprocess(loaded, params: HVParams, data_dir: str) -> None:
+    """Keep `params` as the card's ``postprocess`` and re-score its metrics with them."""
+    import dataclasses
+
+    from napari_histo.models import write_card
+    from napari_histo.training.real_nuclei import score_nuclei_model
+
+    card = dataclasses.replace(loaded.card, postprocess=dict(params.__dict__))
+    metrics = score_nuclei_model(dataclasses.replace(loaded, card=card), data_dir)
+    write_card(loaded.card_path, dataclasses.replace(card, metrics={**card.metrics, **metrics}))
+    print(json.dumps({k: round(v, 4) for k, v in metrics.items()}))
 
 
 if __name__ == "__main__":

@@ -196,6 +196,17 @@ def test_registry_lists_and_builds():
     }
 
 
+def test_card_postprocess_round_trips_and_is_validated(tmp_path):
+    card = read_card(next(iter(latest_cards(task="nuclei").values())))
+    tuned = dataclasses.replace(card, postprocess={"fg_threshold": 0.6, "sigma_um": 1})
+    want = {"fg_threshold": 0.6, "sigma_um": 1.0}
+    assert ModelCard.from_dict(tuned.to_dict()).postprocess == want
+    assert "postprocess" not in dataclasses.replace(card, postprocess=None).to_dict()
+    for bad in ([0.6], {"fg_threshold": "high"}, {"fg_threshold": float("nan")}, {1: 0.5}):
+        with pytest.raises(WeightsError, match="field `postprocess`"):
+            ModelCard.from_dict({**tuned.to_dict(), "postprocess": bad}, source="c.json")
+
+
 def test_builtin_tasks_known_before_torch_match_the_registered_ones():
     # Listing cards reads each card's task without importing the architectures.
     from napari_histo.models.registry import BUILTIN_TASKS

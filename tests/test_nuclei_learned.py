@@ -256,6 +256,31 @@ def test_learned_finds_dark_disks_at_two_resolutions():
     assert len({fine[80, 120], fine[80, 168], fine[220, 280]} - {0}) == 3
 
 
+def test_the_cards_postprocess_is_used_and_checked():
+    import dataclasses
+
+    from napari_histo.nuclei.learned import HVParams, card_params, segment_learned
+
+    rgb = np.full((160, 200, 3), (235, 170, 205), np.uint8)
+    for centre in [(40, 60), (40, 84), (110, 140)]:
+        rgb[_disk(rgb.shape[:2], centre, 11)] = (70, 50, 130)
+    loaded = load_model(CARD)
+    plain = dataclasses.replace(loaded, card=dataclasses.replace(loaded.card, postprocess=None))
+    assert card_params(plain.card) == HVParams()
+    area = (segment_learned(rgb, 0.5, loaded=plain) > 0).sum()
+    # A card with a stricter foreground threshold gives smaller nuclei: it is used.
+    strict = dataclasses.replace(
+        loaded, card=dataclasses.replace(loaded.card, postprocess={"fg_threshold": 0.999})
+    )
+    assert card_params(strict.card).fg_threshold == 0.999
+    assert (segment_learned(rgb, 0.5, loaded=strict) > 0).sum() < area
+    # Explicit parameters win over the card's.
+    assert (segment_learned(rgb, 0.5, loaded=strict, params=HVParams()) > 0).sum() == area
+    wrong = dataclasses.replace(loaded.card, postprocess={"threshold": 0.5})
+    with pytest.raises(WeightsError, match=r"hovernet-\S+: `postprocess` does not fit HVParams"):
+        card_params(wrong)
+
+
 def test_learned_region_tiling_matches_one_call(heldout_slide):
     path, truth = heldout_slide
     region = (0, 512, 1536, 1024)

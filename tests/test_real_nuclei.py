@@ -134,3 +134,15 @@ def test_gpu_recipe_trains_and_saves_a_card(tmp_path):
     ])  # fmt: skip
     card = read_card(tmp_path / "out" / "hovernet-0.0test.json")
     assert card.config["width"] == 4 and "3 steps" in card.notes
+
+
+def test_the_card_says_synthetic_only_start_only_for_hovernet_1():
+    norm = {"mean": [0.5, 0.5, 0.5], "std": [0.2, 0.2, 0.2]}
+    texts = {
+        init: rn.real_nuclei_card(rn.RealNucleiRecipe(init_card=init), norm).training_data
+        for init in (None, "hovernet-1.0.json", "hovernet-2.1.json")
+    }
+    assert "Initialised" not in texts[None]
+    assert "hovernet-1.0.json (synthetic slides only)." in texts["hovernet-1.0.json"]
+    assert "hovernet-2.1.json." in texts["hovernet-2.1.json"]
+    assert "synthetic slides only" not in texts["hovernet-2.1.json"]

@@ -105,6 +105,11 @@ class ModelCard:
         probability ``p`` (:mod:`napari_histo.review.calibration`). Fitted on the
         ensemble, not per member, so every member's card of a calibrated version
         carries the same value. None: uncalibrated. Optional in a card on disk.
+    postprocess : dict or None, default None
+        Post-processing parameters chosen for this model on validation tiles, name
+        → number (for a nuclei model, fields of
+        :class:`napari_histo.nuclei.learned.HVParams`); None: the task's defaults.
+        Optional in a card on disk.
 
     Raises
     ------
@@ -132,6 +137,7 @@ class ModelCard:
     stain_reference: dict[str, Any] | None = None
     receptive_margin_px: int | None = None
     temperature: float | None = None
+    postprocess: dict[str, float] | None = None
 
     def __post_init__(self) -> None:
         values = {f.name: getattr(self, f.name) for f in fields(self)}
@@ -183,6 +189,8 @@ class ModelCard:
             out["receptive_margin_px"] = self.receptive_margin_px
         if self.temperature is not None:
             out["temperature"] = self.temperature
+        if self.postprocess is not None:
+            out["postprocess"] = dict(self.postprocess)
         return out
 
     @classmethod
@@ -227,6 +235,7 @@ _OPTIONAL: dict[str, Any] = {
     "stain_reference": None,
     "receptive_margin_px": None,
     "temperature": None,
+    "postprocess": None,
 }
 
 
@@ -373,6 +382,7 @@ def _validated(values: dict[str, Any], *, saved: bool) -> dict[str, Any]:
         "stain_reference": _check_stain_reference,
         "receptive_margin_px": _check_margin,
         "temperature": _check_temperature,
+        "postprocess": _check_postprocess,
     }
     clean = {key: check(values[key]) for key, check in checks.items()}
     is_script = clean["format"] == "torchscript"
@@ -388,6 +398,17 @@ def _check_margin(value: object) -> int | None:
     if isinstance(value, bool) or not isinstance(value, int) or value < 0 or value % 16:
         raise _FieldError("receptive_margin_px", "null or an int >= 0, a multiple of 16", value)
     return value
+
+
+def _check_postprocess(value: object) -> dict[str, float] | None:
+    if value is None:
+        return None
+    expected = "null or an object of name → finite number"
+    if not isinstance(value, Mapping) or not all(
+        isinstance(k, str) and _is_number(v) for k, v in value.items()
+    ):
+        raise _FieldError("postprocess", expected, value)
+    return {key: float(number) for key, number in value.items()}
 
 
 def _check_temperature(value: object) -> float | None:

@@ -41,12 +41,13 @@ from skimage.morphology import disk
 from skimage.segmentation import relabel_sequential, watershed
 
 from napari_histo.errors import WeightsError
-from napari_histo.models import LoadedModel, default_models_dir, load_model
+from napari_histo.models import LoadedModel, ModelCard, default_models_dir, load_model
 from napari_histo.nuclei._common import _check_number
 
 __all__ = [
     "DEFAULT_CARD",
     "HVParams",
+    "card_params",
     "check_learned_mpp",
     "divergence",
     "hv_postprocess",
@@ -272,6 +273,24 @@ def learned_model(card_path: str | Path | None = None) -> LoadedModel:
     return loaded
 
 
+def card_params(card: ModelCard) -> HVParams:
+    """The post-processing a nuclei model's card chose (its ``postprocess``), else the defaults.
+
+    Raises
+    ------
+    WeightsError
+        If the card names a parameter HVParams does not have, or a value out of range.
+    """
+    if card.postprocess is None:
+        return HVParams()
+    try:
+        return HVParams(**card.postprocess)
+    except (TypeError, ValueError) as err:
+        raise WeightsError(
+            f"model card {card.name}-{card.version}: `postprocess` does not fit HVParams ({err})"
+        ) from None
+
+
 def check_learned_mpp(mpp: float, model_mpp: float) -> None:
     """Raise ValueError if `mpp` is too far from the model's `model_mpp` to rescale."""
     low, high = (model_mpp * f for f in MPP_FACTOR_RANGE)
@@ -374,7 +393,7 @@ def segment_learned(
     tissue_od : float
         Pixels whose summed RGB optical density is below this (glass) are never nuclear.
     params : HVParams, optional
-        Post-processing parameters.
+        Post-processing parameters; default the model card's (:func:`card_params`).
     loaded : LoadedModel, optional
         Nuclei model; default the bundled one (:func:`learned_model`).
 
@@ -383,6 +402,7 @@ def segment_learned(
     ndarray of uint32, shape (H, W)
     """
     loaded = learned_model() if loaded is None else loaded
+    params = card_params(loaded.card) if params is None else params
     prob, hv = predict_maps(rgb, mpp, loaded)
     return hv_postprocess(
         prob,

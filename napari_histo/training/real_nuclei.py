@@ -485,6 +485,16 @@ def _parent(init_card: str | None) -> str | None:
     return None if init_card is None else init_card.removesuffix(".json").rsplit("-", 1)[-1]
 
 
+def _init_text(init_card: str | None) -> str:
+    """What the card says of the starting weights (hovernet-1.x saw synthetic slides only)."""
+    if init_card is None:
+        return ""
+    synthetic = Path(init_card).name.startswith("hovernet-1.")
+    return f" Initialised from the weights of {init_card}" + (
+        " (synthetic slides only)." if synthetic else "."
+    )
+
+
 def real_nuclei_card(recipe: RealNucleiRecipe, normalisation: dict) -> ModelCard:
     """The card of a model trained by :func:`train_real_nuclei` (weights not yet saved)."""
     return ModelCard(
@@ -500,10 +510,6 @@ def real_nuclei_card(recipe: RealNucleiRecipe, normalisation: dict) -> ModelCard
         training_data=TRAINING_DATA.format(
             seeds=list(recipe.synthetic_seeds),
             slide_px=recipe.slide_px,
-            init=(
-                ""
-                if recipe.init_card is None
-                else f" Initialised from the weights of {recipe.init_card} (synthetic slides only)."
-            ),
+            init=_init_text(recipe.init_card),
         ),
     )
