@@ -306,6 +306,11 @@ def test_stored_runs_outline_lazily_as_the_live_buffers_do():
     want = outline_mask(prob >= 0.5).astype(np.uint8)
     assert want.sum() > 1000
     np.testing.assert_array_equal(lazy.compute(), want)
+    # The coarsest level of a very elongated run can be 1 px thin.
+    thin = prob[:, :1]
+    np.testing.assert_array_equal(
+        _lazy_outline(da.from_array(thin), 0.5).compute(), outline_mask(thin >= 0.5)
+    )
 
 
 def test_outline_updates_of_boxes_equal_one_whole_redraw():

@@ -245,8 +245,11 @@ def test_unknown_config_key_is_named():
 
 
 def test_register_rejects_clashes_and_bad_names():
-    with pytest.raises(ValueError, match="already registered"):
+    # Bundled names are taken even before the bundled classes load (they load lazily).
+    with pytest.raises(ValueError, match="'resunet' is the name of a bundled architecture"):
         register_architecture("resunet")(nn.Identity)
+    with pytest.raises(ValueError, match="already registered to DenseUNet"):
+        register_architecture("denseunet")(build_model("resunet").__class__)
     with pytest.raises(ValueError, match="reserved"):
         register_architecture("torchscript")
     with pytest.raises(ValueError, match="must match"):

@@ -44,6 +44,14 @@ SCRIPT = textwrap.dedent(
     nuclei.run_on_view()
     wait(lambda: nuclei.busy)
     seen["runs"] = "torch" in sys.modules
+    # What the Retrain dock's Train and Compare import, and the progress its worker sends.
+    import pickle
+    from napari_histo.training import retrain
+    from napari_histo.training.progress import TrainProgress
+    from napari_histo.training.settings import FinetuneConfig
+    retrain.steps_per_epoch(FinetuneConfig())
+    pickle.loads(pickle.dumps(("resunet", TrainProgress(1, 9, 0.5, 1.0, None))))
+    seen["retrain"] = "torch" in sys.modules
     seen["worker"] = tumor.worker_pid is not None
     seen["layers"] = [layer.name for layer in viewer.layers]
     tumor.shutdown()
@@ -68,3 +76,4 @@ def test_docks_and_worker_runs_leave_the_viewer_without_torch(cmu_svs, tmp_path)
     assert "tumor probability" in seen["layers"] and "nuclei" in seen["layers"], seen["layers"]
     assert seen["docks"] is False, "opening the docks imported torch"
     assert seen["runs"] is False, "a worker run imported torch into the viewer"
+    assert seen["retrain"] is False, "the Retrain dock's code or progress imported torch"

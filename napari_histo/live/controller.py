@@ -44,7 +44,7 @@ from napari_histo.live.settings import (
 from napari_histo.live.threads import in_own_thread
 
 if TYPE_CHECKING:
-    from napari_histo.inference.engine import InferenceResult
+    from napari_histo.inference.result import InferenceResult
     from napari_histo.io.store import ResultGeometry, ResultRun
     from napari_histo.models import LoadedModel
 

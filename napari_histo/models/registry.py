@@ -83,7 +83,8 @@ def register_architecture(name: str, *, task: str = SEGMENTATION) -> Callable[[F
     Raises
     ------
     ValueError
-        If `name` is malformed, reserved, or already names a different class.
+        If `name` is malformed, reserved, a bundled architecture's, or already
+        names a different class.
     """
     if not isinstance(name, str) or not _NAME.match(name):
         raise ValueError(f"architecture `name` must match {_NAME.pattern}, got {name!r}")
@@ -93,6 +94,10 @@ def register_architecture(name: str, *, task: str = SEGMENTATION) -> Callable[[F
         raise ValueError(f"architecture `task` must match {_NAME.pattern}, got {task!r}")
 
     def decorator(factory: F) -> F:
+        if name in BUILTIN_TASKS and factory.__module__ not in _BUILTIN_MODULES:
+            # The bundled classes register on first use, not at import: say it now,
+            # not at that first use.
+            raise ValueError(f"architecture {name!r} is the name of a bundled architecture")
         known = _REGISTRY.get(name)
         if known is not None and known is not factory:
             raise ValueError(f"architecture {name!r} is already registered to {known.__qualname__}")

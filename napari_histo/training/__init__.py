@@ -12,6 +12,7 @@ __getattr__, __dir__, __all__ = lazy_loader.attach(
         "augment": ["augment_batch"],
         "data": ["PatchSet", "sample_patches"],
         "losses": ["segmentation_loss"],
-        "trainer": ["TrainProgress", "train_model"],
+        "progress": ["TrainProgress"],
+        "trainer": ["train_model"],
     },
 )

@@ -38,6 +38,7 @@ from napari_histo.training.annotations import (
 from napari_histo.training.data import PatchSet
 from napari_histo.training.losses import IGNORE
 from napari_histo.training.scoring import engine_dice
+from napari_histo.training.settings import FinetuneConfig
 from napari_histo.training.trainer import BLUR_SIGMA_PX, TrainProgress, TrainResult, train_model
 
 __all__ = [
@@ -55,19 +56,6 @@ ENCODER_PREFIXES: dict[str, tuple[str, ...]] = {
     "denseunet": ("stem.", "blocks.", "transitions."),
     "deeplabv3plus": ("stem.", "layer1.", "layer2.", "layer3.", "layer4."),
 }
-
-
-@dataclasses.dataclass(frozen=True)
-class FinetuneConfig:
-    """Training settings of a fine-tuning run (besides steps, seed and granularity)."""
-
-    batch_size: int = 8
-    lr: float = 1e-3
-    train_patch_px: int = 128
-    train_patches: int = 256
-    val_patches: int = 24
-    held_out_fraction: float = 0.25
-    jitter: float = 0.5
 
 
 def set_encoder_trainable(model: nn.Module, architecture: str, trainable: bool) -> int:

@@ -385,7 +385,8 @@ def train_real_nuclei(
     workdir : str or Path, optional
         Folder for the synthetic slides (default a temporary one).
     hv_params : HVParams, optional
-        Post-processing used for the card's scores (default the shipped defaults).
+        Post-processing used for the card's scores and kept as its ``postprocess``
+        (default: the shipped defaults, and no ``postprocess``).
     run_note : str
         Extra text for the card's notes (machine, threads).
 
@@ -398,6 +399,8 @@ def train_real_nuclei(
     from napari_histo.training.nuclei import HELDOUT_SEEDS, load_synthetic_nuclei
 
     recipe = dataclasses.replace(recipe or RealNucleiRecipe(), seed=seed)
+    # Parameters given here are the card's: its metrics are measured with them.
+    postprocess = None if hv_params is None else dict(hv_params.__dict__)
     hv_params = HVParams() if hv_params is None else hv_params
     real = [(t.rgb, t.labels, t.mpp) for t in load_monuseg(data_dir, "train")]
     if not real:
@@ -443,7 +446,7 @@ def train_real_nuclei(
         f"seeds {list(HELDOUT_SEEDS)}. MoNuSeg labels miss ~20 % of nuclei, which caps "
         f"AJI/PQ."
     )
-    card = dataclasses.replace(card, metrics=metrics, notes=notes)
+    card = dataclasses.replace(card, metrics=metrics, notes=notes, postprocess=postprocess)
     return save_model(model, card, out_dir)
 
 

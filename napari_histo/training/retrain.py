@@ -15,12 +15,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from napari_histo.annotations.model import Annotation
 from napari_histo.errors import HistoError
 from napari_histo.training.annotations import TRAIN_GRANULARITIES
-from napari_histo.training.finetune import FinetuneConfig
+from napari_histo.training.settings import FinetuneConfig
 
 if TYPE_CHECKING:
     from napari_histo.io.store import ResultGeometry
@@ -28,6 +27,7 @@ if TYPE_CHECKING:
 __all__ = [
     "GRANULARITIES",
     "estimate_steps",
+    "finetune_in_worker",
     "parent_card",
     "read_slide_annotations",
     "region_probability",
@@ -90,6 +90,17 @@ def resolve_cards(names: Sequence[str] | None = None) -> list[Path]:
     return select_cards(names, available)
 
 
+def finetune_in_worker(*, cancel: threading.Event, **kwargs):
+    """:func:`~napari_histo.training.finetune.finetune_ensemble` for a worker process.
+
+    What the Retrain dock hands its worker: importing it keeps the viewer free of
+    torch, which the fine-tuning code imports only here, in the worker.
+    """
+    from napari_histo.training.finetune import finetune_ensemble
+
+    return (yield from finetune_ensemble(cancel=cancel, **kwargs))
+
+
 def steps_per_epoch(config: FinetuneConfig | None = None) -> int:
     """Optimiser steps in one pass over the training patches."""
     config = config or FinetuneConfig()
@@ -109,6 +120,8 @@ def estimate_steps(
     of the training shape; `share` of the budget goes to training (the rest to
     reading patches and scoring the held-out band before and after).
     """
+    import torch
+
     from napari_histo.models import load_model
     from napari_histo.training.losses import segmentation_loss
 

@@ -7,7 +7,6 @@ import threading
 import time
 from collections.abc import Generator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -16,36 +15,13 @@ from torch import nn
 from napari_histo.training.augment import augment_batch
 from napari_histo.training.data import PatchSet
 from napari_histo.training.losses import IGNORE, segmentation_loss
+from napari_histo.training.progress import TrainProgress, TrainResult
 
 #: Largest Gaussian blur sigma (px) used when fine-tuning from annotations. The
 #: default ensemble in napari_histo/resources/models was trained without blur (blur_px=0).
 BLUR_SIGMA_PX = 1.0
 
 __all__ = ["TrainProgress", "TrainResult", "bundled_start", "evaluate_dice", "train_model"]
-
-
-@dataclass(frozen=True)
-class TrainProgress:
-    """Progress after a training step."""
-
-    step: int
-    steps: int
-    loss: float
-    elapsed_s: float
-    eta_s: float | None
-    val_dice: float | None = None
-
-
-@dataclass(frozen=True)
-class TrainResult:
-    """A finished (or cancelled) training run."""
-
-    model: nn.Module
-    steps_done: int
-    seconds: float
-    cancelled: bool
-    history: list[TrainProgress] = field(repr=False)
-    val_dice: float | None
 
 
 def bundled_start(card_file: str, config: Mapping[str, object]):

@@ -97,7 +97,10 @@ def _lazy_outline(level, threshold: float):
     """The drawn outline of a stored probability level, computed as napari reads it."""
     import dask.array as da
 
-    return da.asarray(level).map_overlap(
+    level = da.asarray(level)
+    if min(level.shape) <= 2 * OUTLINE_PX:  # too thin to overlap (a very elongated run)
+        return da.from_array(_outline_block(np.asarray(level), threshold))
+    return level.map_overlap(
         _outline_block, depth=OUTLINE_PX, boundary="none", threshold=threshold, dtype=np.uint8
     )
 

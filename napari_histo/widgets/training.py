@@ -295,8 +295,8 @@ class RetrainWidget(WorkerProcessMixin, ShutdownMixin, QWidget):
     def run(self) -> None:
         """Start fine-tuning with the chosen settings (errors go to the status line)."""
         from napari_histo.models.versions import user_models_dir
-        from napari_histo.training.finetune import FinetuneConfig, finetune_ensemble
-        from napari_histo.training.retrain import resolve_cards, steps_per_epoch
+        from napari_histo.training.retrain import finetune_in_worker, resolve_cards, steps_per_epoch
+        from napari_histo.training.settings import FinetuneConfig
 
         if self.running or self._closed:
             return
@@ -336,7 +336,7 @@ class RetrainWidget(WorkerProcessMixin, ShutdownMixin, QWidget):
         process = self.job_process
         self._start_job(
             # In the dock's worker process: the viewer keeps its GIL, a crash is one line.
-            lambda cancel: process.call(finetune_ensemble, kwargs, cancel),
+            lambda cancel: process.call(finetune_in_worker, kwargs, cancel),
             on_yield=self._on_step,
             on_return=self._on_returned,
             on_error=self._on_errored,
