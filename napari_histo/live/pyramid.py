@@ -36,6 +36,7 @@ __all__ = [
     "box_intersects",
     "box_union",
     "display_base",
+    "grow_box",
     "level_box",
     "level_shapes",
     "outline_levels",
@@ -125,6 +126,13 @@ def box_union(a: Box | None, b: Box | None) -> Box | None:
     if b is None:
         return a
     return min(a[0], b[0]), max(a[1], b[1]), min(a[2], b[2]), max(a[3], b[3])
+
+
+def grow_box(box: Box, margin: int, shape: Sequence[int]) -> Box:
+    """`box` grown by `margin` px on every side, clipped to an array of `shape`."""
+    y0, y1, x0, x1 = box
+    h, w = int(shape[0]), int(shape[1])
+    return max(0, y0 - margin), min(h, y1 + margin), max(0, x0 - margin), min(w, x1 + margin)
 
 
 def box_intersects(a: Box | None, b: Box | None) -> bool:
@@ -312,22 +320,12 @@ def outline_levels(
         if box is None:
             dst[...] = outline_mask(src >= threshold, width)
             continue
-        h, w = src.shape
-        y0, y1, x0, x1 = level_box(box, base + k, src.shape)
+        changed = level_box(box, base + k, src.shape)
         # A changed pixel moves the outline up to `width` px away, which needs
         # `width` px more of context to decide.
-        oy0, oy1, ox0, ox1 = (
-            max(0, y0 - width),
-            min(h, y1 + width),
-            max(0, x0 - width),
-            min(w, x1 + width),
-        )
-        cy0, cy1, cx0, cx1 = (
-            max(0, oy0 - width),
-            min(h, oy1 + width),
-            max(0, ox0 - width),
-            min(w, ox1 + width),
-        )
+        redrawn = grow_box(changed, width, src.shape)
+        oy0, oy1, ox0, ox1 = redrawn
+        cy0, cy1, cx0, cx1 = grow_box(redrawn, width, src.shape)
         ring = outline_mask(src[cy0:cy1, cx0:cx1] >= threshold, width)
         dst[oy0:oy1, ox0:ox1] = ring[oy0 - cy0 : oy1 - cy0, ox0 - cx0 : ox1 - cx0]
 

@@ -38,6 +38,7 @@ from napari_histo.live.pyramid import (
     box_intersects,
     box_union,
     display_base,
+    grow_box,
     outline_levels,
     outline_margin,
     outline_mask,
@@ -102,17 +103,6 @@ def _lazy_outline(level, threshold: float):
         return da.from_array(_outline_block(np.asarray(level), threshold))
     return level.map_overlap(
         _outline_block, depth=OUTLINE_PX, boundary="none", threshold=threshold, dtype=np.uint8
-    )
-
-
-def _grow(box: Box, margin: int, shape: tuple[int, ...]) -> Box:
-    """`box` grown by `margin` level-0 px on every side, within `shape`."""
-    y0, y1, x0, x1 = box
-    return (
-        max(0, y0 - margin),
-        min(int(shape[0]), y1 + margin),
-        max(0, x0 - margin),
-        min(int(shape[1]), x1 + margin),
     )
 
 
@@ -319,7 +309,6 @@ class OverlayLayers:
             layer = self.layer("outline")
             prob = self.layer("probability")
             if layer is not None and prob is not None:
-
                 layer.data = [_lazy_outline(level, self.threshold) for level in prob.data]
             return
         if self.pyramids:
@@ -355,7 +344,7 @@ class OverlayLayers:
                 self._dirty[key] = box_union(self._dirty.get(key), box)
             if "probability" in keys and box is not None:
                 outline_levels(self.outline, prob, self.threshold, box, self.base)
-                grown = _grow(box, outline_margin(len(prob), self.base), self.geometry.shape)
+                grown = grow_box(box, outline_margin(len(prob), self.base), self.geometry.shape)
                 self._dirty["outline"] = box_union(self._dirty.get("outline"), grown)
 
     def _mark_all_dirty(self) -> None:
