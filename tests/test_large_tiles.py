@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from napari_histo.errors import HistoError
+from napari_histo.inference.blocks import PIECE_ALIGN_PX, computed_px, local_pieces
 from napari_histo.inference.engine import EngineConfig, infer_slide, plan_inference, run
 from napari_histo.inference.plan import block_need, plan_blocks
 from napari_histo.models import ModelCard, build_model, load_model, read_card, save_model
@@ -109,6 +110,43 @@ def test_blocks_cover_every_tile_once_with_the_margin():
         for x, y in grid.origins[b.tiles]:
             assert need[y - b.y : y - b.y + 256, x - b.x : x - b.x + 256].all()
         assert need.sum() <= len(b.tiles) * 256 * 256
+
+
+def test_pieces_cover_what_is_needed_and_skip_glass():
+    # A block of 1024 with a 64-px margin; tissue is an L-shaped blob and a speck.
+    need = np.zeros((1024, 1024), bool)
+    need[100:700, 90:300] = True
+    need[600:700, 90:900] = True
+    need[950:960, 950:960] = True
+    found = local_pieces(need, 64, 256)
+    covered = np.zeros_like(need)
+    for y, x, h, w in found:
+        assert y % PIECE_ALIGN_PX == 0 and x % PIECE_ALIGN_PX == 0
+        assert h % PIECE_ALIGN_PX == 0 and w % PIECE_ALIGN_PX == 0
+        assert 0 < h <= 256 and 0 < w <= 256 and y >= 64 and x >= 64
+        assert y + h <= 1024 - 64 and x + w <= 1024 - 64
+        assert need[y : y + h, x : x + w].any()  # no piece on glass alone
+        assert not covered[y : y + h, x : x + w].any()  # no pixel computed twice
+        covered[y : y + h, x : x + w] = True
+    inner = np.zeros_like(need)
+    inner[64:-64, 64:-64] = True
+    assert covered[need & inner].all()
+    # Fitted pieces compute far less than the whole squares they come from.
+    whole = len(found) * (256 + 2 * 80) ** 2
+    assert computed_px(need, [80], 128, 64, 256) < 0.7 * whole
+    # A torch mask with a batch of transforms gives the union's pieces.
+    stacked = torch.from_numpy(np.stack([need, need[::-1].copy()]))
+    both = local_pieces(stacked, 64, 256)
+    assert local_pieces(need | need[::-1], 64, 256) == both
+    assert local_pieces(np.zeros((512, 512), bool), 64, 256) == []
+
+
+def test_large_tiles_use_cells_of_half_the_patch(slide, cards, tmp_path):
+    members = [load_model(c) for c in cards]
+    large = plan_inference(slide, members, config=EngineConfig(tiling="large"), out_dir=tmp_path)
+    patch = plan_inference(slide, members, config=EngineConfig(tiling="patch"), out_dir=tmp_path)
+    assert large.grid.tile_px == large.geometry.cell_px == patch.geometry.cell_px == 64
+    assert large.computed_px < len(patch.todo) * 128**2
 
 
 def test_large_tiles_need_a_margin(slide, cards, tmp_path):

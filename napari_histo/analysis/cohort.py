@@ -324,7 +324,8 @@ def _infer_and_measure(slide, config, folder, progress, cancel):
     from napari_histo.inference.engine import EngineConfig, infer_slide
 
     members = _members(config.cards)
-    engine = EngineConfig(read_threads=config.read_threads, device=config.device)
+    # Whole slides: large tiles where the members allow (about 1.5x faster on a CPU).
+    engine = EngineConfig(read_threads=config.read_threads, device=config.device, tiling="auto")
     generator = infer_slide(
         slide, members, config=engine, out_dir=folder, cancel=cancel, mpp=config.mpp
     )

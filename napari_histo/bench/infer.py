@@ -236,12 +236,14 @@ def _large_tiles(path, members, config, patch_prob, downsample) -> dict[str, Any
     large_config = dataclasses.replace(config, tiling="large")
     with tempfile.TemporaryDirectory() as out:
         plan = plan_inference(path, members, config=large_config, out_dir=out)
+        bare_s = _bare_block_forwards(plan)
         output_px = len(plan.todo) * plan.grid.stride_px**2
         computed = plan.computed_px
         result = run(infer_slide(path, members, config=large_config, out_dir=out))
         prob = np.asarray(result.run.array("probability")[...])
     fields = {
         "large_s": result.seconds,
+        "large_efficiency": round(bare_s / result.seconds, 3),
         "large_tile_px": large_config.large_tile_px,
         "large_blocks": len(plan.blocks),
         "compute_per_output_px": round(computed / max(output_px, 1), 3),
@@ -259,3 +261,39 @@ def _large_tiles(path, members, config, patch_prob, downsample) -> dict[str, Any
         fields["dice_large"] = round(dice[0], 4)
         fields["dice_delta_vs_blend"] = round(dice[0] - dice[1], 4)
     return fields
+
+
+def _bare_block_forwards(plan) -> float:
+    """Seconds of the members' bare forwards on the inputs the large-tile plan computes.
+
+    The same pieces (local members) and rows of patches (the others), on random
+    tensors already normalised: the limit the large-tile engine is measured
+    against (``large_efficiency``), as the patch engine's is the model-only run.
+    """
+    from napari_histo.inference.blocks import local_pieces, patch_rows
+    from napari_histo.inference.plan import block_need
+
+    patch = plan.members[0].card.patch_px
+    shapes: list[tuple[Any, tuple[int, int, int, int]]] = []
+    for block in plan.blocks:
+        need = block_need(block, plan.grid)
+        for member, margin in zip(plan.members, plan.member_margins, strict=True):
+            if margin is None:
+                shapes += [(member.model, (len(row), 3, patch, patch)) for _, row in
+                           patch_rows(need, patch)]  # fmt: skip
+            else:
+                shapes += [(member.model, (1, 3, h + 2 * margin, w + 2 * margin)) for _, _, h, w
+                           in local_pieces(need, plan.margin_px, plan.sub_tile_px)]  # fmt: skip
+    cuda = plan.device.type == "cuda"
+    total = 0.0
+    with torch.inference_mode(), torch.autocast("cuda", torch.float16, enabled=cuda):
+        for model, shape in shapes:
+            x = torch.randn(shape, device=plan.device)  # made outside the timing
+            if cuda:
+                torch.cuda.synchronize(plan.device)
+            start = time.perf_counter()
+            torch.softmax(model(x).float(), 1)
+            if cuda:
+                torch.cuda.synchronize(plan.device)
+            total += time.perf_counter() - start
+    return total

@@ -59,11 +59,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--members", nargs="+", default=None, help="model names or card .json paths")
     p.add_argument("--models-dir", default=None, help="directory of model cards")
     p.add_argument("--tta", type=int, choices=[1, 2, 4, 8], default=1, help="TTA transforms")
-    p.add_argument("--overlap", type=float, default=0.5, help="tile overlap fraction [0, 1)")
     p.add_argument(
-        "--tiling", choices=["patch", "large", "auto"], default="patch",
-        help="patch: the card's patch, blended (default); large: large tiles, each output "
-        "pixel computed about once by members with a measured receptive margin",
+        "--overlap", type=float, default=0.5, help="tile overlap fraction [0, 1) (patch tiling)"
+    )
+    p.add_argument(
+        "--tiling", choices=["patch", "large", "auto"], default="auto",
+        help="auto (default): large when a member has a measured receptive margin, else "
+        "patch; large: large tiles, each output pixel computed about once by such members; "
+        "patch: the card's patch, blended over --overlap",
     )  # fmt: skip
     p.add_argument(
         "--large-tile", type=_positive_int, default=4096,

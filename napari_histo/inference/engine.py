@@ -64,6 +64,10 @@ __all__ = [
     "tile_reader",
 ]
 
+#: Piece core (model px) local members fall back to when a whole large tile
+#: does not fit in GPU memory.
+OOM_PIECE_PX = 512
+
 
 def default_batch_size(device: torch.device) -> int:
     """Tiles per batch: 4 on CPU (measured fastest per tile on 2 cores), 16 on GPUs."""
@@ -206,7 +210,7 @@ def execute_inference(
     forwards = None
     if plan.blocks is not None:
         forwards = member_forwards(
-            [m.model for m in members], plan.member_margins, grid.tile_px, plan.margin_px,
+            [m.model for m in members], plan.member_margins, card.patch_px, plan.margin_px,
             plan.sub_tile_px,
         )  # fmt: skip
     config = plan.config
@@ -243,28 +247,32 @@ def execute_inference(
                 )  # fmt: skip
                 return list(zip(take, outputs, strict=True))
             block = take[0]
+            need = block_need(block, grid)
             try:
                 out = predict_batch(
                     members, arrays[0][None], tile_px=(block.h, block.w), tta=plan.tta,
                     device=device, amp=config.amp, class_index=plan.class_index,
-                    forwards=forwards, need=block_need(block, grid),
+                    forwards=forwards, need=need,
                 )[0]  # fmt: skip
             except torch.OutOfMemoryError:
                 if device.type != "cuda":
                     raise
                 torch.cuda.empty_cache()
                 warnings.warn(
-                    f"CUDA out of memory on a {block.w}×{block.h} px tile: its "
-                    f"{len(block.tiles)} patches run one by one (use a smaller large_tile_px)",
+                    f"CUDA out of memory on a {block.w}×{block.h} px tile: it runs in "
+                    f"{OOM_PIECE_PX}-px pieces (use a smaller large_tile_px)",
                     RuntimeWarning,
                     stacklevel=2,
                 )
-                tiles = [normalised(read_tile(int(i))) for i in block.tiles]
-                outputs, batch_size = _predict_with_oom_retry(
-                    members, np.stack(tiles), card.patch_px, plan.tta, device,
-                    config.amp, plan.class_index, batch_size,
-                )  # fmt: skip
-                return list(zip(block.tiles.tolist(), outputs, strict=True))
+                out = predict_batch(
+                    members, arrays[0][None], tile_px=(block.h, block.w), tta=plan.tta,
+                    device=device, amp=config.amp, class_index=plan.class_index,
+                    forwards=member_forwards(
+                        [m.model for m in members], plan.member_margins, card.patch_px,
+                        plan.margin_px, OOM_PIECE_PX,
+                    ),
+                    need=need,
+                )[0]  # fmt: skip
             size = grid.tile_px
             pairs = []
             for index in block.tiles.tolist():

@@ -21,7 +21,12 @@ import torch
 
 from napari_histo.errors import HistoError
 from napari_histo.frames import check_region_l0
-from napari_histo.inference.blocks import PATCH_STRIDE_FRACTION, computed_px, sub_tile_default
+from napari_histo.inference.blocks import (
+    PATCH_STRIDE_FRACTION,
+    PIECE_ALIGN_PX,
+    computed_px,
+    sub_tile_default,
+)
 from napari_histo.inference.ensemble import tta_transforms
 from napari_histo.io.slide import Slide
 from napari_histo.io.store import (
@@ -49,7 +54,7 @@ TILINGS = ("auto", "large", "patch")
 #: Large tiles start at multiples of this (and of half the patch) from the region
 #: origin, so every block sees the slide at the same phase of the models' strides
 #: and non-local members' patches sit where the patch engine puts them.
-BLOCK_ALIGN_PX = 32
+BLOCK_ALIGN_PX = PIECE_ALIGN_PX
 
 
 @dataclass(frozen=True)
@@ -83,8 +88,10 @@ class EngineConfig:
         (see :mod:`napari_histo.inference.blocks`): members with a measured
         receptive margin (card ``receptive_margin_px``) compute each output pixel
         about once, exactly; the others their blended patches. "patch": tiles of
-        the card's patch, blended over `overlap`. "auto": large when a member has
-        a margin.
+        the card's patch, blended over `overlap` (the default here and in the
+        viewer, whose viewport runs want their first cells at once). "auto":
+        large when a member has a margin (``napari-histo infer`` and cohort
+        runs: 1.8x faster than patches on a 2-core CPU, docs/benchmarks.md).
     large_tile_px : int
         Largest side (model px) of a block: the reading unit, and the largest
         input a local member sees on a GPU. Memory grows with its square.
@@ -302,8 +309,8 @@ class InferencePlan:
         if self.blocks is None:
             return float(len(self.todo) * self.grid.tile_px**2)
         return sum(
-            computed_px(block_need(b, self.grid), self.member_margins, self.grid.tile_px,
-                        self.margin_px, self.sub_tile_px)
+            computed_px(block_need(b, self.grid), self.member_margins,
+                        self.members[0].card.patch_px, self.margin_px, self.sub_tile_px)
             for b in self.blocks
         )  # fmt: skip
 
@@ -345,7 +352,8 @@ def plan_inference(
     tta = tta_transforms(config.tta)
     stain = resolve_stain(config.stain, [m.card for m in members])
     margins = _member_margins(members, config.tiling)
-    # Large tiles: grid tiles of the patch, no overlap (the blocks need no blending).
+    # Large tiles: grid tiles (cells) of half the patch, no overlap: the blocks need
+    # no blending, and the cells follow the tissue as finely as the patch engine's.
     overlap = 0.0 if margins is not None else config.overlap
     if margins is not None:
         half = round(card.patch_px * PATCH_STRIDE_FRACTION)
@@ -366,7 +374,7 @@ def plan_inference(
             region_l0,
             slide_mpp=slide_mpp,
             model_mpp=card.input_mpp,
-            tile_px=card.patch_px,
+            tile_px=card.patch_px if margins is None else half,
             overlap=overlap,
             tissue=tissue,
             tissue_downsample=tissue_downsample,
