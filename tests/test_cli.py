@@ -200,6 +200,8 @@ def test_infer_ctrl_c_stops_cleanly_and_resumes(tmp_path):
         str(tmp_path),
         "--batch",
         "1",
+        "--large-tile",
+        "512",  # many large tiles (the default tiling), so half of them are saved
     ]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
@@ -211,7 +213,9 @@ def test_infer_ctrl_c_stops_cleanly_and_resumes(tmp_path):
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err
     assert "run the same command again to resume" in err and "Traceback" not in err
-    again = run_cli("infer", str(slide), "--out", str(tmp_path), "--quiet", timeout=300)
+    again = run_cli(
+        "infer", str(slide), "--out", str(tmp_path), "--large-tile", "512", "--quiet", timeout=300
+    )
     assert again.returncode == 0
     done, total = again.stdout.split("done: ")[1].split(" tiles")[0].split(" of ")
     assert 0 < int(done) < int(total)  # resumed, not restarted

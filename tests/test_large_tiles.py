@@ -178,6 +178,45 @@ def test_results_do_not_depend_on_the_cut_and_match_patches(slide, cards, tmp_pa
     assert np.abs(small - patch)[both].mean() <= 0.01  # (Dice: bench infer, trained models)
 
 
+def test_a_large_tile_reports_progress_while_it_runs(slide, cards, tmp_path, monkeypatch):
+    from napari_histo.inference import engine
+
+    monkeypatch.setattr(engine, "BLOCK_PROGRESS_S", 0.005)
+    members = [load_model(c) for c in cards]
+    config = EngineConfig(tiling="large", large_tile_px=4096)
+    generator = infer_slide(slide, members, config=config, out_dir=tmp_path)
+    events = []
+    while True:
+        try:
+            events.append(next(generator))
+        except StopIteration as stop:
+            result = stop.value
+            break
+    done = [e.done for e in events]
+    assert done == sorted(done) and done[-1] == result.tiles_total
+    interim = [e for e in events if not e.cells]
+    assert interim and any(0 < e.done < result.tiles_total for e in interim)
+    assert result.run.complete
+
+
+def test_cancel_stops_inside_a_large_tile(slide, cards, tmp_path, monkeypatch):
+    from napari_histo.inference import engine
+
+    monkeypatch.setattr(engine, "BLOCK_PROGRESS_S", 0.005)
+    members = [load_model(c) for c in cards]
+    config = EngineConfig(tiling="large", large_tile_px=4096)  # one block
+    cancel = threading.Event()
+    generator = infer_slide(slide, members, config=config, out_dir=tmp_path, cancel=cancel)
+    assert not next(generator).cells  # the block is still running
+    cancel.set()
+    stopped = run(generator)
+    assert stopped.cancelled and stopped.tiles_run == 0
+    assert not stopped.run.done.all()  # only the glass cells, marked at planning
+    resumed = run(infer_slide(slide, members, config=config, out_dir=tmp_path))
+    assert resumed.run.complete and not resumed.cancelled
+    assert resumed.tiles_run == resumed.tiles_total
+
+
 def test_large_tiles_cancel_and_resume(slide, cards, tmp_path):
     members = [load_model(c) for c in cards]
     config = EngineConfig(tiling="large", large_tile_px=512, sub_tile_px=64)

@@ -35,6 +35,7 @@ from napari_histo.tiling import blend_weights
 __all__ = [
     "PATCH_STRIDE_FRACTION",
     "PIECE_ALIGN_PX",
+    "block_steps",
     "computed_px",
     "local_pieces",
     "member_forwards",
@@ -138,7 +139,9 @@ def _uniform(x: torch.Tensor, classes: int) -> torch.Tensor:
     return torch.full((b, classes, h, w), -math.log(classes), device=x.device)
 
 
-def _local(model: Callable, margin: int, block_margin: int, core: int | None) -> Callable:
+def _local(
+    model: Callable, margin: int, block_margin: int, core: int | None, on_step: Callable
+) -> Callable:
     """Exact centres of pieces with `margin` of context, over the block's interior."""
 
     def forward(x: torch.Tensor) -> torch.Tensor:
@@ -152,12 +155,13 @@ def _local(model: Callable, margin: int, block_margin: int, core: int | None) ->
             if out is None:  # log-probabilities; pixels no piece covers stay uniform
                 out = _uniform(x, logits.shape[1])
             out[..., y : y + h, x0 : x0 + w] = torch.log_softmax(logits, 1)
+            on_step()
         return out if out is not None else _uniform(x, 2)
 
     return forward
 
 
-def _patch(model: Callable, patch: int) -> Callable:
+def _patch(model: Callable, patch: int, on_step: Callable) -> Callable:
     """Blended patches at half-patch stride over the block (the patch engine's values)."""
     weight = torch.from_numpy(blend_weights(patch, 1 - PATCH_STRIDE_FRACTION))
 
@@ -175,6 +179,7 @@ def _patch(model: Callable, patch: int) -> Callable:
             for k, s in enumerate(row):
                 total[..., y : y + patch, s : s + patch] += probs[k * b : (k + 1) * b] * wt
                 weights[y : y + patch, s : s + patch] += wt
+            on_step()
         if total is None:
             return _uniform(x, 2)
         probs = torch.where(weights > 0, total / weights.clamp_min(_EPS), 1.0 / total.shape[1])
@@ -189,12 +194,33 @@ def member_forwards(
     patch_px: int,
     block_margin: int,
     sub_tile_px: int | None,
+    on_step: Callable[[], None] | None = None,
 ) -> list[Callable]:
-    """One callable per member computing its log-probabilities over a block's interior."""
+    """One callable per member computing its log-probabilities over a block's interior.
+
+    `on_step` is called after each piece (local members) or row of patches (the
+    others): :func:`block_steps` of them make one pass of every member.
+    """
+    step = on_step or (lambda: None)
     return [
-        _patch(model, patch_px) if m is None else _local(model, m, block_margin, sub_tile_px)
+        _patch(model, patch_px, step)
+        if m is None
+        else _local(model, m, block_margin, sub_tile_px, step)
         for model, m in zip(models, margins, strict=True)
     ]
+
+
+def block_steps(
+    need: np.ndarray,
+    margins: Sequence[int | None],
+    patch_px: int,
+    block_margin: int,
+    sub_tile_px: int | None,
+) -> int:
+    """Pieces and rows of patches one pass of every member makes over a block (mask `need`)."""
+    local = len(local_pieces(need, block_margin, sub_tile_px))
+    rows = len(patch_rows(need, patch_px)) if None in margins else 0
+    return sum(rows if m is None else local for m in margins)
 
 
 def computed_px(

@@ -24,6 +24,8 @@ import warnings
 from collections import deque
 from collections.abc import Callable, Generator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +35,7 @@ import torch.nn.functional as F
 
 from napari_histo import __version__
 from napari_histo.generators import drive
-from napari_histo.inference.blocks import member_forwards
+from napari_histo.inference.blocks import block_steps, member_forwards
 from napari_histo.inference.ensemble import ensemble_predict
 from napari_histo.inference.plan import (
     EngineConfig,
@@ -64,9 +66,15 @@ __all__ = [
     "tile_reader",
 ]
 
+#: Seconds between progress reports while a large tile is computed.
+BLOCK_PROGRESS_S = 0.5
 #: Piece core (model px) local members fall back to when a whole large tile
 #: does not fit in GPU memory.
 OOM_PIECE_PX = 512
+
+
+class _BlockCancelled(Exception):
+    """Raised between the pieces of a large tile when the run is cancelled."""
 
 
 def default_batch_size(device: torch.device) -> int:
@@ -188,7 +196,9 @@ def execute_inference(
 
     Yields :class:`Progress` after every batch (with the cells that became
     final) and returns an :class:`InferenceResult`. Setting `cancel` stops it
-    after the current batch; finished cells are kept and the run resumes.
+    after the current batch (large tiles: after the current piece, and the
+    tile is computed again on resume); finished cells are kept and the run
+    resumes.
     """
     cancel = cancel or threading.Event()
     start, run_, grid, todo, total = plan.started, plan.run, plan.grid, plan.todo, plan.total
@@ -208,10 +218,17 @@ def execute_inference(
     for member in members:
         member.model.to(device).eval()
     forwards = None
+    block_steps_done = [0]  # large tiles: pieces and patch rows done in the current block
+
+    def step() -> None:
+        block_steps_done[0] += 1
+        if cancel.is_set():  # stop inside a large tile; its cells are computed again later
+            raise _BlockCancelled
+
     if plan.blocks is not None:
         forwards = member_forwards(
             [m.model for m in members], plan.member_margins, card.patch_px, plan.margin_px,
-            plan.sub_tile_px,
+            plan.sub_tile_px, on_step=step,
         )  # fmt: skip
     config = plan.config
     stain, stain_source = plan.stain, plan.stain_source
@@ -290,14 +307,35 @@ def execute_inference(
             while writes and (wait or writes[0].done()):
                 writes.popleft().result()
 
+        def progress(tiles: int, finished: list) -> Progress:
+            elapsed = time.monotonic() - start
+            rate = tiles / elapsed if elapsed > 0 else 0.0
+            return Progress(
+                done=done_before + tiles,
+                total=total,
+                elapsed_s=elapsed,
+                eta_s=(len(todo) - tiles) / rate if rate > 0 else None,
+                batch_size=batch_size,
+                cells=finished,
+            )
+
         per_forward = batch_size if plan.blocks is None else 1
         ahead = config.prefetch_batches + 1 if plan.blocks is None else 2
+        # A large tile takes seconds on a CPU: it runs on a thread of its own (at this
+        # thread's torch thread count) while this generator reports its progress.
+        model_thread = nullcontext()
+        if plan.blocks is not None:
+            model_thread = ThreadPoolExecutor(
+                1, thread_name_prefix="histo-model", initializer=torch.set_num_threads,
+                initargs=(torch.get_num_threads(),),
+            )  # fmt: skip
         with (
             writer,
             ThreadPoolExecutor(
                 config.read_threads or default_read_threads(device),
                 thread_name_prefix="histo-read",
             ) as pool,
+            model_thread as block_runner,
         ):
 
             def refill() -> None:
@@ -316,7 +354,29 @@ def execute_inference(
                         per_forward = batch_size  # halved on CUDA out-of-memory
                     take = [pending.popleft() for _ in range(min(per_forward, len(pending)))]
                     refill()
-                    pairs = predict([u for u, _ in take], [f.result() for _, f in take])
+                    units_now, arrays = [u for u, _ in take], [f.result() for _, f in take]
+                    if block_runner is None:
+                        pairs = predict(units_now, arrays)
+                    else:
+                        block = units_now[0]
+                        steps = len(plan.tta) * block_steps(
+                            block_need(block, grid), plan.member_margins, card.patch_px,
+                            plan.margin_px, plan.sub_tile_px,
+                        )  # fmt: skip
+                        block_steps_done[0] = 0
+                        future = block_runner.submit(predict, units_now, arrays)
+                        while True:
+                            try:
+                                pairs = future.result(timeout=BLOCK_PROGRESS_S)
+                                break
+                            except _BlockCancelled:
+                                pairs = None
+                                break
+                            except FutureTimeout:
+                                part = min(1.0, block_steps_done[0] / max(1, steps))
+                                yield progress(tiles_run + int(part * len(block.tiles)), [])
+                        if pairs is None:
+                            break
                     finished = []
                     for index, out in pairs:
                         stitcher.add(index, out)
@@ -328,17 +388,7 @@ def execute_inference(
                         finished.append((row, col, cell))
                     check_writes(wait=False)
                     tiles_run += len(pairs)
-                    elapsed = time.monotonic() - start
-                    rate = tiles_run / elapsed if elapsed > 0 else 0.0
-                    remaining = len(todo) - tiles_run
-                    yield Progress(
-                        done=done_before + tiles_run,
-                        total=total,
-                        elapsed_s=elapsed,
-                        eta_s=remaining / rate if rate > 0 else None,
-                        batch_size=batch_size,
-                        cells=finished,
-                    )
+                    yield progress(tiles_run, finished)
             finally:
                 for _, future in pending:
                     future.cancel()
