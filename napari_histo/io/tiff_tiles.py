@@ -13,6 +13,7 @@ Only IFD tag tables are parsed here, never pixel data, so building a
 
 from __future__ import annotations
 
+import io
 import os
 import struct
 import threading
@@ -132,6 +133,10 @@ class TiffLevelTiles:
         Tile columns of the page's grid (0: the level's width in tiles).
     jpegheader : bytes or None
         NDPI: the JPEG header each tile (a restart interval) is decoded behind.
+    scale : int
+        1, or NDPI's levels that OpenSlide makes itself: 2, 4 or 8, the page decoded
+        at that fraction by the JPEG decoder's DCT scaling (``tile_w``, ``tile_h``
+        and the level's size are the page's divided by it).
     """
 
     path: Path
@@ -146,6 +151,7 @@ class TiffLevelTiles:
     decode: Any
     across: int = 0
     jpegheader: bytes | None = None
+    scale: int = 1
 
     @property
     def tiles_across(self) -> int:
@@ -171,6 +177,9 @@ class TiffLevelTiles:
             return None
         # NDPI: tiles are restart intervals of one JPEG, each decoded behind the
         # header tifffile rewrote for the tile's size (as OpenSlide decodes them).
+        if self.scale > 1:
+            jpeg = self.jpegheader + _without_marker(data) + b"\xff\xd9"
+            return _decode_scaled(jpeg, self.tile_h, self.tile_w, self.scale)
         header = {} if self.jpegheader is None else {"jpegheader": self.jpegheader}
         tile, _, _ = self.decode(data, index, jpegtables=self.jpegtables, **header)
         return tile.reshape(self.tile_h, self.tile_w, -1)[..., :3]
@@ -205,14 +214,14 @@ class TiffLevelTiles:
             return cell
         parts = []
         for k, row in enumerate(rows):
-            data = self._tile_bytes(fd, row * self.tiles_across + col)
-            if len(data) >= 2 and data[-2] == 0xFF and 0xD0 <= data[-1] <= 0xD9:
-                data = data[:-2]  # its own restart marker (or the image's end)
-            parts.append(data)
+            parts.append(_without_marker(self._tile_bytes(fd, row * self.tiles_across + col)))
             parts.append(bytes((0xFF, 0xD0 + k % 8)) if k < len(rows) - 1 else b"\xff\xd9")
         header = bytearray(self.jpegheader)
         sof = header.index(b"\xff\xc0")
-        header[sof + 5 : sof + 7] = (len(rows) * self.tile_h).to_bytes(2, "big")
+        header[sof + 5 : sof + 7] = (len(rows) * self.tile_h * self.scale).to_bytes(2, "big")
+        if self.scale > 1:
+            jpeg = bytes(header) + b"".join(parts)
+            return _decode_scaled(jpeg, len(rows) * self.tile_h, self.tile_w, self.scale)
         pixels = imagecodecs.jpeg_decode(b"".join(parts), header=bytes(header))
         return pixels.reshape(len(rows) * self.tile_h, self.tile_w, -1)[..., :3]
 
@@ -225,7 +234,8 @@ class TiffLevelTiles:
         decode = self.decode_stack if stacked else self.decode_tile
         if cache is None:
             return decode(fd, row, col)
-        key = (self.page_index, "stack", row, col) if stacked else (self.page_index, row, col)
+        page = self.page_index if self.scale == 1 else (self.page_index, self.scale)
+        key = (page, "stack", row, col) if stacked else (page, row, col)
         found, tile = cache.get(key)
         if not found:
             tile = decode(fd, row, col)
@@ -252,6 +262,25 @@ class TiffLevelTiles:
                     out, lvl_x, lvl_y, tile, col * self.tile_w, row * cell_h, (cell_h, self.tile_w)
                 )
         return out
+
+
+def _without_marker(data: bytes) -> bytes:
+    """A restart interval's bytes without its own trailing restart marker (or image end)."""
+    if len(data) >= 2 and data[-2] == 0xFF and 0xD0 <= data[-1] <= 0xD9:
+        return data[:-2]
+    return data
+
+
+def _decode_scaled(jpeg: bytes, height: int, width: int, scale: int) -> np.ndarray:
+    """Decode `jpeg` at 1/`scale` with libjpeg's DCT scaling (Pillow's draft mode),
+    as OpenSlide makes NDPI's extra levels; ``(height, width, 3)`` uint8."""
+    from PIL import Image
+
+    with Image.open(io.BytesIO(jpeg)) as image:
+        image.draft("RGB", (image.width // scale, image.height // scale))
+        if image.size != (width, height):
+            raise ValueError(f"scaled JPEG decode gave {image.size}, wanted {(width, height)}")
+        return np.asarray(image.convert("RGB"))
 
 
 def paste(
@@ -343,7 +372,7 @@ def find_level_tiles(
                         if tile is not None and _page_fits(p, width, height, tile, padded)
                     ]
                 if len(matches) != 1:
-                    found.append(None)
+                    found.append(_scaled_level(path, pages, width, height, tile))
                     continue
                 index, page = matches[0]
                 found.append(
@@ -366,6 +395,47 @@ def find_level_tiles(
             return tuple(found)
     except TIFF_ERRORS:
         return (None,) * len(level_dimensions)
+
+
+def _scaled_level(
+    path: Path,
+    pages: list[tifffile.TiffPage],
+    width: int,
+    height: int,
+    tile: tuple[int, int] | None,
+) -> TiffLevelTiles | None:
+    """An NDPI level OpenSlide makes by decoding a page at 1/2, 1/4 or 1/8 (libjpeg's
+    DCT scaling), whose tiles are the page's restart intervals scaled: the page
+    closest in size that gives the level's size and tiles; None if none does."""
+    if tile is None:
+        return None
+    for scale in (2, 4, 8):
+        for index, page in enumerate(pages):
+            if (
+                getattr(page, "jpegheader", None) is not None
+                and page.is_tiled
+                and int(page.compression) == 7
+                and page.imagedepth == 1
+                and page.samplesperpixel == 3
+                and (page.tilewidth, page.tilelength) == (tile[0] * scale, tile[1] * scale)
+                and (-(-page.imagewidth // scale), -(-page.imagelength // scale)) == (width, height)
+            ):
+                return TiffLevelTiles(
+                    path=path,
+                    page_index=index,
+                    width=width,
+                    height=height,
+                    tile_w=tile[0],
+                    tile_h=tile[1],
+                    offsets=np.asarray(page.dataoffsets, dtype=np.int64),
+                    bytecounts=np.asarray(page.databytecounts, dtype=np.int64),
+                    jpegtables=page.jpegtables,
+                    decode=page.decode,
+                    across=-(-page.imagewidth // page.tilewidth),
+                    jpegheader=page.jpegheader,
+                    scale=scale,
+                )
+    return None
 
 
 def tiff_truncation(path: Path) -> str | None:
