@@ -100,4 +100,7 @@ def test_ndpi_levels_decode_directly_and_equal_openslide(tmp_path, rng):
                 np.testing.assert_array_equal(got, np.asarray(want.convert("RGB")))
         # The two JPEGs in the file and OpenSlide's scaled levels of the second.
         assert slide.level_count == 5 and slide.fast_levels == (True,) * 5
+        # Reads decode columns of restart intervals about 256 px high as one cell
+        # (the viewer's parallel bands end on their edges).
+        assert slide.cell_size(0) == (256, 256) and slide.cell_size(4) == (32, 256)
     assert napari_get_reader(str(path)) is not None

@@ -437,6 +437,18 @@ class Slide:
             return None
         return int(w), int(h)
 
+    def cell_size(self, level: int = 0) -> tuple[int, int]:
+        """``(width, height)`` in px of the cells reads of `level` decode and cache as
+        one: the native tile where it is decoded directly (NDPI: a column of its
+        8-px restart intervals about 256 px high), else whole native tiles at least
+        256 px a side (what OpenSlide reads are cached in). Reads split on cell
+        edges decode nothing twice."""
+        tiles = self._level_tiles[level] if level < len(self._level_tiles) else None
+        if tiles is not None and self._fast_ok[level] is not False:
+            return tiles.tile_w, tiles.tile_h * tiles.stack
+        native_w, native_h = self.tile_size(level) or (DEFAULT_TILE_PX, DEFAULT_TILE_PX)
+        return native_w * -(-MIN_CELL_PX // native_w), native_h * -(-MIN_CELL_PX // native_h)
+
     def require_mpp(self) -> float:
         """Return :attr:`mpp`, or raise SlideError when the slide has none."""
         if self.mpp is None:
@@ -572,7 +584,7 @@ class Slide:
         # Cells of whole native tiles, at least 256 px a side (NDPI's are 256 × 8 px).
         native_w, native_h = self.tile_size(level) or (DEFAULT_TILE_PX, DEFAULT_TILE_PX)
         tile_w = native_w * -(-MIN_CELL_PX // native_w)
-        tile_h = native_h * -(-MIN_CELL_PX // native_h)
+        tile_h = native_h * -(-MIN_CELL_PX // native_h)  # as cell_size() without direct tiles
         rows = range(lvl_y // tile_h, (lvl_y + h - 1) // tile_h + 1)
         cols = range(lvl_x // tile_w, (lvl_x + w - 1) // tile_w + 1)
         if len(rows) * len(cols) * tile_w * tile_h * 3 > cache.max_bytes // 2:

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from napari_histo.io.pyramid import Pyramid
-from napari_histo.io.slide import DEFAULT_TILE_PX, Slide
+from napari_histo.io.slide import Slide
 
 __all__ = ["LevelWindows", "viewer_levels", "window_threads"]
 
@@ -102,8 +102,8 @@ class LevelWindows:
         self.threads = window_threads() if threads is None else max(1, int(threads))
         self.shape = (height, width, 3)
         self.chunks = (lazy.chunks[0][0], lazy.chunks[1][0], 3)
-        tile = slide.tile_size(level)
-        self.band_px = tile[1] if tile is not None else DEFAULT_TILE_PX
+        # Bands end on cell edges: a cell split between two bands would be decoded twice.
+        self.band_px = slide.cell_size(level)[1]
 
     dtype = np.dtype(np.uint8)
     ndim = 3
