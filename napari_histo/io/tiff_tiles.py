@@ -14,6 +14,7 @@ Only IFD tag tables are parsed here, never pixel data, so building a
 from __future__ import annotations
 
 import io
+import itertools
 import os
 import struct
 import threading
@@ -320,21 +321,23 @@ class TiffLevelTiles:
         header = bytearray(self.jpegheader)
         sof = header.index(b"\xff\xc0")
         header[sof + 5 : sof + 7] = (height * self.scale).to_bytes(2, "big")
+        # All cells' bytes at once, cell after cell: each cell's intervals in row
+        # order, their markers renumbered in that order (the last one ends the image).
+        lengths, first = counts.T.ravel(), begins.T.ravel()
+        ends = np.cumsum(lengths)
+        joined = data[np.repeat(first - (ends - lengths), lengths) + np.arange(ends[-1])]
         numbers = (0xD0 + np.arange(len(rows)) % 8).astype(np.uint8)
         numbers[-1] = 0xD9
+        joined[ends - 1] = np.tile(numbers, index.shape[1])
+        head = np.frombuffer(bytes(header), np.uint8)
+        bounds = np.concatenate([[0], ends[len(rows) - 1 :: len(rows)]])
         cells = []
-        for k in range(index.shape[1]):
-            lengths = counts[:, k]
-            ends = np.cumsum(lengths)
-            gather = np.repeat(begins[:, k] - (ends - lengths), lengths) + np.arange(ends[-1])
-            jpeg = data[gather]
-            jpeg[ends - 1] = numbers  # the intervals' markers, in this cell's order
+        for start, stop in itertools.pairwise(bounds):
+            jpeg = np.concatenate([head, joined[start:stop]]).tobytes()
             if self.scale > 1:
-                cells.append(
-                    _decode_scaled(bytes(header) + jpeg.tobytes(), height, self.tile_w, self.scale)
-                )
+                cells.append(_decode_scaled(jpeg, height, self.tile_w, self.scale))
                 continue
-            pixels = imagecodecs.jpeg_decode(jpeg.tobytes(), header=bytes(header))
+            pixels = imagecodecs.jpeg8_decode(jpeg)
             cells.append(np.ascontiguousarray(pixels.reshape(height, self.tile_w, -1)[..., :3]))
         return cells
 
