@@ -244,6 +244,7 @@ def _large_tiles(path, members, config, patch_prob, downsample) -> dict[str, Any
     """The large-tile engine on the same slide: speed, compute per pixel and quality."""
     import dataclasses
 
+    from napari_histo.inference.blocks import large_tile_default
     from napari_histo.inference.engine import plan_inference
     from napari_histo.synthetic import read_truth
     from napari_histo.training.default_ensemble import truth_overlap
@@ -261,7 +262,7 @@ def _large_tiles(path, members, config, patch_prob, downsample) -> dict[str, Any
     fields = {
         "large_s": result.seconds,
         "large_efficiency": round(bare_s / result.seconds, 3),
-        "large_tile_px": large_config.large_tile_px,
+        "large_tile_px": large_config.large_tile_px or large_tile_default(plan.device),
         "large_blocks": len(plan.blocks),
         "compute_per_output_px": round(computed / max(output_px, 1), 3),
         "compute_per_output_px_patch": round(1 / (1 - config.overlap) ** 2, 3),

@@ -159,12 +159,13 @@ def predict_batch(
     batch = torch.from_numpy(np.ascontiguousarray(tiles))
     if device.type == "cuda":
         batch = batch.pin_memory()
-    x = batch.to(device, non_blocking=True).permute(0, 3, 1, 2).float().div_(255.0)
+    x = batch.to(device, non_blocking=True).permute(0, 3, 1, 2)
+    x = x.to(torch.float32, copy=True).div_(255.0)  # a copy: the caller's tiles stay as read
     if tuple(x.shape[-2:]) != size:
         x = F.interpolate(x, size=size, mode="area")
     mean = torch.tensor(card.normalisation["mean"], device=device).view(1, 3, 1, 1)
     std = torch.tensor(card.normalisation["std"], device=device).view(1, 3, 1, 1)
-    x = (x - mean) / std
+    x = x.sub_(mean).div_(std)  # in place: a large tile's copies are hundreds of MB
     if need is not None:
         mask = torch.from_numpy(np.ascontiguousarray(need)).to(device).float()
         x = torch.cat([x, mask.expand(x.shape[0], 1, -1, -1)], dim=1)
@@ -229,6 +230,7 @@ def execute_inference(
         forwards = member_forwards(
             [m.model for m in members], plan.member_margins, card.patch_px, plan.margin_px,
             plan.sub_tile_px, on_step=step,
+            patch_batch=plan.config.batch_size or default_batch_size(device),
         )  # fmt: skip
     config = plan.config
     stain, stain_source = plan.stain, plan.stain_source
@@ -286,7 +288,7 @@ def execute_inference(
                     device=device, amp=config.amp, class_index=plan.class_index,
                     forwards=member_forwards(
                         [m.model for m in members], plan.member_margins, card.patch_px,
-                        plan.margin_px, OOM_PIECE_PX,
+                        plan.margin_px, OOM_PIECE_PX, patch_batch=1,
                     ),
                     need=need,
                 )[0]  # fmt: skip

@@ -25,6 +25,7 @@ from napari_histo.inference.blocks import (
     PATCH_STRIDE_FRACTION,
     PIECE_ALIGN_PX,
     computed_px,
+    large_tile_default,
     sub_tile_default,
 )
 from napari_histo.inference.ensemble import tta_transforms
@@ -92,9 +93,11 @@ class EngineConfig:
         viewer, whose viewport runs want their first cells at once). "auto":
         large when a member has a margin (``napari-histo infer`` and cohort
         runs: 1.8x faster than patches on a 2-core CPU, docs/benchmarks.md).
-    large_tile_px : int
+    large_tile_px : int or None
         Largest side (model px) of a block: the reading unit, and the largest
-        input a local member sees on a GPU. Memory grows with its square.
+        input a local member sees on a GPU. Memory grows with its square. None:
+        :func:`~napari_histo.inference.blocks.large_tile_default` (2048 on a CPU,
+        4096 elsewhere).
     sub_tile_px : int or None
         Core side of the pieces local members run on inside a block (plus their
         margin); None: 512 on a CPU (measured fastest there), the whole block on
@@ -110,7 +113,7 @@ class EngineConfig:
     prefetch_batches: int = 3
     stain: str = "card"
     tiling: str = "patch"
-    large_tile_px: int = 4096
+    large_tile_px: int | None = None
     sub_tile_px: int | None = None
 
     def __post_init__(self) -> None:
@@ -124,7 +127,7 @@ class EngineConfig:
             ("batch_size", 1, 1, True),
             ("read_threads", 1, 1, True),
             ("prefetch_batches", 1, 1, False),
-            ("large_tile_px", 512, 1, False),
+            ("large_tile_px", 512, 1, True),
             ("sub_tile_px", 64, 32, True),
         ):
             value = getattr(self, name)
@@ -445,5 +448,7 @@ def plan_inference(
         sub_tile_px=config.sub_tile_px or sub_tile_default(device),
         blocks=None
         if margins is None
-        else plan_blocks(grid, todo, margin, config.large_tile_px, align),
+        else plan_blocks(
+            grid, todo, margin, config.large_tile_px or large_tile_default(device), align
+        ),
     )
