@@ -4,8 +4,9 @@
 # Installs the carried wheels (openslide, zarr, dask, imagecodecs, ...) beside the
 # image's torch, then: GPU sweep, `bench infer` on CUDA (full) and on the CPU
 # cores of the same machine (quick), `bench feed` and the engine/ensemble tests on CUDA.
-# `bench infer` reports the large-tile fields too (compute_per_output_px,
-# dice_delta_vs_blend, large_speedup_vs_patch).
+# `bench infer`'s efficiency and speedup_vs_naive are those of the default tiling
+# (large tiles; 4096-px blocks, one piece per block on a GPU), patch_* the patch
+# engine's, with compute_per_output_px, dice_delta_vs_blend, large_speedup_vs_patch.
 set -u
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
   --target /tmp/site .whl/*.whl || exit 1
