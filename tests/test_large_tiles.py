@@ -178,6 +178,21 @@ def test_results_do_not_depend_on_the_cut_and_match_patches(slide, cards, tmp_pa
     assert np.abs(small - patch)[both].mean() <= 0.01  # (Dice: bench infer, trained models)
 
 
+def test_large_tiles_do_not_depend_on_batch_size_or_threads(slide, cards, tmp_path):
+    # The engine's promise (≤ 1e-5 on a CPU) holds for large tiles too: the batch
+    # size only groups the pooled member's patches; reader and torch threads.
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)  # the block's model thread takes the caller's count
+        a, _ = probability(slide, cards, tmp_path / "a", tiling="large", batch_size=1,
+                           read_threads=1, tta=2)  # fmt: skip
+    finally:
+        torch.set_num_threads(threads)
+    b, _ = probability(slide, cards, tmp_path / "b", tiling="large", batch_size=4,
+                       read_threads=2, tta=2)  # fmt: skip
+    np.testing.assert_allclose(a, b, atol=1e-5)
+
+
 def test_a_large_tile_reports_progress_while_it_runs(slide, cards, tmp_path, monkeypatch):
     from napari_histo.inference import engine
 
