@@ -4,6 +4,7 @@ depend on how the slide is cut (real synthetic slide, real torch models)."""
 from __future__ import annotations
 
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -210,7 +211,8 @@ def test_a_large_tile_reports_progress_while_it_runs(slide, cards, tmp_path, mon
     done = [e.done for e in events]
     assert done == sorted(done) and done[-1] == result.tiles_total
     interim = [e for e in events if not e.cells]
-    assert interim and any(0 < e.done < result.tiles_total for e in interim)
+    assert interim and any(0 < e.done for e in interim)
+    assert all(e.done < result.tiles_total for e in interim)  # the end only with the cells
     assert result.run.complete
 
 
@@ -230,6 +232,43 @@ def test_cancel_stops_inside_a_large_tile(slide, cards, tmp_path, monkeypatch):
     resumed = run(infer_slide(slide, members, config=config, out_dir=tmp_path))
     assert resumed.run.complete and not resumed.cancelled
     assert resumed.tiles_run == resumed.tiles_total
+
+
+class Slow(torch.nn.Module):
+    """A real member that takes 0.2 s a forward: a large tile of many pieces takes long."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x):
+        time.sleep(0.2)
+        return self.model(x)
+
+
+def test_stopping_the_run_stops_the_large_tile_at_once(slide, cards, tmp_path, monkeypatch):
+    # Ctrl-C (an exception thrown into the generator) or closing it while a large tile
+    # runs must not wait for the tile's remaining pieces (here about 10 s).
+    import dataclasses
+
+    from napari_histo.inference import engine
+
+    monkeypatch.setattr(engine, "BLOCK_PROGRESS_S", 0.005)
+    loaded = load_model(cards[0])
+    members = [dataclasses.replace(loaded, model=Slow(loaded.model))]
+    config = EngineConfig(tiling="large", large_tile_px=4096, sub_tile_px=64)
+    for stop in ("throw", "close"):
+        (tmp_path / stop).mkdir()
+        generator = infer_slide(slide, members, config=config, out_dir=tmp_path / stop)
+        assert not next(generator).cells  # inside the tile
+        start = time.monotonic()
+        if stop == "throw":
+            with pytest.raises(KeyboardInterrupt):
+                generator.throw(KeyboardInterrupt)
+        else:
+            generator.close()
+        assert time.monotonic() - start < 2.0
+        assert not any(t.name.startswith("histo-model") for t in threading.enumerate())
 
 
 def test_large_tiles_cancel_and_resume(slide, cards, tmp_path):

@@ -289,16 +289,19 @@ def _bare_block_forwards(plan) -> float:
     against (``large_efficiency``), as the patch engine's is the model-only run.
     """
     from napari_histo.inference.blocks import local_pieces, patch_rows
+    from napari_histo.inference.engine import default_batch_size
     from napari_histo.inference.plan import block_need
 
     patch = plan.members[0].card.patch_px
+    batch = plan.config.batch_size or default_batch_size(plan.device)
     shapes: list[tuple[Any, tuple[int, int, int, int]]] = []
     for block in plan.blocks:
         need = block_need(block, plan.grid)
         for member, margin in zip(plan.members, plan.member_margins, strict=True):
             if margin is None:
-                shapes += [(member.model, (len(row), 3, patch, patch)) for _, row in
-                           patch_rows(need, patch)]  # fmt: skip
+                for _, row in patch_rows(need, patch):
+                    shapes += [(member.model, (len(row[k : k + batch]), 3, patch, patch))
+                               for k in range(0, len(row), batch)]  # fmt: skip
             else:
                 shapes += [(member.model, (1, 3, h + 2 * margin, w + 2 * margin)) for _, _, h, w
                            in local_pieces(need, plan.margin_px, plan.sub_tile_px)]  # fmt: skip
@@ -314,4 +317,4 @@ def _bare_block_forwards(plan) -> float:
             if cuda:
                 torch.cuda.synchronize(plan.device)
             total += time.perf_counter() - start
-    return total
+    return total * len(plan.tta)  # every transform is one more pass of the same work

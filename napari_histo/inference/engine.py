@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from napari_histo import __version__
 from napari_histo.generators import drive
 from napari_histo.inference.blocks import block_steps, member_forwards
-from napari_histo.inference.ensemble import ensemble_predict
+from napari_histo.inference.ensemble import apply_dihedral, ensemble_predict
 from napari_histo.inference.plan import (
     EngineConfig,
     InferencePlan,
@@ -220,18 +220,25 @@ def execute_inference(
         member.model.to(device).eval()
     forwards = None
     block_steps_done = [0]  # large tiles: pieces and patch rows done in the current block
+    # Set when this generator stops for any reason (cancel, an error, closed early):
+    # the block on the model thread stops at its next piece instead of finishing.
+    abort = threading.Event()
 
     def step() -> None:
         block_steps_done[0] += 1
-        if cancel.is_set():  # stop inside a large tile; its cells are computed again later
+        if cancel.is_set() or abort.is_set():  # its cells are computed again on resume
             raise _BlockCancelled
 
-    if plan.blocks is not None:
-        forwards = member_forwards(
+    def block_forwards(sub_tile_px: int | None, patch_batch: int) -> list[Callable]:
+        return member_forwards(
             [m.model for m in members], plan.member_margins, card.patch_px, plan.margin_px,
-            plan.sub_tile_px, on_step=step,
-            patch_batch=plan.config.batch_size or default_batch_size(device),
+            sub_tile_px, on_step=step, patch_batch=patch_batch,
         )  # fmt: skip
+
+    if plan.blocks is not None:
+        forwards = block_forwards(
+            plan.sub_tile_px, plan.config.batch_size or default_batch_size(device)
+        )
     config = plan.config
     stain, stain_source = plan.stain, plan.stain_source
     stitcher = Stitcher(grid, channels=len(RESULT_ARRAYS), tiles=todo)
@@ -258,7 +265,7 @@ def execute_inference(
             return normalised(read_rect(unit.x, unit.y, unit.w, unit.h))
 
         def predict(take: list[Any], arrays: list[np.ndarray]) -> list[tuple[int, np.ndarray]]:
-            nonlocal batch_size
+            nonlocal batch_size, forwards
             if plan.blocks is None:
                 outputs, batch_size = _predict_with_oom_retry(
                     members, np.stack(arrays), card.patch_px, plan.tta, device,
@@ -278,19 +285,17 @@ def execute_inference(
                     raise
                 torch.cuda.empty_cache()
                 warnings.warn(
-                    f"CUDA out of memory on a {block.w}×{block.h} px tile: it runs in "
-                    f"{OOM_PIECE_PX}-px pieces (use a smaller large_tile_px)",
+                    f"CUDA out of memory on a {block.w}×{block.h} px tile: this run "
+                    f"continues in {OOM_PIECE_PX}-px pieces (use a smaller large_tile_px)",
                     RuntimeWarning,
                     stacklevel=2,
                 )
+                forwards = block_forwards(OOM_PIECE_PX, 1)  # for the later blocks too
+                block_steps_done[0] = 0
                 out = predict_batch(
                     members, arrays[0][None], tile_px=(block.h, block.w), tta=plan.tta,
                     device=device, amp=config.amp, class_index=plan.class_index,
-                    forwards=member_forwards(
-                        [m.model for m in members], plan.member_margins, card.patch_px,
-                        plan.margin_px, OOM_PIECE_PX, patch_batch=1,
-                    ),
-                    need=need,
+                    forwards=forwards, need=need,
                 )[0]  # fmt: skip
             size = grid.tile_px
             pairs = []
@@ -361,10 +366,7 @@ def execute_inference(
                         pairs = predict(units_now, arrays)
                     else:
                         block = units_now[0]
-                        steps = len(plan.tta) * block_steps(
-                            block_need(block, grid), plan.member_margins, card.patch_px,
-                            plan.margin_px, plan.sub_tile_px,
-                        )  # fmt: skip
+                        steps = _block_passes(block, grid, plan)
                         block_steps_done[0] = 0
                         future = block_runner.submit(predict, units_now, arrays)
                         while True:
@@ -376,7 +378,9 @@ def execute_inference(
                                 break
                             except FutureTimeout:
                                 part = min(1.0, block_steps_done[0] / max(1, steps))
-                                yield progress(tiles_run + int(part * len(block.tiles)), [])
+                                # Never the whole block before its cells are in.
+                                partial = min(len(block.tiles) - 1, int(part * len(block.tiles)))
+                                yield progress(tiles_run + partial, [])
                         if pairs is None:
                             break
                     finished = []
@@ -392,6 +396,7 @@ def execute_inference(
                     tiles_run += len(pairs)
                     yield progress(tiles_run, finished)
             finally:
+                abort.set()  # a block still on the model thread stops at its next piece
                 for _, future in pending:
                     future.cancel()
                 check_writes(wait=True)
@@ -450,7 +455,9 @@ def infer_slide(
     Yields
     ------
     Progress
-        After every batch, with the cells that became final.
+        After every batch, with the cells that became final; large tiles also
+        every 0.5 s while one is computed (no cells; `done` counts the part of
+        its tiles done).
 
     Returns
     -------
@@ -467,6 +474,30 @@ def infer_slide(
         mpp=mpp,
     )
     return execute_inference(plan, cancel)
+
+
+def _block_passes(block: Any, grid: TileGrid, plan: InferencePlan) -> int:
+    """Pieces and patch rows the members make over `block`: what its progress counts.
+
+    Mirrors :func:`~napari_histo.inference.ensemble.ensemble_predict`: on blocks of
+    at most 1024² px the transforms of a member run together (over the union of
+    their flipped masks; odd rotations of a non-square block apart), else one by one.
+    """
+    need = torch.from_numpy(block_need(block, grid))[None, None]
+    flipped = {t: apply_dihedral(need, t)[0, 0] for t in plan.tta}
+    if block.h * block.w <= 1024**2:
+        groups = [[t for t in plan.tta if t % 2 == p] for p in (0, 1)]
+        if block.h == block.w:
+            groups = [list(plan.tta)]
+        masks = [torch.stack([flipped[t] for t in g]).any(0) for g in groups if g]
+    else:
+        masks = list(flipped.values())
+    card = plan.members[0].card
+    return sum(
+        block_steps(m.numpy(), plan.member_margins, card.patch_px, plan.margin_px,
+                    plan.sub_tile_px)
+        for m in masks
+    )  # fmt: skip
 
 
 def _provenance(

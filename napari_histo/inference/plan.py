@@ -92,7 +92,7 @@ class EngineConfig:
         the card's patch, blended over `overlap` (the default here and in the
         viewer, whose viewport runs want their first cells at once). "auto":
         large when a member has a margin (``napari-histo infer`` and cohort
-        runs: 1.8x faster than patches on a 2-core CPU, docs/benchmarks.md).
+        runs: 1.5-1.8x faster than patches on a 2-core CPU, docs/benchmarks.md).
     large_tile_px : int or None
         Largest side (model px) of a block: the reading unit, and the largest
         input a local member sees on a GPU. Memory grows with its square. None:

@@ -137,7 +137,7 @@ class TiffLevelTiles:
     scale : int
         1, or NDPI's levels that OpenSlide makes itself: 2, 4 or 8, the page decoded
         at that fraction by the JPEG decoder's DCT scaling (``tile_w``, ``tile_h``
-        and the level's size are the page's divided by it).
+        and the level's size are the page's divided by it, rounded down).
     """
 
     path: Path
@@ -258,18 +258,24 @@ class TiffLevelTiles:
         cell_h = self.tile_h * self.stack
         cols = range(lvl_x // self.tile_w, (lvl_x + w - 1) // self.tile_w + 1)
         for row in range(lvl_y // cell_h, (lvl_y + h - 1) // cell_h + 1):
+            decoded = {}
             if self.stack > 1 and cache is not None:
-                self._decode_missing_cells(fd, row, cols, cache)
+                decoded = self._decode_missing_cells(fd, row, cols, cache)
             for col in cols:
-                tile = self.cached_tile(fd, row, col, cache)
+                tile = decoded.get(col)
+                if tile is None:
+                    tile = self.cached_tile(fd, row, col, cache)
                 paste(
                     out, lvl_x, lvl_y, tile, col * self.tile_w, row * cell_h, (cell_h, self.tile_w)
                 )
         return out
 
-    def _decode_missing_cells(self, fd: int, cell_row: int, cols: range, cache: TileCache) -> None:
-        """Decode the cells of `cols` in `cell_row` that `cache` lacks and put them in
-        `cache`, reading each run of adjacent ones at once (:meth:`decode_cells`).
+    def _decode_missing_cells(
+        self, fd: int, cell_row: int, cols: range, cache: TileCache
+    ) -> dict[int, np.ndarray]:
+        """Decode the cells of `cols` in `cell_row` that `cache` lacks, reading each run
+        of adjacent ones at once (:meth:`decode_cells`); put them in `cache` and
+        return them by column.
 
         Runs that cannot be read so (absent or non-adjacent intervals) are left to
         :meth:`cached_tile`, cell by cell.
@@ -282,11 +288,14 @@ class TiffLevelTiles:
                 runs[-1].append(col)
             else:
                 runs.append([col])
+        decoded = {}
         for run in runs:
             cells = self.decode_cells(fd, cell_row, run[0], run[-1]) if len(run) > 1 else None
             for col, cell in zip(run, cells or (), strict=False):
                 cell.flags.writeable = False
                 cache.put((page, "stack", cell_row, col), cell)
+                decoded[col] = cell
+        return decoded
 
     def decode_cells(self, fd: int, cell_row: int, col0: int, col1: int) -> list[np.ndarray] | None:
         """:meth:`decode_stack` of the cells ``col0 ... col1`` of `cell_row`, with one
@@ -449,8 +458,11 @@ def find_level_tiles(
                         for i, p in enumerate(pages)
                         if tile is not None and _page_fits(p, width, height, tile, padded)
                     ]
-                if len(matches) != 1:
+                if not matches:
                     found.append(_scaled_level(path, pages, width, height, tile))
+                    continue
+                if len(matches) != 1:
+                    found.append(None)
                     continue
                 index, page = matches[0]
                 found.append(
@@ -483,36 +495,42 @@ def _scaled_level(
     tile: tuple[int, int] | None,
 ) -> TiffLevelTiles | None:
     """An NDPI level OpenSlide makes by decoding a page at 1/2, 1/4 or 1/8 (libjpeg's
-    DCT scaling), whose tiles are the page's restart intervals scaled: the page
-    closest in size that gives the level's size and tiles; None if none does."""
+    DCT scaling, sizes rounded down), whose tiles are the page's restart intervals
+    scaled: the one page that gives the level's size and tiles at the smallest such
+    scale; None if none or several do (OpenSlide reads it then)."""
     if tile is None:
         return None
     for scale in (2, 4, 8):
-        for index, page in enumerate(pages):
-            if (
-                getattr(page, "jpegheader", None) is not None
-                and page.is_tiled
-                and int(page.compression) == 7
-                and page.imagedepth == 1
-                and page.samplesperpixel == 3
-                and (page.tilewidth, page.tilelength) == (tile[0] * scale, tile[1] * scale)
-                and (-(-page.imagewidth // scale), -(-page.imagelength // scale)) == (width, height)
-            ):
-                return TiffLevelTiles(
-                    path=path,
-                    page_index=index,
-                    width=width,
-                    height=height,
-                    tile_w=tile[0],
-                    tile_h=tile[1],
-                    offsets=np.asarray(page.dataoffsets, dtype=np.int64),
-                    bytecounts=np.asarray(page.databytecounts, dtype=np.int64),
-                    jpegtables=page.jpegtables,
-                    decode=page.decode,
-                    across=-(-page.imagewidth // page.tilewidth),
-                    jpegheader=page.jpegheader,
-                    scale=scale,
-                )
+        candidates = [
+            (index, page)
+            for index, page in enumerate(pages)
+            if getattr(page, "jpegheader", None) is not None
+            and page.is_tiled
+            and int(page.compression) == 7
+            and page.imagedepth == 1
+            and page.samplesperpixel == 3
+            and (page.tilewidth, page.tilelength) == (tile[0] * scale, tile[1] * scale)
+            and (page.imagewidth // scale, page.imagelength // scale) == (width, height)
+        ]
+        if len(candidates) > 1:
+            return None  # e.g. focal planes of one size: which one OpenSlide scales is unknown
+        if candidates:
+            index, page = candidates[0]
+            return TiffLevelTiles(
+                path=path,
+                page_index=index,
+                width=width,
+                height=height,
+                tile_w=tile[0],
+                tile_h=tile[1],
+                offsets=np.asarray(page.dataoffsets, dtype=np.int64),
+                bytecounts=np.asarray(page.databytecounts, dtype=np.int64),
+                jpegtables=page.jpegtables,
+                decode=page.decode,
+                across=-(-page.imagewidth // page.tilewidth),
+                jpegheader=page.jpegheader,
+                scale=scale,
+            )
     return None
 
 

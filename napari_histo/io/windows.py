@@ -102,8 +102,6 @@ class LevelWindows:
         self.threads = window_threads() if threads is None else max(1, int(threads))
         self.shape = (height, width, 3)
         self.chunks = (lazy.chunks[0][0], lazy.chunks[1][0], 3)
-        # Bands end on cell edges: a cell split between two bands would be decoded twice.
-        self.band_px = slide.cell_size(level)[1]
 
     dtype = np.dtype(np.uint8)
     ndim = 3
@@ -168,10 +166,18 @@ class LevelWindows:
         list(_pool().map(band, range(len(cuts) - 1)))
         return out
 
+    @property
+    def band_px(self) -> int:
+        """Rows the bands are cut on: the slide's cells (a cell split between two bands
+        would be decoded twice); asked each time, as a level's direct decoding is
+        settled by its first read."""
+        return self.slide.cell_size(self.level)[1]
+
     def _bands(self, y0: int, y1: int) -> list[int]:
-        """Cut rows of ``[y0, y1)`` into at most `threads` bands on tile-row boundaries."""
-        first, last = y0 // self.band_px + 1, -(-y1 // self.band_px) - 1
-        inner = [r * self.band_px for r in range(first, last + 1)]  # boundaries inside
+        """Cut rows of ``[y0, y1)`` into at most `threads` bands on cell boundaries."""
+        band = self.band_px
+        first, last = y0 // band + 1, -(-y1 // band) - 1
+        inner = [r * band for r in range(first, last + 1)]  # boundaries inside
         bands = min(self.threads, len(inner) + 1)
         if bands < 2:
             return [y0, y1]
