@@ -202,12 +202,7 @@ def test_a_large_tile_reports_progress_while_it_runs(slide, cards, tmp_path, mon
     config = EngineConfig(tiling="large", large_tile_px=4096)
     generator = infer_slide(slide, members, config=config, out_dir=tmp_path)
     events = []
-    while True:
-        try:
-            events.append(next(generator))
-        except StopIteration as stop:
-            result = stop.value
-            break
+    result = run(generator, events.append)
     done = [e.done for e in events]
     assert done == sorted(done) and done[-1] == result.tiles_total
     interim = [e for e in events if not e.cells]
