@@ -290,7 +290,7 @@ class TiffLevelTiles:
                 runs.append([col])
         decoded = {}
         for run in runs:
-            cells = self.decode_cells(fd, cell_row, run[0], run[-1]) if len(run) > 1 else None
+            cells = self.decode_cells(fd, cell_row, run[0], run[-1])
             for col, cell in zip(run, cells or (), strict=False):
                 cell.flags.writeable = False
                 cache.put((page, "stack", cell_row, col), cell)
