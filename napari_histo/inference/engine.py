@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from napari_histo import __version__
 from napari_histo.generators import drive
 from napari_histo.inference.blocks import block_steps, member_forwards
-from napari_histo.inference.ensemble import apply_dihedral, ensemble_predict
+from napari_histo.inference.ensemble import apply_dihedral, ensemble_predict, transform_groups
 from napari_histo.inference.plan import (
     EngineConfig,
     InferencePlan,
@@ -66,6 +66,9 @@ __all__ = [
     "tile_reader",
 ]
 
+#: Largest input (px) whose test-time transforms go through a member as one batch;
+#: larger ones (large tiles) one transform at a time, for the activation memory.
+BATCH_TRANSFORMS_MAX_PX = 1024**2
 #: Seconds between progress reports while a large tile is computed.
 BLOCK_PROGRESS_S = 0.5
 #: Piece core (model px) local members fall back to when a whole large tile
@@ -176,7 +179,7 @@ def predict_batch(
         # Large tiles: one transform at a time (TTA stacked in a batch would
         # multiply the activation memory).
         out = ensemble_predict(
-            models, x, tta=tuple(tta), batch_members=size[0] * size[1] <= 1024**2
+            models, x, tta=tuple(tta), batch_members=size[0] * size[1] <= BATCH_TRANSFORMS_MAX_PX
         )
     stacked = torch.stack(
         [
@@ -264,7 +267,9 @@ def execute_inference(
                 return normalised(read_tile(unit))
             return normalised(read_rect(unit.x, unit.y, unit.w, unit.h))
 
-        def predict(take: list[Any], arrays: list[np.ndarray]) -> list[tuple[int, np.ndarray]]:
+        def predict(
+            take: list[Any], arrays: list[np.ndarray], need: np.ndarray | None = None
+        ) -> list[tuple[int, np.ndarray]]:
             nonlocal batch_size, forwards
             if plan.blocks is None:
                 outputs, batch_size = _predict_with_oom_retry(
@@ -273,7 +278,6 @@ def execute_inference(
                 )  # fmt: skip
                 return list(zip(take, outputs, strict=True))
             block = take[0]
-            need = block_need(block, grid)
             try:
                 out = predict_batch(
                     members, arrays[0][None], tile_px=(block.h, block.w), tta=plan.tta,
@@ -366,9 +370,10 @@ def execute_inference(
                         pairs = predict(units_now, arrays)
                     else:
                         block = units_now[0]
-                        steps = _block_passes(block, grid, plan)
+                        need = block_need(block, grid)
+                        steps = _block_passes(need, block, plan)
                         block_steps_done[0] = 0
-                        future = block_runner.submit(predict, units_now, arrays)
+                        future = block_runner.submit(predict, units_now, arrays, need)
                         while True:
                             try:
                                 pairs = future.result(timeout=BLOCK_PROGRESS_S)
@@ -476,27 +481,22 @@ def infer_slide(
     return execute_inference(plan, cancel)
 
 
-def _block_passes(block: Any, grid: TileGrid, plan: InferencePlan) -> int:
-    """Pieces and patch rows the members make over `block`: what its progress counts.
-
-    Mirrors :func:`~napari_histo.inference.ensemble.ensemble_predict`: on blocks of
-    at most 1024² px the transforms of a member run together (over the union of
-    their flipped masks; odd rotations of a non-square block apart), else one by one.
-    """
-    need = torch.from_numpy(block_need(block, grid))[None, None]
-    flipped = {t: apply_dihedral(need, t)[0, 0] for t in plan.tta}
-    if block.h * block.w <= 1024**2:
-        groups = [[t for t in plan.tta if t % 2 == p] for p in (0, 1)]
-        if block.h == block.w:
-            groups = [list(plan.tta)]
-        masks = [torch.stack([flipped[t] for t in g]).any(0) for g in groups if g]
-    else:
-        masks = list(flipped.values())
+def _block_passes(need: np.ndarray, block: Any, plan: InferencePlan) -> int:
+    """Pieces and patch rows the members make over `block` (mask `need`): what its
+    progress counts, with the transforms grouped as
+    :func:`~napari_histo.inference.ensemble.ensemble_predict` runs them (a group
+    over the union of its flipped masks)."""
+    mask = torch.from_numpy(need)[None, None]
+    groups = transform_groups(
+        plan.tta, block.h == block.w, block.h * block.w <= BATCH_TRANSFORMS_MAX_PX
+    )
     card = plan.members[0].card
     return sum(
-        block_steps(m.numpy(), plan.member_margins, card.patch_px, plan.margin_px,
-                    plan.sub_tile_px)
-        for m in masks
+        block_steps(
+            torch.stack([apply_dihedral(mask, t)[0, 0] for t in group]).any(0).numpy(),
+            plan.member_margins, card.patch_px, plan.margin_px, plan.sub_tile_px,
+        )
+        for group in groups
     )  # fmt: skip
 
 

@@ -46,6 +46,7 @@ __all__ = [
     "apply_dihedral",
     "ensemble_predict",
     "invert_dihedral",
+    "transform_groups",
     "tta_transforms",
 ]
 
@@ -205,16 +206,22 @@ def _check_inputs(
     return ids
 
 
+def transform_groups(ids: Sequence[int], square: bool, batched: bool) -> list[list[int]]:
+    """The transforms of `ids` that one member forward takes together: all of them
+    (`batched`, square input), even and odd rotations apart (odd ones swap H and W),
+    or one at a time (not `batched`)."""
+    if not batched:
+        return [[t] for t in ids]
+    if square:
+        return [list(ids)]
+    return [g for g in ([t for t in ids if t % 2 == 0], [t for t in ids if t % 2]) if g]
+
+
 def _member_probabilities(
     member: Member, x: torch.Tensor, ids: tuple[int, ...], batched: bool
 ) -> list[torch.Tensor]:
     """``softmax(invert(t, member(apply(t, x))))`` for each t, as float32, in `ids` order."""
-    if not batched:
-        groups = [[t] for t in ids]
-    elif x.shape[-2] == x.shape[-1]:
-        groups = [list(ids)]
-    else:  # odd rotations swap H and W: batch those separately
-        groups = [g for g in ([t for t in ids if t % 2 == 0], [t for t in ids if t % 2]) if g]
+    groups = transform_groups(ids, x.shape[-2] == x.shape[-1], batched)
     batch = x.shape[0]
     out: dict[int, torch.Tensor] = {}
     for group in groups:

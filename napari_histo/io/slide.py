@@ -446,6 +446,11 @@ class Slide:
         tiles = self._level_tiles[level] if level < len(self._level_tiles) else None
         if tiles is not None and self._fast_ok[level] is not False:
             return tiles.tile_w, tiles.tile_h * tiles.stack
+        return self._openslide_cell(level)
+
+    def _openslide_cell(self, level: int) -> tuple[int, int]:
+        """``(width, height)`` of the cells OpenSlide reads of `level` are cached in:
+        whole native tiles, at least 256 px a side (NDPI's are 256 × 8 px)."""
         native_w, native_h = self.tile_size(level) or (DEFAULT_TILE_PX, DEFAULT_TILE_PX)
         return native_w * -(-MIN_CELL_PX // native_w), native_h * -(-MIN_CELL_PX // native_h)
 
@@ -581,10 +586,7 @@ class Slide:
             return None  # a fractional downsample reads at sub-pixel level-0 corners
         if lvl_x < 0 or lvl_y < 0 or lvl_x + w > width or lvl_y + h > height:
             return None  # outside the level: OpenSlide knows what to paint there
-        # Cells of whole native tiles, at least 256 px a side (NDPI's are 256 × 8 px).
-        native_w, native_h = self.tile_size(level) or (DEFAULT_TILE_PX, DEFAULT_TILE_PX)
-        tile_w = native_w * -(-MIN_CELL_PX // native_w)
-        tile_h = native_h * -(-MIN_CELL_PX // native_h)  # as cell_size() without direct tiles
+        tile_w, tile_h = self._openslide_cell(level)
         rows = range(lvl_y // tile_h, (lvl_y + h - 1) // tile_h + 1)
         cols = range(lvl_x // tile_w, (lvl_x + w - 1) // tile_w + 1)
         if len(rows) * len(cols) * tile_w * tile_h * 3 > cache.max_bytes // 2:

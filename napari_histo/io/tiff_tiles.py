@@ -194,37 +194,25 @@ class TiffLevelTiles:
         return max(1, -(-256 // self.tile_h))
 
     def decode_stack(self, fd: int, cell_row: int, col: int) -> np.ndarray:
-        """Decode tile rows ``cell_row * stack ...`` of column `col` as one JPEG.
-
-        The restart intervals, each decodable on its own, are joined with renumbered
-        restart markers behind the tile header whose frame height is patched to the
-        rows joined: one decode instead of one per 8-px tile, and the same pixels
-        (each interval restarts its predictions).
-        """
-        import imagecodecs
-
+        """Decode tile rows ``cell_row * stack ...`` of column `col`: as one JPEG
+        (:meth:`decode_cells` of this one cell), or tile by tile where intervals are
+        absent (white, as OpenSlide shows them) or lack their own restart marker."""
+        cells = self.decode_cells(fd, cell_row, col, col)
+        if cells is not None:
+            return cells[0]
         down = len(self.offsets) // self.tiles_across
         rows = range(cell_row * self.stack, min((cell_row + 1) * self.stack, down))
-        if any(self.bytecounts[row * self.tiles_across + col] == 0 for row in rows):
-            # A sparse cell: tile by tile, absent ones white (as OpenSlide shows them).
-            cell = np.full((len(rows) * self.tile_h, self.tile_w, 3), 255, np.uint8)
-            for k, row in enumerate(rows):
-                tile = self.decode_tile(fd, row, col)
-                if tile is not None:
-                    cell[k * self.tile_h : (k + 1) * self.tile_h] = tile
-            return cell
-        parts = []
+        cell = np.full((len(rows) * self.tile_h, self.tile_w, 3), 255, np.uint8)
         for k, row in enumerate(rows):
-            parts.append(_without_marker(self._tile_bytes(fd, row * self.tiles_across + col)))
-            parts.append(bytes((0xFF, 0xD0 + k % 8)) if k < len(rows) - 1 else b"\xff\xd9")
-        header = bytearray(self.jpegheader)
-        sof = header.index(b"\xff\xc0")
-        header[sof + 5 : sof + 7] = (len(rows) * self.tile_h * self.scale).to_bytes(2, "big")
-        if self.scale > 1:
-            jpeg = bytes(header) + b"".join(parts)
-            return _decode_scaled(jpeg, len(rows) * self.tile_h, self.tile_w, self.scale)
-        pixels = imagecodecs.jpeg_decode(b"".join(parts), header=bytes(header))
-        return pixels.reshape(len(rows) * self.tile_h, self.tile_w, -1)[..., :3]
+            tile = self.decode_tile(fd, row, col)
+            if tile is not None:
+                cell[k * self.tile_h : (k + 1) * self.tile_h] = tile
+        return cell
+
+    @property
+    def _cache_page(self) -> int | tuple[int, int]:
+        """The page's part of this level's tile-cache keys (a scaled level's own)."""
+        return self.page_index if self.scale == 1 else (self.page_index, self.scale)
 
     def cached_tile(
         self, fd: int, row: int, col: int, cache: TileCache | None
@@ -235,7 +223,7 @@ class TiffLevelTiles:
         decode = self.decode_stack if stacked else self.decode_tile
         if cache is None:
             return decode(fd, row, col)
-        page = self.page_index if self.scale == 1 else (self.page_index, self.scale)
+        page = self._cache_page
         key = (page, "stack", row, col) if stacked else (page, row, col)
         found, tile = cache.get(key)
         if not found:
@@ -280,7 +268,7 @@ class TiffLevelTiles:
         Runs that cannot be read so (absent or non-adjacent intervals) are left to
         :meth:`cached_tile`, cell by cell.
         """
-        page = self.page_index if self.scale == 1 else (self.page_index, self.scale)
+        page = self._cache_page
         missing = [c for c in cols if not cache.get((page, "stack", cell_row, c))[0]]
         runs: list[list[int]] = []
         for col in missing:
@@ -298,14 +286,18 @@ class TiffLevelTiles:
         return decoded
 
     def decode_cells(self, fd: int, cell_row: int, col0: int, col1: int) -> list[np.ndarray] | None:
-        """:meth:`decode_stack` of the cells ``col0 ... col1`` of `cell_row`, with one
-        read per tile row; None if their intervals are absent or not adjacent.
+        """Decode the cells ``col0 ... col1`` of `cell_row`, each as one JPEG, with one
+        read per tile row; None if their intervals are absent, not adjacent or
+        without their own restart markers.
 
-        NDPI stores a level's restart intervals in raster order, so a tile row of
-        adjacent cells is one byte run. Each cell's intervals are gathered from
-        those runs and joined with renumbered markers in numpy (no Python loop over
-        the 8-px intervals), then decoded on its own: joining cells side by side
-        would smooth chroma across their edges, which OpenSlide does not.
+        A cell's restart intervals, each decodable on its own, are joined with
+        renumbered restart markers behind the tile header whose frame height is
+        patched to the rows joined: one decode instead of one per 8-px tile, and
+        the same pixels (each interval restarts its predictions). NDPI stores a
+        level's intervals in raster order, so a tile row of adjacent cells is one
+        byte run; the join is done in numpy (no Python loop over the intervals).
+        Each cell is decoded on its own: joining cells side by side would smooth
+        chroma across their edges, which OpenSlide does not.
         """
         import imagecodecs
 
