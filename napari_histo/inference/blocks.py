@@ -248,11 +248,14 @@ def computed_px(
     sub_tile_px: int | None,
 ) -> float:
     """Model pixels each member computes for a block (mask `need`), mean over the members."""
+    # The same pieces and patches for every member of a kind: found once.
+    local = any(m is not None for m in margins)
+    found = local_pieces(need, block_margin, sub_tile_px) if local else []
+    patches = sum(len(row) for _, row in patch_rows(need, patch_px)) if None in margins else 0
     total = 0.0
     for m in margins:
         if m is None:
-            total += patch_px**2 * sum(len(row) for _, row in patch_rows(need, patch_px))
-            continue
-        found = local_pieces(need, block_margin, sub_tile_px)
-        total += sum((h + 2 * m) * (w + 2 * m) for _, _, h, w in found)
+            total += patch_px**2 * patches
+        else:
+            total += sum((h + 2 * m) * (w + 2 * m) for _, _, h, w in found)
     return total / max(1, len(margins))
