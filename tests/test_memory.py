@@ -55,3 +55,41 @@ def test_open_100k_slide_keeps_rss_small(slide_100k):
     # Open = tag tables + task graphs only; plus one 1562² top level and one viewport.
     assert result["open_mb"] < 100, result
     assert result["total_mb"] < 250, result
+
+
+MALLOC_PROBE = """
+import json, resource
+import torch
+from napari_histo._malloc import tune_malloc
+
+net = torch.nn.Sequential(torch.nn.Conv2d(3, 16, 3, padding=1), torch.nn.ReLU(),
+                          torch.nn.Conv2d(16, 16, 3, padding=1), torch.nn.ReLU(),
+                          torch.nn.Conv2d(16, 2, 1)).eval()
+x = torch.randn(1, 3, 768, 768)  # 38 MB activations: above glibc's mmap threshold
+
+def faults(repeats=4):
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    with torch.inference_mode():
+        for _ in range(repeats):
+            torch.softmax(net(x), 1)
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+
+faults(1)
+untuned = faults()
+tuned = tune_malloc()
+faults(1)
+print(json.dumps({"tuned": tuned, "again": tune_malloc(), "untuned": untuned,
+                  "after": faults()}))
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc malloc")
+def test_tune_malloc_reuses_large_tensors_instead_of_faulting_them_in():
+    out = subprocess.run(
+        [sys.executable, "-c", MALLOC_PROBE], capture_output=True, text=True, check=True
+    )
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["tuned"] and result["again"]
+    pages = 768 * 768 * 16 * 4 // 4096  # one activation
+    assert result["untuned"] > 4 * pages  # mmapped, faulted in and unmapped each pass
+    assert result["after"] < pages  # kept in the heap and reused

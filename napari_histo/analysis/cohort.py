@@ -38,6 +38,7 @@ from typing import Any
 
 from napari_histo import __version__
 from napari_histo._atomic import atomic_write_text, json_safe
+from napari_histo._malloc import tune_malloc
 from napari_histo.errors import HistoError
 
 __all__ = [
@@ -376,36 +377,9 @@ def _worker_address() -> str:
         return "local"
 
 
-_MALLOC_TUNED = False
-
-
-def _tune_malloc() -> None:
-    """Undo the cost of dask's ``MALLOC_TRIM_THRESHOLD_`` for torch, once per worker process.
-
-    dask's nanny starts workers with ``MALLOC_TRIM_THRESHOLD_=65536``, which also
-    turns off glibc's adaptive mmap threshold: every large tensor is then mmapped,
-    faulted in and unmapped again, and a CPU forward pass took 2x as long (measured
-    here: 2.5 s against 1.2 s). Large trim and mmap thresholds restore it; freed
-    memory still goes back to the system above 256 MiB.
-    """
-    global _MALLOC_TUNED
-    if _MALLOC_TUNED:
-        return
-    _MALLOC_TUNED = True
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:  # not glibc: nothing to undo
-        return
-    m_trim_threshold, m_mmap_threshold = -1, -3
-    libc.mallopt(m_trim_threshold, 256 << 20)
-    libc.mallopt(m_mmap_threshold, 32 << 20)
-
-
 def warm_worker(cards: tuple[str, ...]) -> int:
     """Prepare a worker process before the clock starts: malloc settings, models loaded."""
-    _tune_malloc()
+    tune_malloc()
     return len(_members(tuple(cards)))
 
 
@@ -413,7 +387,7 @@ def cluster_task(slide: str, config: CohortConfig, name: str) -> SlideOutcome:
     """:func:`process_slide` on a dask worker, sending progress events to the client."""
     from distributed import get_worker
 
-    _tune_malloc()
+    tune_malloc()
     worker = get_worker()
     last = [0.0]
 

@@ -41,6 +41,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from napari_histo._malloc import tune_malloc
 from napari_histo.inference.engine import (
     EngineConfig,
     default_batch_size,
@@ -174,6 +175,7 @@ def bench_infer(
     from napari_histo.bench import bench_mosaic_slide, bench_slide
 
     torch_device = select_device(device)  # bad names fail before any slide is made
+    tune_malloc()  # as the engine does: the baselines run under the same settings
     cards = list(latest_cards().values())
     if not cards:
         raise FileNotFoundError(

@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from napari_histo import __version__
+from napari_histo._malloc import tune_malloc
 from napari_histo.generators import drive
 from napari_histo.inference.blocks import block_steps, member_forwards
 from napari_histo.inference.ensemble import apply_dihedral, ensemble_predict, transform_groups
@@ -205,6 +206,7 @@ def execute_inference(
     resumes.
     """
     cancel = cancel or threading.Event()
+    tune_malloc()  # large tensors reused from the heap, not faulted in each pass
     start, run_, grid, todo, total = plan.started, plan.run, plan.grid, plan.todo, plan.total
     device, members = plan.device, plan.members
     card = members[0].card
