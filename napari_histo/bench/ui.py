@@ -103,12 +103,10 @@ def _model_only(cards: list[str], tiles: int, threads: int | None) -> float:
 def _model_only_here(cards: list[str], tiles: int, threads: int | None) -> float:
     import torch
 
-    from napari_histo._malloc import tune_malloc
     from napari_histo.inference.engine import default_batch_size
     from napari_histo.inference.ensemble import ensemble_predict
     from napari_histo.models import load_model
 
-    tune_malloc()  # as the worker's engine does
     if threads is not None:
         torch.set_num_threads(threads)
     members = [load_model(card) for card in cards]

@@ -206,7 +206,8 @@ def execute_inference(
     resumes.
     """
     cancel = cancel or threading.Event()
-    tune_malloc()  # large tensors reused from the heap, not faulted in each pass
+    if plan.blocks is not None:
+        tune_malloc()  # a large tile's tensors reused from the heap, not faulted in each pass
     start, run_, grid, todo, total = plan.started, plan.run, plan.grid, plan.todo, plan.total
     device, members = plan.device, plan.members
     card = members[0].card
