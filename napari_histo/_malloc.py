@@ -31,7 +31,7 @@ import ctypes
 import os
 import threading
 
-__all__ = ["MALLOC_ENV", "tune_malloc"]
+__all__ = ["MALLOC_ENV", "release_free_memory", "tune_malloc"]
 
 #: Set to "default" to keep glibc's own malloc settings.
 MALLOC_ENV = "NAPARI_HISTO_MALLOC"
@@ -71,3 +71,18 @@ def _apply() -> bool:
     ok = mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES) == 1
     ok &= mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD_BYTES) == 1
     return bool(ok)
+
+
+def release_free_memory() -> bool:
+    """Hand the pages malloc holds free back to the system (glibc ``malloc_trim``).
+
+    Called when a job ends, in the viewer's process and the worker's: what a
+    run freed would otherwise stay in the heap, and the viewer's RSS grew
+    65–75 MB over five viewport runs (``bench ui --quick``) against 49 MB
+    with it. A few milliseconds; not glibc: nothing, False.
+    """
+    try:
+        trim = ctypes.CDLL("libc.so.6").malloc_trim
+    except (OSError, AttributeError):
+        return False
+    return bool(trim(0))

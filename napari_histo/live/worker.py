@@ -27,6 +27,7 @@ from contextlib import contextmanager
 from dataclasses import replace
 from typing import Any
 
+from napari_histo._malloc import release_free_memory
 from napari_histo.errors import HistoError
 from napari_histo.generators import messages
 from napari_histo.live.requests import JobRequest
@@ -66,6 +67,7 @@ def _serve(conn, cancel, threads: int) -> None:
             _, function, kwargs = message
             for reply in _replies(function, kwargs, cancel):
                 conn.send(reply)
+            release_free_memory()  # between jobs the worker holds only what it keeps
     except (EOFError, OSError):
         return  # the viewer is gone: nobody to work for
 

@@ -19,6 +19,8 @@ import weakref
 from collections.abc import Callable, Generator
 from typing import Any
 
+from napari_histo._malloc import release_free_memory
+
 __all__ = ["JobFailed", "JobRunner", "configure_torch_threads", "gui_threads"]
 
 _TORCH_THREADS: int | None = None
@@ -193,6 +195,7 @@ class JobRunner:
             me._close_bar()
             if not me.closed:
                 on_finish()
+            release_free_memory()  # what the run freed goes back, not kept in the heap
 
         worker.yielded.connect(lambda item: deliver(on_yield, item))
         worker.returned.connect(lambda result: deliver(on_return, result))
