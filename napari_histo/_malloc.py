@@ -3,33 +3,38 @@
 glibc serves an allocation above its mmap threshold (adaptive, at most 32 MiB)
 with a fresh ``mmap`` and unmaps it on free, so every large activation of a
 CPU forward pass is faulted in, zeroed by the kernel and given back, pass after
-pass. A 2048-px large tile makes many such tensors: on the 2-core machine the
-``bench infer --quick`` large-tile run took 6.5 M minor page faults and 14 s of
-system time, against 0.58 M and 3.6 s with these settings, and ran about 10 %
-faster (20–21 s → 18.6–18.8 s; the bare forwards 16.5 s → 14.7–15.0 s); CPU
-training steps ran 7 % (the shipped members, one thread, bfloat16) to 35 % (wider
-U-Nets, float32) faster.
-dask's nanny makes it worse: its ``MALLOC_TRIM_THRESHOLD_=65536`` also turns
-the adaptive threshold off, so every tensor above 128 KiB was mmapped (a CPU
-forward pass took 2x as long).
+pass. A 2048-px large tile makes many such tensors: interleaved ``infer_slide``
+runs of the ``bench infer --quick`` slide took 1.8–2.2 M minor page faults and
+20.4–21.3 s, against 0.44–0.48 M and 18.5–19.0 s with these settings (about
+9 % faster; docs/benchmarks.md). CPU training steps ran 7 % (the shipped
+members: one thread, bfloat16) to 37 % (wider U-Nets in float32, two threads)
+faster. dask's nanny makes it worse: its ``MALLOC_TRIM_THRESHOLD_=65536`` also
+turns the adaptive threshold off, so every tensor above 128 KiB was mmapped (a
+CPU forward pass took 2x as long).
 
 Large mmap and trim thresholds keep freed tensors in the heap for the next
-pass; freed memory still goes back to the system above 256 MiB. Large-tile
-runs and the trainers set them; the viewer's process and blended-patch runs
-(the viewer's jobs: tensors of a few MiB, which glibc's adaptive threshold
-already keeps) are left alone: with these settings in the viewer's process
-its pan gaps were no better (p95 51–63 ms against 46–49 ms, ``bench ui
---quick``) and it held 145 MB more.
-The cost is memory held between passes: peak RSS of the 16k-px run 906–1156 MB
-against 716–1054 MB without (three runs each; fragmentation varies run to run).
-``NAPARI_HISTO_MALLOC=default`` in the environment leaves glibc's defaults.
+pass; free memory at the top of the main heap still goes back to the system
+above 256 MiB (threads' own heaps are at most 64 MiB each: larger blocks
+allocated on other threads are still mmapped). The cost is memory held between
+passes: 100–250 MB more peak RSS (fragmentation). Large-tile runs, cohort
+workers and the trainers set them; the viewer's process and blended-patch
+runs (the viewer's jobs: tensors of a few MiB, which the adaptive threshold
+already keeps) are left alone: with these settings in the viewer's process its
+pan gaps were no better (p95 51–63 ms against 46–49 ms, ``bench ui --quick``)
+and it held 145 MB more. ``NAPARI_HISTO_MALLOC=default`` in the environment
+keeps glibc's settings (on a dask worker: the nanny's, above).
+
+With jemalloc or tcmalloc preloaded these calls reach glibc's unused
+allocator: harmless, and reported as done.
 """
 
 from __future__ import annotations
 
 import ctypes
+import functools
 import os
 import threading
+from typing import Any
 
 __all__ = ["MALLOC_ENV", "release_free_memory", "tune_malloc"]
 
@@ -38,12 +43,24 @@ MALLOC_ENV = "NAPARI_HISTO_MALLOC"
 
 #: Allocations below this come from the heap, freed ones are reused (bytes).
 MMAP_THRESHOLD_BYTES = 256 << 20
+#: glibc before about 2.35 refuses mmap thresholds above this (bytes).
+MMAP_THRESHOLD_OLD_GLIBC_BYTES = 32 << 20
 #: Free memory at the heap's top above this goes back to the system (bytes).
 TRIM_THRESHOLD_BYTES = 256 << 20
 
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
 _lock = threading.Lock()
 _tuned: bool | None = None
+
+
+@functools.cache
+def _libc() -> Any | None:
+    """glibc, or None (macOS, musl, Windows)."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return None
+    return libc if hasattr(libc, "mallopt") and hasattr(libc, "malloc_trim") else None
 
 
 def tune_malloc() -> bool:
@@ -63,26 +80,29 @@ def tune_malloc() -> bool:
 def _apply() -> bool:
     if os.environ.get(MALLOC_ENV, "").strip().lower() == "default":
         return False
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):
+    libc = _libc()
+    if libc is None:
         return False
-    ok = mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES) == 1
-    ok &= mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD_BYTES) == 1
-    return bool(ok)
+    for threshold in (MMAP_THRESHOLD_BYTES, MMAP_THRESHOLD_OLD_GLIBC_BYTES):
+        if libc.mallopt(_M_MMAP_THRESHOLD, threshold) == 1:
+            break
+    else:
+        # Setting only the trim threshold would turn the adaptive mmap threshold
+        # off at its 128 KiB start: worse than glibc's defaults.
+        return False
+    return libc.mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD_BYTES) == 1
 
 
-def release_free_memory() -> bool:
+def release_free_memory() -> None:
     """Hand the pages malloc holds free back to the system (glibc ``malloc_trim``).
 
-    Called when a job ends, in the viewer's process and the worker's: what a
-    run freed would otherwise stay in the heap, and the viewer's RSS grew
-    65–75 MB over five viewport runs (``bench ui --quick``) against 49 MB
-    with it. A few milliseconds; not glibc: nothing, False.
+    Called when a job ends, on the job's thread in the viewer's process and in
+    the worker's loop: what a run freed would otherwise stay in the heap, and
+    the viewer's RSS grew 65–75 MB over five viewport runs (``bench ui
+    --quick``) against 52–53 MB with it. Under a millisecond with little to
+    give back, about 12 ms after 180 MB; it holds malloc's locks meanwhile, so
+    not on the Qt thread. Not glibc: nothing.
     """
-    try:
-        trim = ctypes.CDLL("libc.so.6").malloc_trim
-    except (OSError, AttributeError):
-        return False
-    return bool(trim(0))
+    libc = _libc()
+    if libc is not None:
+        libc.malloc_trim(0)

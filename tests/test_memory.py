@@ -60,7 +60,8 @@ def test_open_100k_slide_keeps_rss_small(slide_100k):
 
 
 MALLOC_PROBE = """
-import json, resource
+import ctypes, json, resource
+ctypes.CDLL(None).prctl(41, 1, 0, 0, 0)  # PR_SET_THP_DISABLE: 4 KiB pages, as counted below
 import torch
 from napari_histo._malloc import tune_malloc
 
@@ -94,7 +95,7 @@ def test_tune_malloc_reuses_large_tensors_instead_of_faulting_them_in():
     assert result["tuned"] and result["again"]
     pages = 768 * 768 * 16 * 4 // 4096  # one activation
     assert result["untuned"] > 16 * pages  # mmapped, faulted in and unmapped each pass
-    assert result["after"] < result["untuned"] / 8  # kept in the heap and reused (~1-2 pages)
+    assert result["after"] < result["untuned"] / 8  # kept in the heap (about one activation)
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc malloc")
@@ -117,8 +118,8 @@ proc = psutil.Process()
 arrays = [np.ones(12_000) for _ in range(3000)]  # 96 KB each: from the heap
 del arrays[1::3], arrays[1::2]  # two of every three freed, between kept ones
 before = proc.memory_info().rss
-released = release_free_memory()
-print(json.dumps({"released": released, "drop_mb": (before - proc.memory_info().rss) / 2**20}))
+release_free_memory()
+print(json.dumps({"drop_mb": (before - proc.memory_info().rss) / 2**20}))
 """
 
 
@@ -128,5 +129,20 @@ def test_release_free_memory_hands_freed_heap_pages_back():
         [sys.executable, "-c", TRIM_PROBE], capture_output=True, text=True, check=True
     )
     result = json.loads(out.stdout.strip().splitlines()[-1])
-    assert result["released"]
     assert result["drop_mb"] > 100  # of the ~180 MB freed between live arrays
+
+
+def test_malloc_helpers_do_nothing_without_glibc(monkeypatch):
+    import napari_histo._malloc as malloc
+
+    def no_glibc(name, *args, **kwargs):
+        raise OSError(f"{name}: cannot open shared object file")
+
+    monkeypatch.delenv(MALLOC_ENV, raising=False)
+    monkeypatch.setattr(malloc.ctypes, "CDLL", no_glibc)
+    malloc._libc.cache_clear()
+    try:
+        assert malloc._apply() is False
+        assert malloc.release_free_memory() is None
+    finally:
+        malloc._libc.cache_clear()

@@ -195,7 +195,6 @@ class JobRunner:
             me._close_bar()
             if not me.closed:
                 on_finish()
-            release_free_memory()  # what the run freed goes back, not kept in the heap
 
         worker.yielded.connect(lambda item: deliver(on_yield, item))
         worker.returned.connect(lambda result: deliver(on_return, result))
@@ -312,6 +311,7 @@ def _signal_finished(
         raise JobFailed(str(err)) from err
     finally:
         generator.close()
+        release_free_memory()  # what the run freed goes back (here: not on the Qt thread)
         finished.set()
 
 
