@@ -33,7 +33,6 @@ from __future__ import annotations
 import ctypes
 import functools
 import os
-import threading
 from typing import Any
 
 __all__ = ["MALLOC_ENV", "release_free_memory", "tune_malloc"]
@@ -49,8 +48,6 @@ MMAP_THRESHOLD_OLD_GLIBC_BYTES = 32 << 20
 TRIM_THRESHOLD_BYTES = 256 << 20
 
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
-_lock = threading.Lock()
-_tuned: bool | None = None
 
 
 @functools.cache
@@ -63,18 +60,16 @@ def _libc() -> Any | None:
     return libc if hasattr(libc, "mallopt") and hasattr(libc, "malloc_trim") else None
 
 
+@functools.cache
 def tune_malloc() -> bool:
     """Set the thresholds once per process; True when glibc took them.
 
-    Safe to call from anywhere, any number of times: only the first call acts.
+    Safe to call from anywhere, any number of times: later calls return the
+    first one's answer (two racing first calls set the same values twice).
     Not glibc (macOS, musl, Windows), or :data:`MALLOC_ENV` set to "default":
     nothing to do, False.
     """
-    global _tuned
-    with _lock:
-        if _tuned is None:
-            _tuned = _apply()
-        return _tuned
+    return _apply()
 
 
 def _apply() -> bool:

@@ -41,10 +41,12 @@ def slide_100k(tmp_path_factory):
     return write_mosaic_slide(root / "big.svs", source.path, 100_000, tissue_fraction=0.1)
 
 
-def probe(path) -> dict:
+def probe(*args, code: str = PROBE, env: dict | None = None) -> dict:
+    """The last JSON line `code` prints in a fresh interpreter given `args`."""
     proc = subprocess.run(
-        [sys.executable, "-c", PROBE, str(path)], capture_output=True, text=True, timeout=300
-    )
+        [sys.executable, "-c", code, *map(str, args)],
+        capture_output=True, text=True, timeout=300, env=env,
+    )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
@@ -86,27 +88,24 @@ print(json.dumps({"tuned": tuned, "again": tune_malloc(), "untuned": untuned,
 """
 
 
+#: 4 KiB pages of one of MALLOC_PROBE's activations (768² px, 16 float32 channels).
+ACTIVATION_PAGES = 768 * 768 * 16 * 4 // 4096
+
+
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc malloc")
 def test_tune_malloc_reuses_large_tensors_instead_of_faulting_them_in():
-    out = subprocess.run(
-        [sys.executable, "-c", MALLOC_PROBE], capture_output=True, text=True, check=True
-    )
-    result = json.loads(out.stdout.strip().splitlines()[-1])
+    result = probe(code=MALLOC_PROBE)
     assert result["tuned"] and result["again"]
-    pages = 768 * 768 * 16 * 4 // 4096  # one activation
-    assert result["untuned"] > 16 * pages  # mmapped, faulted in and unmapped each pass
+    # mmapped, faulted in and unmapped each pass
+    assert result["untuned"] > 16 * ACTIVATION_PAGES
     assert result["after"] < result["untuned"] / 8  # kept in the heap (about one activation)
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc malloc")
 def test_malloc_env_default_keeps_glibc_settings():
-    env = {**os.environ, MALLOC_ENV: "default"}
-    out = subprocess.run(
-        [sys.executable, "-c", MALLOC_PROBE], capture_output=True, text=True, check=True, env=env
-    )
-    result = json.loads(out.stdout.strip().splitlines()[-1])
+    result = probe(code=MALLOC_PROBE, env={**os.environ, MALLOC_ENV: "default"})
     assert not result["tuned"]
-    assert result["after"] > 16 * 768 * 768 * 16 * 4 // 4096  # still faulted in each pass
+    assert result["after"] > 16 * ACTIVATION_PAGES  # still faulted in each pass
 
 
 TRIM_PROBE = """
@@ -125,10 +124,7 @@ print(json.dumps({"drop_mb": (before - proc.memory_info().rss) / 2**20}))
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc malloc")
 def test_release_free_memory_hands_freed_heap_pages_back():
-    out = subprocess.run(
-        [sys.executable, "-c", TRIM_PROBE], capture_output=True, text=True, check=True
-    )
-    result = json.loads(out.stdout.strip().splitlines()[-1])
+    result = probe(code=TRIM_PROBE)
     assert result["drop_mb"] > 100  # of the ~180 MB freed between live arrays
 
 
