@@ -197,8 +197,10 @@ def _patch(model: Callable, patch: int, on_step: Callable, batch: int) -> Callab
             on_step()
         if total is None:
             return _uniform(x, 2)
-        probs = torch.where(weights > 0, total / weights.clamp_min(_EPS), 1.0 / total.shape[1])
-        return torch.log(probs.clamp_min(_EPS))
+        # In place: a large tile's full-size temporaries are tens of MB each.
+        uncovered = weights <= 0
+        total.div_(weights.clamp_min_(_EPS)).masked_fill_(uncovered, 1.0 / total.shape[1])
+        return total.clamp_min_(_EPS).log_()
 
     return forward
 

@@ -163,16 +163,24 @@ def predict_batch(
     batch = torch.from_numpy(np.ascontiguousarray(tiles))
     if device.type == "cuda":
         batch = batch.pin_memory()
-    x = batch.to(device, non_blocking=True).permute(0, 3, 1, 2)
-    x = x.to(torch.float32, copy=True).div_(255.0)  # a copy: the caller's tiles stay as read
-    if tuple(x.shape[-2:]) != size:
-        x = F.interpolate(x, size=size, mode="area")
+    rgb = batch.to(device, non_blocking=True).permute(0, 3, 1, 2)
+    # One float buffer holds the model input (and `need` as a fourth channel): a
+    # large tile's float copies are tens of MB each. Channels last, as the tiles
+    # are read and as the models run.
+    x = torch.empty(
+        (rgb.shape[0], 3 if need is None else 4, *size),
+        device=device,
+        memory_format=torch.channels_last,
+    )
+    if tuple(rgb.shape[-2:]) != size:
+        x[:, :3] = F.interpolate(rgb.float(), size=size, mode="area")
+    else:
+        x[:, :3] = rgb  # the caller's tiles stay as read
     mean = torch.tensor(card.normalisation["mean"], device=device).view(1, 3, 1, 1)
     std = torch.tensor(card.normalisation["std"], device=device).view(1, 3, 1, 1)
-    x = x.sub_(mean).div_(std)  # in place: a large tile's copies are hundreds of MB
+    x[:, :3].div_(255.0).sub_(mean).div_(std)
     if need is not None:
-        mask = torch.from_numpy(np.ascontiguousarray(need)).to(device).float()
-        x = torch.cat([x, mask.expand(x.shape[0], 1, -1, -1)], dim=1)
+        x[:, 3] = torch.from_numpy(np.ascontiguousarray(need)).to(device)
     models = list(forwards) if forwards is not None else [m.model for m in members]
     with torch.autocast(
         device_type="cuda", dtype=torch.float16, enabled=amp and device.type == "cuda"
