@@ -45,3 +45,100 @@ def test_warm_start_refuses_a_member_of_another_shape():
         re._init_member(other, 0)
     with pytest.raises(WeightsError, match="no such model card"):
         re._init_member(replace(recipe, init_version="9.9"), 0)
+
+
+def _gpu_script():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).parents[1] / "scripts" / "gpu_train_tumor.py"
+    spec = importlib.util.spec_from_file_location("gpu_train_tumor", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _photo_pool(rng, name: str, labels: list[int]) -> re._Pool:
+    # Blocks with grain: lossless WebP keeps the grain, lossy q92 drops most of it.
+    images = []
+    for _ in labels:
+        base = np.kron(rng.integers(60, 220, (6, 6, 3)), np.ones((16, 16, 1), int))
+        images.append((base + rng.integers(-6, 7, base.shape)).astype(np.uint8))
+    masks = [(rng.random((96, 96)) > 0.5).astype(np.uint8) for _ in labels]
+    return re._Pool(name, 0.5, images, masks, labels)
+
+
+def test_gpu_tumor_cache_round_trip_and_lossy_fallback(tmp_path, rng):
+    script = _gpu_script()
+    pools = [_photo_pool(rng, "camelyon16", [-1, -1]), _photo_pool(rng, "synthetic", [-1, -1])]
+    norm = {"mean": [0.5, 0.5, 0.5], "std": [0.2, 0.2, 0.2]}
+    script.write_cache(pools, norm, tmp_path / "exact", max_mb=10)
+    loaded, loaded_norm = script.load_pools(tmp_path / "exact")
+    assert loaded_norm == norm and [p.name for p in loaded] == ["camelyon16", "synthetic"]
+    for pool, back in zip(pools, loaded, strict=True):
+        assert back.weight == pool.weight and back.tile_labels == pool.tile_labels
+        for a, b in zip(pool.images, back.images, strict=True):
+            assert np.array_equal(a, b)
+        for a, b in zip(pool.masks, back.masks, strict=True):
+            assert np.array_equal(a, b)
+    # Too small for lossless: the synthetic pool goes lossy, the expert tiles stay exact.
+    exact_mb = sum(p.stat().st_size for p in (tmp_path / "exact").glob("*.webp")) / 1e6
+    script.write_cache(pools, norm, tmp_path / "small", max_mb=exact_mb * 0.9)
+    meta = __import__("json").loads((tmp_path / "small" / "pools.json").read_text())
+    assert [p["webp_quality"] for p in meta["pools"]] == [None, 90]
+    small, _ = script.load_pools(tmp_path / "small")
+    assert np.array_equal(small[0].images[0], pools[0].images[0])
+    assert np.abs(small[1].images[0].astype(int) - pools[1].images[0]).mean() < 6
+    with pytest.raises(SystemExit, match="even at WebP quality 65-80"):
+        script.write_cache(pools, norm, tmp_path / "none", max_mb=1e-4)
+
+
+def test_gpu_tumor_batch_depends_only_on_seed_member_and_index(rng):
+    script = _gpu_script()
+    pools = [_photo_pool(rng, "camelyon16", [-1, -1, -1]), _photo_pool(rng, "oral", [1, 0, 1])]
+    recipe = script.gpu_recipe(steps=10, batch_size=3, train_patch_px=64)
+    norm = {"mean": [0.5, 0.5, 0.5], "std": [0.2, 0.2, 0.2]}
+    first = script._Batches(pools, recipe, 1, norm)
+    later = script._Batches(pools, recipe, 1, norm)
+    later[5]
+    for a, b in zip(first[3], later[3], strict=True):
+        assert torch.equal(a, b)
+    assert not torch.equal(first[3][0], first[4][0])
+    assert not torch.equal(first[3][0], script._Batches(pools, recipe, 2, norm)[3][0])
+    x, y, labels = first[0]
+    assert x.shape == (3, 3, 64, 64) and y.shape == (3, 64, 64) and labels.shape == (3,)
+    assert 0 <= float(x.min()) and float(x.max()) <= 1  # crops as drawn
+    # The augmentation (on the training device) depends only on the index too.
+    a = first.augment(7, x.clone(), y.clone())
+    b = later.augment(7, x.clone(), y.clone())
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+    assert not torch.equal(a[0], first.augment(8, x.clone(), y.clone())[0])
+
+
+def test_pil_jpeg_artefacts_matches_the_recipe_s_jpeg(rng):
+    # The GPU machine's stand-in for imagecodecs: libjpeg at the same quality.
+    from napari_histo.training.augment import jpeg_artefacts
+
+    script = _gpu_script()
+    rgb = _photo_pool(rng, "p", [-1]).images[0]
+    ours = script.pil_jpeg_artefacts(rgb, np.random.default_rng(1), (40, 40))
+    theirs = jpeg_artefacts(rgb, np.random.default_rng(1), (40, 40))
+    assert ours.shape == rgb.shape and ours.dtype == np.uint8
+    assert not np.array_equal(ours, rgb)
+    assert np.abs(ours.astype(int) - theirs).mean() < 3
+
+
+def test_gpu_tumor_recipe_trains_a_member_and_saves_its_card(tmp_path, rng):
+    script = _gpu_script()
+    pools = [_photo_pool(rng, "camelyon16", [-1, -1]), _photo_pool(rng, "oral", [1, 0])]
+    script.write_cache(pools, {"mean": [0.5] * 3, "std": [0.2] * 3}, tmp_path / "c", 10)
+    script.main(
+        ["train", str(tmp_path / "c"), str(tmp_path / "out"), "--member", "0", "--width", "4",
+         "--patch", "64", "--batch", "2", "--steps", "2", "--workers", "0", "--device", "cpu"]
+    )  # fmt: skip
+    loaded = load_model(tmp_path / "out" / "resunet-3.0.json")
+    assert loaded.card.config == {"width": 4, "depth": 4, "num_classes": 2}
+    assert loaded.card.input_mpp == 1.0 and loaded.card.classes == ("background", "tumor")
+    assert "2 steps" in loaded.card.notes and "licence" in loaded.card.training_data
+    out = loaded.model(torch.zeros(1, 3, 64, 64))
+    assert out.shape == (1, 2, 64, 64) and torch.isfinite(out).all()

@@ -61,7 +61,8 @@ def augment_batch(
     x = torch.stack(out_images)
 
     def uniform(scale: float, *shape: int) -> torch.Tensor:
-        return (torch.rand(batch, *shape, generator=generator) * 2 - 1) * scale
+        # Drawn by `generator` (on the CPU): the same draws on any device.
+        return ((torch.rand(batch, *shape, generator=generator) * 2 - 1) * scale).to(x.device)
 
     # Stain intensity in optical density, per channel.
     od = -torch.log(x.clamp(min=1 / 255))
@@ -74,14 +75,14 @@ def augment_batch(
     x = (x - grey) * (1 + uniform(saturation, 1, 1, 1)) + grey
     x = _rotate_hue(x, uniform(hue, 1, 1) * 2 * torch.pi)
     if blur > 0:
-        x = _blur(x, torch.rand(batch, generator=generator) * blur)
+        x = _blur(x, (torch.rand(batch, generator=generator) * blur).to(x.device))
     return x.clamp(0, 1), torch.stack(out_masks)
 
 
 def _blur(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
     """Separable Gaussian blur of each sample (B, C, H, W) by its own `sigma` (B,), px."""
     radius = max(1, int(torch.ceil(2 * sigma.max()).item()))
-    offsets = torch.arange(-radius, radius + 1, dtype=x.dtype)
+    offsets = torch.arange(-radius, radius + 1, dtype=x.dtype, device=x.device)
     kernel = torch.exp(-0.5 * (offsets[None] / sigma.clamp(min=1e-3)[:, None].to(x.dtype)) ** 2)
     kernel = kernel / kernel.sum(dim=1, keepdim=True)  # (B, K); sigma ~0 gives a delta
     b, c, h, w = x.shape
@@ -98,7 +99,8 @@ def _rotate_hue(x: torch.Tensor, angle: torch.Tensor) -> torch.Tensor:
     to_yiq = torch.tensor(
         [[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]], dtype=x.dtype
     )
-    from_yiq = torch.linalg.inv(to_yiq)
+    from_yiq = torch.linalg.inv(to_yiq).to(x.device)
+    to_yiq = to_yiq.to(x.device)
     yiq = torch.einsum("ij,bjhw->bihw", to_yiq, x)
     cos, sin = torch.cos(angle), torch.sin(angle)
     i, q = yiq[:, 1], yiq[:, 2]
@@ -144,11 +146,13 @@ def hed_jitter(
     batch = images.shape[0]
     dtype = images.dtype
     od = -torch.log(images.clamp(min=1 / 255))
-    hed = torch.einsum("bchw,cd->bdhw", od, _HED_FROM_RGB.to(dtype))
-    alpha = 1 + (torch.rand(batch, 3, 1, 1, generator=generator) * 2 - 1).to(dtype) * scale
-    beta = (torch.rand(batch, 3, 1, 1, generator=generator) * 2 - 1).to(dtype) * shift
+    device = images.device
+    hed = torch.einsum("bchw,cd->bdhw", od, _HED_FROM_RGB.to(device, dtype))
+    # Drawn by `generator` (on the CPU): the same draws on any device.
+    alpha = 1 + (torch.rand(batch, 3, 1, 1, generator=generator) * 2 - 1).to(device, dtype) * scale
+    beta = (torch.rand(batch, 3, 1, 1, generator=generator) * 2 - 1).to(device, dtype) * shift
     hed = hed * alpha + beta
-    od = torch.einsum("bdhw,dc->bchw", hed, _RGB_FROM_HED.to(dtype))
+    od = torch.einsum("bdhw,dc->bchw", hed, _RGB_FROM_HED.to(device, dtype))
     return torch.exp(-od.clamp(min=0)).clamp(0, 1)
 
 

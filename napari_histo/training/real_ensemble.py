@@ -249,18 +249,36 @@ class _Batches:
         return image, mask, pool.tile_labels[i]
 
     def __call__(self, normalisation: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        x, y, labels = self.crops()
+        x, y = self.augment(x, y, normalisation)
+        return x, y, labels
+
+    def crops(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One batch of crops as drawn (RGB in [0, 1], labels, tile labels); numpy draws only."""
         n = self.recipe.batch_size
         sources = self.rng.choice(len(self.pools), size=n, p=self.p)
         crops = [self._crop(self.pools[s], int(self.rng.choice(self.index[s]))) for s in sources]
         x = torch.from_numpy(np.stack([c[0] for c in crops])).permute(0, 3, 1, 2).float() / 255
         y = torch.from_numpy(np.stack([c[1] for c in crops]))
         labels = torch.tensor([c[2] for c in crops])
+        return x, y, labels
+
+    def augment(
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        normalisation: dict,
+        generator: torch.Generator | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Stain, colour, blur and dihedral augmentation of `crops`, then normalisation,
+        on `x`'s device; the draws come from `generator` (default: this member's)."""
+        generator = generator or self.generator
         s = self.strength
-        x = hed_jitter(x, self.generator, scale=0.3 * s, shift=0.06 * s)
+        x = hed_jitter(x, generator, scale=0.3 * s, shift=0.06 * s)
         x, y = augment_batch(
             x,
             y,
-            self.generator,
+            generator,
             brightness=0.12 * s,
             contrast=0.2 * s,
             saturation=0.25 * s,
@@ -268,9 +286,9 @@ class _Batches:
             stain=0.1 * s,
             blur=1.2 * s,
         )
-        mean = torch.tensor(normalisation["mean"]).view(1, 3, 1, 1)
-        std = torch.tensor(normalisation["std"]).view(1, 3, 1, 1)
-        return (x - mean) / std, y, labels
+        mean = torch.tensor(normalisation["mean"], device=x.device).view(1, 3, 1, 1)
+        std = torch.tensor(normalisation["std"], device=x.device).view(1, 3, 1, 1)
+        return (x - mean) / std, y
 
 
 def _member_seed_strength(recipe: RealRecipe, index: int) -> tuple[int, float]:
