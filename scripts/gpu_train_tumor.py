@@ -12,9 +12,9 @@ travels there, so the training pools go as a cache:
     # _stages; masks in an .npz): it travels beside the tracked files (64 MiB in all)
     python scripts/gpu_train_tumor.py pack ../shared/data/real .devcache/tumor
     # there (CUDA): the three members at once, one process each (gpu_train_tumor.sh)
-    python3 scripts/gpu_train_tumor.py train .devcache/tumor OUT --member 0 --minutes 8
-    # here: held-out figures per source, synthetic Dice, stain reference and
-    # receptive margins written into the cards (finalize_real_ensemble)
+    python3 scripts/gpu_train_tumor.py train .devcache/tumor OUT --member 0 --minutes 7
+    # here: the cards copied to out/gpu-tumor-3.0, with held-out figures per source,
+    # synthetic Dice, stain reference and receptive margins (finalize_real_ensemble)
     python scripts/gpu_train_tumor.py score OUT ../shared/data/real
 
 Batch ``k`` of a member depends only on the recipe's seed, the member and ``k``
@@ -61,9 +61,25 @@ def gpu_recipe(**changes):
 
 # ----------------------------------------------------------------------------- pack
 
-#: What may travel to the device beside the repository's tracked files (about
-#: 51 MB of 64 MiB): the cache's default budget (MB).
-CACHE_MB = 15.0
+#: What travels to the device machine in all: the tracked files and the cache (bytes).
+TRAVEL_BYTES = 64 << 20
+#: Left free of that for files added before the run (MB).
+TRAVEL_MARGIN_MB = 1.0
+
+
+def cache_budget_mb() -> float:
+    """MB the cache may take: 64 MiB less the repository's tracked files and a margin."""
+    import subprocess
+
+    root = Path(__file__).resolve().parents[1]
+    names = subprocess.run(
+        ["git", "ls-files", "-z"], cwd=root, capture_output=True, check=True
+    ).stdout.split(b"\0")
+    paths = [root / n.decode() for n in names if n]
+    tracked = sum(p.stat().st_size for p in paths if p.is_file())
+    return (TRAVEL_BYTES - tracked) / 1e6 - TRAVEL_MARGIN_MB
+
+
 #: Pools stored lossy first when the cache would not fit: the synthetic patches
 #: (cut from JPEG-tiled slides, noisy) and the oral photos (JPEG photographs, tile
 #: labels only). The expert-labelled tiles follow only when these are not enough.
@@ -102,8 +118,9 @@ def _decode(data: bytes) -> np.ndarray:
         return np.array(image.convert("RGB"))  # writable: batches become tensors
 
 
-def pack(data_dir: str, cache: str, max_mb: float = CACHE_MB) -> None:
-    """Write the GPU recipe's training pools (training split, synthetic patches) to `cache`."""
+def pack(data_dir: str, cache: str, max_mb: float | None = None) -> None:
+    """Write the GPU recipe's training pools (training split, synthetic patches) to `cache`,
+    at most `max_mb` MB (default :func:`cache_budget_mb`)."""
     from napari_histo.training.real_ensemble import _normalisation, _pools
     from napari_histo.training.realdata import load_tumor_tiles
 
@@ -111,7 +128,8 @@ def pack(data_dir: str, cache: str, max_mb: float = CACHE_MB) -> None:
     tiles = load_tumor_tiles(data_dir, recipe.model_mpp, split="train")
     with tempfile.TemporaryDirectory(prefix="histo-pack-") as work:  # the slides stay here
         pools = _pools(tiles, recipe, Path(work))
-    write_cache(pools, _normalisation(pools), cache, max_mb, note=repr(recipe))
+    budget = cache_budget_mb() if max_mb is None else max_mb
+    write_cache(pools, _normalisation(pools), cache, budget, note=repr(recipe))
 
 
 def write_cache(pools, normalisation: dict, cache: str, max_mb: float, note: str = "") -> None:
@@ -212,15 +230,19 @@ class _Batches:
         return self.recipe.steps
 
     def __getitem__(self, k: int):
+        import torch
+
         self.draw.rng = np.random.default_rng([self.seed, k])
-        return self.draw.crops()
+        x, y, labels = self.draw.crops()
+        # uint8 between processes: a quarter of the shared memory of float crops.
+        return x.mul(255).round_().to(torch.uint8), y, labels
 
     def augment(self, k: int, x, y):
-        """Batch ``k``'s crops augmented and normalised on their device."""
+        """Batch ``k``'s crops (uint8) augmented and normalised on their device."""
         import torch
 
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + k)
-        return self.draw.augment(x, y, self.normalisation, generator)
+        return self.draw.augment(x.float().div_(255), y, self.normalisation, generator)
 
 
 def pil_jpeg_artefacts(rgb: np.ndarray, rng: np.random.Generator, quality) -> np.ndarray:
@@ -236,11 +258,22 @@ def pil_jpeg_artefacts(rgb: np.ndarray, rng: np.random.Generator, quality) -> np
 
 
 def train(args) -> Path:
+    """Train member ``args.member`` and save its card in ``args.out``."""
     _stub_io_modules()
+    from napari_histo.training import real_ensemble
+
+    # Here and on the GPU machine alike (the workers fork while it is in place).
+    recipe_jpeg, real_ensemble.jpeg_artefacts = real_ensemble.jpeg_artefacts, pil_jpeg_artefacts
+    try:
+        return _train(args)
+    finally:
+        real_ensemble.jpeg_artefacts = recipe_jpeg
+
+
+def _train(args) -> Path:
     import torch
 
     from napari_histo.models import ModelCard, build_model, save_model
-    from napari_histo.training import real_ensemble
     from napari_histo.training.losses import segmentation_loss
     from napari_histo.training.real_ensemble import (
         _member_seed_strength,
@@ -248,9 +281,6 @@ def train(args) -> Path:
         real_training_data,
     )
     from napari_histo.training.real_nuclei import lr_factor
-
-    # Here and on the GPU machine alike (the workers fork after this).
-    real_ensemble.jpeg_artefacts = pil_jpeg_artefacts
 
     recipe = gpu_recipe(
         seed=args.seed, steps=args.steps, batch_size=args.batch, lr=args.lr,
@@ -268,6 +298,8 @@ def train(args) -> Path:
         batches_of, batch_size=None, shuffle=False,
         num_workers=args.workers, prefetch_factor=4 if args.workers else None,
         worker_init_fn=_worker_init if args.workers else None,
+        multiprocessing_context="fork" if args.workers else None,  # stubs and JPEG patch
+        pin_memory=device.type == "cuda",
     )  # fmt: skip
     batches = iter(loader)  # workers fork before CUDA starts in this process
     model.to(device).train()
@@ -335,16 +367,43 @@ def train(args) -> Path:
 # ---------------------------------------------------------------------------- score
 
 
-def score(out_dir: str, data_dir: str, work_dir: str | None = None) -> dict:
-    """Held-out figures of the ensemble of every card in `out_dir`, written into the cards."""
+def score(
+    out_dir: str,
+    data_dir: str,
+    work_dir: str | None = None,
+    *,
+    to: str | None = None,
+    partial: bool = False,
+) -> dict:
+    """Held-out figures of the ensemble of the member cards in `out_dir`.
+
+    The cards and weights are copied to `to` (default ``out/gpu-tumor-<version>``)
+    and the figures, stain reference and receptive margins written into the copies.
+    """
     from napari_histo.models import read_card
     from napari_histo.paths import cache_dir
     from napari_histo.training.real_ensemble import finalize_real_ensemble
 
     names = {name for name, _ in GPU_MEMBERS}
-    cards = [c for c in sorted(Path(out_dir).glob("*.json")) if read_card(c).name in names]
-    if not cards:
+    found = [c for c in sorted(Path(out_dir).glob("*.json")) if read_card(c).name in names]
+    missing = names - {read_card(c).name for c in found}
+    if missing and not partial:
+        raise SystemExit(
+            f"{out_dir}: no card of {', '.join(sorted(missing))} (a member failed?); "
+            "--partial scores the members that are there"
+        )
+    if not found:
         raise SystemExit(f"{out_dir}: no tumor member cards ({', '.join(sorted(names))})")
+    # The device's files arrive read-only, and scoring rewrites the cards: a copy.
+    dest = Path(to) if to else Path("out") / f"gpu-tumor-{read_card(found[0]).version}"
+    dest.mkdir(parents=True, exist_ok=True)
+    cards = []
+    for card in found:
+        weights = card.with_name(read_card(card).weights_file)
+        for path in (card, weights):
+            (dest / path.name).write_bytes(path.read_bytes())
+        cards.append(dest / card.name)
+    print(f"scoring the cards copied to {dest}")
     work = Path(work_dir) if work_dir else cache_dir() / "real-ensemble-work"
     work.mkdir(parents=True, exist_ok=True)
     scores = finalize_real_ensemble(data_dir, cards, work, log=print)
@@ -363,7 +422,7 @@ def main(argv=None) -> None:
     p = sub.add_parser("pack")
     p.add_argument("data_dir")
     p.add_argument("cache")
-    p.add_argument("--max-mb", type=float, default=CACHE_MB)
+    p.add_argument("--max-mb", type=float, default=None, help="default: what may travel")
     t = sub.add_parser("train")
     t.add_argument("cache")
     t.add_argument("out")
@@ -375,20 +434,22 @@ def main(argv=None) -> None:
     t.add_argument("--lr", type=float, default=1e-3)
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--steps", type=int, default=20_000)
-    t.add_argument("--minutes", type=float, default=8.0)
+    t.add_argument("--minutes", type=float, default=7.0)
     t.add_argument("--workers", type=int, default=4)
     t.add_argument("--device", default="cuda")
     s = sub.add_parser("score")
     s.add_argument("out_dir")
     s.add_argument("data_dir")
     s.add_argument("--work", default=None, help="cache of the held-out synthetic slides")
+    s.add_argument("--to", default=None, help="where the scored copies go")
+    s.add_argument("--partial", action="store_true", help="score fewer than all members")
     args = parser.parse_args(argv)
     if args.command == "pack":
         pack(args.data_dir, args.cache, args.max_mb)
     elif args.command == "train":
         train(args)
     else:
-        score(args.out_dir, args.data_dir, args.work)
+        score(args.out_dir, args.data_dir, args.work, to=args.to, partial=args.partial)
 
 
 if __name__ == "__main__":

@@ -107,7 +107,7 @@ def test_gpu_tumor_batch_depends_only_on_seed_member_and_index(rng):
     assert not torch.equal(first[3][0], script._Batches(pools, recipe, 2, norm)[3][0])
     x, y, labels = first[0]
     assert x.shape == (3, 3, 64, 64) and y.shape == (3, 64, 64) and labels.shape == (3,)
-    assert 0 <= float(x.min()) and float(x.max()) <= 1  # crops as drawn
+    assert x.dtype == torch.uint8  # crops as drawn, a quarter of float's shared memory
     # The augmentation (on the training device) depends only on the index too.
     a = first.augment(7, x.clone(), y.clone())
     b = later.augment(7, x.clone(), y.clone())
@@ -142,3 +142,11 @@ def test_gpu_tumor_recipe_trains_a_member_and_saves_its_card(tmp_path, rng):
     assert "2 steps" in loaded.card.notes and "licence" in loaded.card.training_data
     out = loaded.model(torch.zeros(1, 3, 64, 64))
     assert out.shape == (1, 2, 64, 64) and torch.isfinite(out).all()
+    # The recipe's own JPEG artefacts are back once training is over.
+    from napari_histo.training.augment import jpeg_artefacts
+
+    assert re.jpeg_artefacts is jpeg_artefacts
+    # Scoring wants every member (one crashed on the device: say so, score nothing).
+    with pytest.raises(SystemExit, match="no card of deeplabv3plus, denseunet"):
+        script.score(str(tmp_path / "out"), "unused", to=str(tmp_path / "scored"))
+    assert 0 < script.cache_budget_mb() < 64 * 2**20 / 1e6

@@ -166,16 +166,20 @@ def predict_batch(
     rgb = batch.to(device, non_blocking=True).permute(0, 3, 1, 2)
     # One float buffer holds the model input (and `need` as a fourth channel): a
     # large tile's float copies are tens of MB each. Channels last, as the tiles
-    # are read and as the models run.
-    x = torch.empty(
-        (rgb.shape[0], 3 if need is None else 4, *size),
-        device=device,
-        memory_format=torch.channels_last,
-    )
-    if tuple(rgb.shape[-2:]) != size:
-        x[:, :3] = F.interpolate(rgb.float(), size=size, mode="area")
+    # are read and as the models run; the caller's tiles stay as read.
+    resized = tuple(rgb.shape[-2:]) != size
+    if resized:
+        rgb = F.interpolate(rgb.float(), size=size, mode="area")
+    if resized and need is None:
+        x = rgb  # a float copy of its own already
     else:
-        x[:, :3] = rgb  # the caller's tiles stay as read
+        x = torch.empty(
+            (rgb.shape[0], 3 if need is None else 4, *size),
+            device=device,
+            memory_format=torch.channels_last,
+        )
+        x[:, :3] = rgb
+    del rgb
     mean = torch.tensor(card.normalisation["mean"], device=device).view(1, 3, 1, 1)
     std = torch.tensor(card.normalisation["std"], device=device).view(1, 3, 1, 1)
     x[:, :3].div_(255.0).sub_(mean).div_(std)
