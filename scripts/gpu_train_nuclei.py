@@ -142,6 +142,29 @@ class _Batches:
         return training_batch(r, self.real, self.synthetic, self.n_synthetic, generator, rng)
 
 
+def budgeted_steps(steps: int, minutes: float, optimiser, lr: float):
+    """Yield steps 1, 2, ... until `steps` are done or `minutes` have passed, each
+    with the learning rate at the share of the run done (of the steps or the wall
+    time, whichever is further; ``lr_factor``'s warm-up and cosine)."""
+    from napari_histo.training.real_nuclei import lr_factor
+
+    start = time.perf_counter()
+    for step in range(1, steps + 1):
+        done = max((step - 1) / steps, (time.perf_counter() - start) / (60 * minutes))
+        if done >= 1:
+            return
+        for group in optimiser.param_groups:
+            group["lr"] = lr * lr_factor(done)
+        yield step
+
+
+def progress_line(name: str, step: int, loss: float, optimiser, start: float) -> str:
+    """``<name> step <n> loss <l> lr <lr> <x> steps/s`` (every 200 steps in the log)."""
+    lr = optimiser.param_groups[0]["lr"]
+    rate = step / (time.perf_counter() - start)
+    return f"{name} step {step} loss {loss:.3f} lr {lr:.2e} {rate:.1f} steps/s"
+
+
 def _worker_init(_: int) -> None:
     import torch
 
@@ -157,7 +180,6 @@ def train(args) -> Path:
     from napari_histo.training.real_nuclei import (
         RealNucleiRecipe,
         _normalisation,
-        lr_factor,
         real_nuclei_card,
     )
     from napari_histo.training.trainer import bundled_start
@@ -190,14 +212,7 @@ def train(args) -> Path:
     std = torch.tensor(normalisation["std"], device=device).view(1, 3, 1, 1)
     autocast = device.type if device.type == "cuda" else "cpu"
     start_time, losses, step = time.perf_counter(), [], 0
-    for step in range(1, recipe.steps + 1):
-        elapsed = time.perf_counter() - start_time
-        done = max((step - 1) / recipe.steps, elapsed / (60 * args.minutes))
-        if done >= 1:
-            step -= 1
-            break
-        for group in optimiser.param_groups:
-            group["lr"] = recipe.lr * lr_factor(done)
+    for step in budgeted_steps(recipe.steps, args.minutes, optimiser, recipe.lr):
         x, foreground, hv = (t.to(device, non_blocking=True) for t in next(batches))
         with torch.autocast(autocast, dtype=torch.bfloat16):
             output = model((x - mean) / std)
@@ -208,9 +223,7 @@ def train(args) -> Path:
         if step % 200 == 0 or step == 1:
             losses.append(float(loss.detach()))
             print(
-                f"{recipe.version} step {step} loss {losses[-1]:.3f} lr {group['lr']:.2e} "
-                f"{step / (time.perf_counter() - start_time):.1f} steps/s",
-                flush=True,
+                progress_line(recipe.version, step, losses[-1], optimiser, start_time), flush=True
             )
     seconds = time.perf_counter() - start_time
     del batches

@@ -37,7 +37,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from gpu_train_nuclei import _stub_io_modules, _worker_init
+from gpu_train_nuclei import _stub_io_modules, _worker_init, budgeted_steps, progress_line
 
 #: Wider members than v2.x (which are width 8 / 8 / 12 for the 2-core CPU), all
 #: under the 25 MB a member may weigh.
@@ -274,13 +274,11 @@ def _train(args) -> Path:
     import torch
 
     from napari_histo.models import ModelCard, build_model, save_model
-    from napari_histo.training.losses import segmentation_loss
     from napari_histo.training.real_ensemble import (
         _member_seed_strength,
-        _mil_loss,
         real_training_data,
+        training_step,
     )
-    from napari_histo.training.real_nuclei import lr_factor
 
     recipe = gpu_recipe(
         seed=args.seed, steps=args.steps, batch_size=args.batch, lr=args.lr,
@@ -307,30 +305,13 @@ def _train(args) -> Path:
         torch.backends.cudnn.benchmark = True
     optimiser = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=1e-4)
     start_time, losses, step = time.perf_counter(), [], 0
-    for step in range(1, recipe.steps + 1):
-        elapsed = time.perf_counter() - start_time
-        done = max((step - 1) / recipe.steps, elapsed / (60 * args.minutes))
-        if done >= 1:
-            step -= 1
-            break
-        for group in optimiser.param_groups:
-            group["lr"] = recipe.lr * lr_factor(done)
+    for step in budgeted_steps(recipe.steps, args.minutes, optimiser, recipe.lr):
         x, y, labels = (t.to(device, non_blocking=True) for t in next(batches))
         x, y = batches_of.augment(step - 1, x, y)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=recipe.bf16):
-            logits = model(x)
-        logits = logits.float()
-        loss = segmentation_loss(logits, y) + recipe.mil_weight * _mil_loss(logits, labels)
-        optimiser.zero_grad(set_to_none=True)
-        loss.backward()
-        optimiser.step()
+        loss = training_step(model, optimiser, x, y, labels, recipe)
         if step % 200 == 0 or step == 1:
             losses.append(float(loss.detach()))
-            print(
-                f"{architecture} step {step} loss {losses[-1]:.3f} lr {group['lr']:.2e} "
-                f"{step / (time.perf_counter() - start_time):.1f} steps/s",
-                flush=True,
-            )
+            print(progress_line(architecture, step, losses[-1], optimiser, start_time), flush=True)
     seconds = time.perf_counter() - start_time
     del batches
     model.cpu().eval()

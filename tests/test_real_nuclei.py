@@ -85,20 +85,9 @@ def test_default_nuclei_model_on_heldout_real_crops():
     assert classical["aji"] >= 0.35
 
 
-def _gpu_script():
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).parents[1] / "scripts" / "gpu_train_nuclei.py"
-    spec = importlib.util.spec_from_file_location("gpu_train_nuclei", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_gpu_recipe_batch_depends_only_on_seed_and_index():
+def test_gpu_recipe_batch_depends_only_on_seed_and_index(load_script):
     # The GPU recipe's DataLoader workers may draw batches in any order.
-    script = _gpu_script()
+    script = load_script("gpu_train_nuclei")
     tiles = [(t.rgb, t.labels, t.mpp) for t in rn.load_monuseg(DATA)]
     recipe = rn.RealNucleiRecipe(steps=10, batch_size=2, patch_px=64, synthetic_per_batch=1)
     first = script._Batches(recipe, tiles, tiles[:1])
@@ -112,8 +101,8 @@ def test_gpu_recipe_batch_depends_only_on_seed_and_index():
     assert hv.shape == (2, 2, 64, 64)
 
 
-def test_gpu_recipe_trains_and_saves_a_card(tmp_path):
-    script = _gpu_script()
+def test_gpu_recipe_trains_and_saves_a_card(tmp_path, load_script):
+    script = load_script("gpu_train_nuclei")
     cache = tmp_path / "cache"
     cache.mkdir()
     # A cache as `pack` writes it, from the two test crops (one as "synthetic").

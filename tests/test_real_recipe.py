@@ -47,17 +47,6 @@ def test_warm_start_refuses_a_member_of_another_shape():
         re._init_member(replace(recipe, init_version="9.9"), 0)
 
 
-def _gpu_script():
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).parents[1] / "scripts" / "gpu_train_tumor.py"
-    spec = importlib.util.spec_from_file_location("gpu_train_tumor", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def _photo_pool(rng, name: str, labels: list[int]) -> re._Pool:
     # Blocks with grain: lossless WebP keeps the grain, lossy q92 drops most of it.
     images = []
@@ -68,8 +57,8 @@ def _photo_pool(rng, name: str, labels: list[int]) -> re._Pool:
     return re._Pool(name, 0.5, images, masks, labels)
 
 
-def test_gpu_tumor_cache_round_trip_and_lossy_fallback(tmp_path, rng):
-    script = _gpu_script()
+def test_gpu_tumor_cache_round_trip_and_lossy_fallback(tmp_path, rng, load_script):
+    script = load_script("gpu_train_tumor")
     pools = [_photo_pool(rng, "camelyon16", [-1, -1]), _photo_pool(rng, "synthetic", [-1, -1])]
     norm = {"mean": [0.5, 0.5, 0.5], "std": [0.2, 0.2, 0.2]}
     script.write_cache(pools, norm, tmp_path / "exact", max_mb=10)
@@ -93,8 +82,8 @@ def test_gpu_tumor_cache_round_trip_and_lossy_fallback(tmp_path, rng):
         script.write_cache(pools, norm, tmp_path / "none", max_mb=1e-4)
 
 
-def test_gpu_tumor_batch_depends_only_on_seed_member_and_index(rng):
-    script = _gpu_script()
+def test_gpu_tumor_batch_depends_only_on_seed_member_and_index(rng, load_script):
+    script = load_script("gpu_train_tumor")
     pools = [_photo_pool(rng, "camelyon16", [-1, -1, -1]), _photo_pool(rng, "oral", [1, 0, 1])]
     recipe = script.gpu_recipe(steps=10, batch_size=3, train_patch_px=64)
     norm = {"mean": [0.5, 0.5, 0.5], "std": [0.2, 0.2, 0.2]}
@@ -115,11 +104,11 @@ def test_gpu_tumor_batch_depends_only_on_seed_member_and_index(rng):
     assert not torch.equal(a[0], first.augment(8, x.clone(), y.clone())[0])
 
 
-def test_pil_jpeg_artefacts_matches_the_recipe_s_jpeg(rng):
+def test_pil_jpeg_artefacts_matches_the_recipe_s_jpeg(rng, load_script):
     # The GPU machine's stand-in for imagecodecs: libjpeg at the same quality.
     from napari_histo.training.augment import jpeg_artefacts
 
-    script = _gpu_script()
+    script = load_script("gpu_train_tumor")
     rgb = _photo_pool(rng, "p", [-1]).images[0]
     ours = script.pil_jpeg_artefacts(rgb, np.random.default_rng(1), (40, 40))
     theirs = jpeg_artefacts(rgb, np.random.default_rng(1), (40, 40))
@@ -128,8 +117,8 @@ def test_pil_jpeg_artefacts_matches_the_recipe_s_jpeg(rng):
     assert np.abs(ours.astype(int) - theirs).mean() < 3
 
 
-def test_gpu_tumor_recipe_trains_a_member_and_saves_its_card(tmp_path, rng):
-    script = _gpu_script()
+def test_gpu_tumor_recipe_trains_a_member_and_saves_its_card(tmp_path, rng, load_script):
+    script = load_script("gpu_train_tumor")
     pools = [_photo_pool(rng, "camelyon16", [-1, -1]), _photo_pool(rng, "oral", [1, 0])]
     script.write_cache(pools, {"mean": [0.5] * 3, "std": [0.2] * 3}, tmp_path / "c", 10)
     script.main(

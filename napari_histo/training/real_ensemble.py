@@ -307,6 +307,26 @@ def _mil_loss(logits: torch.Tensor, tile_labels: torch.Tensor) -> torch.Tensor:
     return F.binary_cross_entropy(top, tile_labels[chosen].float())
 
 
+def training_step(
+    model: torch.nn.Module,
+    optimiser: torch.optim.Optimizer,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    tile_labels: torch.Tensor,
+    recipe: RealRecipe,
+) -> torch.Tensor:
+    """One optimiser step of the recipe's loss (DigiPathAI, plus MIL on tile labels)
+    on a batch, forwards under bfloat16 autocast when ``recipe.bf16``; the loss."""
+    with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=recipe.bf16):
+        logits = model(x)
+    logits = logits.float()
+    loss = segmentation_loss(logits, y) + recipe.mil_weight * _mil_loss(logits, tile_labels)
+    optimiser.zero_grad(set_to_none=True)
+    loss.backward()
+    optimiser.step()
+    return loss
+
+
 def _train_member(
     model: torch.nn.Module,
     batches: _Batches,
@@ -338,13 +358,7 @@ def _train_member(
             x, y, labels = pending.result()
             if step < steps:
                 pending = prefetch.submit(batches, normalisation)
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=recipe.bf16):
-                logits = model(x)
-            logits = logits.float()
-            loss = segmentation_loss(logits, y) + recipe.mil_weight * _mil_loss(logits, labels)
-            optimiser.zero_grad(set_to_none=True)
-            loss.backward()
-            optimiser.step()
+            loss = training_step(model, optimiser, x, y, labels, recipe)
             schedule.step()
             done = step
             if snapshot is not None and step % snapshot_every == 0 and step < steps:
