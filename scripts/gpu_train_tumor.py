@@ -273,10 +273,10 @@ def train(args) -> Path:
 def _train(args) -> Path:
     import torch
 
-    from napari_histo.models import ModelCard, build_model, save_model
+    from napari_histo.models import build_model, save_model
     from napari_histo.training.real_ensemble import (
         _member_seed_strength,
-        real_training_data,
+        member_card,
         training_step,
     )
 
@@ -316,18 +316,8 @@ def _train(args) -> Path:
     del batches
     model.cpu().eval()
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
-    card = ModelCard(
-        name=architecture,
-        version=recipe.version,
-        parent_version=None,
-        architecture=architecture,
-        config=config,
-        input_mpp=recipe.model_mpp,
-        patch_px=recipe.infer_patch_px,
-        normalisation=normalisation,
-        classes=("background", "tumor"),
-        training_data=real_training_data(recipe),
-        metrics={},
+    card = member_card(
+        recipe, architecture, config, normalisation,
         notes=(
             f"Trained by scripts/gpu_train_tumor.py (member {args.member}, augmentation "
             f"strength {strength}, bootstrap seed {seed}) on {where}: {step} steps in "
@@ -339,7 +329,7 @@ def _train(args) -> Path:
             f"`gpu_train_tumor.py pack` (training split of napari_histo.training.realdata; "
             f"WebP quality per pool, none = lossless: {_qualities(args.cache)})."
         ),
-    )
+    )  # fmt: skip
     path = save_model(model, card, args.out)
     print(f"saved {path} after {step} steps, {seconds:.0f} s", flush=True)
     return path

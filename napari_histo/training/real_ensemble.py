@@ -131,6 +131,26 @@ def real_training_data(recipe: RealRecipe) -> str:
     )
 
 
+def member_card(
+    recipe: RealRecipe, architecture: str, config: dict, normalisation: dict, notes: str = ""
+) -> ModelCard:
+    """The card of a member the recipe trains (metrics come after scoring)."""
+    return ModelCard(
+        name=architecture,
+        version=recipe.version,
+        parent_version=recipe.init_version,
+        architecture=architecture,
+        config={**config, "num_classes": 2},
+        input_mpp=recipe.model_mpp,
+        patch_px=recipe.infer_patch_px,
+        normalisation=normalisation,
+        classes=("background", "tumor"),
+        training_data=real_training_data(recipe),
+        metrics={},
+        notes=notes,
+    )
+
+
 # --------------------------------------------------------------------------- data
 
 
@@ -442,19 +462,7 @@ def train_real_ensemble(
             model = _init_member(recipe, index).model
         batches = _Batches(pools, recipe, seed, strength)
         started = time.monotonic()
-        card = ModelCard(
-            name=architecture,
-            version=recipe.version,
-            parent_version=recipe.init_version,
-            architecture=architecture,
-            config={**config, "num_classes": 2},
-            input_mpp=recipe.model_mpp,
-            patch_px=recipe.infer_patch_px,
-            normalisation=normalisation,
-            classes=("background", "tumor"),
-            training_data=real_training_data(recipe),
-            metrics={},
-        )
+        card = member_card(recipe, architecture, config, normalisation)
 
         def snapshot(step: int, model: torch.nn.Module, card: ModelCard = card) -> None:
             if snapshots is not None:
