@@ -62,9 +62,30 @@ def _stub_io_modules() -> None:
 # ----------------------------------------------------------------------------- pack
 
 
-def pack(data_dir: str, cache: str) -> None:
+def encode_webp(rgb: np.ndarray, quality: int | None = None, name: str = "") -> bytes:
+    """`rgb` as WebP: lossless (checked to decode as it was) or at `quality`."""
     from PIL import Image
 
+    buffer = io.BytesIO()
+    if quality is None:
+        Image.fromarray(rgb).save(buffer, format="WEBP", lossless=True, method=4)
+    else:
+        Image.fromarray(rgb).save(buffer, format="WEBP", quality=quality, method=4)
+    data = buffer.getvalue()
+    if quality is None and not np.array_equal(decode_webp(data), rgb):
+        raise SystemExit(f"{name}: WebP round trip is not exact")
+    return data
+
+
+def decode_webp(data: bytes) -> np.ndarray:
+    """RGB uint8 of a WebP file's bytes (writable: batches become tensors)."""
+    from PIL import Image
+
+    with Image.open(io.BytesIO(data)) as image:
+        return np.array(image.convert("RGB"))
+
+
+def pack(data_dir: str, cache: str) -> None:
     from napari_histo.training.nuclei import load_synthetic_nuclei
     from napari_histo.training.real_nuclei import RealNucleiRecipe, load_monuseg
 
@@ -80,12 +101,7 @@ def pack(data_dir: str, cache: str) -> None:
     ]
     index, labels = [], {}
     for name, rgb, lab, mpp in tiles:
-        buffer = io.BytesIO()
-        Image.fromarray(rgb).save(buffer, format="WEBP", lossless=True, method=4)
-        with Image.open(io.BytesIO(buffer.getvalue())) as image:
-            if not np.array_equal(np.asarray(image.convert("RGB")), rgb):
-                raise SystemExit(f"{name}: WebP round trip is not exact")
-        (out / f"{name}.webp").write_bytes(buffer.getvalue())
+        (out / f"{name}.webp").write_bytes(encode_webp(rgb, name=name))
         labels[name] = lab.astype(np.int32)
         index.append({"name": name, "mpp": mpp, "synthetic": name.startswith("synthetic-")})
     np.savez_compressed(out / "labels.npz", **labels)
@@ -95,15 +111,12 @@ def pack(data_dir: str, cache: str) -> None:
 
 
 def _load_cache(cache: str):
-    from PIL import Image
-
     root = Path(cache)
     index = json.loads((root / "tiles.json").read_text())
     labels = np.load(root / "labels.npz", allow_pickle=False)
     real, synthetic = [], []
     for entry in index:
-        with Image.open(root / f"{entry['name']}.webp") as image:
-            rgb = np.asarray(image.convert("RGB"))
+        rgb = decode_webp((root / f"{entry['name']}.webp").read_bytes())
         item = (rgb, labels[entry["name"]], float(entry["mpp"]))
         (synthetic if entry["synthetic"] else real).append(item)
     return real, synthetic

@@ -37,7 +37,14 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from gpu_train_nuclei import _stub_io_modules, _worker_init, budgeted_steps, progress_line
+from gpu_train_nuclei import (
+    _stub_io_modules,
+    _worker_init,
+    budgeted_steps,
+    decode_webp,
+    encode_webp,
+    progress_line,
+)
 
 #: Wider members than v2.x (which are width 8 / 8 / 12 for the 2-core CPU), all
 #: under the 25 MB a member may weigh.
@@ -97,27 +104,6 @@ def _stages(names: list[str]) -> list[dict[str, int]]:
     ]
 
 
-def _encode(rgb: np.ndarray, quality: int | None) -> bytes:
-    from PIL import Image
-
-    buffer = io.BytesIO()
-    if quality is None:
-        Image.fromarray(rgb).save(buffer, format="WEBP", lossless=True, method=4)
-    else:
-        Image.fromarray(rgb).save(buffer, format="WEBP", quality=quality, method=4)
-    data = buffer.getvalue()
-    if quality is None and not np.array_equal(_decode(data), rgb):
-        raise SystemExit("WebP round trip is not exact")
-    return data
-
-
-def _decode(data: bytes) -> np.ndarray:
-    from PIL import Image
-
-    with Image.open(io.BytesIO(data)) as image:
-        return np.array(image.convert("RGB"))  # writable: batches become tensors
-
-
 def pack(data_dir: str, cache: str, max_mb: float | None = None) -> None:
     """Write the GPU recipe's training pools (training split, synthetic patches) to `cache`,
     at most `max_mb` MB (default :func:`cache_budget_mb`)."""
@@ -148,7 +134,11 @@ def write_cache(pools, normalisation: dict, cache: str, max_mb: float, note: str
     }
     np.savez_compressed(masks, **arrays)
     for quality in _stages([p.name for p in pools]):
-        blobs = {p.name: [_encode(im, quality.get(p.name)) for im in p.images] for p in pools}
+        blobs = {
+            p.name: [encode_webp(im, quality.get(p.name), f"{p.name}-{i:04d}")
+                     for i, im in enumerate(p.images)]
+            for p in pools
+        }  # fmt: skip
         sizes = {name: sum(map(len, b)) / 1e6 for name, b in blobs.items()}
         if sum(sizes.values()) + len(masks.getvalue()) / 1e6 <= max_mb:
             break
@@ -194,7 +184,7 @@ def load_pools(cache: str):
     pools = []
     for entry in meta["pools"]:
         keys = [f"{entry['name']}-{i:04d}" for i in range(entry["count"])]
-        images = [_decode((root / f"{k}.webp").read_bytes()) for k in keys]
+        images = [decode_webp((root / f"{k}.webp").read_bytes()) for k in keys]
         pools.append(
             _Pool(entry["name"], entry["weight"], images, [masks[k] for k in keys],
                   entry["tile_labels"])
@@ -230,19 +220,15 @@ class _Batches:
         return self.recipe.steps
 
     def __getitem__(self, k: int):
-        import torch
-
         self.draw.rng = np.random.default_rng([self.seed, k])
-        x, y, labels = self.draw.crops()
-        # uint8 between processes: a quarter of the shared memory of float crops.
-        return x.mul(255).round_().to(torch.uint8), y, labels
+        return self.draw.crops()  # uint8 between processes: a quarter of float's memory
 
     def augment(self, k: int, x, y):
         """Batch ``k``'s crops (uint8) augmented and normalised on their device."""
         import torch
 
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + k)
-        return self.draw.augment(x.float().div_(255), y, self.normalisation, generator)
+        return self.draw.augment(x, y, self.normalisation, generator)
 
 
 def pil_jpeg_artefacts(rgb: np.ndarray, rng: np.random.Generator, quality) -> np.ndarray:
@@ -356,8 +342,9 @@ def score(
     from napari_histo.training.real_ensemble import finalize_real_ensemble
 
     names = {name for name, _ in GPU_MEMBERS}
-    found = [c for c in sorted(Path(out_dir).glob("*.json")) if read_card(c).name in names]
-    missing = names - {read_card(c).name for c in found}
+    read = {path: read_card(path) for path in sorted(Path(out_dir).glob("*.json"))}
+    found = {path: card for path, card in read.items() if card.name in names}
+    missing = names - {card.name for card in found.values()}
     if missing and not partial:
         raise SystemExit(
             f"{out_dir}: no card of {', '.join(sorted(missing))} (a member failed?); "
@@ -366,14 +353,14 @@ def score(
     if not found:
         raise SystemExit(f"{out_dir}: no tumor member cards ({', '.join(sorted(names))})")
     # The device's files arrive read-only, and scoring rewrites the cards: a copy.
-    dest = Path(to) if to else Path("out") / f"gpu-tumor-{read_card(found[0]).version}"
+    version = next(iter(found.values())).version
+    dest = Path(to) if to else Path("out") / f"gpu-tumor-{version}"
     dest.mkdir(parents=True, exist_ok=True)
     cards = []
-    for card in found:
-        weights = card.with_name(read_card(card).weights_file)
-        for path in (card, weights):
-            (dest / path.name).write_bytes(path.read_bytes())
-        cards.append(dest / card.name)
+    for path, card in found.items():
+        for source in (path, path.with_name(card.weights_file)):
+            (dest / source.name).write_bytes(source.read_bytes())
+        cards.append(dest / path.name)
     print(f"scoring the cards copied to {dest}")
     work = Path(work_dir) if work_dir else cache_dir() / "real-ensemble-work"
     work.mkdir(parents=True, exist_ok=True)

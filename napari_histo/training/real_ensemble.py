@@ -274,11 +274,12 @@ class _Batches:
         return x, y, labels
 
     def crops(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """One batch of crops as drawn (RGB in [0, 1], labels, tile labels); numpy draws only."""
+        """One batch of crops as drawn (RGB uint8 (B, 3, H, W), labels, tile labels);
+        numpy draws only."""
         n = self.recipe.batch_size
         sources = self.rng.choice(len(self.pools), size=n, p=self.p)
         crops = [self._crop(self.pools[s], int(self.rng.choice(self.index[s]))) for s in sources]
-        x = torch.from_numpy(np.stack([c[0] for c in crops])).permute(0, 3, 1, 2).float() / 255
+        x = torch.from_numpy(np.stack([c[0] for c in crops])).permute(0, 3, 1, 2)
         y = torch.from_numpy(np.stack([c[1] for c in crops]))
         labels = torch.tensor([c[2] for c in crops])
         return x, y, labels
@@ -294,7 +295,7 @@ class _Batches:
         on `x`'s device; the draws come from `generator` (default: this member's)."""
         generator = generator or self.generator
         s = self.strength
-        x = hed_jitter(x, generator, scale=0.3 * s, shift=0.06 * s)
+        x = hed_jitter(x.float() / 255, generator, scale=0.3 * s, shift=0.06 * s)
         x, y = augment_batch(
             x,
             y,
