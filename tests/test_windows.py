@@ -74,7 +74,7 @@ def test_huge_or_strided_slices_stay_lazy_and_copies_are_views(cmu_svs, monkeypa
 
     with Slide(cmu_svs) as slide:
         level = LevelWindows(slide, 0, open_pyramid(slide).levels[0])
-        assert level.chunks == (*open_pyramid(slide).chunk_px[0], 3)
+        assert level.chunks == (240, 240, 3)  # the CMU slide's tiles, decoded one by one
         assert isinstance(level[::4, ::4], da.Array)  # strided: dask's lazy slice
         assert isinstance(level[:100, :100], np.ndarray)
         monkeypatch.setattr(windows, "MAX_DIRECT_PX", 10_000)
@@ -93,3 +93,28 @@ def test_bad_indices_say_what_is_wrong(cmu_svs):
             level[[1, 2]]
         with pytest.raises(IndexError, match="too many"):
             level[1, 2, 0, 0]
+
+
+@pytest.mark.parametrize(
+    ("tile", "direct", "want"), [(128, True, 256), (512, True, 512), (128, False, 256)]
+)
+def test_chunks_napari_widens_views_to_are_the_cells_reads_decode(tmp_path, tile, direct, want):
+    """A view is widened to whole cells (what a read decodes anyway), small tiles
+    grouped to about 256 px; not the dask level's ~512-px chunks."""
+    from napari.layers.utils.layer_utils import expand_corners_to_chunk_boundaries
+
+    from tests.slides import write_generic_tiff
+
+    image = np.random.default_rng(0).integers(0, 255, (1024, 1536, 3), dtype=np.uint8)
+    path = tmp_path / f"tiled{tile}.tiff"
+    write_generic_tiff(path, image, tile=tile)
+    with Slide(path, direct=direct) as slide:
+        level = viewer_levels(slide, open_pyramid(slide))[0]
+        assert level.chunks == (want, want, 3)
+        corners = np.array([[300, 700, 0], [555, 999, 2]])
+        widened = expand_corners_to_chunk_boundaries(corners, level, (0, 1))
+        assert (widened[:, :2] % want == [[0, 0], [want - 1, want - 1]]).all()
+        window = level[widened[0, 0] : widened[1, 0] + 1, widened[0, 1] : widened[1, 1] + 1]
+        np.testing.assert_array_equal(
+            window, slide.read_level_region(0, *widened[0, 1::-1], *(window.shape[1::-1]))
+        )
