@@ -118,3 +118,44 @@ def test_chunks_napari_widens_views_to_are_the_cells_reads_decode(tmp_path, tile
         np.testing.assert_array_equal(
             window, slide.read_level_region(0, *widened[0, 1::-1], *(window.shape[1::-1]))
         )
+
+
+def test_holds_pause_background_work_once_around_reads(cmu_svs):
+    import threading
+
+    from napari_histo.io.windows import hold_during_reads
+
+    calls = []
+    release = hold_during_reads(lambda: calls.append("pause"), lambda: calls.append("resume"))
+
+    def broken():
+        raise RuntimeError("no such process")
+
+    release_broken = hold_during_reads(broken, broken)  # ignored, the read goes on
+    try:
+        with Slide(cmu_svs) as slide:
+            level = viewer_levels(slide, open_pyramid(slide))[0]
+            np.asarray(level[:300, :300])
+            assert calls == ["pause", "resume"]
+            # Reads at once on two threads hold once.
+            barrier = threading.Barrier(2)
+            original = level._read
+
+            def slow_read(*args):
+                barrier.wait(timeout=10)
+                return original(*args)
+
+            level._read = slow_read
+            threads = [threading.Thread(target=lambda: level[:200, :200]) for _ in range(2)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            assert calls == ["pause", "resume"] * 2
+    finally:
+        release_broken()
+        release()
+    assert calls[-1] == "resume"  # a release resumes, in case a read is under way
+    with Slide(cmu_svs) as slide:
+        np.asarray(viewer_levels(slide, open_pyramid(slide))[0][:50, :50])
+    assert calls == ["pause", "resume"] * 2 + ["resume"]  # released: no longer called

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 import threading
+import time
 from dataclasses import replace
 
 import numpy as np
@@ -153,3 +155,101 @@ def test_closing_ends_the_process_and_leaves_no_thread(slide, tmp_path):
     assert set(threading.enumerate()) <= threads_before
     with pytest.raises(WorkerDied, match="closed"):
         drain(controller.job(worker=process))
+
+
+def _state(pid: int) -> str:
+    """The process's state letter from /proc ("T": stopped)."""
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().rsplit(")", 1)[1].split()[0]
+
+
+def _wait_state(pid: int, wanted: bool, timeout_s: float = 5.0) -> str:
+    deadline = time.monotonic() + timeout_s
+    while (_state(pid) == "T") != wanted and time.monotonic() < deadline:
+        time.sleep(0.005)
+    return _state(pid)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_a_background_job_is_stopped_while_the_viewer_reads_a_window(slide, tmp_path, worker):
+    from napari_histo.io.pyramid import open_pyramid
+    from napari_histo.io.slide import Slide
+    from napari_histo.io.windows import hold_during_reads, viewer_levels
+
+    controller = LiveController(slide, SETTINGS, out_dir=tmp_path)
+    job = controller.job(worker=worker, nice=10)  # whole slide, in the background
+    updates = [next(job)]
+    pid = worker.pid
+    seen = []
+    # Holds are called in order: the job's own (SIGSTOP) first, then this one.
+    release = hold_during_reads(lambda: seen.append(_wait_state(pid, True)), lambda: None)
+    try:
+        with Slide(slide) as opened:
+            np.asarray(viewer_levels(opened, open_pyramid(opened))[0][:512, :512])
+    finally:
+        release()
+    assert seen == ["T"]
+    assert _wait_state(pid, False) != "T"  # running again after the read
+    _, result = drain(job)
+    assert not result.cancelled and result.tiles_run > 0 and updates
+    # A viewport job (the user waits for it) is never held.
+    view_job = controller.job(within=(0, 0, 512, 512), worker=worker)
+    next(view_job, None)
+    seen.clear()
+    release = hold_during_reads(lambda: seen.append(_state(worker.pid)), lambda: None)
+    try:
+        with Slide(slide) as opened:
+            np.asarray(viewer_levels(opened, open_pyramid(opened))[0][:256, :256])
+    finally:
+        release()
+    drain(view_job)
+    assert seen and seen[0] != "T"
+
+
+VIEWER_DIES = """
+import signal, sys, threading, time
+from napari_histo.live.worker import JobProcess
+from tests.test_worker_process import sleepy_job
+process = JobProcess(threads=1)
+job = process.call(sleepy_job, {}, threading.Event())
+next(job)
+process._signal(signal.SIGSTOP)  # as during a window read
+print(process.pid, flush=True)
+time.sleep(60)
+"""
+
+
+def sleepy_job(cancel):
+    """A job for the worker that runs until cancelled (importable by name)."""
+    yield "started"
+    while not cancel.is_set():
+        time.sleep(0.05)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_a_worker_held_stopped_ends_when_the_viewer_is_killed():
+    import subprocess
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    viewer = subprocess.Popen(
+        [sys.executable, "-c", VIEWER_DIES], cwd=root, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        pid = int(viewer.stdout.readline())
+        assert _wait_state(pid, True) == "T"
+        viewer.kill()  # the viewer dies while its worker is stopped
+        viewer.wait(10)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                if _state(pid) == "Z":
+                    break  # ended; its zombie waits for init
+            except FileNotFoundError:
+                break
+            time.sleep(0.05)
+        else:
+            os.kill(pid, signal.SIGKILL)
+            pytest.fail("the stopped worker outlived its viewer")
+    finally:
+        viewer.kill()

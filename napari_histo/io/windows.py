@@ -17,8 +17,10 @@ computations use; :func:`viewer_levels` gives the viewer's list.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -27,7 +29,7 @@ import numpy as np
 from napari_histo.io.pyramid import Pyramid
 from napari_histo.io.slide import Slide
 
-__all__ = ["LevelWindows", "viewer_levels", "window_threads"]
+__all__ = ["LevelWindows", "hold_during_reads", "viewer_levels", "window_threads"]
 
 #: Windows smaller than this (px) are read on the calling thread in one piece:
 #: below it a second thread costs more than it saves.
@@ -41,6 +43,67 @@ MAX_DIRECT_PX = 1 << 26
 
 _POOL: ThreadPoolExecutor | None = None
 _POOL_LOCK = threading.Lock()
+
+
+class _Holds:
+    """Background work paused while the viewer reads windows (:func:`hold_during_reads`)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._holds: dict[int, tuple[Callable[[], None], Callable[[], None]]] = {}
+        self._next = 0
+        self._reading = 0
+
+    def add(self, pause: Callable[[], None], resume: Callable[[], None]) -> Callable[[], None]:
+        with self._lock:
+            key, self._next = self._next, self._next + 1
+            self._holds[key] = (pause, resume)
+
+        def release() -> None:
+            with self._lock:
+                hold = self._holds.pop(key, None)
+            if hold is not None:
+                _quietly(hold[1])  # paused or not: a resume is harmless
+
+        return release
+
+    @contextlib.contextmanager
+    def reading(self) -> Iterator[None]:
+        with self._lock:
+            self._reading += 1
+            holds = list(self._holds.values()) if self._reading == 1 else []
+        for pause, _ in holds:
+            _quietly(pause)
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._reading -= 1
+                holds = list(self._holds.values()) if self._reading == 0 else []
+            for _, resume in holds:
+                _quietly(resume)
+
+
+def _quietly(call: Callable[[], None]) -> None:
+    try:
+        call()
+    except Exception:  # a hold that fails must not fail the viewer's read
+        pass
+
+
+_HOLDS = _Holds()
+
+
+def hold_during_reads(pause: Callable[[], None], resume: Callable[[], None]) -> Callable[[], None]:
+    """Call `pause` when the viewer starts reading windows and `resume` when it is done.
+
+    For background work on the same cores (a whole-slide job's worker process):
+    a window the Qt thread waits for is decoded at full speed. Nested and
+    concurrent reads pause once. Returns a function that ends the hold (and
+    calls `resume`, in case a read is under way). Errors of `pause` and `resume`
+    are ignored.
+    """
+    return _HOLDS.add(pause, resume)
 
 
 def window_threads() -> int:
@@ -173,6 +236,11 @@ class LevelWindows:
         h, w = y1 - y0, x1 - x0
         if h <= 0 or w <= 0:
             return np.empty((max(h, 0), max(w, 0), 3), np.uint8)
+        with _HOLDS.reading():
+            return self._read(y0, y1, x0, x1)
+
+    def _read(self, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
+        h, w = y1 - y0, x1 - x0
         cuts = self._bands(y0, y1) if h * w >= MIN_PARALLEL_PX else [y0, y1]
         if len(cuts) == 2:
             return self.slide.read_level_region(self.level, x0, y0, w, h)

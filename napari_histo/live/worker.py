@@ -55,6 +55,11 @@ class WorkerError(HistoError):
 def _serve(conn, cancel, threads: int) -> None:
     """The worker's loop: one job at a time until "stop" or the viewer's end of the pipe closes."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl+C in the terminal is the viewer's
+    if hasattr(os, "setpgrp"):
+        # A process group of its own: should the viewer die while it holds this worker
+        # stopped (JobProcess.run), the kernel sends the orphaned group SIGHUP then
+        # SIGCONT, which ends it instead of leaving it stopped.
+        os.setpgrp()
     import torch
 
     torch.set_num_threads(threads)
@@ -245,9 +250,41 @@ class JobProcess:
 
     def run(self, request: JobRequest, cancel: threading.Event) -> Generator[Any, None, Any]:
         """Run live inference `request` in the worker; yield its updates, return its
-        InferenceResult (store run re-opened here, read-only). See :meth:`call`."""
-        value = yield from self.call(live_job, {"request": request}, cancel)
+        InferenceResult (store run re-opened here, read-only). See :meth:`call`.
+
+        A background job (``request.nice`` > 0: a whole-slide run) is held stopped
+        while the viewer reads slide windows (:func:`~napari_histo.io.windows.hold_during_reads`):
+        on two cores a running model made each cold window read about twice as slow,
+        lowering its priority did not help (measured under Xvfb), and those reads are
+        what the Qt thread waits for.
+        """
+        release = self._hold_during_reads() if request.nice > 0 else None
+        try:
+            value = yield from self.call(live_job, {"request": request}, cancel)
+        finally:
+            if release is not None:
+                release()
         return None if value is None else _reopen(value)
+
+    def _hold_during_reads(self):
+        """Register SIGSTOP / SIGCONT of the worker around the viewer's window reads."""
+        if not (hasattr(signal, "SIGSTOP") and hasattr(os, "setpgrp")):
+            return None  # Windows: no stopping, no orphan safety
+        from napari_histo.io.windows import hold_during_reads
+
+        return hold_during_reads(
+            lambda: self._signal(signal.SIGSTOP), lambda: self._signal(signal.SIGCONT)
+        )
+
+    def _signal(self, signum: int) -> None:
+        process = self._process
+        # exitcode is None while it runs or is stopped; once it has been reaped its
+        # pid may belong to another process.
+        if process is not None and process.pid is not None and process.exitcode is None:
+            try:
+                os.kill(process.pid, signum)
+            except (ProcessLookupError, PermissionError):
+                pass
 
     def call(
         self, function, kwargs: dict[str, Any], cancel: threading.Event
