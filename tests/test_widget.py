@@ -153,6 +153,7 @@ def test_viewport_run_puts_probability_on_the_tumor(make_napari_viewer, qtbot, s
 def test_refresh_only_when_changed_cells_are_on_screen(make_napari_viewer, qtbot, slide_copy):
     """A finished cell rewrites its own pixels; layers re-slice only if it is in view."""
     from napari_histo.live.controller import CellUpdate
+    from napari_histo.widgets.inference import REFRESH_DEFER_MAX_S, REFRESH_QUIET_S
 
     viewer, widget = open_with_widget(make_napari_viewer, slide_copy, FAST)
     mpp = viewer.layers[slide_copy.name].scale[0]
@@ -195,12 +196,26 @@ def test_refresh_only_when_changed_cells_are_on_screen(make_napari_viewer, qtbot
     changed = level0 != before
     assert changed[rows, cols].all() and changed.sum() == cell * cell
     refreshed, skipped = overlays.refreshes, overlays.skipped
+    widget._camera_moved_at -= REFRESH_QUIET_S  # the view has been still since
     widget._refresh_dirty()
     assert overlays.refreshes == refreshed and overlays.skipped > skipped and events == []
-    # On screen: the visible layers re-slice (the hidden uncertainty layers do not).
+    # On screen: the visible layers re-slice (the hidden uncertainty layers do not)...
     write(loaded[0], loaded[2], 0.66)
+    # ...not while the view moves (napari re-slices what a pan shows), unless that
+    # has gone on for REFRESH_DEFER_MAX_S...
+    widget._on_camera()
+    widget._refresh_dirty()
+    assert overlays.refreshes == refreshed and overlays.dirty
+    widget._refresh_deferred_at -= REFRESH_DEFER_MAX_S
+    widget._on_camera()
     widget._refresh_dirty()
     assert overlays.refreshes == refreshed + 2  # probability and outline
+    assert widget._refresh_deferred_at is None
+    # ...and at once when it is still.
+    write(loaded[0], loaded[2], 0.55)
+    widget._camera_moved_at -= REFRESH_QUIET_S
+    widget._refresh_dirty()
+    assert overlays.refreshes == refreshed + 4
     qtbot.waitUntil(lambda: len(events) > 0, timeout=5_000)
     widget.shutdown()
 

@@ -59,6 +59,10 @@ __all__ = [
 
 _REFRESH_MS = 250
 _REFRESH_MAX_MS = 2000
+#: Overlay refreshes wait while the view moved less than this ago (s)...
+REFRESH_QUIET_S = 0.4
+#: ...but not longer than this (s): a long pan still sees the run progress.
+REFRESH_DEFER_MAX_S = 2.0
 _FOLLOW_DEBOUNCE_S = 0.3
 #: In follow mode, views showing more of the slide than this are not computed.
 FOLLOW_MAX_FRACTION = 0.25
@@ -122,6 +126,8 @@ class InferenceWidget(ControlsMixin, WorkerProcessMixin, ShutdownMixin, QWidget)
         self.mpp_field = MppField(self.viewer, "Tumor inference dock", self._on_mpp_changed)
         self.layout().insertWidget(1, self.mpp_field)
 
+        self._camera_moved_at = -float("inf")  # time.monotonic() of the last pan or zoom
+        self._refresh_deferred_at: float | None = None  # first tick an overlay refresh waited
         self._refresh_timer = QTimer(self)
         self._refresh_timer.setInterval(_REFRESH_MS)
         self._refresh_timer.timeout.connect(self._refresh_dirty)
@@ -439,11 +445,22 @@ class InferenceWidget(ControlsMixin, WorkerProcessMixin, ShutdownMixin, QWidget)
 
         At most every 250 ms; when refreshes cost more (slicing on the Qt thread
         with synchronous slicing), the interval grows to keep them under ~10 % of
-        the Qt thread's time.
+        the Qt thread's time. Refreshes wait while the view moves
+        (:data:`REFRESH_QUIET_S`), for at most :data:`REFRESH_DEFER_MAX_S`.
         """
         if self._closed or self._overlays is None:
             return
         self._flush_progress()
+        now = time.monotonic()
+        if self._overlays.dirty and now - self._camera_moved_at < REFRESH_QUIET_S:
+            # While the user pans or zooms, napari re-slices the overlays itself where
+            # the view moves (with the newest cells); a re-slice of the view on top
+            # would hold the Qt thread between their frames.
+            if self._refresh_deferred_at is None:
+                self._refresh_deferred_at = now
+            if now - self._refresh_deferred_at < REFRESH_DEFER_MAX_S:
+                return
+        self._refresh_deferred_at = None
         cost_ms = self._overlays.refresh()
         self._refresh_timer.setInterval(int(min(_REFRESH_MAX_MS, max(_REFRESH_MS, 10 * cost_ms))))
 
@@ -488,6 +505,7 @@ class InferenceWidget(ControlsMixin, WorkerProcessMixin, ShutdownMixin, QWidget)
 
     # -- follow mode ----------------------------------------------------------
     def _on_camera(self, *_: Any) -> None:
+        self._camera_moved_at = time.monotonic()
         if self._closed or self._controller is None or self.mode_combo.currentText() != "follow":
             return
         self._debouncer.poke(True, time.monotonic())
