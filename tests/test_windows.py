@@ -146,12 +146,20 @@ def test_holds_pause_background_work_once_around_reads(cmu_svs):
                 return original(*args)
 
             level._read = slow_read
-            threads = [threading.Thread(target=lambda: level[:200, :200]) for _ in range(2)]
+            errors = []
+
+            def read():
+                try:
+                    level[:200, :200]
+                except Exception as err:  # raised on a thread: seen here
+                    errors.append(err)
+
+            threads = [threading.Thread(target=read) for _ in range(2)]
             for t in threads:
                 t.start()
             for t in threads:
                 t.join()
-            assert calls == ["pause", "resume"] * 2
+            assert errors == [] and calls == ["pause", "resume"] * 2
     finally:
         release_broken()
         release()
@@ -159,3 +167,36 @@ def test_holds_pause_background_work_once_around_reads(cmu_svs):
     with Slide(cmu_svs) as slide:
         np.asarray(viewer_levels(slide, open_pyramid(slide))[0][:50, :50])
     assert calls == ["pause", "resume"] * 2 + ["resume"]  # released: no longer called
+
+
+def test_a_hold_released_during_a_read_is_resumed_after_its_pause(cmu_svs):
+    import threading
+
+    from napari_histo.io.windows import hold_during_reads
+
+    calls = []
+    release = hold_during_reads(lambda: calls.append("pause"), lambda: calls.append("resume"))
+    inside, finish = threading.Event(), threading.Event()
+    with Slide(cmu_svs) as slide:
+        level = viewer_levels(slide, open_pyramid(slide))[0]
+        original = level._read
+
+        def blocking_read(*args):
+            inside.set()
+            assert finish.wait(timeout=10)
+            return original(*args)
+
+        level._read = blocking_read
+        reader = threading.Thread(target=lambda: level[:100, :100])
+        reader.start()
+        assert inside.wait(timeout=10)
+        release()  # the job ends while the viewer reads
+        late = []
+        release_late = hold_during_reads(
+            lambda: late.append("pause"), lambda: late.append("resume")
+        )
+        finish.set()
+        reader.join()
+        release_late()
+    assert calls == ["pause", "resume"]  # resumed by the release, not left stopped
+    assert "pause" not in late  # added mid-read: not paused by that read

@@ -46,7 +46,11 @@ _POOL_LOCK = threading.Lock()
 
 
 class _Holds:
-    """Background work paused while the viewer reads windows (:func:`hold_during_reads`)."""
+    """Background work paused while the viewer reads windows (:func:`hold_during_reads`).
+
+    Pauses, resumes and releases happen under one lock, so a hold released during a
+    read is resumed after its pause, never before.
+    """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -62,8 +66,8 @@ class _Holds:
         def release() -> None:
             with self._lock:
                 hold = self._holds.pop(key, None)
-            if hold is not None:
-                _quietly(hold[1])  # paused or not: a resume is harmless
+                if hold is not None:
+                    _quietly(hold[1])  # paused or not: a resume is harmless
 
         return release
 
@@ -71,16 +75,24 @@ class _Holds:
     def reading(self) -> Iterator[None]:
         with self._lock:
             self._reading += 1
-            holds = list(self._holds.values()) if self._reading == 1 else []
-        for pause, _ in holds:
-            _quietly(pause)
+            try:
+                if self._reading == 1:
+                    for pause, _ in self._holds.values():
+                        _quietly(pause)
+            except BaseException:
+                self._end_read()
+                raise
         try:
             yield
         finally:
             with self._lock:
-                self._reading -= 1
-                holds = list(self._holds.values()) if self._reading == 0 else []
-            for _, resume in holds:
+                self._end_read()
+
+    def _end_read(self) -> None:
+        """One read less (under the lock); the last one resumes every hold."""
+        self._reading -= 1
+        if self._reading == 0:
+            for _, resume in self._holds.values():
                 _quietly(resume)
 
 

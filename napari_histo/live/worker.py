@@ -57,8 +57,10 @@ def _serve(conn, cancel, threads: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl+C in the terminal is the viewer's
     if hasattr(os, "setpgrp"):
         # A process group of its own: should the viewer die while it holds this worker
-        # stopped (JobProcess.run), the kernel sends the orphaned group SIGHUP then
-        # SIGCONT, which ends it instead of leaving it stopped.
+        # stopped (JobProcess.call with `hold`), the kernel sends the orphaned group
+        # SIGHUP then SIGCONT, which ends it instead of leaving it stopped (where the
+        # viewer's parent is in another session, as for any program started from a
+        # shell or a desktop).
         os.setpgrp()
     import torch
 
@@ -258,12 +260,7 @@ class JobProcess:
         lowering its priority did not help (measured under Xvfb), and those reads are
         what the Qt thread waits for.
         """
-        release = self._hold_during_reads() if request.nice > 0 else None
-        try:
-            value = yield from self.call(live_job, {"request": request}, cancel)
-        finally:
-            if release is not None:
-                release()
+        value = yield from self.call(live_job, {"request": request}, cancel, hold=request.nice > 0)
         return None if value is None else _reopen(value)
 
     def _hold_during_reads(self):
@@ -279,7 +276,8 @@ class JobProcess:
     def _signal(self, signum: int) -> None:
         process = self._process
         # exitcode is None while it runs or is stopped; once it has been reaped its
-        # pid may belong to another process.
+        # pid may belong to another process. (Its waitpid may race the job thread's
+        # is_alive(): the loser sees the process alive for one more poll.)
         if process is not None and process.pid is not None and process.exitcode is None:
             try:
                 os.kill(process.pid, signum)
@@ -287,13 +285,16 @@ class JobProcess:
                 pass
 
     def call(
-        self, function, kwargs: dict[str, Any], cancel: threading.Event
+        self, function, kwargs: dict[str, Any], cancel: threading.Event, *, hold: bool = False
     ) -> Generator[Any, None, Any]:
         """Run generator function ``function(cancel=..., **kwargs)`` in the worker.
 
         Yields what it yields and returns what it returns (both pickled over the
         pipe); `function` must be importable by name (a module-level function).
         Returns None at once when `cancel` is set while an earlier job still runs.
+        With `hold`, the worker is held stopped during the viewer's window reads
+        from the moment this job is sent until it ends (not while an earlier job
+        finishes its batch).
 
         Raises
         ------
@@ -319,6 +320,7 @@ class JobProcess:
                     self._drop()
                     raise WorkerDied(f"the worker process is gone ({err})") from None
             ended = False
+            release = self._hold_during_reads() if hold else None
             try:
                 while True:
                     kind, value = self._receive(cancel)
@@ -330,6 +332,8 @@ class JobProcess:
                         raise WorkerError(value)
                     return value
             finally:
+                if release is not None:
+                    release()
                 if not ended:
                     self._finish_early()
         finally:

@@ -497,6 +497,7 @@ class InferenceWidget(ControlsMixin, WorkerProcessMixin, ShutdownMixin, QWidget)
 
     def _on_finished(self) -> None:
         self._refresh_timer.stop()
+        self._refresh_deferred_at = None
         self._flush_progress()
         if self._overlays is not None:
             self._overlays.update_thumbnails()
