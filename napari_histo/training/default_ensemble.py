@@ -66,6 +66,38 @@ class EnsembleRecipe:
     version: str = "1.0"
 
 
+def tumor_member_card(
+    recipe,
+    architecture: str,
+    config: dict,
+    normalisation: dict,
+    *,
+    training_data: str,
+    metrics: dict | None = None,
+    notes: str = "",
+    parent_version: str | None = None,
+) -> ModelCard:
+    """The card of a two-class (background, tumor) member a recipe trains.
+
+    `recipe` gives ``version``, ``model_mpp`` and ``infer_patch_px`` (the synthetic
+    :class:`EnsembleRecipe` and the real-tissue ``RealRecipe`` alike).
+    """
+    return ModelCard(
+        name=architecture,
+        version=recipe.version,
+        parent_version=parent_version,
+        architecture=architecture,
+        config={**config, "num_classes": 2},
+        input_mpp=recipe.model_mpp,
+        patch_px=recipe.infer_patch_px,
+        normalisation=normalisation,
+        classes=("background", "tumor"),
+        training_data=training_data,
+        metrics=metrics or {},
+        notes=notes,
+    )
+
+
 def synthetic_slides(work_dir: Path, seeds: Sequence[int], size: int) -> list[Path]:
     """Synthetic slides of `seeds` in `work_dir`, generated when missing."""
     paths = []
@@ -187,15 +219,11 @@ def train_default_ensemble(
         if result.cancelled:
             log(f"{architecture}: cancelled; nothing saved")
             return cards
-        card = ModelCard(
-            name=architecture,
-            version=recipe.version,
-            architecture=architecture,
-            config={**config, "num_classes": 2},
-            input_mpp=recipe.model_mpp,
-            patch_px=recipe.infer_patch_px,
-            normalisation=normalisation,
-            classes=("background", "tumor"),
+        card = tumor_member_card(
+            recipe,
+            architecture,
+            config,
+            normalisation,
             training_data=TRAINING_DATA.format(seeds=list(TRAIN_SEEDS), size=recipe.slide_px),
             metrics={"val_patch_dice_tumor": round(float(result.val_dice or 0.0), 4)},
             notes=(

@@ -38,7 +38,11 @@ from napari_histo.models import (
 )
 from napari_histo.models.receptive import with_measured_margin
 from napari_histo.training.augment import augment_batch, hed_jitter, jpeg_artefacts
-from napari_histo.training.default_ensemble import heldout_dice, synthetic_slides
+from napari_histo.training.default_ensemble import (
+    heldout_dice,
+    synthetic_slides,
+    tumor_member_card,
+)
 from napari_histo.training.losses import IGNORE, segmentation_loss
 from napari_histo.training.realdata import (
     SOURCES,
@@ -135,19 +139,14 @@ def member_card(
     recipe: RealRecipe, architecture: str, config: dict, normalisation: dict, notes: str = ""
 ) -> ModelCard:
     """The card of a member the recipe trains (metrics come after scoring)."""
-    return ModelCard(
-        name=architecture,
-        version=recipe.version,
-        parent_version=recipe.init_version,
-        architecture=architecture,
-        config={**config, "num_classes": 2},
-        input_mpp=recipe.model_mpp,
-        patch_px=recipe.infer_patch_px,
-        normalisation=normalisation,
-        classes=("background", "tumor"),
+    return tumor_member_card(
+        recipe,
+        architecture,
+        config,
+        normalisation,
         training_data=real_training_data(recipe),
-        metrics={},
         notes=notes,
+        parent_version=recipe.init_version,
     )
 
 

@@ -509,7 +509,7 @@ class InferenceWidget(ControlsMixin, WorkerProcessMixin, ShutdownMixin, QWidget)
         self._camera_moved_at = time.monotonic()
         if self._closed or self._controller is None or self.mode_combo.currentText() != "follow":
             return
-        self._debouncer.poke(True, time.monotonic())
+        self._debouncer.poke(True, self._camera_moved_at)
         self._follow_timer.start(int(_FOLLOW_DEBOUNCE_S * 1000))
 
     def _on_follow_timer(self) -> None:
