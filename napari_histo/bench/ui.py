@@ -12,6 +12,8 @@ a fresh copy of a synthetic slide:
   every 200 ms while a 10 ms QTimer heartbeat on the Qt thread records its
   gaps (p50, p95, max). The same pans (same seed, as long) with no job give the
   floor (``idle_gap_*``: what napari itself costs on this machine just then).
+  Both phases show the whole-slide dock (the same canvas, ``canvas_px`` and
+  ``idle_canvas_px``), once the slide's preparation and staining check are done.
   Each phase pans over its own fresh copy of the slide, so both start with
   cold tile caches: measured after the job on the same copy, the floor had
   the run's decoded tiles cached (max gap 80-100 ms against 235 ms cold, no
@@ -195,6 +197,7 @@ def bench_ui(*, quick: bool = False) -> dict[str, Any]:
                 rss_worker.append(_rss_mb(widget.worker_pid))
                 cache_viewer.append(round(layer.metadata["slide"].tile_cache.bytes / 2**20, 1))
             widget.shutdown()
+            viewer.window.remove_dock_widget(widget)
             viewer.layers.clear()
 
             # -- responsiveness: pans alone, then during a whole-slide run -------
@@ -235,18 +238,24 @@ def bench_ui(*, quick: bool = False) -> dict[str, Any]:
                 heartbeat.stop()
                 return list(beats)
 
-            layer = open_copy("idle.svs")
-            viewer.reset_view()
-            _wait(app, lambda: layer.loaded, 30)
-            idle_beats = pan_for(idle_seconds)
-
-            layer = open_copy("whole.svs")
+            # Both phases with the same dock, hence the same canvas: a second dock
+            # beside the first made the window (and the canvas) half as tall again,
+            # and the run phase then read and drew 50 % more pixels per view.
             widget2 = InferenceWidget(viewer)
             viewer.window.add_dock_widget(widget2, name="Tumor inference (whole slide)")
             widget2.set_settings(LiveSettings(mode="whole slide"))
-            _wait(app, lambda: not widget2.preparing, 120)
+            layer = open_copy("idle.svs")
+            _wait(app, lambda: not widget2.settling, 120)
             viewer.reset_view()
             _wait(app, lambda: layer.loaded, 30)
+            idle_canvas = tuple(viewer.canvas.size)
+            idle_beats = pan_for(idle_seconds)
+
+            layer = open_copy("whole.svs")
+            _wait(app, lambda: not widget2.settling, 120)
+            viewer.reset_view()
+            _wait(app, lambda: layer.loaded, 30)
+            canvas = tuple(viewer.canvas.size)
             widget2.run()
             run_beats = pan_for(seconds, lambda: not widget2.busy)
             widget2.cancel()
@@ -263,6 +272,10 @@ def bench_ui(*, quick: bool = False) -> dict[str, Any]:
         "async_slicing": bool(get_settings().experimental.async_),
         "torch_threads": threads,
         "heartbeats": len(run_beats),
+        # Canvas (height, width) in screen px during each phase: the same, or the
+        # gaps are not comparable.
+        "canvas_px": list(canvas),
+        "idle_canvas_px": list(idle_canvas),
         **_gap_stats(run_beats),
         **_gap_stats(idle_beats, "idle_"),
         "whole_slide_tiles": whole_tiles,

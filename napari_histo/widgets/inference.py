@@ -558,6 +558,12 @@ class InferenceWidget(ControlsMixin, WorkerProcessMixin, ShutdownMixin, QWidget)
         """True while the worker starts and loads the models for the opened slide."""
         return self._prepare_jobs.busy
 
+    @property
+    def settling(self) -> bool:
+        """True while work started by opening a slide runs: :attr:`preparing` or the
+        staining check (:mod:`napari_histo.ood`)."""
+        return self._prepare_jobs.busy or self._ood_jobs.busy
+
     # -- teardown -------------------------------------------------------------
     def shutdown(self, timeout_s: float = 60.0) -> None:
         """Cancel the job, wait for its threads, and unbind from the viewer (idempotent)."""
