@@ -36,7 +36,8 @@ SCRIPT = textwrap.dedent(
                  "Slide measurements", "Review"):
         _, docks[name] = viewer.window.add_plugin_dock_widget("napari-histo", name)
     tumor, nuclei = docks["Tumor inference"], docks["Nuclei"]
-    wait(lambda: tumor.preparing)
+    wait(lambda: tumor.settling)  # models loaded in the worker, staining checked
+    seen["settled"] = not tumor.settling and tumor.ood_score is not None
     seen["docks"] = "torch" in sys.modules
     viewer.camera.zoom *= 4
     tumor.run()
@@ -73,6 +74,7 @@ def test_docks_and_worker_runs_leave_the_viewer_without_torch(cmu_svs, tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     seen = json.loads(proc.stdout.strip().splitlines()[-1])
     assert seen["worker"], "the docks did not start a worker process"
+    assert seen["settled"], "the dock's slide preparation or staining check did not end"
     assert "tumor probability" in seen["layers"] and "nuclei" in seen["layers"], seen["layers"]
     assert seen["docks"] is False, "opening the docks imported torch"
     assert seen["runs"] is False, "a worker run imported torch into the viewer"
