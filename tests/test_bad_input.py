@@ -117,3 +117,41 @@ def test_reader_ignores_other_files(tmp_path):
     assert napari_get_reader(str(tmp_path / "a.png")) is None
     assert napari_get_reader([]) is None
     assert napari_get_reader(str(tmp_path)) is None
+
+
+@pytest.mark.parametrize("mpp", ["1e9", "0.0001", "nan"])
+@pytest.mark.parametrize("command", ["infer", "nuclei"])
+def test_cli_mpp_outside_the_plausible_range_is_refused(small_svs, command, mpp):
+    # 1e9 µm/px once made `infer` allocate tens of GB (the OOM killer ended it).
+    proc = subprocess.run(
+        [sys.executable, "-m", "napari_histo.cli", command, str(small_svs), "--mpp", mpp],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert proc.returncode == 2
+    assert "--mpp" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_cli_nuclei_never_writes_its_outputs_over_the_slide_or_into_a_store(
+    small_svs, tmp_path
+):
+    slide = tmp_path / small_svs.name
+    slide.write_bytes(small_svs.read_bytes())
+    before = slide.read_bytes()
+    store_file = tmp_path / f"{slide.name}.histo.zarr" / "zarr.json"
+    for option, target, reason in [
+        ("--csv", slide, "is an input"),
+        ("--geojson", slide, "is an input"),
+        ("--csv", store_file, "inside a zarr store"),
+        ("--csv", tmp_path, "is a folder"),
+        ("--geojson", tmp_path / "missing" / "x.geojson", "does not exist"),
+    ]:
+        proc = subprocess.run(
+            [sys.executable, "-m", "napari_histo.cli", "nuclei", str(slide), "--quiet",
+             option, str(target)],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert proc.returncode == 2, proc.stderr
+        lines = proc.stderr.strip().splitlines()
+        assert len(lines) == 1 and reason in lines[0] and str(target) in lines[0], proc.stderr
+    assert slide.read_bytes() == before
+    assert not store_file.parent.exists()  # refused before any work

@@ -45,6 +45,39 @@ def _positive_float(text: str) -> float:
     return _number(text, float, 0.0, strict=True)
 
 
+def _mpp(text: str) -> float:
+    """µm per level-0 px inside :data:`napari_histo.frames.MPP_RANGE` (0.05-50): a value
+    outside it (1e9, 0.0001) once made a run allocate tens of GB before failing."""
+    from napari_histo.frames import MPP_RANGE
+
+    value = _number(text, float, 0.0, strict=True)
+    low, high = MPP_RANGE
+    if not low <= value <= high:
+        raise argparse.ArgumentTypeError(f"expected µm/px in {low:g}-{high:g}, got {value:g}")
+    return value
+
+
+def check_output_file(path: str | os.PathLike[str], *inputs: str | os.PathLike[str]) -> Path:
+    """`path` as an output file a command may write, checked before any work.
+
+    Raises :class:`HistoError` (one line) when it is one of the `inputs` (``nuclei
+    SLIDE --csv SLIDE`` once replaced the slide with the table), lies inside a zarr
+    store, is a folder, or its folder does not exist.
+    """
+    out = Path(path)
+    resolved = out.resolve()
+    for given in inputs:
+        if given is not None and resolved == Path(given).resolve():
+            raise HistoError(f"{out}: is an input of this command; give another output file")
+    if any(part.endswith(".zarr") for part in resolved.parts[:-1]) or resolved.name == "zarr.json":
+        raise HistoError(f"{out}: lies inside a zarr store; give a file outside it")
+    if out.is_dir():
+        raise HistoError(f"{out}: is a folder; give a file name")
+    if not resolved.parent.is_dir():
+        raise HistoError(f"{out}: its folder {resolved.parent} does not exist")
+    return out
+
+
 def _probability(text: str) -> float:
     """A threshold in (0, 1]."""
     value = _number(text, float, 0.0, strict=True)

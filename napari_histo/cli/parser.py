@@ -6,6 +6,7 @@ import argparse
 
 from napari_histo import __version__
 from napari_histo.cli._common import (
+    _mpp,
     _nonnegative_float,
     _nonnegative_int,
     _positive_float,
@@ -14,7 +15,7 @@ from napari_histo.cli._common import (
 )
 
 MPP_HELP = (
-    "µm per level-0 px for this run, over the saved choice and the file's value "
+    "µm per level-0 px (0.05-50) for this run, over the saved choice and the file's value "
     "(save one with `info SLIDE --set-mpp`)"
 )
 
@@ -53,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("infer", help="run the tumor ensemble on a slide (resumable)")
     p.add_argument("slide", help="slide file")
-    p.add_argument("--mpp", type=_positive_float, default=None, help=MPP_HELP)
+    p.add_argument("--mpp", type=_mpp, default=None, help=MPP_HELP)
     p.add_argument("--out", default=None, help="directory of the result store (default: beside)")
     p.add_argument("--region", default=None, help="x,y,w,h in level-0 px (default: whole slide)")
     p.add_argument("--members", nargs="+", default=None, help="model names or card .json paths")
@@ -87,7 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
         "train", help="fine-tune the ensemble on a slide's annotations (new model versions)"
     )
     p.add_argument("slide", nargs="?", default=None, help="annotated slide file")
-    p.add_argument("--mpp", type=_positive_float, default=None, help=MPP_HELP)
+    p.add_argument("--mpp", type=_mpp, default=None, help=MPP_HELP)
     p.add_argument(
         "--annotations", default=None, help="GeoJSON/ASAP file (default: SLIDE.annotations.geojson)"
     )
@@ -123,7 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("nuclei", help="segment nuclei into the result store (resumable)")
     p.add_argument("slide", help="slide file")
-    p.add_argument("--mpp", type=_positive_float, default=None, help=MPP_HELP)
+    p.add_argument("--mpp", type=_mpp, default=None, help=MPP_HELP)
     p.add_argument("--method", choices=["classical", "learned"], default="classical")
     p.add_argument("--region", default=None, help="x,y,w,h in level-0 px (default: whole slide)")
     p.add_argument("--out", default=None, help="directory of the result store (default: beside)")
@@ -147,7 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="annotations for --score annotations (default: SLIDE.annotations.geojson)",
     )  # fmt: skip
     p.add_argument("--out", default=None, help="directory of the result store (default: beside)")
-    p.add_argument("--mpp", type=_positive_float, default=None, help=MPP_HELP)
+    p.add_argument("--mpp", type=_mpp, default=None, help=MPP_HELP)
     p.add_argument("--json", action="store_true", help="print one JSON object")
 
     p = sub.add_parser(
@@ -197,7 +198,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--min-area", type=_nonnegative_float, default=100.0,
         help="smallest lesion listed, µm² (default 100: about one tumor cell)",
     )  # fmt: skip
-    p.add_argument("--mpp", type=_positive_float, default=None, help=MPP_HELP)
+    p.add_argument("--mpp", type=_mpp, default=None, help=MPP_HELP)
     p.add_argument(
         "--torch-threads", type=_positive_int, default=1, help="torch threads per worker"
     )

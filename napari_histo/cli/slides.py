@@ -9,6 +9,7 @@ from pathlib import Path
 
 from napari_histo.cli._common import (
     _parse_region,
+    check_output_file,
     resolve_members,
 )
 from napari_histo.errors import HistoError
@@ -207,6 +208,9 @@ def cmd_nuclei(args: argparse.Namespace) -> int:
 
     if not Path(args.slide).is_file():
         raise HistoError(f"{args.slide}: no such slide file")
+    for output in (args.csv, args.geojson):
+        if output:
+            check_output_file(output, args.slide)
     region = _parse_region(args.region)
     cancel = threading.Event()
     generator = iter_nuclei_to_store(
