@@ -131,9 +131,7 @@ def test_cli_mpp_outside_the_plausible_range_is_refused(small_svs, command, mpp)
     assert "--mpp" in proc.stderr and "Traceback" not in proc.stderr
 
 
-def test_cli_nuclei_never_writes_its_outputs_over_the_slide_or_into_a_store(
-    small_svs, tmp_path
-):
+def test_cli_nuclei_never_writes_its_outputs_over_the_slide_or_into_a_store(small_svs, tmp_path):
     slide = tmp_path / small_svs.name
     slide.write_bytes(small_svs.read_bytes())
     before = slide.read_bytes()
