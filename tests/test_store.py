@@ -161,3 +161,30 @@ def test_corrupt_store_is_a_store_error(tmp_path, identity):
     )
     with pytest.raises(StoreError, match="not a napari-histo result store"):
         ResultStore(path, identity, mode="r")
+
+
+def test_a_damaged_run_raises_one_store_error_naming_the_store(tmp_path, identity):
+    import shutil
+
+    path = tmp_path / "s.histo.zarr"
+    run = ResultStore(path, identity).create_or_resume(SETTINGS, GEOMETRY)
+    rows, cols = GEOMETRY.cell_shape
+    for r in range(rows):
+        for c in range(cols):
+            run.write_cell(r, c, cell_values(GEOMETRY, r, c))
+    run.finish({})
+    level = path / run.group.path
+    # Every chunk of one level overwritten with garbage: the codec cannot decode it.
+    for chunk in (level / "aleatoric" / "1" / "c").rglob("*"):
+        if chunk.is_file():
+            chunk.write_bytes(b"\xff" * 64)
+    shutil.rmtree(level / "epistemic")  # an array gone
+    (again,) = ResultStore(path, identity, mode="r").runs()
+    for call, what in [
+        (lambda: again.read_level("aleatoric", 1), "cannot be decoded"),
+        (lambda: again.levels("epistemic"), "has no readable pyramid"),
+        (lambda: again.array("epistemic", 0), "missing or unreadable"),
+    ]:
+        with pytest.raises(StoreError, match=what) as info:
+            call()
+        assert str(path) in str(info.value) and "damaged" in str(info.value)

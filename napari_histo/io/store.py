@@ -407,12 +407,24 @@ class ResultRun(StoredRun):
         """Result array `name` at pyramid `level` (0 = full result)."""
         if name not in RESULT_ARRAYS:
             raise ValueError(f"`name` must be one of {RESULT_ARRAYS}, got {name!r}")
-        return self.group[name][str(level)]
+        try:
+            return self.group[name][str(level)]
+        except (KeyError, ValueError, TypeError) as err:  # a folder or zarr.json gone or garbled
+            raise self._damaged(f"{name} level {level} is missing or unreadable", err) from err
 
     def levels(self, name: str) -> list[zarr.Array]:
         """All pyramid levels of `name`, largest first."""
-        count = len(self.group[name].attrs["multiscales"][0]["datasets"])
+        try:
+            count = len(self.group[name].attrs["multiscales"][0]["datasets"])
+        except (KeyError, IndexError, ValueError, TypeError) as err:
+            raise self._damaged(f"{name} has no readable pyramid", err) from err
         return [self.array(name, level) for level in range(count)]
+
+    def _damaged(self, what: str, err: BaseException) -> StoreError:
+        return StoreError(
+            f"{self.store.path}: run {self.run_id} {what} ({type(err).__name__}: {err}); "
+            "the store is damaged: delete it (or this run) and run again"
+        )
 
     def finest_level(self, *, max_px: int | None = None, max_side: int | None = None) -> int:
         """Finest pyramid level with at most `max_px` pixels and `max_side` px a side.
@@ -450,7 +462,10 @@ class ResultRun(StoredRun):
                 f"{self.store.path}: run {self.run_id} {name} level {level} has shape "
                 f"{tuple(array.shape)}, expected {allowed[0]} for a {full} result"
             )
-        return np.asarray(array[...], np.float32)
+        try:
+            return np.asarray(array[...], np.float32)
+        except (RuntimeError, ValueError, OSError) as err:  # corrupt chunks (codec errors)
+            raise self._damaged(f"{name} level {level} cannot be decoded", err) from err
 
     # -- writing -------------------------------------------------------------
     def _chunk_of(self, row: int, col: int) -> tuple[int, int]:
