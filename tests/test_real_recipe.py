@@ -139,3 +139,17 @@ def test_gpu_tumor_recipe_trains_a_member_and_saves_its_card(tmp_path, rng, load
     with pytest.raises(SystemExit, match="no card of deeplabv3plus, denseunet"):
         script.score(str(tmp_path / "out"), "unused", to=str(tmp_path / "scored"))
     assert 0 < script.cache_budget_mb() < 64 * 2**20 / 1e6
+
+
+def test_a_label_table_without_its_column_is_one_error_naming_it(tmp_path):
+    from napari_histo.training.realdata import _csv_map
+
+    table = tmp_path / "grades.csv"
+    table.write_text("name,grade\ntrain_1,malignant\n")
+    with pytest.raises(ValueError, match=r"grades\.csv: needs the columns 'name' and 'grade_glas'"):
+        _csv_map(table, "name", "grade_glas")
+    table.write_bytes(b"\xff\xfe garbage")
+    with pytest.raises(ValueError, match=r"grades\.csv: not a readable CSV table"):
+        _csv_map(table, "name", "grade_glas")
+    table.write_text("name,grade_glas\ntrain_1, malignant \n")
+    assert _csv_map(table, "name", "grade_glas") == {"train_1": "malignant"}

@@ -231,9 +231,22 @@ def _bcss(folder: Path) -> Iterator[tuple[str, np.ndarray, np.ndarray, int | Non
         yield name, _read(image), _binary(_read(mask)), None
 
 
+def _csv_map(path: Path, key: str, value: str) -> dict[str, str]:
+    """``{row[key]: row[value]}`` of a CSV table; ValueError naming `path` when it cannot
+    be read or lacks a column."""
+    try:
+        with path.open(newline="", encoding="utf-8") as f:
+            rows = list(csv.DictReader(f))
+    except (OSError, UnicodeDecodeError, csv.Error) as err:
+        raise ValueError(f"{path}: not a readable CSV table ({err})") from err
+    missing = [c for c in (key, value) if rows and c not in rows[0]]
+    if not rows or missing:
+        raise ValueError(f"{path}: needs the columns {key!r} and {value!r} (missing: {missing})")
+    return {row[key]: (row[value] or "").strip() for row in rows}
+
+
 def _glas(folder: Path) -> Iterator[tuple[str, np.ndarray, np.ndarray, int | None]]:
-    with (folder / "grades.csv").open(newline="") as f:
-        grades = {row["name"]: row["grade_glas"].strip() for row in csv.DictReader(f)}
+    grades = _csv_map(folder / "grades.csv", "name", "grade_glas")
     for name, image, mask in _pairs(folder, "images", "masks"):
         if name not in grades:
             raise ValueError(f"{image}: no grade in {folder / 'grades.csv'}")
@@ -250,8 +263,10 @@ _EBHI_TUMOR = {"AD": 1, "LO": 0, "PO": 0, "SE": 0, "NO": 0}
 
 
 def _ebhi(folder: Path) -> Iterator[tuple[str, np.ndarray, np.ndarray, int | None]]:
-    with (folder / "labels.csv").open(newline="") as f:
-        classes = {Path(row["file"]).stem: row["class"].strip() for row in csv.DictReader(f)}
+    classes = {
+        Path(file).stem: kind
+        for file, kind in _csv_map(folder / "labels.csv", "file", "class").items()
+    }
     for name, image, mask in _pairs(folder, "images", "masks"):
         kind = classes.get(name)
         if kind not in _EBHI_TUMOR:
