@@ -188,3 +188,28 @@ def test_a_damaged_run_raises_one_store_error_naming_the_store(tmp_path, identit
         with pytest.raises(StoreError, match=what) as info:
             call()
         assert str(path) in str(info.value) and "damaged" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("damage", "what"),
+    [
+        (lambda p: (p / "runs" / "zarr.json").write_text("not json"), "runs cannot be listed"),
+        (lambda p: (p / "zarr.json").write_text("[1, 2, 3]"), "not a readable zarr result store"),
+        (
+            lambda p: (p / "zarr.json").write_text(
+                json.dumps(
+                    {**json.loads((p / "zarr.json").read_text()),
+                     "attributes": {"napari_histo": {"format": 1, "slide": "x"}}}
+                )
+            ),
+            "damaged store metadata",
+        ),
+    ],
+)
+def test_garbled_store_metadata_is_one_store_error(tmp_path, identity, damage, what):
+    path = tmp_path / "s.histo.zarr"
+    ResultStore(path, identity).create_or_resume(SETTINGS, GEOMETRY).cancel()
+    damage(path)
+    with pytest.raises(StoreError, match=what) as info:
+        list(ResultStore(path, identity, mode="r").runs())
+    assert str(path) in str(info.value)

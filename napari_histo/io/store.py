@@ -186,9 +186,13 @@ class ResultStore:
             raise StoreError(f"{self.path}: no result store here")
         try:
             self.root = zarr.open_group(self.path, mode=mode, zarr_format=3)
-        except (OSError, ValueError, KeyError, json.JSONDecodeError) as err:
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
+            # (a zarr.json of garbage or of another JSON shape)
             raise StoreError(f"{self.path}: not a readable zarr result store ({err})") from err
-        meta = dict(self.root.attrs.get("napari_histo", {}))
+        try:
+            meta = dict(self.root.attrs.get("napari_histo", {}))
+        except (TypeError, ValueError, AttributeError) as err:
+            raise StoreError(f"{self.path}: damaged store metadata ({err})") from err
         if not meta:
             if mode == "r":
                 raise StoreError(f"{self.path}: not a napari-histo result store")
@@ -198,7 +202,10 @@ class ResultStore:
             raise StoreError(
                 f"{self.path}: store format {meta.get('format')!r}, expected {FORMAT_VERSION}"
             )
-        stored = dict(meta.get("slide", {}))
+        try:
+            stored = dict(meta.get("slide", {}))
+        except (TypeError, ValueError, AttributeError) as err:
+            raise StoreError(f"{self.path}: damaged store metadata ({err})") from err
         if stored != dict(identity) and {**stored, "mpp": identity.get("mpp")} == dict(identity):
             raise StoreError(
                 f"{self.path}: holds results made at {stored.get('mpp')} µm/px and the slide "
@@ -228,9 +235,14 @@ class ResultStore:
 
     def run_ids(self) -> list[str]:
         """Ids of the runs in this store."""
-        if "runs" not in self.root:
-            return []
-        return sorted(self.root["runs"].group_keys())
+        try:
+            if "runs" not in self.root:
+                return []
+            return sorted(self.root["runs"].group_keys())
+        except (OSError, ValueError, KeyError, TypeError) as err:  # a garbled runs/zarr.json
+            raise StoreError(
+                f"{self.path}: damaged store, its runs cannot be listed ({err})"
+            ) from err
 
     def runs(self) -> Iterator[ResultRun]:
         """Every run in the store."""
@@ -243,6 +255,8 @@ class ResultStore:
             group = self.root["runs"][run_id]
         except KeyError:
             raise StoreError(f"{self.path}: no run {run_id!r}") from None
+        except (OSError, ValueError, TypeError) as err:  # a garbled zarr.json of the run
+            raise StoreError(f"{self.path}: run {run_id} is damaged ({err})") from err
         return ResultRun(self, group)
 
     def create_or_resume(self, settings: Mapping[str, Any], geometry: ResultGeometry) -> ResultRun:
