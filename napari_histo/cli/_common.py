@@ -46,15 +46,16 @@ def _positive_float(text: str) -> float:
 
 
 def _mpp(text: str) -> float:
-    """µm per level-0 px inside :data:`napari_histo.frames.MPP_RANGE` (0.05-50): a value
-    outside it (1e9, 0.0001) once made a run allocate tens of GB before failing."""
-    from napari_histo.frames import MPP_RANGE
+    """µm per level-0 px inside :data:`napari_histo.frames.MPP_RANGE` (0.05-50), as
+    :func:`~napari_histo.frames.check_mpp`: a value outside it (1e9, 0.0001) once made
+    a run allocate tens of GB before failing."""
+    from napari_histo.frames import check_mpp
 
     value = _number(text, float, 0.0, strict=True)
-    low, high = MPP_RANGE
-    if not low <= value <= high:
-        raise argparse.ArgumentTypeError(f"expected µm/px in {low:g}-{high:g}, got {value:g}")
-    return value
+    try:
+        return check_mpp(value, "--mpp")
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 def check_output_file(path: str | os.PathLike[str], *inputs: str | os.PathLike[str]) -> Path:

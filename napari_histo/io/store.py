@@ -189,10 +189,10 @@ class ResultStore:
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
             # (a zarr.json of garbage or of another JSON shape)
             raise StoreError(f"{self.path}: not a readable zarr result store ({err})") from err
-        try:
-            meta = dict(self.root.attrs.get("napari_histo", {}))
-        except (TypeError, ValueError, AttributeError) as err:
-            raise StoreError(f"{self.path}: damaged store metadata ({err})") from err
+        meta = self.root.attrs.get("napari_histo", {})
+        if not isinstance(meta, Mapping) or not isinstance(meta.get("slide", {}), Mapping):
+            raise StoreError(f"{self.path}: damaged store metadata (napari_histo: {meta!r:.80})")
+        meta = dict(meta)
         if not meta:
             if mode == "r":
                 raise StoreError(f"{self.path}: not a napari-histo result store")
@@ -202,10 +202,7 @@ class ResultStore:
             raise StoreError(
                 f"{self.path}: store format {meta.get('format')!r}, expected {FORMAT_VERSION}"
             )
-        try:
-            stored = dict(meta.get("slide", {}))
-        except (TypeError, ValueError, AttributeError) as err:
-            raise StoreError(f"{self.path}: damaged store metadata ({err})") from err
+        stored = dict(meta.get("slide", {}))
         if stored != dict(identity) and {**stored, "mpp": identity.get("mpp")} == dict(identity):
             raise StoreError(
                 f"{self.path}: holds results made at {stored.get('mpp')} µm/px and the slide "

@@ -236,11 +236,12 @@ def _csv_map(path: Path, key: str, value: str) -> dict[str, str]:
     be read or lacks a column."""
     try:
         with path.open(newline="", encoding="utf-8") as f:
-            rows = list(csv.DictReader(f))
+            reader = csv.DictReader(f)
+            missing = [c for c in (key, value) if c not in (reader.fieldnames or ())]
+            rows = list(reader)
     except (OSError, UnicodeDecodeError, csv.Error) as err:
         raise ValueError(f"{path}: not a readable CSV table ({err})") from err
-    missing = [c for c in (key, value) if rows and c not in rows[0]]
-    if not rows or missing:
+    if missing:
         raise ValueError(f"{path}: needs the columns {key!r} and {value!r} (missing: {missing})")
     return {row[key]: (row[value] or "").strip() for row in rows}
 
