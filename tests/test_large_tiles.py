@@ -11,7 +11,13 @@ import pytest
 import torch
 
 from napari_histo.errors import HistoError
-from napari_histo.inference.blocks import PIECE_ALIGN_PX, computed_px, local_pieces
+from napari_histo.inference.blocks import (
+    PIECE_ALIGN_PX,
+    block_steps,
+    computed_px,
+    local_pieces,
+    member_cores,
+)
 from napari_histo.inference.engine import EngineConfig, infer_slide, plan_inference, run
 from napari_histo.inference.plan import block_need, plan_blocks
 from napari_histo.models import ModelCard, build_model, load_model, read_card, save_model
@@ -77,6 +83,48 @@ def test_margins_are_measured_and_stored(cards):
     torch.manual_seed(0)
     pooled = LoadedModel(model=GlobalContext().eval(), card=local, card_path=cards[0])
     assert measure_margin(pooled) is None  # what happens outside the crop changes every pixel
+
+
+def test_shipped_deeplab_is_local_with_its_pooling_window(tmp_path):
+    # v2.1's DeepLabV3+ pools a 256-px window (its training crops' context): its
+    # margin is measured; pooling the whole input, it would have none.
+    import dataclasses
+    import json
+    import shutil
+
+    from napari_histo.models import latest_cards
+
+    shipped = latest_cards()["deeplabv3plus"]
+    card = read_card(shipped)
+    assert card.config["image_pool_px"] == 256
+    assert measure_margin(load_model(shipped)) == card.receptive_margin_px == 208
+    fields = json.loads(shipped.read_text())
+    del fields["config"]["image_pool_px"]
+    copy = tmp_path / shipped.name
+    copy.write_text(json.dumps(fields))
+    shutil.copy(shipped.with_name(card.weights_file), tmp_path)
+    assert measure_margin(load_model(copy)) is None
+    assert dataclasses.replace(card) == card
+
+
+def test_members_that_keep_their_speed_run_on_larger_pieces():
+    from napari_histo.models import build_model
+
+    unet, deeplab = build_model("resunet", {"width": 4}), build_model("deeplabv3plus", {})
+    cpu, gpu = torch.device("cpu"), torch.device("meta")
+    assert member_cores([unet, deeplab], None, cpu) == (512, 1024)
+    assert member_cores([unet, deeplab], None, gpu) == (None, None)
+    assert member_cores([unet, deeplab], 256, cpu) == (256, 256)  # the user's choice, for all
+    # Per-member cores count each member's own pieces.
+    need = np.zeros((1024, 1024), bool)
+    need[100:900, 100:900] = True
+    mixed = computed_px(need, [80, 96], 256, 128, (256, None))
+    alone = computed_px(need, [80], 256, 128, 256), computed_px(need, [96], 256, 128, None)
+    assert mixed == pytest.approx(sum(alone) / 2)
+    assert alone[1] == (1024 - 2 * 128 + 2 * 96) ** 2  # one piece: the interior, plus margin
+    assert (
+        block_steps(need, [80, 96], 256, 128, (256, None)) == len(local_pieces(need, 128, 256)) + 1
+    )
 
 
 def test_card_field_is_checked_and_optional(cards):
@@ -177,6 +225,25 @@ def test_results_do_not_depend_on_the_cut_and_match_patches(slide, cards, tmp_pa
     patch, _ = probability(slide, cards, tmp_path / "d", tiling="patch")
     both = tissue & (patch > 0)
     assert np.abs(small - patch)[both].mean() <= 0.01  # (Dice: bench infer, trained models)
+
+
+def test_shipped_deeplab_has_no_seams_in_large_tiles(slide, tmp_path):
+    # Its measured margin (208 px) makes pieces exact: small blocks and pieces give
+    # the values of one block, so no seam can show where they meet.
+    from napari_histo.models import latest_cards
+
+    shipped = [latest_cards()["deeplabv3plus"]]
+    cut, res = probability(slide, shipped, tmp_path / "a", tiling="large", large_tile_px=1024,
+                           sub_tile_px=256)  # fmt: skip
+    plan = plan_inference(slide, [load_model(shipped[0])], config=EngineConfig(
+        tiling="large", large_tile_px=1024, sub_tile_px=256), out_dir=tmp_path)  # fmt: skip
+    assert len(plan.blocks) > 1 and plan.member_margins == (208,)
+    whole, _ = probability(slide, shipped, tmp_path / "b", tiling="large", large_tile_px=4096,
+                           sub_tile_px=4096)  # fmt: skip
+    tissue = cut > 0
+    assert res.run.complete and tissue.any()
+    assert np.abs(cut - whole)[tissue].max() <= 0.02
+    assert np.abs(cut - whole)[tissue].mean() <= 1e-3
 
 
 def test_large_tiles_do_not_depend_on_batch_size_or_threads(slide, cards, tmp_path):

@@ -167,11 +167,30 @@ def test_input_size_and_channels_are_checked(architecture):
         ("denseunet", {"norm": "layer"}, "`norm`"),
         ("deeplabv3plus", {"output_stride": 32}, "`output_stride`"),
         ("deeplabv3plus", {"atrous_rate": 0}, "`atrous_rate`"),
+        ("deeplabv3plus", {"image_pool_px": 8}, "`image_pool_px`"),
+        ("deeplabv3plus", {"image_pool_px": 256.0}, "`image_pool_px` must be an int"),
     ],
 )
 def test_bad_config_values(architecture, config, match):
     with pytest.raises(ValueError, match=match):
         build_model(architecture, config)
+
+
+def test_deeplab_image_pool_window_is_local():
+    # Pooling a 64-px window: an input change 800 px away (beyond the network's
+    # reach) leaves a pixel as it was; the whole-input pool passes it on to all.
+    torch.manual_seed(0)
+    local = build_model("deeplabv3plus", {"width": 4, "image_pool_px": 64}).eval()
+    torch.manual_seed(0)
+    pooled = build_model("deeplabv3plus", {"width": 4}).eval()
+    assert local.hparams["image_pool_px"] == 64 and local.aspp.pool_window == 5
+    x = torch.randn(1, 3, 128, 1024)
+    y = x.clone()
+    y[..., 864:] += 3.0
+    with torch.inference_mode():
+        for model, changes in ((local, False), (pooled, True)):
+            a, b = model(x)[..., :64], model(y)[..., :64]
+            assert (a - b).abs().max().item() > 1e-4 if changes else torch.equal(a, b)
 
 
 def test_deeplab_output_stride_8():

@@ -300,13 +300,15 @@ def _bare_block_forwards(plan) -> float:
     for block in plan.blocks:
         need = block_need(block, plan.grid)
         rows = patch_rows(need, patch)
-        found = local_pieces(need, plan.margin_px, plan.sub_tile_px)
-        for member, margin in zip(plan.members, plan.member_margins, strict=True):
+        for member, margin, core in zip(
+            plan.members, plan.member_margins, plan.sub_tile_px, strict=True
+        ):
             if margin is None:
                 for _, row in rows:
                     shapes += [(member.model, (len(row[k : k + batch]), 3, patch, patch))
                                for k in range(0, len(row), batch)]  # fmt: skip
             else:
+                found = local_pieces(need, plan.margin_px, core)
                 shapes += [(member.model, (1, 3, h + 2 * margin, w + 2 * margin))
                            for _, _, h, w in found]  # fmt: skip
     cuda = plan.device.type == "cuda"

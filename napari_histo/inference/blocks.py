@@ -39,6 +39,7 @@ __all__ = [
     "computed_px",
     "large_tile_default",
     "local_pieces",
+    "member_cores",
     "member_forwards",
     "patch_rows",
     "pieces",
@@ -74,6 +75,36 @@ def sub_tile_default(device: torch.device) -> int | None:
     ones cover more glass).
     """
     return 512 if device.type == "cpu" else None
+
+
+def member_cores(
+    models: Sequence[Any], sub_tile_px: int | None, device: torch.device
+) -> tuple[int | None, ...]:
+    """Piece core (model px; None: the whole interior) of each member in a block.
+
+    `sub_tile_px` when given, for every member. Else :func:`sub_tile_default`,
+    except on a CPU for a model whose class sets ``cpu_piece_px``: DeepLabV3+
+    works mostly at 1/16 resolution and kept 3.3-4.0 MPx/s from 256 to 1952 px
+    inputs on the 2-core CPU, where the U-Nets fell from 3.1 to 1.4, so it runs
+    on larger pieces, which repeat less of its wide margin (v2.1 on the bench
+    slide: 4.7 model px per output px in 512-px pieces, 3.0 in 1024-px pieces).
+    """
+    if sub_tile_px is not None:
+        return (sub_tile_px,) * len(models)
+    default = sub_tile_default(device)
+    if default is None:
+        return (None,) * len(models)
+    return tuple(getattr(m, "cpu_piece_px", default) for m in models)
+
+
+def _per_member(cores: int | Sequence[int | None] | None, n: int) -> tuple[int | None, ...]:
+    """`cores` as one core per member (a single value applies to all)."""
+    if cores is None or isinstance(cores, int):
+        return (cores,) * n
+    cores = tuple(cores)
+    if len(cores) != n:
+        raise ValueError(f"{len(cores)} piece cores for {n} members")
+    return cores
 
 
 def pieces(length: int, margin: int, core: int) -> list[tuple[int, int]]:
@@ -210,22 +241,25 @@ def member_forwards(
     margins: Sequence[int | None],
     patch_px: int,
     block_margin: int,
-    sub_tile_px: int | None,
+    sub_tile_px: int | Sequence[int | None] | None,
     on_step: Callable[[], None] | None = None,
     patch_batch: int = 4,
 ) -> list[Callable]:
     """One callable per member computing its log-probabilities over a block's interior.
 
-    `on_step` is called after each piece (local members) or row of patches (the
-    others): :func:`block_steps` of them make one pass of every member. Members
-    without a margin run `patch_batch` patches per forward.
+    `sub_tile_px` is the local members' piece core, one for all or one per
+    member (:func:`member_cores`). `on_step` is called after each piece (local
+    members) or row of patches (the others): :func:`block_steps` of them make
+    one pass of every member. Members without a margin run `patch_batch`
+    patches per forward.
     """
     step = on_step or (lambda: None)
+    cores = _per_member(sub_tile_px, len(models))
     return [
         _patch(model, patch_px, step, patch_batch)
         if m is None
-        else _local(model, m, block_margin, sub_tile_px, step)
-        for model, m in zip(models, margins, strict=True)
+        else _local(model, m, block_margin, core, step)
+        for model, m, core in zip(models, margins, cores, strict=True)
     ]
 
 
@@ -234,12 +268,14 @@ def block_steps(
     margins: Sequence[int | None],
     patch_px: int,
     block_margin: int,
-    sub_tile_px: int | None,
+    sub_tile_px: int | Sequence[int | None] | None,
 ) -> int:
     """Pieces and rows of patches one pass of every member makes over a block (mask `need`)."""
-    local = len(local_pieces(need, block_margin, sub_tile_px))
+    cores = _per_member(sub_tile_px, len(margins))
+    local = {c for m, c in zip(margins, cores, strict=True) if m is not None}
+    found = {c: len(local_pieces(need, block_margin, c)) for c in local}
     rows = len(patch_rows(need, patch_px)) if None in margins else 0
-    return sum(rows if m is None else local for m in margins)
+    return sum(rows if m is None else found[c] for m, c in zip(margins, cores, strict=True))
 
 
 def computed_px(
@@ -247,17 +283,18 @@ def computed_px(
     margins: Sequence[int | None],
     patch_px: int,
     block_margin: int,
-    sub_tile_px: int | None,
+    sub_tile_px: int | Sequence[int | None] | None,
 ) -> float:
     """Model pixels each member computes for a block (mask `need`), mean over the members."""
-    # The same pieces and patches for every member of a kind: found once.
-    local = any(m is not None for m in margins)
-    found = local_pieces(need, block_margin, sub_tile_px) if local else []
+    cores = _per_member(sub_tile_px, len(margins))
+    # The same pieces (per core) and patches for every member of a kind: found once.
+    local = {c for m, c in zip(margins, cores, strict=True) if m is not None}
+    found = {c: local_pieces(need, block_margin, c) for c in local}
     patches = sum(len(row) for _, row in patch_rows(need, patch_px)) if None in margins else 0
     total = 0.0
-    for m in margins:
+    for m, core in zip(margins, cores, strict=True):
         if m is None:
             total += patch_px**2 * patches
         else:
-            total += sum((h + 2 * m) * (w + 2 * m) for _, _, h, w in found)
+            total += sum((h + 2 * m) * (w + 2 * m) for _, _, h, w in found[core])
     return total / max(1, len(margins))

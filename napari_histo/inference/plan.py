@@ -26,7 +26,7 @@ from napari_histo.inference.blocks import (
     PIECE_ALIGN_PX,
     computed_px,
     large_tile_default,
-    sub_tile_default,
+    member_cores,
 )
 from napari_histo.inference.ensemble import tta_transforms
 from napari_histo.io.slide import Slide
@@ -100,8 +100,9 @@ class EngineConfig:
         4096 elsewhere).
     sub_tile_px : int or None
         Core side of the pieces local members run on inside a block (plus their
-        margin); None: 512 on a CPU (measured fastest there), the whole block on
-        a GPU.
+        margin); None: 512 on a CPU (measured fastest there) except for members
+        that keep their speed on large inputs (DeepLabV3+), the whole block on a
+        GPU (:func:`~napari_histo.inference.blocks.member_cores`).
     """
 
     tta: int = 1
@@ -302,7 +303,7 @@ class InferencePlan:
     started: float  # time.monotonic() when planning began
     member_margins: tuple[int | None, ...] | None = None  # large tiles: per member
     margin_px: int | None = None  # large tiles: the blocks' margin
-    sub_tile_px: int | None = None  # large tiles: local members' piece core
+    sub_tile_px: tuple[int | None, ...] | None = None  # large tiles: piece core per member
     blocks: tuple[Block, ...] | None = None  # large tiles (None: patch tiles)
     mpp: float | None = None  # the caller's µm/px for a slide without a plausible one
 
@@ -445,7 +446,7 @@ def plan_inference(
         mpp=mpp,
         member_margins=margins,
         margin_px=None if margins is None else margin,
-        sub_tile_px=config.sub_tile_px or sub_tile_default(device),
+        sub_tile_px=member_cores([m.model for m in members], config.sub_tile_px, device),
         blocks=None
         if margins is None
         else plan_blocks(

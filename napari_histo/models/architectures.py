@@ -269,8 +269,16 @@ class ASPP(nn.Module):
     cannot normalise a 1×1 map of a batch of one during training.
     """
 
-    def __init__(self, cin: int, cout: int, rates: tuple[int, int, int], norm: str) -> None:
+    def __init__(
+        self,
+        cin: int,
+        cout: int,
+        rates: tuple[int, int, int],
+        norm: str,
+        pool_window: int | None = None,
+    ) -> None:
         super().__init__()
+        self.pool_window = pool_window
         self.branches = nn.ModuleList(
             [ConvNormReLU(cin, cout, kernel=1, norm=norm)]
             + [ConvNormReLU(cin, cout, dilation=r, norm=norm) for r in rates]
@@ -282,7 +290,15 @@ class ASPP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         outs = [branch(x) for branch in self.branches]
-        outs.append(self.pool(x).expand(-1, -1, x.shape[-2], x.shape[-1]))
+        if self.pool_window is None:
+            outs.append(self.pool(x).expand(-1, -1, x.shape[-2], x.shape[-1]))
+        else:
+            # The mean over a window centred on each position (the window's part
+            # inside the input): image pooling of a patch centred there, so the
+            # network is local and large tiles need only a margin.
+            k = self.pool_window
+            pooled = F.avg_pool2d(x, k, stride=1, padding=k // 2, count_include_pad=False)
+            outs.append(self.pool[2](self.pool[1](pooled)))
         return self.project(torch.cat(outs, dim=1))
 
 
@@ -311,11 +327,23 @@ class DeepLabV3Plus(nn.Module):
         (3, 6, 9) scales them to 256 px patches (16 px features).
     norm : {"batch", "group"}, default "batch"
         BatchNorm or GroupNorm.
+    image_pool_px : int, optional
+        Side (input px) of the window the ASPP's image-pooling branch averages,
+        centred on each position; None (default) pools the whole input, as the
+        paper. With a window the network is local (its output depends only on
+        input within a bounded distance), so it runs on large tiles with a
+        margin instead of blended patches; a window the size of the training
+        crops pools what training saw at the crop's centre.
 
     Notes
     -----
     At the defaults: 2.19 M parameters; 8.8 MB of float32 weights and buffers.
     """
+
+    #: Most of its work is at 1/8-1/16 resolution, so it keeps its speed per
+    #: pixel on large inputs: on a CPU the engine runs it on pieces of this core
+    #: (px) in large tiles, twice the U-Nets' (:func:`napari_histo.inference.blocks.member_cores`).
+    cpu_piece_px = 1024
 
     def __init__(
         self,
@@ -324,6 +352,7 @@ class DeepLabV3Plus(nn.Module):
         output_stride: int = 16,
         atrous_rate: int = 3,
         norm: str = "batch",
+        image_pool_px: int | None = None,
     ) -> None:
         super().__init__()
         num_classes = _check_int("num_classes", num_classes, 2)
@@ -332,9 +361,11 @@ class DeepLabV3Plus(nn.Module):
             raise ValueError(f"`output_stride` must be 8 or 16, got {output_stride!r}")
         atrous_rate = _check_int("atrous_rate", atrous_rate, 1, 32)
         norm = _check_norm(norm)
+        if image_pool_px is not None:
+            image_pool_px = _check_int("image_pool_px", image_pool_px, output_stride, 4096)
         self.hparams = {
             "num_classes": num_classes, "width": width, "output_stride": output_stride,
-            "atrous_rate": atrous_rate, "norm": norm,
+            "atrous_rate": atrous_rate, "norm": norm, "image_pool_px": image_pool_px,
         }  # fmt: skip
         self.size_multiple = 16
         w = width
@@ -362,7 +393,9 @@ class DeepLabV3Plus(nn.Module):
             nn.ReLU(inplace=True),
         )
         base = atrous_rate * dil
-        self.aspp = ASPP(8 * w, 8 * w, (base, 2 * base, 3 * base), norm)
+        # An odd window of ASPP features (stride `output_stride`), centred on each.
+        window = None if image_pool_px is None else 2 * round(image_pool_px / output_stride / 2) + 1
+        self.aspp = ASPP(8 * w, 8 * w, (base, 2 * base, 3 * base), norm, window)
         self.low_level = nn.Sequential(
             _norm(norm, 2 * w),
             nn.ReLU(inplace=True),
