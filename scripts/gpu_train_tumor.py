@@ -51,9 +51,7 @@ from gpu_train_nuclei import (
 GPU_MEMBERS: tuple[tuple[str, dict], ...] = (
     ("resunet", {"width": 16, "depth": 4}),
     ("denseunet", {"width": 16, "depth": 4, "layers": 2}),
-    # 13 MB: under the 16 MiB a file may come back in. Image pooling over a
-    # 256-px window: local, so it runs on large tiles.
-    ("deeplabv3plus", {"width": 20, "image_pool_px": 256}),
+    ("deeplabv3plus", {"width": 20}),  # 13 MB: under the 16 MiB a file may come back in
 )
 
 

@@ -85,26 +85,33 @@ def test_margins_are_measured_and_stored(cards):
     assert measure_margin(pooled) is None  # what happens outside the crop changes every pixel
 
 
-def test_shipped_deeplab_is_local_with_its_pooling_window(tmp_path):
-    # v2.1's DeepLabV3+ pools a 256-px window (its training crops' context): its
-    # margin is measured; pooling the whole input, it would have none.
-    import dataclasses
+@pytest.fixture(scope="module")
+def windowed_deeplab(tmp_path_factory):
+    """The shipped DeepLabV3+ (v2.1) with its image pooling over a 256-px window."""
     import json
     import shutil
 
     from napari_histo.models import latest_cards
 
     shipped = latest_cards()["deeplabv3plus"]
-    card = read_card(shipped)
-    assert card.config["image_pool_px"] == 256
-    assert measure_margin(load_model(shipped)) == card.receptive_margin_px == 208
+    root = tmp_path_factory.mktemp("windowed")
     fields = json.loads(shipped.read_text())
-    del fields["config"]["image_pool_px"]
-    copy = tmp_path / shipped.name
+    fields["config"]["image_pool_px"] = 256
+    copy = root / shipped.name
     copy.write_text(json.dumps(fields))
-    shutil.copy(shipped.with_name(card.weights_file), tmp_path)
-    assert measure_margin(load_model(copy)) is None
-    assert dataclasses.replace(card) == card
+    shutil.copy(shipped.with_name(fields["weights_file"]), root)
+    with_measured_margin(copy)
+    return copy
+
+
+def test_deeplab_is_local_with_a_pooling_window(windowed_deeplab):
+    # Pooling its whole input (as the shipped card does) it has no margin; pooling
+    # a 256-px window around each position its output depends on 208 px around.
+    from napari_histo.models import latest_cards
+
+    assert "image_pool_px" not in read_card(latest_cards()["deeplabv3plus"]).config
+    assert measure_margin(load_model(latest_cards()["deeplabv3plus"])) is None
+    assert read_card(windowed_deeplab).receptive_margin_px == 208
 
 
 def test_members_that_keep_their_speed_run_on_larger_pieces():
@@ -227,12 +234,10 @@ def test_results_do_not_depend_on_the_cut_and_match_patches(slide, cards, tmp_pa
     assert np.abs(small - patch)[both].mean() <= 0.01  # (Dice: bench infer, trained models)
 
 
-def test_shipped_deeplab_has_no_seams_in_large_tiles(slide, tmp_path):
+def test_windowed_deeplab_has_no_seams_in_large_tiles(slide, windowed_deeplab, tmp_path):
     # Its measured margin (208 px) makes pieces exact: small blocks and pieces give
     # the values of one block, so no seam can show where they meet.
-    from napari_histo.models import latest_cards
-
-    shipped = [latest_cards()["deeplabv3plus"]]
+    shipped = [windowed_deeplab]
     cut, res = probability(slide, shipped, tmp_path / "a", tiling="large", large_tile_px=1024,
                            sub_tile_px=256)  # fmt: skip
     plan = plan_inference(slide, [load_model(shipped[0])], config=EngineConfig(

@@ -86,8 +86,9 @@ def member_cores(
     except on a CPU for a model whose class sets ``cpu_piece_px``: DeepLabV3+
     works mostly at 1/16 resolution and kept 3.3-4.0 MPx/s from 256 to 1952 px
     inputs on the 2-core CPU, where the U-Nets fell from 3.1 to 1.4, so it runs
-    on larger pieces, which repeat less of its wide margin (v2.1 on the bench
-    slide: 4.7 model px per output px in 512-px pieces, 3.0 in 1024-px pieces).
+    on larger pieces, which repeat less of its wide margin (v2.1's weights with a
+    256-px pooling window, margin 208 px, on the bench slide: 4.7 model px per
+    output px in 512-px pieces, 3.0 in 1024-px pieces; docs/benchmarks.md).
     """
     if sub_tile_px is not None:
         return (sub_tile_px,) * len(models)
