@@ -108,12 +108,15 @@ def run_demo(
     import napari
 
     from napari_histo._progress import TextProgress
+    from napari_histo.io.slide import Slide
     from napari_histo.plugin.sample_data import sample_slide_path
 
     if slide is None:
         path = sample_slide_path(size_px, progress=TextProgress("sample slide"))
     else:
         path = Path(slide)
+        with Slide(path):  # a bad file: one line naming it and why, before any window
+            pass
     viewer = napari.Viewer(title=f"napari-histo — {path.name}")
     viewer.window.resize(1280, 900)
     layers = viewer.open(path, plugin="napari-histo")

@@ -94,6 +94,31 @@ def test_cli_info_one_line_exit_2(bad_files, case):
     assert proc.stdout == ""
 
 
+def test_aperio_file_cut_before_its_pages_is_one_line_naming_it(tmp_path):
+    # Aperio writes its page tables at the end: a file cut short has no page at
+    # all. One line saying so (tifffile's own log line does not leak), and the
+    # demo refuses it before opening a window.
+    from pathlib import Path
+
+    from napari_histo.demo import run_demo
+
+    real = Path(__file__).parent / "data" / "cmu_small_region.svs"
+    cut = tmp_path / "cut.svs"
+    cut.write_bytes(real.read_bytes()[:300_000])
+    proc = subprocess.run(
+        [sys.executable, "-m", "napari_histo.cli", "info", str(cut)],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        f"napari-histo info: error: {cut}: is truncated: its first page starts at byte "
+        f"1275950, file has 300000"
+    ]
+    with pytest.raises(SlideError, match="is truncated"):
+        run_demo(slide=str(cut), screenshot=str(tmp_path / "never.png"))
+    assert not (tmp_path / "never.png").exists()
+
+
 def test_cli_info_without_mpp_warns_not_fails(generic_tiff):
     proc = subprocess.run(
         [sys.executable, "-m", "napari_histo.cli", "info", str(generic_tiff)],

@@ -180,6 +180,9 @@ def test_cli_bad_input_one_line_exit_2(slides, tiny_cards, tmp_path):
     assert "not writable" in proc.stderr or "not a directory" in proc.stderr.lower()
     proc = run_cli(slides[0], "--list", str(tmp_path / "nolist.txt"), *members)
     assert proc.returncode == 2 and "nolist.txt" in proc.stderr
+    (tmp_path / "empty.txt").write_text("# nothing yet\n\n")
+    proc = run_cli("--list", str(tmp_path / "empty.txt"), *members)
+    assert proc.returncode == 2 and f"{tmp_path / 'empty.txt'}: names no slides" in proc.stderr
     start = time.monotonic()
     proc = run_cli(slides[0], "--scheduler", "tcp://127.0.0.1:9", "--out", str(tmp_path / "o"),
                    *members)  # fmt: skip

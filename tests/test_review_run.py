@@ -113,6 +113,12 @@ def test_cli_review_by_annotations_reads_the_autosaved_file(tiny, capsys):
     slide, _, _ = tiny
     assert main(["review", str(slide), "--score", "annotations"]) == 2
     assert "pass --annotations" in capsys.readouterr().err
+    points = write_annotations(
+        autosave_path(slide), [Annotation(kind="point", coords=[[10, 10]], label="tumor")]
+    )
+    assert main(["review", str(slide), "--score", "annotations"]) == 2
+    err = capsys.readouterr().err
+    assert str(points) in err and "no tumor / non-tumor regions" in err
     path = write_annotations(autosave_path(slide), annotations())
     try:
         assert main(["review", str(slide), "--score", "annotations", "--top", "2", "--json"]) == 0

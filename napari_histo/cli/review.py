@@ -19,7 +19,13 @@ def _annotations(args: argparse.Namespace) -> list:
             f"{path}: no annotations for --score annotations; draw tumor / non-tumor "
             "regions or pass --annotations"
         )
-    return [a for a in read_annotations(path).annotations if a.kind != "point"]
+    regions = [a for a in read_annotations(path).annotations if a.kind != "point"]
+    if not regions:
+        raise HistoError(
+            f"{path}: no tumor / non-tumor regions to score against (points only, or "
+            "no feature that could be read)"
+        )
+    return regions
 
 
 def cmd_review(args: argparse.Namespace) -> int:

@@ -21,7 +21,7 @@ import tifffile
 
 from napari_histo.io.pyramid import MAX_TOP_PX, Pyramid
 from napari_histo.io.slide import Slide
-from napari_histo.io.tiff_tiles import TIFF_ERRORS
+from napari_histo.io.tiff_tiles import TIFF_ERRORS, open_tiff
 
 __all__ = ["data_contrast_limits", "native_pyramid", "reads_natively"]
 
@@ -103,7 +103,7 @@ def native_pyramid(slide: Slide, *, max_top_px: int = MAX_TOP_PX) -> Pyramid | N
     if not slide.path.is_file():
         return None
     try:
-        with tifffile.TiffFile(slide.path) as tif:
+        with open_tiff(slide.path) as tif:
             if not tif.pages or not isinstance(tif.pages[0], tifffile.TiffPage):
                 return None
             pages = _level_pages(tif, slide)

@@ -13,8 +13,10 @@ Only IFD tag tables are parsed here, never pixel data, so building a
 
 from __future__ import annotations
 
+import contextlib
 import io
 import itertools
+import logging
 import os
 import struct
 import threading
@@ -32,6 +34,7 @@ __all__ = [
     "TiffLevelTiles",
     "TileCache",
     "find_level_tiles",
+    "open_tiff",
     "paste",
     "tiff_truncation",
 ]
@@ -41,6 +44,33 @@ _DECODABLE = {1, 5, 7, 8, 32946, 33003, 33004, 33005, 34712, 50000, 50001}
 
 #: What tifffile raises on a corrupt or truncated TIFF structure.
 TIFF_ERRORS = (tifffile.TiffFileError, ValueError, OSError, struct.error, IndexError, KeyError)
+
+_quiet = threading.local()
+
+
+class _QuietFilter(logging.Filter):
+    """Drops tifffile's records on a thread inside :func:`open_tiff`."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not getattr(_quiet, "depth", 0)
+
+
+logging.getLogger("tifffile").addFilter(_QuietFilter())
+
+
+@contextlib.contextmanager
+def open_tiff(path: str | os.PathLike[str]):
+    """``tifffile.TiffFile(path)`` without tifffile's log lines on this thread.
+
+    tifffile logs what it finds wrong in a damaged file (``invalid offset to
+    first page``) and goes on; the callers here say it once, naming the file.
+    """
+    _quiet.depth = getattr(_quiet, "depth", 0) + 1
+    try:
+        with tifffile.TiffFile(path) as tif:
+            yield tif
+    finally:
+        _quiet.depth -= 1
 
 
 #: Decoded tiles kept per slide, bytes: what OpenSlide keeps by default (its own
@@ -439,7 +469,7 @@ def find_level_tiles(
     if not hasattr(os, "pread"):
         return (None,) * len(level_dimensions)
     try:
-        with tifffile.TiffFile(path) as tif:
+        with open_tiff(path) as tif:
             pages = list(tif.pages)
             found: list[TiffLevelTiles | None] = []
             for (width, height), tile in zip(level_dimensions, tile_sizes, strict=True):
@@ -532,8 +562,13 @@ def tiff_truncation(path: Path) -> str | None:
     Parses only the IFDs (tag tables), never pixel data.
     """
     size = path.stat().st_size
+    first = _first_ifd_offset(path)
+    if first is not None and first >= size:
+        return f"is truncated: its first page starts at byte {first}, file has {size}"
     try:
-        with tifffile.TiffFile(path) as tif:
+        with open_tiff(path) as tif:
+            if not tif.pages:
+                return "is a corrupt or truncated TIFF (no readable page)"
             for index, page in enumerate(tif.pages):
                 offsets = np.asarray(page.dataoffsets, dtype=np.int64)
                 counts = np.asarray(page.databytecounts, dtype=np.int64)
@@ -542,4 +577,19 @@ def tiff_truncation(path: Path) -> str | None:
                     return f"is truncated: page {index} needs {end} bytes, file has {size}"
     except TIFF_ERRORS as err:
         return f"is a corrupt or truncated TIFF ({err})"
+    return None
+
+
+def _first_ifd_offset(path: Path) -> int | None:
+    """Byte offset of a TIFF's (or BigTIFF's) first page, from its header; None if unreadable."""
+    with path.open("rb") as f:
+        head = f.read(16)
+    if len(head) < 8 or head[:2] not in (b"II", b"MM"):
+        return None
+    order = "<" if head[:2] == b"II" else ">"
+    (version,) = struct.unpack(order + "H", head[2:4])
+    if version == 42:
+        return struct.unpack(order + "I", head[4:8])[0]
+    if version == 43 and len(head) == 16:
+        return struct.unpack(order + "Q", head[8:16])[0]
     return None
