@@ -31,6 +31,7 @@ LIMIT_PERCENTILES = (0.5, 99.5)
 #: Longer side (px) of the sample of the coarsest level used for the limits.
 LIMIT_SAMPLE_PX = 1024
 
+
 def reads_natively(page: tifffile.TiffPage) -> bool:
     """Whether `page` is shown from its own values rather than OpenSlide's 8-bit RGB.
 
