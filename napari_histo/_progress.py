@@ -11,13 +11,21 @@ class TextProgress:
     """Callable ``progress(done, total)`` that draws a bar with rate and ETA.
 
     On a terminal the bar redraws in place at most 10 times a second; into a
-    pipe or log it prints a line every 10 %.
+    pipe or log it prints a line every 10 %. With `delay_s` it draws nothing
+    until that long after it was made (a step that is usually quick stays silent).
     """
 
-    def __init__(self, desc: str, unit: str = "tiles", stream: TextIO | None = None) -> None:
+    def __init__(
+        self,
+        desc: str,
+        unit: str = "tiles",
+        stream: TextIO | None = None,
+        delay_s: float = 0.0,
+    ) -> None:
         self.desc = desc
         self.unit = unit
         self.stream = stream or sys.stderr
+        self.delay_s = delay_s
         self.start = time.monotonic()
         self._last_draw = 0.0
         self._last_decile = -1
@@ -25,6 +33,8 @@ class TextProgress:
 
     def __call__(self, done: int, total: int) -> None:
         now = time.monotonic()
+        if now - self.start < self.delay_s:
+            return
         finished = total > 0 and done >= total
         if self._tty:
             if not finished and now - self._last_draw < 0.1:

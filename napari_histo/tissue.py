@@ -20,6 +20,7 @@ Examples
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -275,6 +276,7 @@ def slide_tissue_mask(
     *,
     target_mpp: float = 8.0,
     ignore_pen: bool = True,
+    progress: Callable[[int, int], None] | None = None,
     **kwargs,
 ) -> tuple[np.ndarray, float]:
     """Tissue mask of a whole slide at a coarse resolution.
@@ -294,6 +296,8 @@ def slide_tissue_mask(
         pixel-based defaults of :func:`tissue_mask`.
     ignore_pen : bool
         Passed to :func:`tissue_mask`.
+    progress : callable, optional
+        ``progress(done, total)`` over the bands read (:func:`read_downsampled`).
     **kwargs
         Further keyword arguments of :func:`tissue_mask` (sizes, thresholds).
 
@@ -316,13 +320,19 @@ def slide_tissue_mask(
     target_mpp = _check_positive("target_mpp", target_mpp)
     mpp = slide.mpp
     wanted = NO_MPP_DOWNSAMPLE if mpp is None else max(1.0, target_mpp / mpp)
-    rgb, downsample = read_downsampled(slide, wanted, what=f"`target_mpp` {target_mpp}")
+    rgb, downsample = read_downsampled(
+        slide, wanted, what=f"`target_mpp` {target_mpp}", progress=progress
+    )
     mask_mpp = None if mpp is None else mpp * downsample
     return tissue_mask(rgb, mpp=mask_mpp, ignore_pen=ignore_pen, **kwargs), downsample
 
 
 def read_downsampled(
-    slide: Slide, downsample: float, *, what: str = "`downsample`"
+    slide: Slide,
+    downsample: float,
+    *,
+    what: str = "`downsample`",
+    progress: Callable[[int, int], None] | None = None,
 ) -> tuple[np.ndarray, float]:
     """The whole slide as RGB at about `downsample`, never coarser.
 
@@ -339,6 +349,9 @@ def read_downsampled(
         Wanted downsample relative to level 0, > 0.
     what : str
         How the caller names the requested resolution in the error message.
+    progress : callable, optional
+        Called ``progress(done, total)`` after each band (a slide with no level
+        near `downsample` is read whole, which takes a while).
 
     Returns
     -------
@@ -359,8 +372,11 @@ def read_downsampled(
         )
     out = np.empty((out_h, out_w, 3), np.uint8)
     band_rows = max(1, READ_BYTES // (3 * lvl_w * k)) * k  # level rows per band
-    for lvl_y in range(0, lvl_h, band_rows):
+    starts = range(0, lvl_h, band_rows)
+    for done, lvl_y in enumerate(starts, 1):
         h = min(band_rows, lvl_h - lvl_y)
         band = slide.read_level_region(level, 0, lvl_y, lvl_w, h)
         out[lvl_y // k : lvl_y // k + -(-h // k)] = block_mean_uint8(band, k)
+        if progress is not None:
+            progress(done, len(starts))
     return out, level_ds * k

@@ -336,3 +336,17 @@ def test_train_takes_mpp_for_a_slide_without_one(annotated_slide, train_env, tmp
     assert "bare.tiff: has no microns-per-pixel" in err and "--mpp" in err
     assert main([*args, "--mpp", str(mpp)]) == 0, capsys.readouterr().err
     assert (train_env / "weak-1.1.json").exists()
+
+
+def test_text_progress_stays_silent_for_its_delay():
+    import io
+
+    from napari_histo._progress import TextProgress
+
+    stream = io.StringIO()
+    quick = TextProgress("finding tissue", "bands", stream=stream, delay_s=60)
+    quick(1, 2)
+    quick(2, 2)
+    assert stream.getvalue() == ""  # a step that ends within its delay shows nothing
+    TextProgress("finding tissue", "bands", stream=stream)(2, 2)
+    assert "finding tissue: [" in stream.getvalue() and "100.0% 2/2 bands" in stream.getvalue()

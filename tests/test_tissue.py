@@ -268,6 +268,26 @@ def test_read_downsampled_in_bands_matches_one_read(wide_tiff, monkeypatch):
     np.testing.assert_array_equal(banded, expected)
 
 
+def test_read_downsampled_reports_each_band(wide_tiff, monkeypatch):
+    monkeypatch.setattr(tissue, "READ_BYTES", 3 * 9000 * 16 * 3)
+    calls = []
+    with Slide(wide_tiff) as slide:
+        read_downsampled(slide, 32, progress=lambda *a: calls.append(a))
+    assert len(calls) > 3
+    assert calls == [(i, len(calls)) for i in range(1, len(calls) + 1)]
+
+
+@pytest.mark.parametrize("factor", [2, 16, 32, 48, 34])
+def test_block_sums_are_exact_at_any_factor(factor):
+    # Above 16, factors with a divisor <= 16 sum in two steps, others (34 = 2 x 17
+    # uses 2 then 17) and primes in one: all equal the plain sum.
+    from napari_histo.resample import block_sums
+
+    image = np.random.default_rng(factor).integers(0, 256, (factor * 3, factor * 5, 3), np.uint8)
+    expected = image.reshape(3, factor, 5, factor, 3).sum(axis=(1, 3), dtype=np.uint64)
+    np.testing.assert_array_equal(block_sums(image, factor), expected)
+
+
 def slide_image_mean(path, k: int) -> np.ndarray:
     with Slide(path) as slide:
         w, h = slide.dimensions

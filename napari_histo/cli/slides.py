@@ -149,7 +149,12 @@ def cmd_infer(args: argparse.Namespace) -> int:
     import threading
 
     from napari_histo._progress import TextProgress
-    from napari_histo.inference.engine import EngineConfig, infer_slide, run
+    from napari_histo.inference.engine import (
+        EngineConfig,
+        execute_inference,
+        plan_inference,
+        run,
+    )
     from napari_histo.models import load_model
 
     region = _parse_region(args.region)
@@ -164,16 +169,22 @@ def cmd_infer(args: argparse.Namespace) -> int:
     )
     members = [load_model(card) for card in resolve_members(args.members, args.models_dir)]
     cancel = threading.Event()
-    bar = None if args.quiet else TextProgress(f"inferring {Path(args.slide).name}")
-    generator = infer_slide(
+    name = Path(args.slide).name
+    # Finding the tissue reads a whole slide without a coarse level: shown after 1 s.
+    tissue_bar = (
+        None if args.quiet else TextProgress(f"finding tissue in {name}", "bands", delay_s=1.0)
+    )
+    plan = plan_inference(
         args.slide,
         members,
         region=region,
         config=config,
         out_dir=_out_dir(args.out),
-        cancel=cancel,
         mpp=args.mpp,
+        tissue_progress=tissue_bar,
     )
+    generator = execute_inference(plan, cancel)
+    bar = None if args.quiet else TextProgress(f"inferring {name}")  # its ETA from here
     try:
         result = run(generator, (lambda p: bar(p.done, p.total)) if bar else None)
     except KeyboardInterrupt:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -334,11 +334,14 @@ def plan_inference(
     config: EngineConfig | None = None,
     out_dir: str | Path | None = None,
     mpp: float | None = None,
+    tissue_progress: Callable[[int, int], None] | None = None,
 ) -> InferencePlan:
     """Check the inputs and prepare a run (tissue, grid, store); raises here, not later.
 
     Arguments as in :func:`infer_slide`; `mpp` (µm per level-0 px) overrides
-    the slide's own, e.g. for a file without a plausible one.
+    the slide's own, e.g. for a file without a plausible one. `tissue_progress`
+    is called ``(done, total)`` while the tissue is found (seconds to minutes on
+    a large slide without a coarse level).
 
     Raises
     ------
@@ -373,7 +376,7 @@ def plan_inference(
         within_l0 = (
             None if within is None else _check_region(within, width, height, slide.path, "within")
         )
-        tissue, tissue_downsample = slide_tissue_mask(slide)
+        tissue, tissue_downsample = slide_tissue_mask(slide, progress=tissue_progress)
         grid = make_grid(
             region_l0,
             slide_mpp=slide_mpp,
