@@ -215,7 +215,7 @@ def cmd_nuclei(args: argparse.Namespace) -> int:
 
     from napari_histo._progress import TextProgress
     from napari_histo.nuclei.export import export_csv, export_geojson
-    from napari_histo.nuclei.store import iter_nuclei_to_store
+    from napari_histo.nuclei.store import execute_nuclei, plan_nuclei
 
     if not Path(args.slide).is_file():
         raise HistoError(f"{args.slide}: no such slide file")
@@ -224,14 +224,18 @@ def cmd_nuclei(args: argparse.Namespace) -> int:
             check_output_file(output, args.slide)
     region = _parse_region(args.region)
     cancel = threading.Event()
-    generator = iter_nuclei_to_store(
+    name = Path(args.slide).name
+    plan = plan_nuclei(
         args.slide,
         method=args.method,
         region_l0=region,
         out_dir=_out_dir(args.out),
-        cancel=cancel,
         mpp=args.mpp,
+        tissue_progress=None
+        if args.quiet
+        else TextProgress(f"finding tissue in {name}", "bands", delay_s=1.0),
     )
+    generator = execute_nuclei(plan, cancel)
     bars: dict[str, TextProgress] = {}
 
     def show(update) -> None:

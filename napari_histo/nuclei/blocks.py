@@ -10,6 +10,7 @@ there, and its measurements belong to the block holding its centroid.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -21,11 +22,19 @@ if TYPE_CHECKING:
     from napari_histo.nuclei.run import NucleiRun
 
 
-def tissue_blocks(slide: Slide, geometry: ResultGeometry, pad_px: int) -> np.ndarray:
-    """Blocks whose area (grown by `pad_px`) meets tissue, bool ``cell_shape``."""
+def tissue_blocks(
+    slide: Slide,
+    geometry: ResultGeometry,
+    pad_px: int,
+    progress: Callable[[int, int], None] | None = None,
+) -> np.ndarray:
+    """Blocks whose area (grown by `pad_px`) meets tissue, bool ``cell_shape``.
+
+    `progress` is passed to :func:`~napari_histo.tissue.slide_tissue_mask`.
+    """
     from napari_histo.tissue import slide_tissue_mask
 
-    mask, ds = slide_tissue_mask(slide)
+    mask, ds = slide_tissue_mask(slide, progress=progress)
     rows, cols = geometry.cell_shape
     ox, oy = geometry.origin_l0
     out = np.zeros((rows, cols), bool)

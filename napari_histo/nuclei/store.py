@@ -203,11 +203,13 @@ def plan_nuclei(
     block_px: int = BLOCK_PX,
     out_dir: str | os.PathLike[str] | None = None,
     mpp: float | None = None,
+    tissue_progress: Callable[[int, int], None] | None = None,
 ) -> NucleiPlan:
     """Check the inputs and prepare a run: region, store run, tissue blocks.
 
     Arguments as in :func:`iter_nuclei_to_store`; everything that can fail on
-    bad input fails here, before any block is segmented.
+    bad input fails here, before any block is segmented. `tissue_progress` is
+    called ``(done, total)`` while the tissue is found.
     """
     started = time.monotonic()
     _check_method(method)
@@ -237,7 +239,7 @@ def plan_nuclei(
         tissue = None
         if not run.complete:
             pad = math.ceil(params.max_diameter_um / float(mpp))
-            tissue = tissue_blocks(slide, geometry, pad)
+            tissue = tissue_blocks(slide, geometry, pad, progress=tissue_progress)
         return NucleiPlan(slide.path, run, method, params, tissue, started, mpp)
 
 
