@@ -105,18 +105,20 @@ def run_demo(
         # deprecation notice) from covering the canvas. Environment, not the
         # settings file, so the user's own settings are untouched.
         os.environ.setdefault("NAPARI_APPLICATION_GUI_NOTIFICATION_LEVEL", "error")
+    if slide is not None:
+        from napari_histo.io.slide import Slide
+
+        with Slide(slide):  # a bad file: one line naming it and why, before napari loads
+            pass
     import napari
 
     from napari_histo._progress import TextProgress
-    from napari_histo.io.slide import Slide
     from napari_histo.plugin.sample_data import sample_slide_path
 
     if slide is None:
         path = sample_slide_path(size_px, progress=TextProgress("sample slide"))
     else:
         path = Path(slide)
-        with Slide(path):  # a bad file: one line naming it and why, before any window
-            pass
     viewer = napari.Viewer(title=f"napari-histo — {path.name}")
     viewer.window.resize(1280, 900)
     layers = viewer.open(path, plugin="napari-histo")

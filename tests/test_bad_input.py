@@ -119,6 +119,42 @@ def test_aperio_file_cut_before_its_pages_is_one_line_naming_it(tmp_path):
     assert not (tmp_path / "never.png").exists()
 
 
+def test_tifffile_log_lines_are_dropped_only_inside_open_tiff(tmp_path):
+    # A TIFF header pointing at page 0: tifffile logs "contains no pages". Inside
+    # open_tiff (tiff_truncation) nothing reaches the log; outside it, as before.
+    import logging
+    import threading
+
+    import tifffile
+
+    from napari_histo.io.tiff_tiles import tiff_truncation
+
+    path = tmp_path / "nopages.tif"
+    path.write_bytes(b"II*\x00" + bytes(104))
+    seen: list[str] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record):
+            seen.append(record.getMessage())
+
+    handler = Keep()
+    logging.getLogger("tifffile").addHandler(handler)
+    try:
+        assert tiff_truncation(path) == "is a corrupt or truncated TIFF (no readable page)"
+        assert seen == []
+
+        def plain():
+            with tifffile.TiffFile(path):
+                pass
+
+        thread = threading.Thread(target=plain)
+        thread.start()
+        thread.join()
+        assert any("contains no pages" in line for line in seen)
+    finally:
+        logging.getLogger("tifffile").removeHandler(handler)
+
+
 def test_cli_info_without_mpp_warns_not_fails(generic_tiff):
     proc = subprocess.run(
         [sys.executable, "-m", "napari_histo.cli", "info", str(generic_tiff)],

@@ -184,6 +184,9 @@ def test_deeplab_image_pool_window_is_local():
     torch.manual_seed(0)
     pooled = build_model("deeplabv3plus", {"width": 4}).eval()
     assert local.hparams["image_pool_px"] == 64 and local.aspp.pool_window == 5
+    for px, features in ((16, 1), (32, 3), (48, 3), (256, 17), (272, 17)):  # odd, nearest
+        model = build_model("deeplabv3plus", {"width": 4, "image_pool_px": px})
+        assert model.aspp.pool_window == features
     x = torch.randn(1, 3, 128, 1024)
     y = x.clone()
     y[..., 864:] += 3.0

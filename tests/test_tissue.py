@@ -277,13 +277,18 @@ def test_read_downsampled_reports_each_band(wide_tiff, monkeypatch):
     assert calls == [(i, len(calls)) for i in range(1, len(calls) + 1)]
 
 
-@pytest.mark.parametrize("factor", [2, 16, 32, 48, 34])
-def test_block_sums_are_exact_at_any_factor(factor):
-    # Above 16, factors with a divisor <= 16 sum in two steps, others (34 = 2 x 17
-    # uses 2 then 17) and primes in one: all equal the plain sum.
+@pytest.mark.parametrize("factor", [2, 16, 17, 32, 34, 48, 255])
+@pytest.mark.parametrize("fill", ["random", "white"])
+def test_block_sums_are_exact_at_any_factor(factor, fill):
+    # Above 16, factors with a divisor <= 16 sum in two steps (34: 2, then 17),
+    # primes in one; all equal the plain sum, white (the largest sums) included.
     from napari_histo.resample import block_sums
 
-    image = np.random.default_rng(factor).integers(0, 256, (factor * 3, factor * 5, 3), np.uint8)
+    shape = (factor * 3, factor * 5, 3)
+    rng = np.random.default_rng(factor)
+    image = (
+        np.full(shape, 255, np.uint8) if fill == "white" else rng.integers(0, 256, shape, np.uint8)
+    )
     expected = image.reshape(3, factor, 5, factor, 3).sum(axis=(1, 3), dtype=np.uint64)
     np.testing.assert_array_equal(block_sums(image, factor), expected)
 

@@ -15,6 +15,17 @@ from napari_histo.cli._common import (
 
 
 def cmd_demo(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    if args.slide is not None:
+        import warnings
+
+        from napari_histo.io.slide import Slide
+
+        # A bad file: one line naming it, before Xvfb or napari start. Its warnings
+        # (e.g. no µm/px) come once, from the demo itself.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with Slide(args.slide):
+                pass
     if needs_display():
         if args.screenshot is None:
             argv = [*argv, "--screenshot", str(Path("out") / "demo.png")]

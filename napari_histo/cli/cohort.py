@@ -97,10 +97,9 @@ def cmd_cohort(args: argparse.Namespace) -> int:
 
     slides = list(args.slides or [])
     if args.list:
-        listed = read_slide_list(args.list)
-        if not listed:
-            raise HistoError(f"{args.list}: names no slides (give one slide path a line)")
-        slides += listed
+        slides += read_slide_list(args.list)
+    if not slides and args.list:
+        raise HistoError(f"{args.list}: names no slides (give one slide path a line)")
     if not slides:
         raise HistoError("no slides: give slide files or --list FILE")
     cards = tuple(str(card) for card in resolve_members(args.members, args.models_dir))

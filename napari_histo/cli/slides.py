@@ -174,15 +174,19 @@ def cmd_infer(args: argparse.Namespace) -> int:
     tissue_bar = (
         None if args.quiet else TextProgress(f"finding tissue in {name}", "bands", delay_s=1.0)
     )
-    plan = plan_inference(
-        args.slide,
-        members,
-        region=region,
-        config=config,
-        out_dir=_out_dir(args.out),
-        mpp=args.mpp,
-        tissue_progress=tissue_bar,
-    )
+    try:
+        plan = plan_inference(
+            args.slide,
+            members,
+            region=region,
+            config=config,
+            out_dir=_out_dir(args.out),
+            mpp=args.mpp,
+            tissue_progress=tissue_bar,
+        )
+    except KeyboardInterrupt:
+        print("\ninterrupted while finding tissue; nothing computed yet", file=sys.stderr)
+        return 130
     generator = execute_inference(plan, cancel)
     bar = None if args.quiet else TextProgress(f"inferring {name}")  # its ETA from here
     try:
@@ -225,16 +229,20 @@ def cmd_nuclei(args: argparse.Namespace) -> int:
     region = _parse_region(args.region)
     cancel = threading.Event()
     name = Path(args.slide).name
-    plan = plan_nuclei(
-        args.slide,
-        method=args.method,
-        region_l0=region,
-        out_dir=_out_dir(args.out),
-        mpp=args.mpp,
-        tissue_progress=None
-        if args.quiet
-        else TextProgress(f"finding tissue in {name}", "bands", delay_s=1.0),
-    )
+    try:
+        plan = plan_nuclei(
+            args.slide,
+            method=args.method,
+            region_l0=region,
+            out_dir=_out_dir(args.out),
+            mpp=args.mpp,
+            tissue_progress=None
+            if args.quiet
+            else TextProgress(f"finding tissue in {name}", "bands", delay_s=1.0),
+        )
+    except KeyboardInterrupt:
+        print("\ninterrupted while finding tissue; nothing computed yet", file=sys.stderr)
+        return 130
     generator = execute_nuclei(plan, cancel)
     bars: dict[str, TextProgress] = {}
 

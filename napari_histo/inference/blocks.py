@@ -100,8 +100,8 @@ def member_cores(
 
 def _per_member(cores: int | Sequence[int | None] | None, n: int) -> tuple[int | None, ...]:
     """`cores` as one core per member (a single value applies to all)."""
-    if cores is None or isinstance(cores, int):
-        return (cores,) * n
+    if cores is None or isinstance(cores, int | np.integer):
+        return (None if cores is None else int(cores),) * n
     cores = tuple(cores)
     if len(cores) != n:
         raise ValueError(f"{len(cores)} piece cores for {n} members")

@@ -247,7 +247,9 @@ def execute_inference(
         if cancel.is_set() or abort.is_set():  # its cells are computed again on resume
             raise _BlockCancelled
 
-    def block_forwards(sub_tile_px: int | None, patch_batch: int) -> list[Callable]:
+    def block_forwards(
+        sub_tile_px: int | Sequence[int | None] | None, patch_batch: int
+    ) -> list[Callable]:
         return member_forwards(
             [m.model for m in members], plan.member_margins, card.patch_px, plan.margin_px,
             sub_tile_px, on_step=step, patch_batch=patch_batch,

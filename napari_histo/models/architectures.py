@@ -329,8 +329,9 @@ class DeepLabV3Plus(nn.Module):
         BatchNorm or GroupNorm.
     image_pool_px : int, optional
         Side (input px) of the window the ASPP's image-pooling branch averages,
-        centred on each position; None (default) pools the whole input, as the
-        paper. With a window the network is local (its output depends only on
+        centred on each position, made an odd number of features (256 px at
+        output stride 16: 17 features, 272 px); None (default) pools the whole
+        input, as the paper. With a window the network is local (its output depends only on
         input within a bounded distance), so it runs on large tiles with a
         margin instead of blended patches; a window the size of the training
         crops pools what training saw at the crop's centre.
@@ -393,8 +394,12 @@ class DeepLabV3Plus(nn.Module):
             nn.ReLU(inplace=True),
         )
         base = atrous_rate * dil
-        # An odd window of ASPP features (stride `output_stride`), centred on each.
-        window = None if image_pool_px is None else 2 * round(image_pool_px / output_stride / 2) + 1
+        # An odd number of ASPP features (stride `output_stride`), centred on each:
+        # the nearest, or the next odd one (256 px at stride 16: 17 features).
+        window = None
+        if image_pool_px is not None:
+            window = round(image_pool_px / output_stride)
+            window += 1 - window % 2
         self.aspp = ASPP(8 * w, 8 * w, (base, 2 * base, 3 * base), norm, window)
         self.low_level = nn.Sequential(
             _norm(norm, 2 * w),
