@@ -106,10 +106,16 @@ def run_demo(
         # settings file, so the user's own settings are untouched.
         os.environ.setdefault("NAPARI_APPLICATION_GUI_NOTIFICATION_LEVEL", "error")
     if slide is not None:
+        import warnings
+
         from napari_histo.io.slide import Slide
 
-        with Slide(slide):  # a bad file: one line naming it and why, before napari loads
-            pass
+        # A bad file: one line naming it and why, before napari loads. Warnings
+        # (e.g. no µm/px) come once, from the reader that opens it below.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with Slide(slide):
+                pass
     import napari
 
     from napari_histo._progress import TextProgress
