@@ -190,6 +190,10 @@ def test_cli_mpp_outside_the_plausible_range_is_refused(small_svs, command, mpp)
     )  # fmt: skip
     assert proc.returncode == 2
     assert "--mpp" in proc.stderr and "Traceback" not in proc.stderr
+    # One line, as for a bad file: the usage block stays in --help.
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"napari-histo {command}: error: argument")
+    assert lines[0].endswith(f"(see napari-histo {command} --help)")
 
 
 def test_cli_nuclei_never_writes_its_outputs_over_the_slide_or_into_a_store(small_svs, tmp_path):
