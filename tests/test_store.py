@@ -190,6 +190,41 @@ def test_a_damaged_run_raises_one_store_error_naming_the_store(tmp_path, identit
         assert str(path) in str(info.value) and "damaged" in str(info.value)
 
 
+def test_a_complete_run_without_its_chunk_files_is_refused_not_read_as_zeros(
+    tmp_path, identity, small_svs
+):
+    import shutil
+
+    from napari_histo.io.store import default_store_path, latest_complete_run
+
+    path = default_store_path(small_svs, tmp_path)
+    run = ResultStore(path, identity).create_or_resume(SETTINGS, GEOMETRY)
+    rows, cols = GEOMETRY.cell_shape
+    for r in range(rows):
+        for c in range(cols):
+            run.write_cell(r, c, cell_values(GEOMETRY, r, c))
+    run.finish({})
+    run.check_data()  # whole: passes
+    assert latest_complete_run(small_svs, out_dir=tmp_path).run_id == run.run_id
+    chunks = [f for f in (path / run.group.path / "probability" / "0").rglob("c/*/*")]
+    assert len(chunks) == run.group.attrs["chunks"]["probability"] > 1
+    chunks[0].unlink()  # a copy that lost one chunk file
+    for call in (
+        lambda: ResultStore(path, identity).create_or_resume(SETTINGS, GEOMETRY),
+        lambda: latest_complete_run(small_svs, out_dir=tmp_path),
+    ):
+        with pytest.raises(StoreError, match=r"probability has \d+ of its \d+ data chunks") as info:
+            call()
+        assert str(path) in str(info.value)
+    shutil.rmtree(path / run.group.path / "probability" / "0" / "c")  # all of them
+    with pytest.raises(StoreError, match="probability has 0 of its"):
+        latest_complete_run(small_svs, out_dir=tmp_path)
+    # A run finished before the record existed is not checked.
+    (again,) = ResultStore(path, identity).runs()
+    del again.group.attrs["chunks"]
+    again.check_data()
+
+
 @pytest.mark.parametrize(
     ("damage", "what"),
     [

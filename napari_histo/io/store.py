@@ -271,6 +271,7 @@ class ResultStore:
             run = ResultRun(self, runs[run_id])
             if run.geometry != geometry:
                 raise StoreError(f"{self.path}: run {run_id} has another geometry")
+            run.check_data()  # a complete run is not computed again: it must hold its data
             return run
         tmp_name = f".creating-{run_id}-{os.getpid()}"
         group = runs.create_group(tmp_name, overwrite=True)
@@ -431,11 +432,32 @@ class ResultRun(StoredRun):
             raise self._damaged(f"{name} has no readable pyramid", err) from err
         return [self.array(name, level) for level in range(count)]
 
-    def _damaged(self, what: str, err: BaseException) -> StoreError:
+    def _damaged(self, what: str, err: BaseException | None = None) -> StoreError:
+        reason = "" if err is None else f" ({type(err).__name__}: {err})"
         return StoreError(
-            f"{self.store.path}: run {self.run_id} {what} ({type(err).__name__}: {err}); "
+            f"{self.store.path}: run {self.run_id} {what}{reason}; "
             "the store is damaged: delete it (or this run) and run again"
         )
+
+    def check_data(self) -> None:
+        """Raise StoreError when a complete run lacks chunk files it had when it finished.
+
+        Missing chunks read as zeros (zarr's fill value), e.g. in a store copied
+        without them: a slide without tumor, silently. :meth:`finish` records
+        how many chunks each array has (all-zero chunks are never written, so
+        the count is what was written, not the grid); runs finished before that
+        record existed are not checked.
+        """
+        recorded = self.group.attrs.get("chunks") if self.complete else None
+        if not isinstance(recorded, Mapping):
+            return
+        for name in RESULT_ARRAYS:
+            expected = recorded.get(name)
+            found = self.array(name).nchunks_initialized
+            if isinstance(expected, int) and found < expected:
+                raise self._damaged(
+                    f"{name} has {found} of its {expected} data chunks (files are gone)"
+                )
 
     def finest_level(self, *, max_px: int | None = None, max_side: int | None = None) -> int:
         """Finest pyramid level with at most `max_px` pixels and `max_side` px a side.
@@ -586,6 +608,10 @@ class ResultRun(StoredRun):
                 f"{self.store.path}: run {self.run_id} cannot finish with "
                 f"{int((~self._done).sum())} cells not done"
             )
+        # What is on disk now, to tell a copy that lost chunk files (check_data).
+        self.group.attrs["chunks"] = {
+            name: int(self.array(name).nchunks_initialized) for name in RESULT_ARRAYS
+        }
         for name in RESULT_ARRAYS:
             self._build_pyramid(name)
         if extra_attrs:
@@ -675,4 +701,6 @@ def latest_complete_run(
         when = str(attrs.get("updated", ""))
         return covers_slide(run, dimensions), when, run.run_id
 
-    return max(runs, key=order)
+    latest = max(runs, key=order)
+    latest.check_data()
+    return latest
