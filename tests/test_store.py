@@ -233,8 +233,10 @@ def test_a_complete_run_without_its_chunk_files_is_refused_not_read_as_zeros(
         (
             lambda p: (p / "zarr.json").write_text(
                 json.dumps(
-                    {**json.loads((p / "zarr.json").read_text()),
-                     "attributes": {"napari_histo": {"format": 1, "slide": "x"}}}
+                    {
+                        **json.loads((p / "zarr.json").read_text()),
+                        "attributes": {"napari_histo": {"format": 1, "slide": "x"}},
+                    }
                 )
             ),
             "damaged store metadata",
