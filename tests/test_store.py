@@ -33,6 +33,17 @@ def cell_values(geometry, row, col, seed=0):
     return {name: rng.random((y1 - y0, x1 - x0), dtype=np.float32) for name in RESULT_ARRAYS}
 
 
+def finished_run(path, identity):
+    """A complete run of GEOMETRY with every cell written."""
+    run = ResultStore(path, identity).create_or_resume(SETTINGS, GEOMETRY)
+    rows, cols = GEOMETRY.cell_shape
+    for r in range(rows):
+        for c in range(cols):
+            run.write_cell(r, c, cell_values(GEOMETRY, r, c))
+    run.finish({})
+    return run
+
+
 def test_default_path(small_svs, tmp_path):
     assert default_store_path(small_svs) == small_svs.parent / "small.svs.histo.zarr"
     assert default_store_path(small_svs, tmp_path) == tmp_path / "small.svs.histo.zarr"
@@ -167,12 +178,7 @@ def test_a_damaged_run_raises_one_store_error_naming_the_store(tmp_path, identit
     import shutil
 
     path = tmp_path / "s.histo.zarr"
-    run = ResultStore(path, identity).create_or_resume(SETTINGS, GEOMETRY)
-    rows, cols = GEOMETRY.cell_shape
-    for r in range(rows):
-        for c in range(cols):
-            run.write_cell(r, c, cell_values(GEOMETRY, r, c))
-    run.finish({})
+    run = finished_run(path, identity)
     level = path / run.group.path
     # Every chunk of one level overwritten with garbage: the codec cannot decode it.
     for chunk in (level / "aleatoric" / "1" / "c").rglob("*"):
@@ -198,12 +204,7 @@ def test_a_complete_run_without_its_chunk_files_is_refused_not_read_as_zeros(
     from napari_histo.io.store import default_store_path, latest_complete_run
 
     path = default_store_path(small_svs, tmp_path)
-    run = ResultStore(path, identity).create_or_resume(SETTINGS, GEOMETRY)
-    rows, cols = GEOMETRY.cell_shape
-    for r in range(rows):
-        for c in range(cols):
-            run.write_cell(r, c, cell_values(GEOMETRY, r, c))
-    run.finish({})
+    run = finished_run(path, identity)
     run.check_data()  # whole: passes
     assert latest_complete_run(small_svs, out_dir=tmp_path).run_id == run.run_id
     chunks = [f for f in (path / run.group.path / "probability" / "0").rglob("c/*/*")]
