@@ -81,6 +81,21 @@ def wait_for_inference(widget, timeout_s: float = 120.0) -> bool:
     return True
 
 
+def check_slide(slide: str | os.PathLike[str]) -> None:
+    """Open `slide` once: a bad file raises a one-line SlideError naming it and why.
+
+    Its warnings (e.g. no µm/px) are left to the reader that opens it for napari.
+    """
+    import warnings
+
+    from napari_histo.io.slide import Slide
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with Slide(slide):
+            pass
+
+
 def run_demo(
     slide: str | None = None, screenshot: str | None = None, size_px: int | None = None
 ) -> int:
@@ -106,16 +121,7 @@ def run_demo(
         # settings file, so the user's own settings are untouched.
         os.environ.setdefault("NAPARI_APPLICATION_GUI_NOTIFICATION_LEVEL", "error")
     if slide is not None:
-        import warnings
-
-        from napari_histo.io.slide import Slide
-
-        # A bad file: one line naming it and why, before napari loads. Warnings
-        # (e.g. no µm/px) come once, from the reader that opens it below.
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            with Slide(slide):
-                pass
+        check_slide(slide)  # before napari loads
     import napari
 
     from napari_histo._progress import TextProgress

@@ -21,17 +21,16 @@ def block_sums(image: np.ndarray, factor: int) -> np.ndarray:
     h, w, c = image.shape
     if h % factor or w % factor:
         raise ValueError(f"image shape {image.shape[:2]} is not a multiple of {factor}")
+    blocks = image.reshape(h // factor, factor, w // factor, factor, c)
     if factor > 16:
         step = next((d for d in range(16, 1, -1) if factor % d == 0), None)
-        if step is not None:
-            partial = block_sums(image, step)
-            rest = factor // step
-            return partial.reshape(h // factor, rest, w // factor, rest, c).sum(
-                axis=(1, 3), dtype=np.uint32
-            )
-        blocks = image.reshape(h // factor, factor, w // factor, factor, c)
-        return blocks.sum(axis=(1, 3), dtype=np.uint32)
-    blocks = image.reshape(h // factor, factor, w // factor, factor, c)
+        if step is None:
+            return blocks.sum(axis=(1, 3), dtype=np.uint32)
+        rest = factor // step
+        partial = block_sums(image, step)
+        return partial.reshape(h // factor, rest, w // factor, rest, c).sum(
+            axis=(1, 3), dtype=np.uint32
+        )
     total = blocks[:, 0, :, 0].astype(np.uint16)
     for dy in range(factor):
         for dx in range(factor):

@@ -15,24 +15,15 @@ from napari_histo.cli._common import (
 
 
 def cmd_demo(args: argparse.Namespace, argv: Sequence[str]) -> int:
-    if args.slide is not None:
-        import warnings
+    from napari_histo.demo import check_slide, run_demo
 
-        from napari_histo.io.slide import Slide
-
-        # A bad file: one line naming it, before Xvfb or napari start. Its warnings
-        # (e.g. no µm/px) come once, from the demo itself.
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            with Slide(args.slide):
-                pass
     if needs_display():
+        if args.slide is not None:
+            check_slide(args.slide)  # a bad file: one line, before Xvfb starts
         if args.screenshot is None:
             argv = [*argv, "--screenshot", str(Path("out") / "demo.png")]
         print("no display: running the demo under Xvfb and saving a screenshot", file=sys.stderr)
         return reexec_under_xvfb(argv)
-    from napari_histo.demo import run_demo
-
     return run_demo(slide=args.slide, screenshot=args.screenshot, size_px=args.size)
 
 

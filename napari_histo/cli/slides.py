@@ -54,6 +54,24 @@ def _set_mpp(args: argparse.Namespace) -> None:
     print(f"saved {value:g} µm/px in {path}")
 
 
+def _plan_finding_tissue(plan, args: argparse.Namespace, *plan_args, **plan_kwargs):
+    """``plan(args.slide, *plan_args, **plan_kwargs)`` (``plan_inference`` or
+    ``plan_nuclei``) with a "finding tissue" bar, or None after Ctrl-C (said in one line).
+
+    Finding the tissue reads a whole slide without a coarse level: the bar shows
+    only when that takes over a second.
+    """
+    from napari_histo._progress import TextProgress
+
+    name = Path(args.slide).name
+    bar = None if args.quiet else TextProgress(f"finding tissue in {name}", "bands", delay_s=1.0)
+    try:
+        return plan(args.slide, *plan_args, tissue_progress=bar, **plan_kwargs)
+    except KeyboardInterrupt:
+        print("\ninterrupted while finding tissue; nothing computed yet", file=sys.stderr)
+        return None
+
+
 def cmd_info(args: argparse.Namespace) -> int:
     from napari_histo.io.mpp_choice import mpp_choice_path
     from napari_histo.io.pyramid import open_pyramid
@@ -169,26 +187,15 @@ def cmd_infer(args: argparse.Namespace) -> int:
     )
     members = [load_model(card) for card in resolve_members(args.members, args.models_dir)]
     cancel = threading.Event()
-    name = Path(args.slide).name
-    # Finding the tissue reads a whole slide without a coarse level: shown after 1 s.
-    tissue_bar = (
-        None if args.quiet else TextProgress(f"finding tissue in {name}", "bands", delay_s=1.0)
-    )
-    try:
-        plan = plan_inference(
-            args.slide,
-            members,
-            region=region,
-            config=config,
-            out_dir=_out_dir(args.out),
-            mpp=args.mpp,
-            tissue_progress=tissue_bar,
-        )
-    except KeyboardInterrupt:
-        print("\ninterrupted while finding tissue; nothing computed yet", file=sys.stderr)
+    plan = _plan_finding_tissue(
+        plan_inference, args, members, region=region, config=config,
+        out_dir=_out_dir(args.out), mpp=args.mpp,
+    )  # fmt: skip
+    if plan is None:
         return 130
     generator = execute_inference(plan, cancel)
-    bar = None if args.quiet else TextProgress(f"inferring {name}")  # its ETA from here
+    # Made now, so its ETA counts from the end of planning.
+    bar = None if args.quiet else TextProgress(f"inferring {Path(args.slide).name}")
     try:
         result = run(generator, (lambda p: bar(p.done, p.total)) if bar else None)
     except KeyboardInterrupt:
@@ -228,20 +235,11 @@ def cmd_nuclei(args: argparse.Namespace) -> int:
             check_output_file(output, args.slide)
     region = _parse_region(args.region)
     cancel = threading.Event()
-    name = Path(args.slide).name
-    try:
-        plan = plan_nuclei(
-            args.slide,
-            method=args.method,
-            region_l0=region,
-            out_dir=_out_dir(args.out),
-            mpp=args.mpp,
-            tissue_progress=None
-            if args.quiet
-            else TextProgress(f"finding tissue in {name}", "bands", delay_s=1.0),
-        )
-    except KeyboardInterrupt:
-        print("\ninterrupted while finding tissue; nothing computed yet", file=sys.stderr)
+    plan = _plan_finding_tissue(
+        plan_nuclei, args, method=args.method, region_l0=region,
+        out_dir=_out_dir(args.out), mpp=args.mpp,
+    )  # fmt: skip
+    if plan is None:
         return 130
     generator = execute_nuclei(plan, cancel)
     bars: dict[str, TextProgress] = {}

@@ -264,6 +264,17 @@ def member_forwards(
     ]
 
 
+def _pieces_by_core(
+    need: np.ndarray,
+    margins: Sequence[int | None],
+    cores: Sequence[int | None],
+    block_margin: int,
+) -> dict[int | None, list[tuple[int, int, int, int]]]:
+    """The local members' pieces, found once per distinct core (members share them)."""
+    local = {c for m, c in zip(margins, cores, strict=True) if m is not None}
+    return {c: local_pieces(need, block_margin, c) for c in local}
+
+
 def block_steps(
     need: np.ndarray,
     margins: Sequence[int | None],
@@ -273,10 +284,9 @@ def block_steps(
 ) -> int:
     """Pieces and rows of patches one pass of every member makes over a block (mask `need`)."""
     cores = _per_member(sub_tile_px, len(margins))
-    local = {c for m, c in zip(margins, cores, strict=True) if m is not None}
-    found = {c: len(local_pieces(need, block_margin, c)) for c in local}
+    found = _pieces_by_core(need, margins, cores, block_margin)
     rows = len(patch_rows(need, patch_px)) if None in margins else 0
-    return sum(rows if m is None else found[c] for m, c in zip(margins, cores, strict=True))
+    return sum(rows if m is None else len(found[c]) for m, c in zip(margins, cores, strict=True))
 
 
 def computed_px(
@@ -288,9 +298,7 @@ def computed_px(
 ) -> float:
     """Model pixels each member computes for a block (mask `need`), mean over the members."""
     cores = _per_member(sub_tile_px, len(margins))
-    # The same pieces (per core) and patches for every member of a kind: found once.
-    local = {c for m, c in zip(margins, cores, strict=True) if m is not None}
-    found = {c: local_pieces(need, block_margin, c) for c in local}
+    found = _pieces_by_core(need, margins, cores, block_margin)
     patches = sum(len(row) for _, row in patch_rows(need, patch_px)) if None in margins else 0
     total = 0.0
     for m, core in zip(margins, cores, strict=True):
