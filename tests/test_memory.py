@@ -128,6 +128,50 @@ def test_release_free_memory_hands_freed_heap_pages_back():
     assert result["drop_mb"] > 100  # of the ~180 MB freed between live arrays
 
 
+CAP_PROBE = """
+import json, psutil
+import numpy as np
+from napari_histo._malloc import RssCap
+
+proc = psutil.Process()
+cap = RssCap(slack_bytes=64 << 20)
+cap.after_unit()  # the first unit: sets the level, never trims
+arrays = [np.ones(12_000) for _ in range(3000)]  # 96 KB each: from the heap
+del arrays[1::3], arrays[1::2]  # two of every three freed, between kept ones
+before = proc.memory_info().rss
+cap.after_unit()  # ~280 MB above the level: hands the free pages back
+after = proc.memory_info().rss
+cap.after_unit()  # fresh again: sets the level, no trim
+print(json.dumps({"drop_mb": (before - after) / 2**20, "trims": cap.trims}))
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc malloc")
+def test_rss_cap_hands_back_the_free_heap_once_the_run_grows_past_its_level():
+    result = probe(code=CAP_PROBE)
+    assert result["trims"] == 1
+    assert result["drop_mb"] > 100  # of the ~180 MB freed between live arrays
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc malloc")
+def test_rss_cap_trims_only_past_the_level_plus_slack(monkeypatch):
+    import napari_histo._malloc as malloc
+
+    trims = []
+    monkeypatch.setattr(malloc, "release_free_memory", lambda: trims.append(1))
+    sizes = iter([1000, 1100, 1300, 900, 1200, 1500])
+    monkeypatch.setattr(malloc, "resident_bytes", lambda: next(sizes) << 20)
+    cap = malloc.RssCap(slack_bytes=256 << 20)
+    seen = []
+    for _ in range(6):
+        cap.after_unit()
+        seen.append(cap.trims)
+    # 1000: the level; 1100: within; 1300: past 1256, trims; 900: the first unit
+    # after a trim, the level stays the larger 1000; 1200: within; 1500: trims.
+    assert seen == [0, 0, 1, 1, 1, 2]
+    assert cap.level == 1000 << 20 and len(trims) == 2
+
+
 def test_malloc_helpers_do_nothing_without_glibc(monkeypatch):
     import napari_histo._malloc as malloc
 
@@ -140,5 +184,9 @@ def test_malloc_helpers_do_nothing_without_glibc(monkeypatch):
     try:
         assert malloc._apply() is False
         assert malloc.release_free_memory() is None
+        cap = malloc.RssCap()
+        cap.after_unit()
+        cap.after_unit()
+        assert cap.trims == 0
     finally:
         malloc._libc.cache_clear()

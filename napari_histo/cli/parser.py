@@ -79,7 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--large-tile", type=_positive_int, default=None,
         help="largest side of a large tile, model px (memory grows with its square; "
-        "default 2048 on a CPU, 4096 on a GPU)",
+        "default 1536 on a CPU, 4096 on a GPU)",
     )  # fmt: skip
     p.add_argument("--device", default="auto", help="auto, cpu, cuda[:N] or mps")
     p.add_argument("--batch", type=_positive_int, default=None, help="tiles per batch (auto)")

@@ -55,13 +55,16 @@ _EPS = 1e-12
 
 
 def large_tile_default(device: torch.device) -> int:
-    """Largest block side (model px): 2048 on a CPU, 4096 elsewhere.
+    """Largest block side (model px): 1536 on a CPU, 4096 elsewhere.
 
-    On the 2-core CPU blocks of 2048 and 4096 px ran the bench slide in the same
-    time (local members run in 512-px pieces there anyway) and the smaller one
-    holds a quarter of the memory (bench infer's RSS grew 340 MB with 4096).
+    On the 2-core CPU blocks of 1536, 2048 and 4096 px ran the bench slide in
+    about the same time (local members run in 512-px pieces there anyway), and
+    smaller blocks hold less: the peak RSS of a large-tile run follows its
+    largest block (32k² mosaic slide: 0.90-0.98 GB above the loaded models with
+    1536, 1.28 GB with 2048; an 8k² slide, whose blocks are smaller anyway,
+    0.6-0.8 GB).
     """
-    return 2048 if device.type == "cpu" else 4096
+    return 1536 if device.type == "cpu" else 4096
 
 
 def sub_tile_default(device: torch.device) -> int | None:

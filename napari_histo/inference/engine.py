@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from napari_histo import __version__
-from napari_histo._malloc import tune_malloc
+from napari_histo._malloc import RssCap, tune_malloc
 from napari_histo.generators import drive
 from napari_histo.inference.blocks import block_steps, member_forwards
 from napari_histo.inference.ensemble import apply_dihedral, ensemble_predict, transform_groups
@@ -218,8 +218,10 @@ def execute_inference(
     resumes.
     """
     cancel = cancel or threading.Event()
+    rss_cap = None
     if plan.blocks is not None:
         tune_malloc()  # a large tile's tensors reused from the heap, not faulted in each pass
+        rss_cap = RssCap()  # ... but not more and more of them, block after block
     start, run_, grid, todo, total = plan.started, plan.run, plan.grid, plan.todo, plan.total
     device, members = plan.device, plan.members
     card = members[0].card
@@ -416,6 +418,8 @@ def execute_inference(
                         finished.append((row, col, cell))
                     check_writes(wait=False)
                     tiles_run += len(pairs)
+                    if rss_cap is not None:
+                        rss_cap.after_unit()
                     yield progress(tiles_run, finished)
             finally:
                 abort.set()  # a block still on the model thread stops at its next piece

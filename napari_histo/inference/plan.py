@@ -96,7 +96,7 @@ class EngineConfig:
     large_tile_px : int or None
         Largest side (model px) of a block: the reading unit, and the largest
         input a local member sees on a GPU. Memory grows with its square. None:
-        :func:`~napari_histo.inference.blocks.large_tile_default` (2048 on a CPU,
+        :func:`~napari_histo.inference.blocks.large_tile_default` (1536 on a CPU,
         4096 elsewhere).
     sub_tile_px : int or None
         Core side of the pieces local members run on inside a block (plus their
