@@ -15,8 +15,10 @@ from napari_histo.inference.blocks import (
     PIECE_ALIGN_PX,
     block_steps,
     computed_px,
+    lattice_centres,
     local_pieces,
     member_cores,
+    patch_rows,
 )
 from napari_histo.inference.engine import EngineConfig, infer_slide, plan_inference, run
 from napari_histo.inference.plan import block_need, plan_blocks
@@ -125,12 +127,16 @@ def test_members_that_keep_their_speed_run_on_larger_pieces():
     # Per-member cores count each member's own pieces.
     need = np.zeros((1024, 1024), bool)
     need[100:900, 100:900] = True
-    mixed = computed_px(need, [80, 96], 256, 128, (256, None))
-    alone = computed_px(need, [80], 256, 128, 256), computed_px(need, [96], 256, 128, None)
+    centres = lattice_centres(need.shape, (0, 0), 256)
+    mixed = computed_px(need, centres, [80, 96], 256, 128, (256, None))
+    alone = (
+        computed_px(need, centres, [80], 256, 128, 256),
+        computed_px(need, centres, [96], 256, 128, None),
+    )
     assert mixed == pytest.approx(sum(alone) / 2)
     assert alone[1] == (1024 - 2 * 128 + 2 * 96) ** 2  # one piece: the interior, plus margin
-    assert (
-        block_steps(need, [80, 96], 256, 128, (256, None)) == len(local_pieces(need, 128, 256)) + 1
+    assert block_steps(need, centres, [80, 96], 256, 128, (256, None)) == (
+        len(local_pieces(need, 128, 256)) + 1
     )
 
 
@@ -189,12 +195,47 @@ def test_pieces_cover_what_is_needed_and_skip_glass():
     assert covered[need & inner].all()
     # Fitted pieces compute far less than the whole squares they come from.
     whole = len(found) * (256 + 2 * 80) ** 2
-    assert computed_px(need, [80], 128, 64, 256) < 0.7 * whole
+    assert computed_px(need, None, [80], 128, 64, 256) < 0.7 * whole
     # A torch mask with a batch of transforms gives the union's pieces.
     stacked = torch.from_numpy(np.stack([need, need[::-1].copy()]))
     both = local_pieces(stacked, 64, 256)
     assert local_pieces(need | need[::-1], 64, 256) == both
     assert local_pieces(np.zeros((512, 512), bool), 64, 256) == []
+
+
+def test_pooled_patches_sit_on_one_lattice_whatever_the_block():
+    # Two blocks at different offsets from the region's origin: the patches a pooled
+    # member runs are the same slide positions, stride three quarters of the patch.
+    patch, stride = 256, 192
+    seen = []
+    for oy, ox in ((0, 0), (128, 384)):
+        need = np.zeros((1280, 1536), bool)
+        need[256:-256, 256:-256] = True
+        rows = patch_rows(need, lattice_centres(need.shape, (oy, ox), patch), patch)
+        ys = [y + oy for y, _ in rows]
+        xs = sorted({x + ox for _, row in rows for x in row})
+        assert all(v % stride == 0 for v in ys + xs)
+        assert all(0 <= y - oy and y - oy + patch <= 1280 for y in ys)
+        seen.append((set(ys), set(xs)))
+        # Every needed pixel lies in some patch.
+        covered = np.zeros_like(need)
+        for y, row in rows:
+            for x in row:
+                covered[y : y + patch, x : x + patch] = True
+        assert covered[need].all()
+    # Flipped and rotated with the block (augmentation), the centres give the
+    # flipped patches.
+    need = np.ones((768, 1024), bool)
+    centres = lattice_centres(need.shape, (64, 0), patch)
+    rows = patch_rows(need, centres, patch)
+    flipped = patch_rows(need[:, ::-1], centres[:, ::-1], patch)
+    assert [y for y, _ in flipped] == [y for y, _ in rows]
+    assert sorted(1024 - patch - x for x in flipped[0][1]) == rows[0][1]
+    turned = patch_rows(need.T, centres.T, patch)
+    assert [y for y, _ in turned] == rows[0][1] and turned[0][1] == [y for y, _ in rows]
+    # An odd patch has a one-pixel centre.
+    odd = patch_rows(np.ones((300, 300), bool), lattice_centres((300, 300), (0, 0), 101), 101)
+    assert [y for y, _ in odd] == [0, 76, 152] and odd[0][1] == [0, 76, 152]
 
 
 def test_large_tiles_use_cells_of_half_the_patch(slide, cards, tmp_path):

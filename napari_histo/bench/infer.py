@@ -304,14 +304,14 @@ def _bare_block_forwards(plan) -> float:
     """
     from napari_histo.inference.blocks import local_pieces, patch_rows
     from napari_histo.inference.engine import default_batch_size
-    from napari_histo.inference.plan import block_need
+    from napari_histo.inference.plan import block_centres, block_need
 
     patch = plan.members[0].card.patch_px
     batch = plan.config.batch_size or default_batch_size(plan.device)
     shapes: list[tuple[Any, tuple[int, int, int, int]]] = []
     for block in plan.blocks:
         need = block_need(block, plan.grid)
-        rows = patch_rows(need, patch)
+        rows = patch_rows(need, block_centres(block, plan.grid, patch), patch)
         for member, margin, core in zip(
             plan.members, plan.member_margins, plan.sub_tile_px, strict=True
         ):

@@ -10,15 +10,20 @@ block's interior (the block minus its margin ``M`` on each side):
   :data:`napari_histo.models.receptive.MARGIN_TOLERANCE`): no blending, each
   output pixel computed about once;
 * any other member (image-level pooling, TorchScript with a fixed input) runs
-  on its training patch at half-patch stride with the usual blend weights, which
-  is exactly what the patch engine computes for it.
+  on its training patch, blended, on a lattice of stride
+  :data:`POOLED_STRIDE_FRACTION` × patch anchored at the region's origin: the
+  same patches whatever the blocks, so no seam where blocks meet. The patch
+  engine runs it at half-patch stride; three-quarters computes 0.56x the
+  pixels, and the difference stays within what large tiles change anyway
+  (docs/benchmarks.md).
 
 Both are wrapped as callables that :func:`napari_histo.inference.ensemble.ensemble_predict`
 treats like models (they return log-probabilities), so test-time augmentation
-and the uncertainty maps work unchanged. The input carries a fourth channel,
-the pixels the block's grid tiles need (1), flipped and rotated with the image
-by the augmentation; pieces and patches that meet none are skipped, so glass
-inside a block's bounding box costs nothing.
+and the uncertainty maps work unchanged. The input carries two more channels, flipped and
+rotated with the image by the augmentation: the pixels the block's grid tiles
+need (1), and the 2 × 2 (odd patch: 1 × 1) centres of the lattice's patches
+that lie inside the block (1). Pieces and patches that meet no needed pixel are
+skipped, so glass inside a block's bounding box costs nothing.
 """
 
 from __future__ import annotations
@@ -35,9 +40,11 @@ from napari_histo.tiling import blend_weights
 __all__ = [
     "PATCH_STRIDE_FRACTION",
     "PIECE_ALIGN_PX",
+    "POOLED_STRIDE_FRACTION",
     "block_steps",
     "computed_px",
     "large_tile_default",
+    "lattice_centres",
     "local_pieces",
     "member_cores",
     "member_forwards",
@@ -49,8 +56,12 @@ __all__ = [
 #: Blocks and local members' pieces start at multiples of this from the region
 #: origin, so every piece sees the slide at the same phase of the models' strides.
 PIECE_ALIGN_PX = 32
-#: Non-local members run at this fraction of their patch as stride (50 % overlap).
+#: Large tiles' grid cells are this fraction of the patch (the patch engine's stride).
 PATCH_STRIDE_FRACTION = 0.5
+#: Inside blocks, members without a receptive margin run their patches at this
+#: fraction of the patch as stride (25 % overlap): on the bench slide the run took
+#: 14.8 s against 19.5 s at 0.5, Dice unchanged (docs/benchmarks.md).
+POOLED_STRIDE_FRACTION = 0.75
 _EPS = 1e-12
 
 
@@ -163,18 +174,55 @@ def local_pieces(need: Any, block_margin: int, core: int | None) -> list[tuple[i
     return out
 
 
-def patch_rows(need: Any, patch: int) -> list[tuple[int, list[int]]]:
-    """Where a non-local member runs in a block: per row of patches (half-patch
-    stride) its top and the left edges of the patches that meet `need`."""
+def _centre_offsets(patch: int) -> tuple[int, ...]:
+    """Offsets from a patch's start of its centre pixels: two (even patch) or one."""
+    c = patch // 2
+    return (c - 1, c) if patch % 2 == 0 else (c,)
+
+
+def lattice_centres(shape: tuple[int, int], offset: tuple[int, int], patch: int) -> np.ndarray:
+    """Bool ``(h, w)`` mask of the centres of the pooled members' patches in a block.
+
+    The patches start on the lattice of stride ``round(patch ×
+    POOLED_STRIDE_FRACTION)`` anchored at the region's origin; `offset` is the
+    block's ``(y, x)`` from that origin, and only patches wholly inside the block
+    are marked. The centres (2 × 2 pixels for an even patch) map onto the
+    centres of the same patches under any flip or rotation of the block.
+    """
+    h, w = shape
+    stride = round(patch * POOLED_STRIDE_FRACTION)
+
+    def starts(offset_px: int, length: int) -> np.ndarray:
+        return np.arange((-offset_px) % stride, length - patch + 1, stride)
+
+    ys, xs = starts(offset[0], h), starts(offset[1], w)
+    mask = np.zeros((h, w), bool)
+    for dy in _centre_offsets(patch):
+        for dx in _centre_offsets(patch):
+            mask[np.ix_(ys + dy, xs + dx)] = True
+    return mask
+
+
+def _starts_from_centres(hits: np.ndarray, patch: int) -> list[int]:
+    """Patch starts along one axis from the indices holding lattice centres."""
+    offsets = _centre_offsets(patch)
+    return [int(i) - offsets[0] for i in hits[:: len(offsets)]]
+
+
+def patch_rows(need: Any, centres: Any, patch: int) -> list[tuple[int, list[int]]]:
+    """Where a non-local member runs in a block: per row of patches its top and the
+    left edges of the patches that meet `need`, the patches being those whose
+    centres `centres` marks (:func:`lattice_centres`; masks numpy or torch, possibly
+    flipped or rotated with the block)."""
     h, w = need.shape[-2:]
-    stride = round(patch * PATCH_STRIDE_FRACTION)
+    if isinstance(centres, torch.Tensor):
+        centres = centres.detach().cpu().numpy()
+    centres = np.asarray(centres, bool).reshape(-1, h, w).any(axis=0)
+    ys = _starts_from_centres(np.flatnonzero(centres.any(axis=1)), patch)
+    xs = _starts_from_centres(np.flatnonzero(centres.any(axis=0)), patch)
     rows = []
-    for y in range(0, h - patch + 1, stride):
-        row = [
-            x
-            for x in range(0, w - patch + 1, stride)
-            if bool(need[..., y : y + patch, x : x + patch].any())
-        ]
+    for y in ys:
+        row = [x for x in xs if bool(need[..., y : y + patch, x : x + patch].any())]
         if row:
             rows.append((y, row))
     return rows
@@ -208,17 +256,17 @@ def _local(
 
 
 def _patch(model: Callable, patch: int, on_step: Callable, batch: int) -> Callable:
-    """Blended patches at half-patch stride over the block (the patch engine's values),
-    `batch` patches per forward (a whole row of a large tile at once held several
-    hundred MB of activations on a CPU)."""
-    weight = torch.from_numpy(blend_weights(patch, 1 - PATCH_STRIDE_FRACTION))
+    """Blended patches on the lattice the block's fifth channel marks, `batch`
+    patches per forward (a whole row of a large tile at once held several hundred
+    MB of activations on a CPU)."""
+    weight = torch.from_numpy(blend_weights(patch, 1 - POOLED_STRIDE_FRACTION))
 
     def forward(x: torch.Tensor) -> torch.Tensor:
-        x, need = x[:, :3], x[:, 3] > 0.5
+        x, need, centres = x[:, :3], x[:, 3] > 0.5, x[:, 4] > 0.5
         b, _, h, w = x.shape
         wt = weight.to(x.device)
         total = weights = None
-        for y, row in patch_rows(need, patch):
+        for y, row in patch_rows(need, centres, patch):
             for first in range(0, len(row), batch):
                 part = row[first : first + batch]
                 crops = [x[..., y : y + patch, s : s + patch] for s in part]
@@ -280,29 +328,35 @@ def _pieces_by_core(
 
 def block_steps(
     need: np.ndarray,
+    centres: np.ndarray,
     margins: Sequence[int | None],
     patch_px: int,
     block_margin: int,
     sub_tile_px: int | Sequence[int | None] | None,
 ) -> int:
-    """Pieces and rows of patches one pass of every member makes over a block (mask `need`)."""
+    """Pieces and rows of patches one pass of every member makes over a block
+    (masks `need` and `centres`, :func:`lattice_centres`)."""
     cores = _per_member(sub_tile_px, len(margins))
     found = _pieces_by_core(need, margins, cores, block_margin)
-    rows = len(patch_rows(need, patch_px)) if None in margins else 0
+    rows = len(patch_rows(need, centres, patch_px)) if None in margins else 0
     return sum(rows if m is None else len(found[c]) for m, c in zip(margins, cores, strict=True))
 
 
 def computed_px(
     need: np.ndarray,
+    centres: np.ndarray,
     margins: Sequence[int | None],
     patch_px: int,
     block_margin: int,
     sub_tile_px: int | Sequence[int | None] | None,
 ) -> float:
-    """Model pixels each member computes for a block (mask `need`), mean over the members."""
+    """Model pixels each member computes for a block (masks `need` and `centres`,
+    :func:`lattice_centres`), mean over the members."""
     cores = _per_member(sub_tile_px, len(margins))
     found = _pieces_by_core(need, margins, cores, block_margin)
-    patches = sum(len(row) for _, row in patch_rows(need, patch_px)) if None in margins else 0
+    patches = (
+        sum(len(row) for _, row in patch_rows(need, centres, patch_px)) if None in margins else 0
+    )
     total = 0.0
     for m, core in zip(margins, cores, strict=True):
         if m is None:

@@ -41,6 +41,7 @@ from napari_histo.inference.ensemble import apply_dihedral, ensemble_predict, tr
 from napari_histo.inference.plan import (
     EngineConfig,
     InferencePlan,
+    block_centres,
     block_need,
     plan_inference,
     select_device,
@@ -149,8 +150,9 @@ def predict_batch(
     forwards : sequence of callables, optional
         What runs in place of each member's model (large tiles: see
         :func:`napari_histo.inference.blocks.member_forwards`).
-    need : ndarray of bool, shape (height, width), optional
-        With `forwards`: the pixels to compute, passed to them as a fourth channel.
+    need : ndarray of bool, shape (height, width) or (k, height, width), optional
+        With `forwards`: masks passed to them as channels 4, 5, ... (large tiles:
+        the pixels to compute, then the centres of the pooled members' patches).
 
     Returns
     -------
@@ -164,17 +166,18 @@ def predict_batch(
     if device.type == "cuda":
         batch = batch.pin_memory()
     rgb = batch.to(device, non_blocking=True).permute(0, 3, 1, 2)
-    # One float buffer holds the model input (and `need` as a fourth channel): a
-    # large tile's float copies are tens of MB each. Channels last, as the tiles
-    # are read and as the models run; the caller's tiles stay as read.
+    # One float buffer holds the model input (and the `need` masks as more
+    # channels): a large tile's float copies are tens of MB each. Channels last, as
+    # the tiles are read and as the models run; the caller's tiles stay as read.
+    masks = None if need is None else np.asarray(need, bool).reshape(-1, *size)
     resized = tuple(rgb.shape[-2:]) != size
     if resized:
         rgb = F.interpolate(rgb.float(), size=size, mode="area")
-    if resized and need is None:
+    if resized and masks is None:
         x = rgb  # a float copy of its own already
     else:
         x = torch.empty(
-            (rgb.shape[0], 3 if need is None else 4, *size),
+            (rgb.shape[0], 3 + (0 if masks is None else len(masks)), *size),
             device=device,
             memory_format=torch.channels_last,
         )
@@ -183,8 +186,8 @@ def predict_batch(
     mean = torch.tensor(card.normalisation["mean"], device=device).view(1, 3, 1, 1)
     std = torch.tensor(card.normalisation["std"], device=device).view(1, 3, 1, 1)
     x[:, :3].div_(255.0).sub_(mean).div_(std)
-    if need is not None:
-        x[:, 3] = torch.from_numpy(np.ascontiguousarray(need)).to(device)
+    if masks is not None:
+        x[:, 3:] = torch.from_numpy(np.ascontiguousarray(masks)).to(device)
     models = list(forwards) if forwards is not None else [m.model for m in members]
     with torch.autocast(
         device_type="cuda", dtype=torch.float16, enabled=amp and device.type == "cuda"
@@ -390,9 +393,11 @@ def execute_inference(
                     else:
                         block = units_now[0]
                         need = block_need(block, grid)
-                        steps = _block_passes(need, block, plan)
+                        centres = block_centres(block, grid, card.patch_px)
+                        steps = _block_passes(need, centres, block, plan)
                         block_steps_done[0] = 0
-                        future = block_runner.submit(predict, units_now, arrays, need)
+                        masks = np.stack([need, centres])
+                        future = block_runner.submit(predict, units_now, arrays, masks)
                         while True:
                             try:
                                 pairs = future.result(timeout=BLOCK_PROGRESS_S)
@@ -502,12 +507,12 @@ def infer_slide(
     return execute_inference(plan, cancel)
 
 
-def _block_passes(need: np.ndarray, block: Any, plan: InferencePlan) -> int:
-    """Pieces and patch rows the members make over `block` (mask `need`): what its
-    progress counts, with the transforms grouped as
+def _block_passes(need: np.ndarray, centres: np.ndarray, block: Any, plan: InferencePlan) -> int:
+    """Pieces and patch rows the members make over `block` (masks `need` and
+    `centres`): what its progress counts, with the transforms grouped as
     :func:`~napari_histo.inference.ensemble.ensemble_predict` runs them (a group
-    over the union of its flipped masks)."""
-    mask = torch.from_numpy(need)[None, None]
+    over the union of its flipped masks; a flipped lattice has as many rows)."""
+    mask, lattice = torch.from_numpy(need)[None, None], torch.from_numpy(centres)[None, None]
     groups = transform_groups(
         plan.tta, block.h == block.w, block.h * block.w <= BATCH_TRANSFORMS_MAX_PX
     )
@@ -515,6 +520,7 @@ def _block_passes(need: np.ndarray, block: Any, plan: InferencePlan) -> int:
     return sum(
         block_steps(
             torch.stack([apply_dihedral(mask, t)[0, 0] for t in group]).any(0).numpy(),
+            apply_dihedral(lattice, group[0])[0, 0].numpy(),
             plan.member_margins, card.patch_px, plan.margin_px, plan.sub_tile_px,
         )
         for group in groups

@@ -26,6 +26,7 @@ from napari_histo.inference.blocks import (
     PIECE_ALIGN_PX,
     computed_px,
     large_tile_default,
+    lattice_centres,
     member_cores,
 )
 from napari_histo.inference.ensemble import tta_transforms
@@ -53,8 +54,7 @@ __all__ = [
 
 TILINGS = ("auto", "large", "patch")
 #: Large tiles start at multiples of this (and of half the patch) from the region
-#: origin, so every block sees the slide at the same phase of the models' strides
-#: and non-local members' patches sit where the patch engine puts them.
+#: origin, so every block sees the slide at the same phase of the models' strides.
 BLOCK_ALIGN_PX = PIECE_ALIGN_PX
 
 
@@ -228,6 +228,14 @@ def block_need(block: Block, grid: TileGrid) -> np.ndarray:
     return need
 
 
+def block_centres(block: Block, grid: TileGrid, patch_px: int) -> np.ndarray:
+    """Bool ``(h, w)`` mask of the centres of the patches a member without a receptive
+    margin computes in the block (:func:`~napari_histo.inference.blocks.lattice_centres`,
+    anchored at the grid region's origin)."""
+    rx, ry = grid.region[:2]
+    return lattice_centres((block.h, block.w), (block.y - ry, block.x - rx), patch_px)
+
+
 def plan_blocks(
     grid: TileGrid, todo: np.ndarray, margin_px: int, max_px: int, align: int = BLOCK_ALIGN_PX
 ) -> tuple[Block, ...]:
@@ -312,9 +320,10 @@ class InferencePlan:
         """Model pixels each member will compute (mean over members, per transform)."""
         if self.blocks is None:
             return float(len(self.todo) * self.grid.tile_px**2)
+        patch = self.members[0].card.patch_px
         return sum(
-            computed_px(block_need(b, self.grid), self.member_margins,
-                        self.members[0].card.patch_px, self.margin_px, self.sub_tile_px)
+            computed_px(block_need(b, self.grid), block_centres(b, self.grid, patch),
+                        self.member_margins, patch, self.margin_px, self.sub_tile_px)
             for b in self.blocks
         )  # fmt: skip
 
