@@ -127,7 +127,7 @@ class RssCap:
     resident size seen after one block on a fresh heap (the first block, or the
     first after a trim). Trimming after every block instead cost about 10 % of
     a CPU run (the next block faults its pages in again); with this, a 32k²
-    mosaic slide trimmed 3-4 times in 36 blocks and peaked 0.9-1.0 GB above
+    mosaic slide trimmed 3-6 times in 64 blocks and peaked 0.9-1.1 GB above
     the loaded models, against 1.5 GB before (docs/benchmarks.md). Where the resident
     size cannot be read it trims after every unit; not glibc: nothing.
 

@@ -238,11 +238,42 @@ def test_pooled_patches_sit_on_one_lattice_whatever_the_block():
     assert [y for y, _ in odd] == [0, 76, 152] and odd[0][1] == [0, 76, 152]
 
 
+def test_batched_transforms_each_run_their_own_lattice():
+    # Small blocks batch the TTA transforms into one forward: each transform's
+    # patches must be those of its own (flipped) lattice, as when run alone.
+    from napari_histo.inference.blocks import member_forwards
+    from napari_histo.inference.ensemble import apply_dihedral
+    from napari_histo.models import build_model
+
+    torch.manual_seed(0)
+    model = build_model("deeplabv3plus", {"width": 4}).eval()
+    (forward,) = member_forwards([model], [None], 64, 64, None)
+    h, w = 320, 384
+    need = np.zeros((h, w), bool)
+    need[64:-64, 64:-64] = True
+    centres = lattice_centres((h, w), (32, 96), 64)  # lattice not symmetric in the block
+    x = torch.cat(
+        [torch.randn(1, 3, h, w), torch.from_numpy(np.stack([need, centres]))[None].float()], 1
+    )
+    items = [apply_dihedral(x, t) for t in (0, 2, 4)]  # even transforms: same shape
+    with torch.inference_mode():
+        batched = forward(torch.cat(items))
+        alone = torch.cat([forward(item) for item in items])
+    assert torch.allclose(batched, alone, atol=1e-5)
+    stack = np.stack([i[0, 3].numpy() > 0.5 for i in items])
+    lattices = np.stack([i[0, 4].numpy() > 0.5 for i in items])
+    assert block_steps(stack, lattices, [None], 64, 64, None) == sum(
+        len(patch_rows(n, c, 64)) for n, c in zip(stack, lattices, strict=True)
+    )
+
+
 def test_large_tiles_use_cells_of_half_the_patch(slide, cards, tmp_path):
     members = [load_model(c) for c in cards]
     large = plan_inference(slide, members, config=EngineConfig(tiling="large"), out_dir=tmp_path)
     patch = plan_inference(slide, members, config=EngineConfig(tiling="patch"), out_dir=tmp_path)
     assert large.grid.tile_px == large.geometry.cell_px == patch.geometry.cell_px == 64
+    # The pooled member's stride is part of the run: a run at another stride is not resumed.
+    assert large.run.settings["tiling"]["pooled_stride"] == 0.75
     assert large.computed_px < len(patch.todo) * 128**2
 
 

@@ -13,8 +13,8 @@ block's interior (the block minus its margin ``M`` on each side):
   on its training patch, blended, on a lattice of stride
   :data:`POOLED_STRIDE_FRACTION` × patch anchored at the region's origin: the
   same patches whatever the blocks, so no seam where blocks meet. The patch
-  engine runs it at half-patch stride; three-quarters computes 0.56x the
-  pixels, and the difference stays within what large tiles change anyway
+  engine runs it at half-patch stride; three-quarters runs 0.44x the patches,
+  and the difference stays within what large tiles change anyway
   (docs/benchmarks.md).
 
 Both are wrapped as callables that :func:`napari_histo.inference.ensemble.ensemble_predict`
@@ -60,7 +60,7 @@ PIECE_ALIGN_PX = 32
 PATCH_STRIDE_FRACTION = 0.5
 #: Inside blocks, members without a receptive margin run their patches at this
 #: fraction of the patch as stride (25 % overlap): on the bench slide the run took
-#: 14.8 s against 19.5 s at 0.5, Dice unchanged (docs/benchmarks.md).
+#: 15.1 s against 19.5 s at 0.5, Dice unchanged (docs/benchmarks.md).
 POOLED_STRIDE_FRACTION = 0.75
 _EPS = 1e-12
 
@@ -262,6 +262,10 @@ def _patch(model: Callable, patch: int, on_step: Callable, batch: int) -> Callab
     weight = torch.from_numpy(blend_weights(patch, 1 - POOLED_STRIDE_FRACTION))
 
     def forward(x: torch.Tensor) -> torch.Tensor:
+        if x.shape[0] > 1:
+            # Transforms batched together (small blocks, TTA): each has its own
+            # lattice in its flipped frame, so each runs its own patches.
+            return torch.cat([forward(x[i : i + 1]) for i in range(x.shape[0])])
         x, need, centres = x[:, :3], x[:, 3] > 0.5, x[:, 4] > 0.5
         b, _, h, w = x.shape
         wt = weight.to(x.device)
@@ -335,10 +339,19 @@ def block_steps(
     sub_tile_px: int | Sequence[int | None] | None,
 ) -> int:
     """Pieces and rows of patches one pass of every member makes over a block
-    (masks `need` and `centres`, :func:`lattice_centres`)."""
+    (masks `need` and `centres`, :func:`lattice_centres`).
+
+    With ``(k, h, w)`` stacks (transforms run as one batch) local members cut the
+    pieces of the union of the `need` masks once, and the others run the rows
+    of each transform's own lattice.
+    """
     cores = _per_member(sub_tile_px, len(margins))
     found = _pieces_by_core(need, margins, cores, block_margin)
-    rows = len(patch_rows(need, centres, patch_px)) if None in margins else 0
+    rows = 0
+    if None in margins:
+        needs = np.asarray(need, bool).reshape(-1, *np.shape(need)[-2:])
+        lattices = np.asarray(centres, bool).reshape(needs.shape)
+        rows = sum(len(patch_rows(n, c, patch_px)) for n, c in zip(needs, lattices, strict=True))
     return sum(rows if m is None else len(found[c]) for m, c in zip(margins, cores, strict=True))
 
 

@@ -224,7 +224,7 @@ def execute_inference(
     rss_cap = None
     if plan.blocks is not None:
         tune_malloc()  # a large tile's tensors reused from the heap, not faulted in each pass
-        rss_cap = RssCap()  # ... but not more and more of them, block after block
+        rss_cap = RssCap() if tune_malloc() else None  # ... but not block after block
     start, run_, grid, todo, total = plan.started, plan.run, plan.grid, plan.todo, plan.total
     device, members = plan.device, plan.members
     card = members[0].card
@@ -511,7 +511,8 @@ def _block_passes(need: np.ndarray, centres: np.ndarray, block: Any, plan: Infer
     """Pieces and patch rows the members make over `block` (masks `need` and
     `centres`): what its progress counts, with the transforms grouped as
     :func:`~napari_histo.inference.ensemble.ensemble_predict` runs them (a group
-    over the union of its flipped masks; a flipped lattice has as many rows)."""
+    over the union of its flipped masks for the local members, each transform's
+    own lattice for the others)."""
     mask, lattice = torch.from_numpy(need)[None, None], torch.from_numpy(centres)[None, None]
     groups = transform_groups(
         plan.tta, block.h == block.w, block.h * block.w <= BATCH_TRANSFORMS_MAX_PX
@@ -519,8 +520,8 @@ def _block_passes(need: np.ndarray, centres: np.ndarray, block: Any, plan: Infer
     card = plan.members[0].card
     return sum(
         block_steps(
-            torch.stack([apply_dihedral(mask, t)[0, 0] for t in group]).any(0).numpy(),
-            apply_dihedral(lattice, group[0])[0, 0].numpy(),
+            torch.stack([apply_dihedral(mask, t)[0, 0] for t in group]).numpy(),
+            torch.stack([apply_dihedral(lattice, t)[0, 0] for t in group]).numpy(),
             plan.member_margins, card.patch_px, plan.margin_px, plan.sub_tile_px,
         )
         for group in groups

@@ -24,6 +24,7 @@ from napari_histo.frames import check_region_l0
 from napari_histo.inference.blocks import (
     PATCH_STRIDE_FRACTION,
     PIECE_ALIGN_PX,
+    POOLED_STRIDE_FRACTION,
     computed_px,
     large_tile_default,
     lattice_centres,
@@ -418,6 +419,8 @@ def plan_inference(
             settings["stain"] = {**stain.spec(), "source": stain_source.to_dict()}
         if margins is not None:  # likewise
             settings["tiling"] = {"kind": "large", "margins": list(margins)}
+            if None in margins:  # a run at the earlier half-patch stride does not resume
+                settings["tiling"]["pooled_stride"] = POOLED_STRIDE_FRACTION
         store = ResultStore(
             default_store_path(slide.path, out_dir),
             slide_identity(slide.path, slide.dimensions, slide_mpp),
