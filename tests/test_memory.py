@@ -108,18 +108,27 @@ def test_malloc_env_default_keeps_glibc_settings():
     assert result["after"] > 16 * ACTIVATION_PAGES  # still faulted in each pass
 
 
-TRIM_PROBE = """
+#: Probe lines leaving ~180 MB freed between live arrays in the heap (`arrays` kept).
+FRAGMENT_HEAP = """
+arrays = [np.ones(12_000) for _ in range(3000)]  # 96 KB each: from the heap
+del arrays[1::3], arrays[1::2]  # two of every three freed, between kept ones
+"""
+
+TRIM_PROBE = (
+    """
 import json, psutil
 import numpy as np
 from napari_histo._malloc import release_free_memory
 
 proc = psutil.Process()
-arrays = [np.ones(12_000) for _ in range(3000)]  # 96 KB each: from the heap
-del arrays[1::3], arrays[1::2]  # two of every three freed, between kept ones
+"""
+    + FRAGMENT_HEAP
+    + """
 before = proc.memory_info().rss
 release_free_memory()
 print(json.dumps({"drop_mb": (before - proc.memory_info().rss) / 2**20}))
 """
+)
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc malloc")
@@ -128,7 +137,8 @@ def test_release_free_memory_hands_freed_heap_pages_back():
     assert result["drop_mb"] > 100  # of the ~180 MB freed between live arrays
 
 
-CAP_PROBE = """
+CAP_PROBE = (
+    """
 import json, psutil
 import numpy as np
 from napari_histo._malloc import RssCap
@@ -136,14 +146,16 @@ from napari_histo._malloc import RssCap
 proc = psutil.Process()
 cap = RssCap(slack_bytes=64 << 20)
 cap.after_unit()  # the first unit: sets the level, never trims
-arrays = [np.ones(12_000) for _ in range(3000)]  # 96 KB each: from the heap
-del arrays[1::3], arrays[1::2]  # two of every three freed, between kept ones
+"""
+    + FRAGMENT_HEAP
+    + """
 before = proc.memory_info().rss
 cap.after_unit()  # ~280 MB above the level: hands the free pages back
 after = proc.memory_info().rss
 cap.after_unit()  # fresh again: sets the level, no trim
 print(json.dumps({"drop_mb": (before - after) / 2**20, "trims": cap.trims}))
 """
+)
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc malloc")

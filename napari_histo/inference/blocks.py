@@ -213,11 +213,12 @@ def patch_rows(need: Any, centres: Any, patch: int) -> list[tuple[int, list[int]
     """Where a non-local member runs in a block: per row of patches its top and the
     left edges of the patches that meet `need`, the patches being those whose
     centres `centres` marks (:func:`lattice_centres`; masks numpy or torch, possibly
-    flipped or rotated with the block)."""
+    flipped or rotated with the block). One lattice: the lattices of several
+    transforms are not merged (each runs its own, :func:`block_steps`)."""
     h, w = need.shape[-2:]
     if isinstance(centres, torch.Tensor):
         centres = centres.detach().cpu().numpy()
-    centres = np.asarray(centres, bool).reshape(-1, h, w).any(axis=0)
+    centres = np.asarray(centres, bool).reshape(h, w)
     ys = _starts_from_centres(np.flatnonzero(centres.any(axis=1)), patch)
     xs = _starts_from_centres(np.flatnonzero(centres.any(axis=0)), patch)
     rows = []

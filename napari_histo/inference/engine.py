@@ -222,9 +222,10 @@ def execute_inference(
     """
     cancel = cancel or threading.Event()
     rss_cap = None
-    if plan.blocks is not None:
-        tune_malloc()  # a large tile's tensors reused from the heap, not faulted in each pass
-        rss_cap = RssCap() if tune_malloc() else None  # ... but not block after block
+    # A large tile's tensors reused from the heap, not faulted in each pass, but
+    # not more and more of them, block after block.
+    if plan.blocks is not None and tune_malloc():
+        rss_cap = RssCap()
     start, run_, grid, todo, total = plan.started, plan.run, plan.grid, plan.todo, plan.total
     device, members = plan.device, plan.members
     card = members[0].card
