@@ -425,3 +425,40 @@ def test_large_tiles_cancel_and_resume(slide, cards, tmp_path):
                            sub_tile_px=64)  # fmt: skip
     got = np.asarray(resumed.run.array("probability")[...])
     assert np.abs(got - clean).max() <= 1e-5
+
+
+class Recorder(torch.nn.Module):
+    """A real member that notes the shape of every input it is given."""
+
+    def __init__(self, model: torch.nn.Module, seen: list) -> None:
+        super().__init__()
+        self.model, self.seen = model, seen
+
+    def forward(self, x):
+        self.seen.append((self, tuple(x.shape)))
+        return self.model(x)
+
+
+@pytest.mark.parametrize("tta", [1, 4])
+def test_bench_times_the_forwards_the_engine_makes(slide, cards, tmp_path, tta):
+    # bench infer's efficiency divides by the bare forwards of these shapes: they
+    # must be the engine's own, transforms (batched, each with its own lattice) included.
+    import dataclasses
+    from collections import Counter
+
+    from napari_histo.bench.infer import _block_forward_shapes
+
+    seen: list = []
+    members = []
+    for card in cards:
+        loaded = load_model(card)
+        members.append(dataclasses.replace(loaded, model=Recorder(loaded.model, seen)))
+    config = EngineConfig(tiling="large", large_tile_px=512, sub_tile_px=64, tta=tta)
+    plan = plan_inference(slide, members, config=config, out_dir=tmp_path)
+    expected = Counter(_block_forward_shapes(plan))
+    assert len(plan.blocks) > 1 and len(expected) > 2
+    from napari_histo.inference.engine import execute_inference
+
+    result = run(execute_inference(plan))
+    assert result.run.complete
+    assert Counter(seen) == expected

@@ -298,35 +298,15 @@ def _large_tiles(path, members, config, patch_prob, downsample) -> dict[str, Any
 def _bare_block_forwards(plan) -> float:
     """Seconds of the members' bare forwards on the inputs the large-tile plan computes.
 
-    The same pieces (local members) and rows of patches (the others), on random
-    tensors already normalised: the limit the large-tile engine is measured
-    against (``large_efficiency``), as the patch engine's is the model-only run.
+    The same pieces (local members) and rows of patches (the others),
+    :func:`_block_forward_shapes`, on random tensors already normalised: the
+    limit the large-tile engine is measured against (``large_efficiency``), as
+    the patch engine's is the model-only run.
     """
-    from napari_histo.inference.blocks import local_pieces, patch_rows
-    from napari_histo.inference.engine import default_batch_size
-    from napari_histo.inference.plan import block_centres, block_need
-
-    patch = plan.members[0].card.patch_px
-    batch = plan.config.batch_size or default_batch_size(plan.device)
-    shapes: list[tuple[Any, tuple[int, int, int, int]]] = []
-    for block in plan.blocks:
-        need = block_need(block, plan.grid)
-        rows = patch_rows(need, block_centres(block, plan.grid, patch), patch)
-        for member, margin, core in zip(
-            plan.members, plan.member_margins, plan.sub_tile_px, strict=True
-        ):
-            if margin is None:
-                for _, row in rows:
-                    shapes += [(member.model, (len(row[k : k + batch]), 3, patch, patch))
-                               for k in range(0, len(row), batch)]  # fmt: skip
-            else:
-                found = local_pieces(need, plan.margin_px, core)
-                shapes += [(member.model, (1, 3, h + 2 * margin, w + 2 * margin))
-                           for _, _, h, w in found]  # fmt: skip
     cuda = plan.device.type == "cuda"
     total = 0.0
     with torch.inference_mode(), torch.autocast("cuda", torch.float16, enabled=cuda):
-        for model, shape in shapes:
+        for model, shape in _block_forward_shapes(plan):
             x = torch.randn(shape, device=plan.device)  # made outside the timing
             if cuda:
                 torch.cuda.synchronize(plan.device)
@@ -335,4 +315,43 @@ def _bare_block_forwards(plan) -> float:
             if cuda:
                 torch.cuda.synchronize(plan.device)
             total += time.perf_counter() - start
-    return total * len(plan.tta)  # every transform is one more pass of the same work
+    return total
+
+
+def _block_forward_shapes(plan) -> list[tuple[Any, tuple[int, int, int, int]]]:
+    """``(model, input shape)`` of every member forward a large-tile plan makes.
+
+    Transforms are grouped as the engine runs them: a group's flipped masks
+    give the local members' pieces (one batch item per transform), and each
+    transform's own lattice gives the other members' patches.
+    """
+    from napari_histo.inference.blocks import local_pieces, patch_rows
+    from napari_histo.inference.engine import BATCH_TRANSFORMS_MAX_PX, default_batch_size
+    from napari_histo.inference.ensemble import apply_dihedral, transform_groups
+    from napari_histo.inference.plan import block_centres, block_need
+
+    patch = plan.members[0].card.patch_px
+    batch = plan.config.batch_size or default_batch_size(plan.device)
+    shapes: list[tuple[Any, tuple[int, int, int, int]]] = []
+    for block in plan.blocks:
+        need = torch.from_numpy(block_need(block, plan.grid))
+        centres = torch.from_numpy(block_centres(block, plan.grid, patch))
+        groups = transform_groups(
+            plan.tta, block.h == block.w, block.h * block.w <= BATCH_TRANSFORMS_MAX_PX
+        )
+        for group in groups:
+            needs = torch.stack([apply_dihedral(need, t) for t in group]).numpy()
+            lattices = [apply_dihedral(centres, t).numpy() for t in group]
+            for member, margin, core in zip(
+                plan.members, plan.member_margins, plan.sub_tile_px, strict=True
+            ):
+                if margin is None:
+                    for one_need, lattice in zip(needs, lattices, strict=True):
+                        for _, row in patch_rows(one_need, lattice, patch):
+                            shapes += [(member.model, (len(row[k : k + batch]), 3, patch, patch))
+                                       for k in range(0, len(row), batch)]  # fmt: skip
+                else:
+                    found = local_pieces(needs, plan.margin_px, core)
+                    shapes += [(member.model, (len(group), 3, h + 2 * margin, w + 2 * margin))
+                               for _, _, h, w in found]  # fmt: skip
+    return shapes
