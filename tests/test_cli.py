@@ -51,6 +51,7 @@ def test_info_json_lists_synthetic_levels(wide_tiff, capsys):
         (["frobnicate"], "invalid choice"),
         (["train", "--nuclei"], "--nuclei trains the nuclei model from generated or real"),
         (["bench", "read", "--device", "cuda"], "bench read has no --device option"),
+        (["bench", "feed", "--float32"], "bench feed has no --float32 option"),
         (["bench", "infer", "--quick", "--device", "tpu"], "`device` must be auto, cpu"),
     ],
 )
@@ -112,6 +113,20 @@ def test_infer_runs_then_resumes_nothing(infer_slide_path, tmp_path):
     assert "done:" in first.stdout and (tmp_path / "c.svs.histo.zarr").is_dir()
     again = run_cli(*args, "--members", "deeplabv3plus", timeout=300)
     assert again.returncode == 0 and "done: 0 of" in again.stdout
+    # The run records the precision it computed in: mixed by default, --float32 on
+    # request, each its own run (one that is not float32 keeps it in its settings).
+    from napari_histo.inference.plan import precision_name, select_device
+    from napari_histo.io.store import latest_complete_run
+
+    mixed = precision_name(select_device("auto"))
+    stored = latest_complete_run(infer_slide_path, out_dir=tmp_path)
+    assert stored.group.attrs["precision"] == mixed and f"({mixed})" in first.stdout
+    exact = run_cli(*args, "--members", "deeplabv3plus", "--float32", timeout=300)
+    assert exact.returncode == 0, exact.stderr
+    assert "(float32)" in exact.stdout
+    assert ("done: 0 of" in exact.stdout) == (mixed == "float32")
+    stored = latest_complete_run(infer_slide_path, out_dir=tmp_path)
+    assert stored.group.attrs["precision"] == "float32"
 
 
 @pytest.mark.parametrize(

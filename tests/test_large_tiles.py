@@ -309,14 +309,16 @@ def test_results_do_not_depend_on_the_cut_and_match_patches(slide, cards, tmp_pa
 def test_windowed_deeplab_has_no_seams_in_large_tiles(slide, windowed_deeplab, tmp_path):
     # Its measured margin (208 px) makes pieces exact: small blocks and pieces give
     # the values of one block, so no seam can show where they meet.
+    # float32: the exactness of the pieces (bfloat16 rounds inputs of other sizes
+    # differently, up to about 0.03 here: test_mixed_precision_agrees_with_float32).
     shipped = [windowed_deeplab]
     cut, res = probability(slide, shipped, tmp_path / "a", tiling="large", large_tile_px=1024,
-                           sub_tile_px=256)  # fmt: skip
+                           sub_tile_px=256, amp=False)  # fmt: skip
     plan = plan_inference(slide, [load_model(shipped[0])], config=EngineConfig(
         tiling="large", large_tile_px=1024, sub_tile_px=256), out_dir=tmp_path)  # fmt: skip
     assert len(plan.blocks) > 1 and plan.member_margins == (208,)
     whole, _ = probability(slide, shipped, tmp_path / "b", tiling="large", large_tile_px=4096,
-                           sub_tile_px=4096)  # fmt: skip
+                           sub_tile_px=4096, amp=False)  # fmt: skip
     tissue = cut > 0
     assert res.run.complete and tissue.any()
     assert np.abs(cut - whole)[tissue].max() <= 0.02
@@ -462,3 +464,78 @@ def test_bench_times_the_forwards_the_engine_makes(slide, cards, tmp_path, tta):
     result = run(execute_inference(plan))
     assert result.run.complete
     assert Counter(seen) == expected
+
+
+def test_mixed_precision_agrees_with_float32(slide, cards, tmp_path):
+    # amp (the default) is bfloat16 on a CPU that has it in hardware: about 2x faster
+    # forwards, probabilities within a few hundredths of float32, recorded in the run.
+    from napari_histo.inference.plan import autocast_dtype, cpu_has_native_bfloat16
+
+    cpu = torch.device("cpu")
+    assert autocast_dtype(cpu, amp=False) is None
+    assert autocast_dtype(torch.device("cuda"), amp=True) == torch.float16
+    native = cpu_has_native_bfloat16()
+    assert autocast_dtype(cpu, amp=True) == (torch.bfloat16 if native else None)
+    for tiling in ("large", "patch"):
+        out = tmp_path / tiling
+        mixed, res = probability(slide, cards, out, tiling=tiling, device="cpu")
+        exact, ref = probability(slide, cards, out, tiling=tiling, device="cpu", amp=False)
+        # One store, one run per precision: float32 does not resume the bfloat16 run.
+        assert (ref.run.run_id != res.run.run_id) == native
+        assert ref.tiles_run == (ref.tiles_total if native else 0)
+        assert ref.run.group.attrs["precision"] == ref.precision == "float32"
+        assert res.run.group.attrs["precision"] == res.precision
+        assert res.precision == ("bfloat16" if native else "float32")
+        tissue = exact > 0
+        diff = np.abs(mixed - exact)[tissue]
+        assert diff.max() <= 0.05 and diff.mean() <= 2e-3
+        assert (diff.max() > 0) == native  # bfloat16 did run where the CPU has it
+
+
+class AutocastProbe(torch.nn.Module):
+    """A real member that notes whether CPU autocast is on, and to what, when it runs."""
+
+    def __init__(self, model: torch.nn.Module, seen: list) -> None:
+        super().__init__()
+        self.model, self.seen = model, seen
+
+    def forward(self, x):
+        on = torch.is_autocast_enabled("cpu")
+        self.seen.append((on, torch.get_autocast_dtype("cpu"), threading.current_thread().name))
+        return self.model(x)
+
+
+def test_bfloat16_reaches_the_forwards_on_whichever_thread_runs_them(
+    slide, cards, tmp_path, monkeypatch
+):
+    # Autocast is per thread: large tiles run their forwards on the model thread.
+    # Forced on (emulated where the CPU lacks it) so every machine checks the path.
+    import dataclasses
+
+    from napari_histo.inference import plan as plan_module
+
+    monkeypatch.setattr(plan_module, "cpu_has_native_bfloat16", lambda: True)
+    seen: list = []
+    members = []
+    for card in cards:
+        loaded = load_model(card)
+        members.append(dataclasses.replace(loaded, model=AutocastProbe(loaded.model, seen)))
+    region = (0, 0, 2048, 2048)
+    for tiling in ("large", "patch"):
+        seen.clear()
+        config = EngineConfig(tiling=tiling, device="cpu", large_tile_px=512, sub_tile_px=64)
+        result = run(infer_slide(slide, members, region=region, config=config,
+                                 out_dir=tmp_path))  # fmt: skip
+        assert result.precision == result.run.group.attrs["precision"] == "bfloat16"
+        assert result.run.settings["precision"] == "bfloat16"
+        assert seen and all(on and dtype == torch.bfloat16 for on, dtype, _ in seen)
+        threads = {name for *_, name in seen}
+        assert all(n.startswith("histo-model") for n in threads) == (tiling == "large")
+    # float32 switches off an autocast the caller's thread has on.
+    seen.clear()
+    config = EngineConfig(tiling="patch", device="cpu", amp=False)
+    with torch.autocast("cpu", torch.bfloat16):
+        result = run(infer_slide(slide, members, region=region, config=config,
+                                 out_dir=tmp_path))  # fmt: skip
+    assert result.precision == "float32" and "precision" not in result.run.settings
+    assert seen and not any(on for on, *_ in seen)

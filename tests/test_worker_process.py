@@ -67,7 +67,7 @@ def test_worker_job_equals_the_in_process_job(slide, tmp_path, worker):
 
 
 def test_a_killed_worker_is_one_error_and_the_next_run_resumes(slide, tmp_path, worker):
-    settings = LiveSettings(members=("deeplabv3plus",), tta=8)  # slower: time to kill
+    settings = LiveSettings(members=("deeplabv3plus", "resunet"), tta=8)  # slow: time to kill
     clean = LiveController(slide, settings, out_dir=out(tmp_path, "clean"))
     drain(clean.job())
     controller = LiveController(slide, settings, out_dir=out(tmp_path, "killed"))

@@ -54,12 +54,17 @@ class BenchOptions:
         A slide file to measure instead of the cached synthetic one.
     device : str
         Torch device for the benchmarks that run models ("auto": cuda > mps > cpu).
+    formats : bool
+        (read) The same content in every format, and the CMU slide.
+    float32 : bool
+        (infer) float32 forwards instead of the device's mixed precision.
     """
 
     quick: bool = False
     slide: str | None = None
     device: str = "auto"
     formats: bool = False
+    float32: bool = False
 
     def cpu_only(self, which: str) -> None:
         """Refuse a `device` for benchmark `which`, which runs no model on a device."""
@@ -90,7 +95,7 @@ def _open(o: BenchOptions) -> dict[str, Any]:
 def _infer(o: BenchOptions) -> dict[str, Any]:
     from napari_histo.bench.infer import bench_infer
 
-    return bench_infer(quick=o.quick, slide=o.slide, device=o.device)
+    return bench_infer(quick=o.quick, slide=o.slide, device=o.device, amp=not o.float32)
 
 
 def _feed(o: BenchOptions) -> dict[str, Any]:
@@ -179,11 +184,16 @@ def run(
     slide: str | None = None,
     device: str = "auto",
     formats: bool = False,
+    float32: bool = False,
 ) -> dict[str, Any]:
     """Run benchmark `which` (a key of :data:`BENCHMARKS`) and return its result dict."""
     if which not in BENCHMARKS:
         raise ValueError(f"`which` must be one of {sorted(BENCHMARKS)}, got {which!r}")
     if formats and which != "read":
         raise ValueError(f"bench {which} has no --formats option (only bench read)")
-    options = BenchOptions(quick=quick, slide=slide, device=device, formats=formats)
+    if float32 and which != "infer":
+        raise ValueError(f"bench {which} has no --float32 option (only bench infer)")
+    options = BenchOptions(
+        quick=quick, slide=slide, device=device, formats=formats, float32=float32
+    )
     return BENCHMARKS[which](options)

@@ -46,6 +46,7 @@ import torch
 from napari_histo._malloc import tune_malloc
 from napari_histo.inference.engine import (
     EngineConfig,
+    autocast,
     default_batch_size,
     default_read_threads,
     infer_slide,
@@ -62,7 +63,7 @@ RSS_PROBE = """
 import json, sys, tempfile, threading, psutil
 from napari_histo.inference.engine import EngineConfig, infer_slide, run
 from napari_histo.models import load_model
-members = [load_model(c) for c in sys.argv[2:]]
+members = [load_model(c) for c in sys.argv[3:]]
 proc = psutil.Process()
 base = proc.memory_info().rss
 peak = [base]
@@ -73,7 +74,8 @@ def sample():
 sampler = threading.Thread(target=sample, daemon=True)
 sampler.start()
 with tempfile.TemporaryDirectory() as out:
-    config = EngineConfig(tiling="auto")  # what `napari-histo infer` runs
+    # what `napari-histo infer` runs (sys.argv[2]: "amp" or "float32")
+    config = EngineConfig(tiling="auto", amp=sys.argv[2] == "amp")
     result = run(infer_slide(sys.argv[1], members, config=config, out_dir=out))
 stop.set()
 sampler.join()
@@ -87,11 +89,12 @@ def _model_only(
     batch: int,
     tta: tuple[int, ...],
     device: torch.device,
+    amp: bool,
 ) -> float:
     """Seconds for the ensemble forward on `tiles` random tiles, `batch` at a time.
 
-    On CUDA the input already sits on the GPU and the forward runs under the
-    same float16 autocast as the engine: the limit the engine is measured against.
+    The input already sits on the device and the forward runs under the
+    engine's autocast (`amp`): the limit the engine is measured against.
     """
     patch = members[0].card.patch_px
     x = torch.randn(batch, 3, patch, patch, device=device)
@@ -99,7 +102,7 @@ def _model_only(
     cuda = device.type == "cuda"
 
     def forward(n: int) -> None:
-        with torch.autocast(device_type="cuda", dtype=torch.float16, enabled=cuda):
+        with autocast(device, amp):
             out = ensemble_predict(models, x[:n], tta)
         out.probability.float().cpu()  # the engine copies results back too
 
@@ -115,9 +118,10 @@ def _model_only(
 
 
 def _naive(
-    path: Path, members: list[LoadedModel], tta: tuple[int, ...], device: torch.device
+    path: Path, members: list[LoadedModel], tta: tuple[int, ...], device: torch.device, amp: bool
 ) -> tuple[float, int]:
-    """Sliding window over the whole slide, batch 1, synchronous reads."""
+    """Sliding window over the whole slide, batch 1, synchronous reads, the engine's
+    precision (`amp`)."""
     card = members[0].card
     start = time.perf_counter()
     with Slide(path) as slide:
@@ -141,7 +145,7 @@ def _naive(
                 tile_px=card.patch_px,
                 tta=tta,
                 device=device,
-                amp=device.type == "cuda",
+                amp=amp,
                 class_index=1,
             )
             stitcher.add(index, out[0])
@@ -153,12 +157,13 @@ def _naive(
 RSS_RUNS = 3
 
 
-def _rss(path: Path, cards: list[Path]) -> list[float]:
+def _rss(path: Path, cards: list[Path], amp: bool = True) -> list[float]:
     """Peak RSS growth (MB) of :data:`RSS_RUNS` runs, each in a fresh process."""
     peaks = []
+    precision = "amp" if amp else "float32"
     for _ in range(RSS_RUNS):
         proc = subprocess.run(
-            [sys.executable, "-c", RSS_PROBE, str(path), *map(str, cards)],
+            [sys.executable, "-c", RSS_PROBE, str(path), precision, *map(str, cards)],
             capture_output=True,
             text=True,
             timeout=900,
@@ -175,12 +180,15 @@ def bench_infer(
     tta: int = 1,
     device: str = "auto",
     batch_size: int | None = None,
+    amp: bool = True,
 ) -> dict[str, Any]:
     """Run the inference benchmark; see the module docstring.
 
-    `device` ("auto": cuda > mps > cpu) and `batch_size` (None: the engine's
-    default for the device) apply to the engine, the model-only limit and the
-    naive loop alike (the naive loop always uses batch 1).
+    `device` ("auto": cuda > mps > cpu), `batch_size` (None: the engine's
+    default for the device) and `amp` (the engine's mixed precision,
+    :func:`~napari_histo.inference.engine.autocast_dtype`; False: float32)
+    apply to the engine, the model-only limit and the naive loop alike (the
+    naive loop always uses batch 1).
     """
     from napari_histo.bench import bench_mosaic_slide, bench_slide
 
@@ -196,20 +204,20 @@ def bench_infer(
     # Seed 2: about 30 % of the slide is tissue.
     path = Path(slide) if slide else bench_slide(16384 if quick else 32768, seed=2)
     batch = batch_size or default_batch_size(torch_device)
-    config = EngineConfig(tta=tta, device=device, batch_size=batch)
+    config = EngineConfig(tta=tta, device=device, batch_size=batch, amp=amp)
     # warm-up: kernels for these shapes
-    _model_only(members, 2 * batch, batch, transforms, torch_device)
+    _model_only(members, 2 * batch, batch, transforms, torch_device, amp)
     with tempfile.TemporaryDirectory() as out:
         result = run(infer_slide(path, members, config=config, out_dir=out))
         patch_prob = np.asarray(result.run.array("probability")[...])
         tiles_large = _large_tiles(path, members, config, patch_prob, result.geometry.downsample)
     engine_s = result.seconds
     tiles = result.tiles_run
-    model_s = _model_only(members, tiles, batch, transforms, torch_device)
-    naive_s, naive_tiles = _naive(path, members, transforms, torch_device)
+    model_s = _model_only(members, tiles, batch, transforms, torch_device, amp)
+    naive_s, naive_tiles = _naive(path, members, transforms, torch_device, amp)
     small = bench_mosaic_slide(8192)
     large = bench_mosaic_slide(16384 if quick else 32768)
-    runs_small, runs_large = _rss(small, cards), _rss(large, cards)
+    runs_small, runs_large = _rss(small, cards, amp), _rss(large, cards, amp)
     rss_small, rss_large = float(np.median(runs_small)), float(np.median(runs_large))
     # The headline figures are those of `napari-histo infer`'s default tiling
     # ("auto": large tiles when a member has a receptive margin), with the patch
@@ -229,6 +237,7 @@ def bench_infer(
             torch.cuda.get_device_name(torch_device) if torch_device.type == "cuda" else "cpu"
         ),
         "batch_size": batch,
+        "precision": result.precision,
         "read_threads": default_read_threads(torch_device),
         "tiles": tiles,
         "naive_tiles": naive_tiles,
@@ -305,7 +314,7 @@ def _bare_block_forwards(plan) -> float:
     """
     cuda = plan.device.type == "cuda"
     total = 0.0
-    with torch.inference_mode(), torch.autocast("cuda", torch.float16, enabled=cuda):
+    with torch.inference_mode(), autocast(plan.device, plan.config.amp):
         for model, shape in _block_forward_shapes(plan):
             x = torch.randn(shape, device=plan.device)  # made outside the timing
             if cuda:

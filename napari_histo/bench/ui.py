@@ -105,21 +105,24 @@ def _model_only(cards: list[str], tiles: int, threads: int | None) -> float:
 def _model_only_here(cards: list[str], tiles: int, threads: int | None) -> float:
     import torch
 
-    from napari_histo.inference.engine import default_batch_size
+    from napari_histo.inference.engine import autocast, default_batch_size
     from napari_histo.inference.ensemble import ensemble_predict
+    from napari_histo.live.settings import LiveSettings
     from napari_histo.models import load_model
 
     if threads is not None:
         torch.set_num_threads(threads)
     members = [load_model(card) for card in cards]
-    batch = default_batch_size(torch.device("cpu"))
+    cpu = torch.device("cpu")
+    batch = default_batch_size(cpu)
     models = [m.model for m in members]
     x = torch.randn(batch, 3, members[0].card.patch_px, members[0].card.patch_px)
-    ensemble_predict(models, x[:1], (0,))  # warm-up
-    t0 = time.perf_counter()
-    for done in range(0, max(tiles, 1), batch):
-        ensemble_predict(models, x[: max(1, min(batch, tiles - done))], (0,))
-    return time.perf_counter() - t0
+    with autocast(cpu, LiveSettings().engine_config().amp):  # the jobs' precision
+        ensemble_predict(models, x[:1], (0,))  # warm-up
+        t0 = time.perf_counter()
+        for done in range(0, max(tiles, 1), batch):
+            ensemble_predict(models, x[: max(1, min(batch, tiles - done))], (0,))
+        return time.perf_counter() - t0
 
 
 def bench_ui(*, quick: bool = False) -> dict[str, Any]:

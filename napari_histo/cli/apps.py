@@ -33,7 +33,12 @@ def cmd_bench(args: argparse.Namespace, argv: Sequence[str]) -> int:
     from napari_histo import bench
 
     result = bench.run(
-        args.which, quick=args.quick, slide=args.slide, device=args.device, formats=args.formats
+        args.which,
+        quick=args.quick,
+        slide=args.slide,
+        device=args.device,
+        formats=args.formats,
+        float32=args.float32,
     )
     if args.json:
         print(json.dumps(result))

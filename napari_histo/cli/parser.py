@@ -14,6 +14,10 @@ from napari_histo.cli._common import (
     _probability,
 )
 
+FLOAT32_HELP = (
+    "compute in float32 (default: mixed precision, bfloat16 on a CPU that has it in hardware "
+    "and float16 on CUDA: 1.5x faster on such a CPU, probabilities within 0.04)"
+)
 MPP_HELP = (
     "µm per level-0 px (0.05-50) for this run, over the saved choice and the file's value "
     "(save one with `info SLIDE --set-mpp`)"
@@ -82,6 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
         "default 1536 on a CPU, 4096 on a GPU)",
     )  # fmt: skip
     p.add_argument("--device", default="auto", help="auto, cpu, cuda[:N] or mps")
+    p.add_argument("--float32", action="store_true", help=FLOAT32_HELP)
     p.add_argument("--batch", type=_positive_int, default=None, help="tiles per batch (auto)")
     p.add_argument(
         "--threads",
@@ -227,6 +232,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="small sizes, < 60 s")
     p.add_argument("--slide", default=None, help="(read, infer) use this slide")
     p.add_argument("--device", default="auto", help="(infer) auto, cpu, cuda[:N] or mps")
+    p.add_argument(
+        "--float32", action="store_true",
+        help="(infer) float32 forwards instead of the device's mixed precision",
+    )  # fmt: skip
     p.add_argument(
         "--formats", action="store_true",
         help="(read) the same content as SVS, generic TIFF (JPEG, ZSTD), DICOM; and the CMU slide",

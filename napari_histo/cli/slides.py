@@ -184,6 +184,7 @@ def cmd_infer(args: argparse.Namespace) -> int:
         read_threads=args.threads,
         tiling=args.tiling,
         large_tile_px=args.large_tile,
+        amp=not args.float32,
     )
     members = [load_model(card) for card in resolve_members(args.members, args.models_dir)]
     cancel = threading.Event()
@@ -215,7 +216,8 @@ def cmd_infer(args: argparse.Namespace) -> int:
     store = result.run.store.path if result.run else None
     print(
         f"{'cancelled' if result.cancelled else 'done'}: {result.tiles_run} of "
-        f"{result.tiles_total} tiles computed in {result.seconds:.1f} s on {result.device}; "
+        f"{result.tiles_total} tiles computed in {result.seconds:.1f} s on {result.device} "
+        f"({result.precision}); "
         f"results in {store} (run {result.run.run_id if result.run else '-'})"
     )
     return 0

@@ -157,7 +157,10 @@ def evaluate_slide(
             f"{annotations_path}: the annotations lie outside the slide ({width} x {height} px)"
         )
     members = _load_members(members)
-    config = EngineConfig(tta=tta, stain="none" if stain is None else stain, device=device)
+    # float32, as evaluate on tiles: scores do not depend on the CPU they ran on
+    config = EngineConfig(
+        tta=tta, stain="none" if stain is None else stain, device=device, amp=False
+    )
     resolve_stain(config.stain, [m.card for m in members])
     with tempfile.TemporaryDirectory(prefix="napari-histo-evaluate-") as tmp:
         generator = infer_slide(

@@ -41,9 +41,13 @@ from napari_histo.inference.ensemble import apply_dihedral, ensemble_predict, tr
 from napari_histo.inference.plan import (
     EngineConfig,
     InferencePlan,
+    autocast,
+    autocast_dtype,
     block_centres,
     block_need,
+    cpu_has_native_bfloat16,
     plan_inference,
+    precision_name,
     select_device,
 )
 from napari_histo.inference.result import InferenceResult, Progress
@@ -58,10 +62,14 @@ __all__ = [
     "InferencePlan",
     "InferenceResult",
     "Progress",
+    "autocast",
+    "autocast_dtype",
+    "cpu_has_native_bfloat16",
     "default_batch_size",
     "execute_inference",
     "infer_slide",
     "plan_inference",
+    "precision_name",
     "predict_batch",
     "run",
     "select_device",
@@ -189,9 +197,7 @@ def predict_batch(
     if masks is not None:
         x[:, 3:] = torch.from_numpy(np.ascontiguousarray(masks)).to(device)
     models = list(forwards) if forwards is not None else [m.model for m in members]
-    with torch.autocast(
-        device_type="cuda", dtype=torch.float16, enabled=amp and device.type == "cuda"
-    ):
+    with autocast(device, amp):
         # Large tiles: one transform at a time (TTA stacked in a batch would
         # multiply the activation memory).
         out = ensemble_predict(
@@ -230,15 +236,17 @@ def execute_inference(
     device, members = plan.device, plan.members
     card = members[0].card
 
+    precision = precision_name(device, plan.config.amp)
+
     def result(tiles_run: int, cancelled: bool) -> InferenceResult:
         seconds = time.monotonic() - start
         return InferenceResult(
-            run_, total, tiles_run, seconds, cancelled, str(device), plan.geometry
+            run_, total, tiles_run, seconds, cancelled, str(device), plan.geometry, precision
         )
 
     if len(todo) == 0:
         if not run_.complete and run_.done.all():
-            run_.finish(_provenance(grid, total, 0, device, start))
+            run_.finish(_provenance(grid, total, 0, device, precision, start))
         return result(0, False)
     for member in members:
         member.model.to(device).eval()
@@ -438,7 +446,7 @@ def execute_inference(
     if not cancelled and plan.partial:
         run_.flush()  # part of the slide: resumable, finished by a later run
     if not cancelled and run_.done.all():
-        run_.finish(_provenance(grid, total, tiles_run, device, start))
+        run_.finish(_provenance(grid, total, tiles_run, device, precision, start))
     return result(tiles_run, cancelled)
 
 
@@ -530,12 +538,13 @@ def _block_passes(need: np.ndarray, centres: np.ndarray, block: Any, plan: Infer
 
 
 def _provenance(
-    grid: TileGrid, total: int, tiles_run: int, device: torch.device, start: float
+    grid: TileGrid, total: int, tiles_run: int, device: torch.device, precision: str, start: float
 ) -> dict[str, Any]:
     return {
         "tiles_total": total,
         "tiles_run_last": tiles_run,
         "device": str(device),
+        "precision": precision,  # part of the run's settings too, unless float32
         "seconds_last": round(time.monotonic() - start, 3),
         "package_version": __version__,
         "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),

@@ -8,6 +8,8 @@ carries out (in this process, the viewer's worker or on a cluster).
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import math
 import time
 import warnings
@@ -48,8 +50,12 @@ __all__ = [
     "Block",
     "EngineConfig",
     "InferencePlan",
+    "autocast",
+    "autocast_dtype",
+    "cpu_has_native_bfloat16",
     "plan_blocks",
     "plan_inference",
+    "precision_name",
     "select_device",
 ]
 
@@ -78,7 +84,9 @@ class EngineConfig:
     device : str
         "auto" (cuda > mps > cpu), "cpu", "cuda", "cuda:N" or "mps".
     amp : bool
-        Autocast to float16 on CUDA.
+        Mixed precision (:func:`autocast_dtype`): float16 on CUDA, bfloat16 on
+        a CPU with bfloat16 in hardware; False computes in float32. Part of
+        the run's settings when not float32 (a run never mixes precisions).
     prefetch_batches : int
         Batches read ahead of the model.
     stain : {"card", "none", "macenko", "reinhard"}
@@ -169,6 +177,69 @@ def select_device(name: str = "auto") -> torch.device:
     if device.type == "mps" and not torch.backends.mps.is_available():
         raise HistoError(f"device {name!r} requested but MPS is not available here")
     return device
+
+
+@functools.cache
+def cpu_has_native_bfloat16() -> bool:
+    """Whether this CPU does bfloat16 arithmetic in hardware (AVX512-BF16 or AMX).
+
+    oneDNN runs bfloat16 on any AVX512 CPU, but without these instructions it
+    emulates it, no faster than float32.
+    """
+    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    try:
+        return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
+    except (RuntimeError, OSError):  # no CPU information on this platform
+        return False
+
+
+def autocast_dtype(device: torch.device, amp: bool = True) -> torch.dtype | None:
+    """The dtype the members' forwards autocast to on `device` with `amp`.
+
+    float16 on CUDA; bfloat16 on a CPU that has it in hardware
+    (:func:`cpu_has_native_bfloat16`; the speed and the differences from float32
+    are measured in docs/benchmarks.md); float32 elsewhere.
+
+    Parameters
+    ----------
+    device : torch.device
+        Where the forwards run.
+    amp : bool, default True
+        Mixed precision where it pays; False: float32.
+
+    Returns
+    -------
+    torch.dtype or None
+        None for float32 (no autocast).
+    """
+    if not amp:
+        return None
+    if device.type == "cuda":
+        return torch.float16
+    if device.type == "cpu" and cpu_has_native_bfloat16():
+        return torch.bfloat16
+    return None
+
+
+def precision_name(device: torch.device, amp: bool = True) -> str:
+    """What the forwards compute in: "float32", "bfloat16" or "float16" (:func:`autocast_dtype`)."""
+    return str(autocast_dtype(device, amp) or torch.float32).removeprefix("torch.")
+
+
+def autocast(device: torch.device, amp: bool = True) -> contextlib.AbstractContextManager:
+    """Context for the members' forwards on `device`: :func:`autocast_dtype`.
+
+    For float32 it switches autocast off (an enclosing autocast of the caller's
+    thread does not apply) where torch has autocast for the device, and does
+    nothing elsewhere. Autocast is per thread: enter it on the thread that runs
+    the forwards.
+    """
+    dtype = autocast_dtype(device, amp)
+    if dtype is not None:
+        return torch.autocast(device_type=device.type, dtype=dtype)
+    if device.type in ("cpu", "cuda"):
+        return torch.autocast(device_type=device.type, enabled=False)
+    return contextlib.nullcontext()
 
 
 def _check_members(members: Sequence[LoadedModel]) -> LoadedModel:
@@ -417,6 +488,9 @@ def plan_inference(
         }
         if stain_source is not None:  # only then, so earlier runs still resume
             settings["stain"] = {**stain.spec(), "source": stain_source.to_dict()}
+        precision = precision_name(device, config.amp)
+        if precision != "float32":  # likewise; one run never mixes precisions
+            settings["precision"] = precision
         if margins is not None:  # likewise
             settings["tiling"] = {"kind": "large", "margins": list(margins)}
             if None in margins:  # a run at the earlier half-patch stride does not resume

@@ -38,3 +38,5 @@ class InferenceResult:
     cancelled: bool
     device: str
     geometry: ResultGeometry
+    #: What the members' forwards computed in: "float32", "bfloat16" or "float16".
+    precision: str = "float32"

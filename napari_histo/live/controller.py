@@ -348,7 +348,7 @@ class LiveController:
             member.model.eval()
         predict_batch(
             members, np.zeros((batch, patch, patch, 3), np.uint8), tile_px=patch, tta=(0,),
-            device=torch.device("cpu"), amp=False, class_index=0,
+            device=torch.device("cpu"), amp=config.amp, class_index=0,
         )  # fmt: skip
 
     # -- geometry ------------------------------------------------------------

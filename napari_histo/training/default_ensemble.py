@@ -147,7 +147,8 @@ def heldout_dice(slide_paths: Sequence[Path], card_paths: Sequence[Path], *, tta
     with tempfile.TemporaryDirectory() as out:
         for path in slide_paths:
             truth = read_truth(path.with_suffix(".truth.zarr"))
-            result = run(infer_slide(path, members, config=EngineConfig(tta=tta), out_dir=out))
+            config = EngineConfig(tta=tta, amp=False)  # card figures: float32 everywhere
+            result = run(infer_slide(path, members, config=config, out_dir=out))
             prob = np.asarray(result.run.array("probability")[...])
             i, t = truth_overlap(prob, result.geometry.downsample, truth)
             inter, total = inter + i, total + t

@@ -66,7 +66,7 @@ def engine_dice(
     x1 = min(width, int(np.ceil((cols.max() + 1) * downsample)))
     y1 = min(height, int(np.ceil((rows.max() + 1) * downsample)))
     loaded = [LoadedModel(model, card, Path(slide_path)) for model, card in members]
-    config = EngineConfig(overlap=overlap, device=device, tta=1)
+    config = EngineConfig(overlap=overlap, device=device, tta=1, amp=False)  # as all scores
     with tempfile.TemporaryDirectory(prefix="histo-score-") as work:
         result = run(
             infer_slide(slide_path, loaded, region=(x0, y0, x1 - x0, y1 - y0), out_dir=work,

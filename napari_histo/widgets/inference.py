@@ -484,7 +484,8 @@ class InferenceWidget(ControlsMixin, WorkerProcessMixin, ShutdownMixin, QWidget)
             where = "whole slide" if self._job_region is None else "view"
             self.set_status(
                 f"{where} done: {result.tiles_run} tiles in {result.seconds:.1f} s "
-                f"on {result.device}" + (" — whole slide complete" if result.run.complete else "")
+                f"on {result.device} ({result.precision})"
+                + (" — whole slide complete" if result.run.complete else "")
             )
 
     def _on_errored(self, exc: BaseException) -> None:
