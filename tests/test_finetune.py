@@ -327,3 +327,42 @@ def test_versions_active_choice_persists(tmp_path, monkeypatch):
     assert active_cards()["tiny"].name == "tiny-1.10.json"
     assert estimate_steps([active_cards()["tiny"]], 5.0, SMALL) >= 1
     assert sorted(p.name for p in default_models_dir().iterdir()) == shipped
+
+
+@pytest.mark.parametrize("amp", [True, False])
+def test_training_forwards_run_in_bfloat16_where_the_cpu_has_it(amp):
+    # Fine-tuning's forwards autocast to bfloat16 on such a CPU (FinetuneConfig.amp,
+    # the default); weights stay float32, and the loss falls either way.
+    import torch
+
+    from napari_histo.inference.plan import cpu_has_native_bfloat16
+    from napari_histo.training.data import PatchSet
+    from napari_histo.training.settings import FinetuneConfig
+    from napari_histo.training.trainer import train_model
+
+    assert FinetuneConfig().amp
+    seen = []
+
+    class Probe(torch.nn.Module):
+        def __init__(self, model):
+            super().__init__()
+            self.model = model
+
+        def forward(self, x):
+            if self.training:
+                seen.append(torch.is_autocast_enabled("cpu"))
+            return self.model(x)
+
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (8, 64, 64, 3), dtype=np.uint8)
+    masks = (images[..., 0] > 127).astype(np.uint8)  # learnable from the red channel
+    patches = PatchSet(images=images, masks=masks, origins_l0=np.zeros((8, 2), int),
+                       model_mpp=2.0)  # fmt: skip
+    torch.manual_seed(0)
+    model = Probe(build_model("resunet", {"width": 4, "depth": 2}))
+    trainer = train_model(model, patches, steps=30, normalisation={
+        "mean": [0.5] * 3, "std": [0.25] * 3}, batch_size=4, lr=3e-3, amp=amp)  # fmt: skip
+    losses = [event.loss for event in trainer]
+    assert len(seen) == 30 and set(seen) == {amp and cpu_has_native_bfloat16()}
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    assert np.mean(losses[-5:]) < np.mean(losses[:5])

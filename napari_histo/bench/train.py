@@ -25,6 +25,7 @@ import torch
 
 from napari_histo.annotations.model import Annotation, mask_to_polygons
 from napari_histo.generators import drive
+from napari_histo.inference.plan import cpu_has_native_bfloat16
 from napari_histo.models import ModelCard, build_model, save_model
 from napari_histo.synthetic import read_truth, truth_path_for, write_synthetic_slide
 from napari_histo.training.data import PatchSet, sample_patches
@@ -226,9 +227,13 @@ def _throughput(quick: bool) -> dict[str, float]:
     )
     torch.manual_seed(0)
     config = {"width": 8, "depth": 4}
+    # Both in fine-tuning's precision (FinetuneConfig.amp: bfloat16 forwards on a CPU
+    # that has it in hardware).
+    amp = FinetuneConfig().amp
+    bf16 = amp and cpu_has_native_bfloat16()
     trainer = train_model(
         build_model("resunet", config), patches, steps=(rounds + 1) * per_round,
-        normalisation=NORM, batch_size=batch,
+        normalisation=NORM, batch_size=batch, amp=amp,
     )  # fmt: skip
     model = build_model("resunet", config).train()
     optimiser = torch.optim.Adam(model.parameters(), lr=1e-3)
@@ -236,7 +241,9 @@ def _throughput(quick: bool) -> dict[str, float]:
     y = torch.randint(0, 2, (batch, px, px))
 
     def bare_step() -> None:
-        loss = segmentation_loss(model(x), y)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            logits = model(x)
+        loss = segmentation_loss(logits.float(), y)
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
         optimiser.step()
@@ -259,6 +266,7 @@ def _throughput(quick: bool) -> dict[str, float]:
     trainer.close()
     train_s, bare_s = float(np.median(train_times)), float(np.median(bare_times))
     return {
+        "train_precision": "bfloat16" if bf16 else "float32",
         "train_patches_s": round(batch / train_s, 1),
         "bare_patches_s": round(batch / bare_s, 1),
         "efficiency": round(bare_s / train_s, 3),

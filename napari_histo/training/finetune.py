@@ -200,6 +200,7 @@ def _finetune_member(
             val=val,
             eval_every=max(1, steps // 4),
             cancel=cancel,
+            amp=config.amp,
         )
         result = yield from _drive(name, trainer, done, steps)
         for param in model.parameters():

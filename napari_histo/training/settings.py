@@ -18,3 +18,5 @@ class FinetuneConfig:
     val_patches: int = 24
     held_out_fraction: float = 0.25
     jitter: float = 0.5
+    #: bfloat16 forwards on a CPU that has it in hardware (trainer.train_model's `amp`).
+    amp: bool = True
