@@ -172,7 +172,18 @@ def _run(generator):
             return events, stop.value
 
 
-def test_finetune_writes_new_versions_and_cancel_writes_nothing(target, tmp_path):
+def test_finetune_writes_new_versions_and_cancel_writes_nothing(target, tmp_path, monkeypatch):
+    from napari_histo.training import finetune as finetune_module
+    from napari_histo.training.trainer import trains_in_bfloat16
+
+    amps = []  # FinetuneConfig.amp reaches the trainer
+    real_train_model = finetune_module.train_model
+
+    def recording(*args, **kwargs):
+        amps.append(kwargs.get("amp"))
+        return real_train_model(*args, **kwargs)
+
+    monkeypatch.setattr(finetune_module, "train_model", recording)
     slide, anns = target
     card_path = _weak_card(slide, tmp_path)
     before_bytes = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
@@ -188,6 +199,9 @@ def test_finetune_writes_new_versions_and_cancel_writes_nothing(target, tmp_path
     assert card.version == "1.1" and card.parent_version == "1.0"
     assert {"heldout_dice_before", "heldout_dice_after"} <= set(card.metrics)
     assert "fine-tuned on" in card.training_data and "granularity" in card.training_data
+    assert amps and set(amps) == {SMALL.amp} == {True}
+    precision = "bfloat16" if trains_in_bfloat16("cpu", True) else "float32"
+    assert f"(forwards in {precision})" in card.notes
     assert load_model(cards[0]).card.version == "1.1"
     for name, data in before_bytes.items():  # parent untouched
         assert (tmp_path / name).read_bytes() == data
@@ -329,14 +343,19 @@ def test_versions_active_choice_persists(tmp_path, monkeypatch):
     assert sorted(p.name for p in default_models_dir().iterdir()) == shipped
 
 
-@pytest.mark.parametrize("amp", [True, False])
-def test_training_forwards_run_in_bfloat16_where_the_cpu_has_it(amp):
+@pytest.mark.parametrize(("amp", "forced"), [(True, False), (False, False), (True, True)])
+def test_training_forwards_run_in_bfloat16_where_the_cpu_has_it(amp, forced, monkeypatch):
     # Fine-tuning's forwards autocast to bfloat16 on such a CPU (FinetuneConfig.amp,
-    # the default); weights stay float32, and the loss falls either way.
+    # the default); weights stay float32, and the loss falls either way. `forced`:
+    # bfloat16 on (emulated where the CPU lacks it) so every machine checks the path.
     import torch
 
+    from napari_histo.inference import plan as plan_module
     from napari_histo.inference.plan import cpu_has_native_bfloat16
     from napari_histo.training.data import PatchSet
+
+    if forced:
+        monkeypatch.setattr(plan_module, "cpu_has_native_bfloat16", lambda: True)
     from napari_histo.training.settings import FinetuneConfig
     from napari_histo.training.trainer import train_model
 
@@ -363,6 +382,7 @@ def test_training_forwards_run_in_bfloat16_where_the_cpu_has_it(amp):
     trainer = train_model(model, patches, steps=30, normalisation={
         "mean": [0.5] * 3, "std": [0.25] * 3}, batch_size=4, lr=3e-3, amp=amp)  # fmt: skip
     losses = [event.loss for event in trainer]
-    assert len(seen) == 30 and set(seen) == {amp and cpu_has_native_bfloat16()}
+    native = forced or cpu_has_native_bfloat16()
+    assert len(seen) == 30 and set(seen) == {amp and native}
     assert all(p.dtype == torch.float32 for p in model.parameters())
     assert np.mean(losses[-5:]) < np.mean(losses[:5])

@@ -25,13 +25,12 @@ import torch
 
 from napari_histo.annotations.model import Annotation, mask_to_polygons
 from napari_histo.generators import drive
-from napari_histo.inference.plan import cpu_has_native_bfloat16
 from napari_histo.models import ModelCard, build_model, save_model
 from napari_histo.synthetic import read_truth, truth_path_for, write_synthetic_slide
 from napari_histo.training.data import PatchSet, sample_patches
 from napari_histo.training.finetune import FinetuneConfig, finetune_ensemble
 from napari_histo.training.losses import segmentation_loss
-from napari_histo.training.trainer import train_model
+from napari_histo.training.trainer import train_model, trains_in_bfloat16
 
 __all__ = [
     "bench_granularity",
@@ -210,7 +209,7 @@ def it_helps(
     }
 
 
-def _throughput(quick: bool) -> dict[str, float]:
+def _throughput(quick: bool) -> dict[str, Any]:
     """Patches/s of train_model vs bare forward/backward/Adam on random tensors.
 
     The two alternate in short rounds and each keeps its median step time, so
@@ -230,7 +229,7 @@ def _throughput(quick: bool) -> dict[str, float]:
     # Both in fine-tuning's precision (FinetuneConfig.amp: bfloat16 forwards on a CPU
     # that has it in hardware).
     amp = FinetuneConfig().amp
-    bf16 = amp and cpu_has_native_bfloat16()
+    bf16 = trains_in_bfloat16("cpu", amp)
     trainer = train_model(
         build_model("resunet", config), patches, steps=(rounds + 1) * per_round,
         normalisation=NORM, batch_size=batch, amp=amp,
@@ -279,6 +278,7 @@ def bench_train(quick: bool = False) -> dict[str, Any]:
     Returns
     -------
     dict
+        ``train_precision`` (fine-tuning's forwards, both timed in it),
         ``train_patches_s``, ``bare_patches_s``, ``efficiency`` (≥ 0.85 wanted),
         ``dice_before``, ``dice_after``, ``dice_gain`` (≥ 0.10 wanted), ``finetune_s``,
         ``seconds`` (the whole benchmark). Quick: :data:`QUICK_HELPS`, slides cached.

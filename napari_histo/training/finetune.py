@@ -39,7 +39,13 @@ from napari_histo.training.data import PatchSet
 from napari_histo.training.losses import IGNORE
 from napari_histo.training.scoring import engine_dice
 from napari_histo.training.settings import FinetuneConfig
-from napari_histo.training.trainer import BLUR_SIGMA_PX, TrainProgress, TrainResult, train_model
+from napari_histo.training.trainer import (
+    BLUR_SIGMA_PX,
+    TrainProgress,
+    TrainResult,
+    train_model,
+    trains_in_bfloat16,
+)
 
 __all__ = [
     "ENCODER_PREFIXES",
@@ -345,7 +351,9 @@ def finetune_ensemble(
             notes=(
                 f"Fine-tuned from {card.name} {card.version} by napari-histo: {steps} steps "
                 f"({freeze_encoder_steps} with the encoder frozen) in "
-                f"{seconds[card.name]:.0f} s, {config}, seed {seed}; "
+                f"{seconds[card.name]:.0f} s, {config} (forwards in "
+                f"{'bfloat16' if trains_in_bfloat16('cpu', config.amp) else 'float32'}), "
+                f"seed {seed}; "
                 f"{len(train)} training patches outside the held-out band."
             ),
         )

@@ -123,11 +123,12 @@ def estimate_steps(
     import torch
 
     from napari_histo.models import load_model
-    from napari_histo.training.losses import segmentation_loss
+    from napari_histo.training.trainer import train_step, trains_in_bfloat16
 
     if not seconds > 0:
         raise ValueError(f"`seconds` must be > 0, got {seconds}")
     config = config or FinetuneConfig()
+    bf16 = trains_in_bfloat16("cpu", config.amp)
     px = config.train_patch_px
     x = torch.randn(config.batch_size, 3, px, px)
     y = torch.randint(0, 2, (config.batch_size, px, px))
@@ -138,10 +139,7 @@ def estimate_steps(
         times = []
         for _ in range(2):
             start = time.perf_counter()
-            loss = segmentation_loss(model(x), y)
-            optimiser.zero_grad(set_to_none=True)
-            loss.backward()
-            optimiser.step()
+            train_step(model, optimiser, x, y, bf16)  # in the precision training uses
             times.append(time.perf_counter() - start)
         per_step += min(times)
     return max(1, int(seconds * share / per_step))

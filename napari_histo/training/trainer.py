@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from napari_histo._malloc import tune_malloc
-from napari_histo.inference.plan import cpu_has_native_bfloat16
+from napari_histo.inference.plan import autocast_dtype
 from napari_histo.training.augment import augment_batch
 from napari_histo.training.data import PatchSet
 from napari_histo.training.losses import IGNORE, segmentation_loss
@@ -23,7 +23,15 @@ from napari_histo.training.progress import TrainProgress, TrainResult
 #: default ensemble in napari_histo/resources/models was trained without blur (blur_px=0).
 BLUR_SIGMA_PX = 1.0
 
-__all__ = ["TrainProgress", "TrainResult", "bundled_start", "evaluate_dice", "train_model"]
+__all__ = [
+    "TrainProgress",
+    "TrainResult",
+    "bundled_start",
+    "evaluate_dice",
+    "train_model",
+    "train_step",
+    "trains_in_bfloat16",
+]
 
 
 def bundled_start(card_file: str, config: Mapping[str, object]):
@@ -119,11 +127,9 @@ def train_model(
     blur_px : float
         Largest Gaussian blur sigma of the augmentation, px (0: no blur).
     amp : bool
-        Forward passes under bfloat16 autocast on a CPU that has bfloat16 in
-        hardware (:func:`~napari_histo.inference.plan.cpu_has_native_bfloat16`;
-        weights, gradients, loss and optimiser stay float32): fine-tuning steps
-        ran 1.8-2x faster on the AVX512-BF16 test machine. Float32 elsewhere,
-        CUDA included (float16 training would need loss scaling).
+        Forward passes under bfloat16 autocast where :func:`trains_in_bfloat16`
+        (weights, gradients, loss and optimiser stay float32; docs/retraining.md
+        has the speed measured).
 
     Yields
     ------
@@ -148,7 +154,7 @@ def train_model(
     )
     images = torch.from_numpy(train.images)
     masks = torch.from_numpy(train.masks)
-    bf16 = amp and torch.device(device).type == "cpu" and cpu_has_native_bfloat16()
+    bf16 = trains_in_bfloat16(device, amp)
 
     def prepare() -> tuple[torch.Tensor, torch.Tensor]:
         index = torch.randint(0, len(train), (batch_size,), generator=generator)
@@ -173,7 +179,7 @@ def train_model(
             x, y = pending.result()
             if step < steps:
                 pending = prefetch.submit(prepare)
-            loss = _train_step(model, optimiser, x.to(device), y.to(device), bf16)
+            loss = train_step(model, optimiser, x.to(device), y.to(device), bf16)
             schedule.step()
             elapsed = time.monotonic() - start
             if val is not None and (step % eval_every == 0 or step == steps):
@@ -201,14 +207,28 @@ def train_model(
     )
 
 
-def _train_step(
+def trains_in_bfloat16(device: str | torch.device, amp: bool) -> bool:
+    """Whether :func:`train_model` runs its forwards in bfloat16 on `device` with `amp`.
+
+    On a CPU with bfloat16 in hardware, as inference
+    (:func:`~napari_histo.inference.plan.autocast_dtype`); float32 elsewhere, CUDA
+    included (float16 training would need loss scaling).
+    """
+    device = torch.device(device)
+    return device.type == "cpu" and autocast_dtype(device, amp) == torch.bfloat16
+
+
+def train_step(
     model: nn.Module,
     optimiser: torch.optim.Optimizer,
     x: torch.Tensor,
     y: torch.Tensor,
     bf16: bool = False,
 ) -> float:
-    """One forward (bfloat16 autocast with `bf16`), backward and optimiser step; the loss."""
+    """One forward (bfloat16 autocast with `bf16`), backward and optimiser step; the loss.
+
+    What :func:`train_model` runs per step (``napari-histo train --minutes`` times it).
+    """
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
         logits = model(x)
     loss = segmentation_loss(logits.float(), y)
