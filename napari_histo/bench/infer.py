@@ -330,27 +330,22 @@ def _bare_block_forwards(plan) -> float:
 def _block_forward_shapes(plan) -> list[tuple[Any, tuple[int, int, int, int]]]:
     """``(model, input shape)`` of every member forward a large-tile plan makes.
 
-    Transforms are grouped as the engine runs them: a group's flipped masks
-    give the local members' pieces (one batch item per transform), and each
-    transform's own lattice gives the other members' patches.
+    Transforms are grouped as the engine runs them
+    (:func:`~napari_histo.inference.engine.block_transform_masks`): a group's
+    flipped masks give the local members' pieces (one batch item per
+    transform), and each transform's own lattice gives the other members' patches.
     """
     from napari_histo.inference.blocks import local_pieces, patch_rows
-    from napari_histo.inference.engine import BATCH_TRANSFORMS_MAX_PX, default_batch_size
-    from napari_histo.inference.ensemble import apply_dihedral, transform_groups
+    from napari_histo.inference.engine import block_transform_masks, default_batch_size
     from napari_histo.inference.plan import block_centres, block_need
 
     patch = plan.members[0].card.patch_px
     batch = plan.config.batch_size or default_batch_size(plan.device)
     shapes: list[tuple[Any, tuple[int, int, int, int]]] = []
     for block in plan.blocks:
-        need = torch.from_numpy(block_need(block, plan.grid))
-        centres = torch.from_numpy(block_centres(block, plan.grid, patch))
-        groups = transform_groups(
-            plan.tta, block.h == block.w, block.h * block.w <= BATCH_TRANSFORMS_MAX_PX
-        )
-        for group in groups:
-            needs = torch.stack([apply_dihedral(need, t) for t in group]).numpy()
-            lattices = [apply_dihedral(centres, t).numpy() for t in group]
+        need = block_need(block, plan.grid)
+        centres = block_centres(block, plan.grid, patch)
+        for group, needs, lattices in block_transform_masks(need, centres, block, plan.tta):
             for member, margin, core in zip(
                 plan.members, plan.member_margins, plan.sub_tile_px, strict=True
             ):

@@ -29,8 +29,7 @@ from napari_histo.models import ModelCard, build_model, save_model
 from napari_histo.synthetic import read_truth, truth_path_for, write_synthetic_slide
 from napari_histo.training.data import PatchSet, sample_patches
 from napari_histo.training.finetune import FinetuneConfig, finetune_ensemble
-from napari_histo.training.losses import segmentation_loss
-from napari_histo.training.trainer import train_model, trains_in_bfloat16
+from napari_histo.training.trainer import train_model, train_step, trains_in_bfloat16
 
 __all__ = [
     "bench_granularity",
@@ -240,12 +239,7 @@ def _throughput(quick: bool) -> dict[str, Any]:
     y = torch.randint(0, 2, (batch, px, px))
 
     def bare_step() -> None:
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            logits = model(x)
-        loss = segmentation_loss(logits.float(), y)
-        optimiser.zero_grad(set_to_none=True)
-        loss.backward()
-        optimiser.step()
+        train_step(model, optimiser, x, y, bf16)  # the trainer's step, without its batches
 
     train_times, bare_times = [], []
     for r in range(rounds + 1):

@@ -64,6 +64,7 @@ __all__ = [
     "Progress",
     "autocast",
     "autocast_dtype",
+    "block_transform_masks",
     "cpu_has_native_bfloat16",
     "default_batch_size",
     "execute_inference",
@@ -516,24 +517,34 @@ def infer_slide(
     return execute_inference(plan, cancel)
 
 
-def _block_passes(need: np.ndarray, centres: np.ndarray, block: Any, plan: InferencePlan) -> int:
-    """Pieces and patch rows the members make over `block` (masks `need` and
-    `centres`): what its progress counts, with the transforms grouped as
-    :func:`~napari_histo.inference.ensemble.ensemble_predict` runs them (a group
-    over the union of its flipped masks for the local members, each transform's
-    own lattice for the others)."""
-    mask, lattice = torch.from_numpy(need)[None, None], torch.from_numpy(centres)[None, None]
-    groups = transform_groups(
-        plan.tta, block.h == block.w, block.h * block.w <= BATCH_TRANSFORMS_MAX_PX
-    )
-    card = plan.members[0].card
-    return sum(
-        block_steps(
-            torch.stack([apply_dihedral(mask, t)[0, 0] for t in group]).numpy(),
-            torch.stack([apply_dihedral(lattice, t)[0, 0] for t in group]).numpy(),
-            plan.member_margins, card.patch_px, plan.margin_px, plan.sub_tile_px,
+def block_transform_masks(
+    need: np.ndarray, centres: np.ndarray, block: Any, tta: Sequence[int]
+) -> list[tuple[list[int], np.ndarray, np.ndarray]]:
+    """The transform groups one forward of each member takes over `block`, as
+    :func:`~napari_histo.inference.ensemble.ensemble_predict` groups them, each
+    with its transforms' flipped `need` and lattice `centres` masks, ``(k, h, w)``:
+    local members cut the pieces of the union of a group's `need` masks, the
+    others run each transform's own lattice."""
+    need_t, centres_t = torch.from_numpy(need), torch.from_numpy(centres)
+    groups = transform_groups(tta, block.h == block.w, block.h * block.w <= BATCH_TRANSFORMS_MAX_PX)
+    return [
+        (
+            group,
+            torch.stack([apply_dihedral(need_t, t) for t in group]).numpy(),
+            torch.stack([apply_dihedral(centres_t, t) for t in group]).numpy(),
         )
         for group in groups
+    ]
+
+
+def _block_passes(need: np.ndarray, centres: np.ndarray, block: Any, plan: InferencePlan) -> int:
+    """Pieces and patch rows the members make over `block` (masks `need` and
+    `centres`, :func:`block_transform_masks`): what its progress counts."""
+    card = plan.members[0].card
+    return sum(
+        block_steps(needs, lattices, plan.member_margins, card.patch_px, plan.margin_px,
+                    plan.sub_tile_px)
+        for _, needs, lattices in block_transform_masks(need, centres, block, plan.tta)
     )  # fmt: skip
 
 

@@ -214,8 +214,7 @@ def trains_in_bfloat16(device: str | torch.device, amp: bool) -> bool:
     (:func:`~napari_histo.inference.plan.autocast_dtype`); float32 elsewhere, CUDA
     included (float16 training would need loss scaling).
     """
-    device = torch.device(device)
-    return device.type == "cpu" and autocast_dtype(device, amp) == torch.bfloat16
+    return autocast_dtype(torch.device(device), amp) == torch.bfloat16  # CUDA: float16
 
 
 def train_step(
